@@ -1,0 +1,59 @@
+# The same commands locally and in CI. Each target installs what it needs itself.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+
+.PHONY: help venv controlplane crd demo demo-down test test-unit test-integration lint format bench clean
+
+help:
+	@echo "make demo        start a local control plane, demo backends and the operator; apply a pool"
+	@echo "make demo-down   stop everything 'make demo' started"
+	@echo "make test        unit and integration tests (builds the control plane on first run)"
+	@echo "make lint        ruff check, ruff format --check, mypy --strict"
+	@echo "make bench       benchmarks; results under bench/results/"
+
+$(STAMP): pyproject.toml
+	@echo "==> virtualenv $(VENV): installing pinned packages (first run takes a minute)"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+venv: $(STAMP)
+
+controlplane: venv
+	@$(PY) scripts/controlplane.py build >/dev/null
+
+crd: venv
+	$(PY) -m clusterpool.crd > crds/clusterpool.dev_clusterpools.yaml
+
+demo: controlplane
+	@$(PY) scripts/demo.py up
+
+demo-down: venv
+	@$(PY) scripts/demo.py down
+
+test: controlplane
+	$(PY) -m pytest tests
+
+test-unit: venv
+	$(PY) -m pytest tests/unit
+
+test-integration: controlplane
+	$(PY) -m pytest tests/integration
+
+lint: venv
+	$(VENV)/bin/ruff check operator tests scripts bench
+	$(VENV)/bin/ruff format --check operator tests scripts bench
+	$(VENV)/bin/mypy
+
+format: venv
+	$(VENV)/bin/ruff check --fix operator tests scripts bench
+	$(VENV)/bin/ruff format operator tests scripts bench
+
+bench: venv
+	$(PY) bench/probe_bench.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,326 @@
+"""The ClusterPool API (clusterpool.dev/v1alpha1): pydantic models of spec and status.
+
+These models are the single source of the CRD: `scripts/gen_crd.py` renders
+crds/clusterpool.dev_clusterpools.yaml from them, and a test fails when the two drift.
+Every rule the CRD can check (bounds, enums, CEL) is also checked here, so an object
+stored under an older schema is caught when the operator re-validates it.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "clusterpool.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "ClusterPool"
+PLURAL = "clusterpools"
+SINGULAR = "clusterpool"
+SHORT_NAMES = ["cpool"]
+CATEGORIES = ["llm"]
+
+MAX_ENDPOINTS = 256
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+STATUS_RANGE = r"^[1-5][0-9]{2}(-[1-5][0-9]{2})?$"
+
+# CEL rules: (rule, message). The same rule is enforced in Python by the model's validator.
+CEL = "x-kubernetes-validations"
+
+
+def _cel(*rules: tuple[str, str]) -> dict[str, Any]:
+    return {CEL: [{"rule": r, "message": m} for r, m in rules]}
+
+
+def _list_map(*keys: str) -> dict[str, Any]:
+    return {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": list(keys)}
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(frozen=True, alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+Strategy = Literal["RoundRobin", "LeastConnections", "Weighted", "ConsistentHash", "Adaptive"]
+Source = Literal["Static"]
+
+
+class StaticEndpoint(Model):
+    """One backend of a static list."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=63,
+        pattern=DNS_LABEL,
+        description="Unique name of the endpoint within the pool (a DNS label, e.g. `llm-a`).",
+    )
+    address: str = Field(
+        min_length=1, max_length=253, description="IP address or DNS name the endpoint listens on, e.g. `10.1.2.3`."
+    )
+    port: int = Field(ge=1, le=65535, description="TCP port of the endpoint's service.")
+    weight: int = Field(
+        default=1, ge=1, le=1000, description="Relative share of traffic for weighted strategies (1-1000, default 1)."
+    )
+
+
+_UNIQUE_ADDRESS = (
+    "self.all(a, self.exists_one(b, b.address == a.address && b.port == a.port))",
+    "each address:port may appear only once in spec.discovery.static.endpoints",
+)
+
+
+class StaticDiscovery(Model):
+    """A fixed list of endpoints."""
+
+    endpoints: list[StaticEndpoint] = Field(
+        min_length=1,
+        max_length=MAX_ENDPOINTS,
+        description=f"The endpoints of the pool, 1 to {MAX_ENDPOINTS}, each with a unique name and address:port.",
+        json_schema_extra={**_list_map("name"), **_cel(_UNIQUE_ADDRESS)},
+    )
+
+    @model_validator(mode="after")
+    def _unique_addresses(self) -> StaticDiscovery:
+        seen: set[tuple[str, int]] = set()
+        for ep in self.endpoints:
+            if (ep.address, ep.port) in seen:
+                raise ValueError(f"{_UNIQUE_ADDRESS[1]} ({ep.address}:{ep.port} repeats)")
+            seen.add((ep.address, ep.port))
+        names = [ep.name for ep in self.endpoints]
+        if len(set(names)) != len(names):
+            raise ValueError("endpoint names must be unique in spec.discovery.static.endpoints")
+        return self
+
+
+_ONE_SOURCE = ("has(self.static)", "spec.discovery needs exactly one source; set `static`")
+
+
+class Discovery(Model):
+    """Where the pool's endpoints come from. Exactly one source must be set."""
+
+    model_config = ConfigDict(json_schema_extra=_cel(_ONE_SOURCE))
+
+    static: StaticDiscovery | None = Field(default=None, description="A fixed list of endpoints.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Discovery:
+        if self.static is None:
+            raise ValueError(_ONE_SOURCE[1])
+        return self
+
+    @property
+    def source(self) -> Source:
+        return "Static"
+
+
+_RANGE_ORDER = (
+    "self.all(s, s.size() == 3 || int(s.substring(0, 3)) <= int(s.substring(4, 7)))",
+    "a status range is written low-high, e.g. 200-299",
+)
+
+
+class HTTPCheck(Model):
+    """An HTTP GET to each endpoint; healthy when the answer's status is expected."""
+
+    path: str = Field(
+        default="/health",
+        min_length=1,
+        max_length=1024,
+        pattern=r"^/",
+        description="Path to request, starting with `/` (default `/health`).",
+    )
+    port: int | None = Field(
+        default=None, ge=1, le=65535, description="Port to probe; defaults to the endpoint's port."
+    )
+    expected_statuses: list[Annotated[str, Field(max_length=7, pattern=STATUS_RANGE)]] = Field(
+        default=["200-299"],
+        min_length=1,
+        max_length=16,
+        description="Status codes that mean healthy: single codes (`204`) or inclusive ranges "
+        "(`200-299`, the default).",
+        json_schema_extra=_cel(_RANGE_ORDER),
+    )
+
+    @model_validator(mode="after")
+    def _ranges_ordered(self) -> HTTPCheck:
+        for s in self.expected_statuses:
+            if len(s) == 7 and int(s[:3]) > int(s[4:]):
+                raise ValueError(f"{_RANGE_ORDER[1]} (got {s})")
+        return self
+
+    def accepts(self, status: int) -> bool:
+        for s in self.expected_statuses:
+            lo, hi = (int(s), int(s)) if len(s) == 3 else (int(s[:3]), int(s[4:]))
+            if lo <= status <= hi:
+                return True
+        return False
+
+
+class TCPCheck(Model):
+    """A TCP connect to each endpoint; healthy when the connection is accepted."""
+
+    port: int | None = Field(
+        default=None, ge=1, le=65535, description="Port to probe; defaults to the endpoint's port."
+    )
+
+
+_ONE_CHECK = (
+    "(has(self.http) ? 1 : 0) + (has(self.tcp) ? 1 : 0) == 1",
+    "spec.healthCheck needs exactly one of `http` or `tcp`",
+)
+_TIMEOUT_BELOW_INTERVAL = (
+    "self.timeoutSeconds < self.intervalSeconds",
+    "spec.healthCheck.timeoutSeconds must be less than intervalSeconds",
+)
+
+
+class HealthCheck(Model):
+    """Active health probing of every endpoint (Envoy's vocabulary)."""
+
+    model_config = ConfigDict(json_schema_extra=_cel(_ONE_CHECK, _TIMEOUT_BELOW_INTERVAL))
+
+    interval_seconds: int = Field(
+        default=10, ge=1, le=3600, description="Seconds between probes of one endpoint (default 10)."
+    )
+    timeout_seconds: int = Field(
+        default=2,
+        ge=1,
+        le=3599,
+        description="Seconds a probe may take before it counts as failed; less than intervalSeconds (default 2).",
+    )
+    interval_jitter_percent: int = Field(
+        default=10,
+        ge=0,
+        le=100,
+        description="Random extra delay added to each interval, in percent "
+        "of it, so probes of many pools spread out (default 10).",
+    )
+    healthy_threshold: int = Field(
+        default=2,
+        ge=1,
+        le=100,
+        description="Consecutive successes that turn an unhealthy endpoint "
+        "healthy (default 2). The first probe decides at once.",
+    )
+    unhealthy_threshold: int = Field(
+        default=3, ge=1, le=100, description="Consecutive failures that turn a healthy endpoint unhealthy (default 3)."
+    )
+    http: HTTPCheck | None = Field(default=None, description="Probe with an HTTP request.")
+    tcp: TCPCheck | None = Field(default=None, description="Probe with a TCP connect.")
+
+    @model_validator(mode="after")
+    def _rules(self) -> HealthCheck:
+        if (self.http is None) == (self.tcp is None):
+            raise ValueError(_ONE_CHECK[1])
+        if self.timeout_seconds >= self.interval_seconds:
+            raise ValueError(
+                f"{_TIMEOUT_BELOW_INTERVAL[1]} (got timeoutSeconds={self.timeout_seconds}, "
+                f"intervalSeconds={self.interval_seconds})"
+            )
+        return self
+
+
+def _default_health_check() -> HealthCheck:
+    return HealthCheck(tcp=TCPCheck())
+
+
+class ClusterPoolSpec(Model):
+    """The desired pool: where its endpoints come from, how they are probed and balanced."""
+
+    strategy: Strategy = Field(
+        default="RoundRobin",
+        description="How clients pick an endpoint per request: RoundRobin (default), "
+        "LeastConnections, Weighted, ConsistentHash or Adaptive.",
+    )
+    discovery: Discovery = Field(description="Where the pool's endpoints come from.")
+    health_check: HealthCheck = Field(
+        default_factory=_default_health_check,
+        description="How endpoints are probed (default: TCP connect every 10s).",
+        json_schema_extra={"default": _default_health_check().model_dump(by_alias=True, exclude_none=True)},
+    )
+
+
+# ------------------------------------------------------------------------- status
+
+Health = Literal["Unknown", "Healthy", "Unhealthy"]
+ConditionStatus = Literal["True", "False", "Unknown"]
+REASON = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
+
+
+class EndpointStatus(Model):
+    """What the operator knows of one endpoint."""
+
+    name: str = Field(max_length=63, description="The endpoint's name.")
+    address: str = Field(max_length=253, description="The endpoint's address.")
+    port: int = Field(ge=1, le=65535, description="The endpoint's port.")
+    weight: int = Field(ge=0, le=1000, description="The endpoint's weight as published to clients.")
+    health: Health = Field(description="Probed health: Unknown (not probed yet), Healthy or Unhealthy.")
+    reason: str | None = Field(
+        default=None, max_length=128, description="Why, in one CamelCase word (e.g. ConnectionRefused)."
+    )
+    message: str | None = Field(default=None, max_length=1024, description="The last probe outcome, for people.")
+    last_transition_time: str | None = Field(
+        default=None, json_schema_extra={"format": "date-time"}, description="When health last changed."
+    )
+
+
+class Condition(Model):
+    """A metav1.Condition."""
+
+    type: str = Field(max_length=316, description="Condition type, e.g. Ready.")
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    reason: str = Field(min_length=1, max_length=1024, pattern=REASON, description="Why, in one CamelCase word.")
+    message: str = Field(max_length=32768, description="Details for people.")
+    last_transition_time: str = Field(
+        json_schema_extra={"format": "date-time"}, description="When status last changed."
+    )
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="The spec generation this condition is about."
+    )
+
+
+class ClusterPoolStatus(Model):
+    """What the operator observed."""
+
+    observed_generation: int | None = Field(default=None, ge=0, description="The spec generation the status is about.")
+    source: Source | None = Field(default=None, description="Which discovery source the endpoints came from.")
+    total: int = Field(default=0, ge=0, description="Number of endpoints in the pool.")
+    healthy: int = Field(default=0, ge=0, description="Number of endpoints whose probes pass.")
+    endpoints: list[EndpointStatus] = Field(
+        default_factory=list,
+        max_length=MAX_ENDPOINTS,
+        description="Per-endpoint health.",
+        json_schema_extra=_list_map("name"),
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Ready (at least one healthy endpoint), Degraded (some "
+        "unhealthy), SpecValid (the spec could be used).",
+        json_schema_extra=_list_map("type"),
+    )
+
+
+PRINTER_COLUMNS: list[dict[str, Any]] = [
+    {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
+    {"name": "Healthy", "type": "integer", "jsonPath": ".status.healthy"},
+    {"name": "Total", "type": "integer", "jsonPath": ".status.total"},
+    {"name": "Strategy", "type": "string", "jsonPath": ".spec.strategy"},
+    {"name": "Source", "type": "string", "jsonPath": ".status.source"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+
+def spec_errors(exc: ValidationError) -> str:
+    """One line per problem: `spec.a.b: message`, camelCase paths as in the YAML."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(["spec", *(str(p) for p in err["loc"])])
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}")
+    return "; ".join(parts)
+
+
+def parse_spec(raw: dict[str, Any]) -> ClusterPoolSpec:
+    return ClusterPoolSpec.model_validate(raw)

@@ -1,0 +1,125 @@
+"""Endpoint health as a pure state machine: (state, probe result) -> new state.
+
+Rules (Envoy's active health checking):
+- a new endpoint is Unknown; its first probe decides at once (Healthy or Unhealthy),
+  so a fresh pool becomes usable after one round instead of healthyThreshold rounds;
+- a Healthy endpoint turns Unhealthy after `unhealthy_threshold` consecutive failures;
+- an Unhealthy endpoint turns Healthy after `healthy_threshold` consecutive successes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Literal
+
+Health = Literal["Unknown", "Healthy", "Unhealthy"]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A member of the pool, as discovery reports it."""
+
+    name: str
+    address: str
+    port: int
+    weight: int = 1
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """The outcome of one probe. `reason` is one CamelCase word; `message` is for people
+    and stays the same from probe to probe for the same outcome (no timings in it)."""
+
+    ok: bool
+    reason: str
+    message: str
+    latency_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    healthy: int
+    unhealthy: int
+
+
+@dataclass(frozen=True)
+class EndpointHealth:
+    health: Health = "Unknown"
+    successes: int = 0
+    failures: int = 0
+    reason: str | None = None
+    message: str | None = None
+    last_transition: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Transition:
+    """An endpoint's health changed."""
+
+    endpoint: Endpoint
+    before: Health
+    after: Health
+    reason: str
+    message: str
+
+
+def observe(prev: EndpointHealth, result: ProbeResult, thresholds: Thresholds, now: datetime) -> EndpointHealth:
+    successes = prev.successes + 1 if result.ok else 0
+    failures = 0 if result.ok else prev.failures + 1
+    health = prev.health
+    if health == "Unknown":
+        health = "Healthy" if result.ok else "Unhealthy"
+    elif health == "Healthy" and failures >= thresholds.unhealthy:
+        health = "Unhealthy"
+    elif health == "Unhealthy" and successes >= thresholds.healthy:
+        health = "Healthy"
+    return EndpointHealth(
+        health=health,
+        successes=successes,
+        failures=failures,
+        reason=result.reason,
+        message=result.message,
+        last_transition=now if health != prev.health else prev.last_transition,
+    )
+
+
+@dataclass(frozen=True)
+class PoolHealth:
+    """The members of a pool and the health of each, keyed by endpoint name."""
+
+    members: tuple[Endpoint, ...] = ()
+    health: tuple[tuple[str, EndpointHealth], ...] = ()
+
+    def of(self, name: str) -> EndpointHealth:
+        return dict(self.health).get(name, EndpointHealth())
+
+    def with_members(self, members: tuple[Endpoint, ...]) -> PoolHealth:
+        """New membership. An endpoint keeps its health while its name, address and port
+        stay the same (a weight change keeps it); anything else starts Unknown."""
+        old = {ep.name: ep for ep in self.members}
+        kept = []
+        for ep in members:
+            before = old.get(ep.name)
+            if before is not None and (before.address, before.port) == (ep.address, ep.port):
+                kept.append((ep.name, self.of(ep.name)))
+        return PoolHealth(members=members, health=tuple(kept))
+
+    def observe(
+        self, results: dict[str, ProbeResult], thresholds: Thresholds, now: datetime
+    ) -> tuple[PoolHealth, list[Transition]]:
+        new: list[tuple[str, EndpointHealth]] = []
+        transitions: list[Transition] = []
+        for ep in self.members:
+            prev = self.of(ep.name)
+            result = results.get(ep.name)
+            cur = observe(prev, result, thresholds, now) if result is not None else prev
+            if cur.health != prev.health:
+                transitions.append(Transition(ep, prev.health, cur.health, cur.reason or "", cur.message or ""))
+            new.append((ep.name, cur))
+        return replace(self, health=tuple(new)), transitions
+
+    def counts(self) -> tuple[int, int, int]:
+        """(total, healthy, unknown)."""
+        states = [self.of(ep.name).health for ep in self.members]
+        return len(states), states.count("Healthy"), states.count("Unknown")

@@ -1,0 +1,87 @@
+"""kopf wiring: settings, one daemon per ClusterPool, and a nudge on spec changes.
+
+Thin on purpose: the loop lives in runner.PoolRunner. Handlers return None and write
+nothing themselves; the daemon writes status through k8s.client.StatusWriter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+
+from clusterpool import api
+from clusterpool.k8s.client import StatusWriter, load_config
+from clusterpool.runner import PoolRunner
+
+FINALIZER = f"{api.GROUP}/finalizer"
+
+
+def configure_settings(settings: kopf.OperatorSettings) -> None:
+    # Our own prefixes for the finalizer and kopf's bookkeeping annotations, from day one:
+    # changing them later strands objects with the old marks.
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=api.GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=api.GROUP, key="last-handled-configuration"
+    )
+    # Watches: the server ends each stream after ~4.5 min and kopf reconnects; the client
+    # gives up a little later. kopf >= 1.44 also restarts a stream that sends nothing,
+    # not even a bookmark, for `inactivity_timeout` (70 s by default; bookmarks come every 60 s).
+    settings.watching.server_timeout = 270
+    settings.watching.client_timeout = 300
+    settings.watching.connect_timeout = 10
+    settings.networking.request_timeout = 60
+    settings.networking.connect_timeout = 10
+    # One replica (kopf has no lease-based leader election): no peering objects needed.
+    settings.peering.standalone = True
+    # Handler log lines stay in the log (kopf's default); Events are posted explicitly,
+    # by the runner, on transitions.
+    settings.posting.loggers = False
+
+
+@kopf.on.startup(id="configure")
+def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    configure_settings(settings)
+    memo["status_writer"] = StatusWriter(load_config())
+
+
+@kopf.daemon(api.GROUP, api.VERSION, api.PLURAL, id="pool", cancellation_backoff=5.0, cancellation_timeout=10.0)
+async def pool_daemon(
+    body: kopf.Body,
+    memo: kopf.Memo,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    stopped: kopf.DaemonStopped,
+    **_: Any,
+) -> None:
+    writer: StatusWriter = memo["status_writer"]
+    namespace, name = body.metadata.namespace or "default", body.metadata.name or ""
+
+    async def write_status(status: dict[str, Any]) -> bool:
+        return await writer.patch_status(namespace, name, status)
+
+    def emit(type_: str, reason: str, message: str) -> None:
+        kopf.event(body, type=type_, reason=reason, message=message)
+
+    runner = PoolRunner(body, write_status, emit, logger)
+    memo["wake"] = runner.wake
+
+    async def relay_stop() -> None:
+        await stopped.wait()
+        runner.stop()
+
+    relay = asyncio.create_task(relay_stop())
+    try:
+        await runner.run()
+    finally:
+        relay.cancel()
+
+
+@kopf.on.update(api.GROUP, api.VERSION, api.PLURAL, id="spec-changed", field="spec")
+def spec_changed(memo: kopf.Memo, **_: Any) -> None:
+    """Wake the pool's daemon so a spec change applies now, not after the interval."""
+    wake = memo.get("wake")
+    if wake is not None:
+        wake.set()

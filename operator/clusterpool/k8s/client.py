@@ -1,0 +1,54 @@
+"""The operator's own Kubernetes client, for writes kopf does not make for a daemon.
+
+kopf applies a daemon's patch only when the daemon returns; a pool's daemon runs for
+the pool's lifetime, so it writes status itself, through this adapter. The kubernetes
+client is synchronous: every call runs in a worker thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import kubernetes
+from kubernetes.client.exceptions import ApiException
+
+from clusterpool import api
+
+log = logging.getLogger(__name__)
+
+
+def load_config() -> kubernetes.client.ApiClient:
+    """In-cluster credentials when running in a pod, else the kubeconfig (KUBECONFIG)."""
+    try:
+        kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
+    return kubernetes.client.ApiClient()
+
+
+class StatusWriter:
+    """Merge-patches the status subresource of ClusterPools."""
+
+    def __init__(self, client: kubernetes.client.ApiClient) -> None:
+        self._api = kubernetes.client.CustomObjectsApi(client)
+
+    async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> bool:
+        """True when written; False when the pool is gone (deleted meanwhile)."""
+        try:
+            await asyncio.to_thread(
+                self._api.patch_namespaced_custom_object_status,
+                api.GROUP,
+                api.VERSION,
+                namespace,
+                api.PLURAL,
+                name,
+                {"status": status},
+                _request_timeout=30,
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True

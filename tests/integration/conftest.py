@@ -1,0 +1,251 @@
+"""Real components for integration tests: etcd + kube-apiserver (RBAC on), the real
+kubectl, the operator as a subprocess, and HTTP/TCP backends on 127.0.0.x.
+
+The control plane and the operator start once per session; every test gets a
+namespace of its own and cleans its pools up (no garbage collector runs here).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+import pytest
+from kubernetes.client.exceptions import ApiException
+
+import controlplane
+from backends import HTTPBackend, TCPBackend, free_port
+from clusterpool import api
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def wait_for(fn: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+    """Poll fn until it returns something truthy; fail naming `what` and the last value."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[controlplane.State]:
+    state_dir = tmp_path_factory.mktemp("controlplane")
+    state = controlplane.up(state_dir)
+    yield state
+    controlplane.down(state_dir)
+
+
+class Kubectl:
+    def __init__(self, kubeconfig: str) -> None:
+        self.env = {**os.environ, "KUBECONFIG": kubeconfig}
+        self.path = str(controlplane.kubectl_path())
+
+    def __call__(self, *args: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        r = subprocess.run([self.path, *args], env=self.env, text=True, capture_output=True, input=stdin, timeout=60)
+        if check and r.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed ({r.returncode}): {r.stderr}")
+        return r
+
+
+@pytest.fixture(scope="session")
+def kubectl(cluster: controlplane.State) -> Kubectl:
+    return Kubectl(cluster.kubeconfig)
+
+
+@pytest.fixture(scope="session")
+def k8s(cluster: controlplane.State) -> kubernetes.client.ApiClient:
+    return kubernetes.config.new_client_from_config(config_file=cluster.kubeconfig)
+
+
+@pytest.fixture(scope="session")
+def crd(kubectl: Kubectl) -> None:
+    kubectl("apply", "-f", str(ROOT / "crds"))
+    kubectl("wait", "--for=condition=Established", f"crd/{api.PLURAL}.{api.GROUP}", "--timeout=60s")
+
+
+class OperatorProcess:
+    """`python -m clusterpool` against the test cluster, its log in a file."""
+
+    def __init__(self, kubeconfig: str, log_dir: Path) -> None:
+        self.kubeconfig = kubeconfig
+        self.log_dir = log_dir
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.liveness = ""
+        self.starts = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        self.liveness = f"http://127.0.0.1:{free_port()}/healthz"
+        env = {**os.environ, "KUBECONFIG": self.kubeconfig, "PYTHONPATH": str(ROOT / "operator")}
+        self.log = self.log_dir / f"operator-{self.starts}.log"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "clusterpool", "--liveness", self.liveness],
+            env=env,
+            stdout=self.log.open("wb"),
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        wait_for(self.alive, 60, f"the operator's liveness endpoint ({self.log})", interval=0.2)
+
+    def alive(self) -> bool:
+        if self.proc is None or self.proc.poll() is not None:
+            raise AssertionError(f"the operator exited; log:\n{self.log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(self.liveness, timeout=1) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc is None:
+            return
+        if kill:
+            self.proc.kill()
+        else:
+            self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def restart(self, kill: bool = False) -> None:
+        self.stop(kill=kill)
+        self.start()
+
+
+@pytest.fixture(scope="session")
+def operator(
+    crd: None, cluster: controlplane.State, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    op = OperatorProcess(cluster.kubeconfig, tmp_path_factory.mktemp("operator"))
+    op.start()
+    yield op
+    op.stop()
+
+
+class Pools:
+    """ClusterPools in one test namespace, through the kubernetes client."""
+
+    def __init__(self, client: kubernetes.client.ApiClient, namespace: str) -> None:
+        self.api = kubernetes.client.CustomObjectsApi(client)
+        self.core = kubernetes.client.CoreV1Api(client)
+        self.namespace = namespace
+
+    def create(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        body = {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": name}, "spec": spec}
+        return self.api.create_namespaced_custom_object(api.GROUP, api.VERSION, self.namespace, api.PLURAL, body)
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        try:
+            return self.api.get_namespaced_custom_object(api.GROUP, api.VERSION, self.namespace, api.PLURAL, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def patch_spec(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        return self.api.patch_namespaced_custom_object(
+            api.GROUP, api.VERSION, self.namespace, api.PLURAL, name, {"spec": spec}
+        )
+
+    def delete(self, name: str) -> None:
+        try:
+            self.api.delete_namespaced_custom_object(api.GROUP, api.VERSION, self.namespace, api.PLURAL, name)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def names(self) -> list[str]:
+        items = self.api.list_namespaced_custom_object(api.GROUP, api.VERSION, self.namespace, api.PLURAL)["items"]
+        return [i["metadata"]["name"] for i in items]
+
+    def status(self, name: str) -> dict[str, Any]:
+        return (self.get(name) or {}).get("status") or {}
+
+    def condition(self, name: str, type_: str) -> dict[str, Any]:
+        return next((c for c in self.status(name).get("conditions", []) if c["type"] == type_), {})
+
+    def endpoint(self, name: str, endpoint: str) -> dict[str, Any]:
+        return next((e for e in self.status(name).get("endpoints", []) if e["name"] == endpoint), {})
+
+    def events(self, name: str, reason: str | None = None) -> list[Any]:
+        evs = self.core.list_namespaced_event(self.namespace, field_selector=f"involvedObject.name={name}").items
+        return [e for e in evs if reason is None or e.reason == reason]
+
+    def wait_ready(self, name: str, healthy: int, timeout: float = 30) -> dict[str, Any]:
+        def ready() -> dict[str, Any] | None:
+            s = self.status(name)
+            c = self.condition(name, "Ready")
+            return s if c.get("status") == "True" and s.get("healthy") == healthy else None
+
+        return wait_for(ready, timeout, f"pool {name} Ready with {healthy} healthy")  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def pools(operator: OperatorProcess, k8s: kubernetes.client.ApiClient) -> Iterator[Pools]:
+    ns = f"t-{uuid.uuid4().hex[:8]}"
+    kubernetes.client.CoreV1Api(k8s).create_namespace({"metadata": {"name": ns}})
+    p = Pools(k8s, ns)
+    yield p
+    for name in p.names():
+        p.delete(name)
+    # The operator must release its finalizer for each pool to go away.
+    wait_for(lambda: not p.names(), 30, f"pools in {ns} to be deleted (finalizer released)")
+
+
+_hosts = itertools.count(10)
+
+
+def _next_host() -> str:
+    n = next(_hosts)
+    return f"127.0.{n // 250}.{n % 250 + 2}"
+
+
+@pytest.fixture
+def http_backends() -> Iterator[Callable[[int], list[HTTPBackend]]]:
+    started: list[HTTPBackend] = []
+
+    def make(n: int) -> list[HTTPBackend]:
+        port = free_port()
+        out = [HTTPBackend(_next_host(), port).start() for _ in range(n)]
+        started.extend(out)
+        return out
+
+    yield make
+    for b in started:
+        b.stop()
+
+
+@pytest.fixture
+def tcp_backends() -> Iterator[Callable[[int], list[TCPBackend]]]:
+    started: list[TCPBackend] = []
+
+    def make(n: int) -> list[TCPBackend]:
+        port = free_port()
+        out = [TCPBackend(_next_host(), port).start() for _ in range(n)]
+        started.extend(out)
+        return out
+
+    yield make
+    for b in started:
+        b.stop()
+
+
+def endpoints_of(backends: list[Any]) -> list[dict[str, Any]]:
+    return [{"name": f"ep-{i}", "address": b.host, "port": b.port} for i, b in enumerate(backends)]

@@ -1,0 +1,52 @@
+"""The CRD (checked by the real apiserver, OpenAPI and CEL) and the pydantic models
+accept and reject the same specs, and default them the same way."""
+
+import pytest
+from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
+
+from clusterpool import api
+from samples import INVALID, VALID
+
+
+def server_dry_run(pools, spec):
+    body = {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": "dry"}, "spec": spec}
+    return pools.api.create_namespaced_custom_object(
+        api.GROUP, api.VERSION, pools.namespace, api.PLURAL, body, dry_run="All"
+    )
+
+
+@pytest.mark.parametrize("name", sorted(VALID))
+def test_valid_samples_are_accepted_and_defaulted_alike(pools, name):
+    stored = server_dry_run(pools, VALID[name])["spec"]
+    model = api.parse_spec(VALID[name]).model_dump(by_alias=True, exclude_none=True)
+    assert stored == model
+    assert api.parse_spec(stored).model_dump(by_alias=True, exclude_none=True) == model
+
+
+@pytest.mark.parametrize("name", sorted(INVALID))
+def test_invalid_samples_are_rejected_by_both(pools, name):
+    with pytest.raises(ValidationError):
+        api.parse_spec(INVALID[name])
+    with pytest.raises(ApiException) as exc:
+        server_dry_run(pools, INVALID[name])
+    assert exc.value.status == 422, exc.value.body
+
+
+def test_cel_messages_reach_the_user(kubectl, pools):
+    manifest = """
+apiVersion: clusterpool.dev/v1alpha1
+kind: ClusterPool
+metadata: {name: bad}
+spec:
+  discovery: {static: {endpoints: [{name: a, address: 127.0.0.2, port: 80}]}}
+  healthCheck: {intervalSeconds: 2, timeoutSeconds: 5, tcp: {}}
+"""
+    r = kubectl("apply", "-n", pools.namespace, "-f", "-", stdin=manifest, check=False)
+    assert r.returncode != 0
+    assert "spec.healthCheck.timeoutSeconds must be less than intervalSeconds" in r.stderr
+
+
+def test_kubectl_explain_documents_the_fields(kubectl, crd):
+    out = kubectl("explain", "clusterpool.spec.healthCheck.unhealthyThreshold").stdout
+    assert "Consecutive failures that turn a healthy endpoint unhealthy" in out

@@ -1,0 +1,167 @@
+"""A ClusterPool against the real apiserver, the operator process and real backends."""
+
+import time
+
+from conftest import endpoints_of, wait_for
+
+INTERVAL, TIMEOUT, HEALTHY_T, UNHEALTHY_T, JITTER = 2, 1, 2, 2, 10
+HTTP_CHECK = {
+    "intervalSeconds": INTERVAL,
+    "timeoutSeconds": TIMEOUT,
+    "healthyThreshold": HEALTHY_T,
+    "unhealthyThreshold": UNHEALTHY_T,
+    "intervalJitterPercent": JITTER,
+    "http": {"path": "/health"},
+}
+# Worst case to notice a change: threshold probes, each interval stretched by the jitter,
+# plus one interval of phase and a margin for the status write and the watch.
+MARGIN = 3.0
+
+
+def detect_bound(threshold: int) -> float:
+    return (threshold + 1) * INTERVAL * (1 + JITTER / 100) + MARGIN
+
+
+def static(backends, check=HTTP_CHECK, **extra):
+    return {"discovery": {"static": {"endpoints": endpoints_of(backends)}}, "healthCheck": check, **extra}
+
+
+def test_pool_of_three_becomes_ready_then_follows_a_backend_dying_and_returning(pools, http_backends):
+    backends = http_backends(3)
+    pools.create("p", static(backends))
+    status = pools.wait_ready("p", healthy=3)
+    assert status["total"] == 3 and status["source"] == "Static"
+    assert [e["health"] for e in status["endpoints"]] == ["Healthy"] * 3
+    assert pools.condition("p", "Degraded")["status"] == "False"
+
+    backends[1].stop()
+    killed = time.monotonic()
+    wait_for(
+        lambda: pools.endpoint("p", "ep-1").get("health") == "Unhealthy",
+        detect_bound(UNHEALTHY_T),
+        "ep-1 to turn Unhealthy",
+    )
+    took = time.monotonic() - killed
+    assert took <= detect_bound(UNHEALTHY_T)
+    status = pools.status("p")
+    assert (status["healthy"], status["total"]) == (2, 3)
+    assert pools.condition("p", "Ready")["status"] == "True"
+    assert pools.condition("p", "Ready")["message"] == "2 of 3 endpoints healthy"
+    degraded = pools.condition("p", "Degraded")
+    assert degraded["status"] == "True" and "ep-1" in degraded["message"]
+    ep1 = pools.endpoint("p", "ep-1")
+    assert ep1["reason"] == "ConnectionRefused" and backends[1].host in ep1["message"]
+    unhealthy_events = pools.events("p", "EndpointUnhealthy")
+    assert len(unhealthy_events) == 1 and "ep-1" in unhealthy_events[0].message
+    assert unhealthy_events[0].type == "Warning"
+
+    backends[1].start()
+    wait_for(
+        lambda: pools.endpoint("p", "ep-1").get("health") == "Healthy",
+        detect_bound(HEALTHY_T),
+        "ep-1 to turn Healthy again",
+    )
+    wait_for(lambda: pools.condition("p", "Degraded").get("status") == "False", 5, "Degraded to clear")
+    assert pools.status("p")["healthy"] == 3
+    assert any("ep-1" in e.message for e in pools.events("p", "EndpointHealthy"))
+
+
+def test_a_pool_with_no_healthy_endpoint_is_not_ready(pools, tcp_backends):
+    backends = tcp_backends(2)
+    check = {"intervalSeconds": INTERVAL, "timeoutSeconds": TIMEOUT, "unhealthyThreshold": 1, "tcp": {}}
+    pools.create("p", static(backends, check))
+    pools.wait_ready("p", healthy=2)
+    for b in backends:
+        b.stop()
+    wait_for(lambda: pools.condition("p", "Ready").get("status") == "False", detect_bound(1), "Ready=False")
+    ready = pools.condition("p", "Ready")
+    assert ready["reason"] == "NoHealthyEndpoints" and ready["message"] == "0 of 2 endpoints healthy"
+    assert pools.status("p")["healthy"] == 0
+    wait_for(lambda: pools.events("p", "PoolNotReady"), 5, "a PoolNotReady Event")
+
+
+def test_http_answers_that_are_not_healthy_mark_the_endpoint(pools, http_backends):
+    ok, failing, hanging, garbage = http_backends(4)
+    failing.mode, hanging.mode, garbage.mode = "fail", "hang", "garbage"
+    pools.create("p", static([ok, failing, hanging, garbage]))
+    wait_for(
+        lambda: (
+            pools.status("p").get("healthy") == 1
+            and all(e["health"] != "Unknown" for e in pools.status("p")["endpoints"])
+        ),
+        15,
+        "first probes",
+    )
+    reasons = {e["name"]: (e["health"], e["reason"]) for e in pools.status("p")["endpoints"]}
+    assert reasons == {
+        "ep-0": ("Healthy", "ProbeSucceeded"),
+        "ep-1": ("Unhealthy", "UnexpectedStatus"),
+        "ep-2": ("Unhealthy", "Timeout"),
+        "ep-3": ("Unhealthy", "ProtocolError"),
+    }
+    assert "HTTP 500" in pools.endpoint("p", "ep-1")["message"]
+
+
+def test_kubectl_get_clusterpools_prints_the_columns(pools, http_backends, kubectl):
+    pools.create("shown", static(http_backends(3), strategy="LeastConnections"))
+    pools.wait_ready("shown", healthy=3)
+    out = kubectl("get", "clusterpools", "-n", pools.namespace).stdout.splitlines()
+    assert out[0].split() == ["NAME", "READY", "HEALTHY", "TOTAL", "STRATEGY", "SOURCE", "AGE"]
+    assert out[1].split()[:6] == ["shown", "True", "3", "3", "LeastConnections", "Static"]
+    # the short name and the category reach the same objects
+    assert "shown" in kubectl("get", "cpool", "-n", pools.namespace).stdout
+    assert "shown" in kubectl("get", "llm", "-n", pools.namespace).stdout
+    described = kubectl("describe", "clusterpool", "shown", "-n", pools.namespace).stdout
+    assert "EndpointsAvailable" in described and "EndpointHealthy" in described
+
+
+def test_deleting_a_pool_completes(pools, http_backends):
+    pools.create("gone", static(http_backends(1)))
+    pools.wait_ready("gone", healthy=1)
+    assert pools.get("gone")["metadata"]["finalizers"] == ["clusterpool.dev/finalizer"]
+    pools.delete("gone")
+    wait_for(lambda: pools.get("gone") is None, 15, "the pool to be deleted (finalizer released)")
+
+
+def test_a_spec_change_applies_at_once_not_after_the_interval(pools, http_backends):
+    a, b, c = http_backends(3)
+    slow = {"intervalSeconds": 60, "timeoutSeconds": 1, "tcp": {}}
+    pools.create("p", static([a, b], slow))
+    pools.wait_ready("p", healthy=2)
+    pools.patch_spec("p", static([a, b, c], slow))
+    changed = time.monotonic()
+    pools.wait_ready("p", healthy=3, timeout=15)
+    assert time.monotonic() - changed < 15 < 60
+    assert pools.status("p")["observedGeneration"] == pools.get("p")["metadata"]["generation"]
+
+
+def test_status_holds_nothing_that_changes_while_health_does_not(pools, http_backends):
+    # (An identical patch does not bump resourceVersion, so this guards the content of
+    # status; that the operator skips identical writes is tested in test_runner.py.)
+    pools.create("p", static(http_backends(2)))
+    pools.wait_ready("p", healthy=2)
+    time.sleep(1)
+    version = pools.get("p")["metadata"]["resourceVersion"]
+    time.sleep(3 * INTERVAL * (1 + JITTER / 100))  # three probe rounds, all passing
+    assert pools.get("p")["metadata"]["resourceVersion"] == version
+
+
+def test_an_operator_restart_keeps_health_and_emits_nothing_new(pools, http_backends, operator):
+    backends = http_backends(3)
+    pools.create("p", static(backends))
+    pools.wait_ready("p", healthy=3)
+    backends[2].stop()
+    wait_for(lambda: pools.endpoint("p", "ep-2").get("health") == "Unhealthy", detect_bound(UNHEALTHY_T), "ep-2 down")
+    time.sleep(1)
+    before = pools.status("p")
+    events_before = len(pools.events("p"))
+
+    operator.restart(kill=True)  # killed, as a crash or an eviction would
+    time.sleep(3 * INTERVAL * (1 + JITTER / 100))
+    after = pools.status("p")
+    assert after["endpoints"] == before["endpoints"]
+    assert after["conditions"] == before["conditions"]
+    assert len(pools.events("p")) == events_before
+    # and it still follows changes
+    backends[2].start()
+    wait_for(lambda: pools.endpoint("p", "ep-2").get("health") == "Healthy", detect_bound(HEALTHY_T), "ep-2 back")
