@@ -44,14 +44,16 @@ def members_of(spec: api.ClusterPoolSpec) -> tuple[Endpoint, ...]:
     return ()
 
 
+def _count(n: int, what: str) -> str:
+    return f"1 {what}" if n == 1 else f"{n} consecutive {what}s"
+
+
 def transition_event(t: Transition, thresholds: Thresholds) -> tuple[str, str, str]:
     ep = f"endpoint {t.endpoint.name} ({t.endpoint.address}:{t.endpoint.port})"
     if t.after == "Unhealthy":
-        after = (
-            "its first probe failed" if t.before == "Unknown" else f"{thresholds.unhealthy} consecutive failed probes"
-        )
+        after = "its first probe failed" if t.before == "Unknown" else _count(thresholds.unhealthy, "failed probe")
         return "Warning", "EndpointUnhealthy", f"{ep} is Unhealthy after {after}: {t.message}"
-    after = "its first probe passed" if t.before == "Unknown" else f"{thresholds.healthy} consecutive passing probes"
+    after = "its first probe passed" if t.before == "Unknown" else _count(thresholds.healthy, "passing probe")
     return "Normal", "EndpointHealthy", f"{ep} is Healthy after {after}"
 
 

@@ -1,0 +1,79 @@
+"""The operator works under exactly the ClusterRole in manifests/install/rbac.yaml, on an
+apiserver with RBAC on, authenticated with a real ServiceAccount token."""
+
+import json
+from pathlib import Path
+
+import kubernetes
+import pytest
+
+from conftest import ROOT, OperatorProcess, endpoints_of, wait_for
+
+SA, NS = "clusterpool-operator", "clusterpool-system"
+AS_SA = f"--as=system:serviceaccount:{NS}:{SA}"
+
+
+@pytest.fixture
+def sa_kubeconfig(cluster, kubectl, k8s, tmp_path):
+    kubectl("apply", "-f", str(ROOT / "manifests/install/namespace.yaml"))
+    kubectl("apply", "-f", str(ROOT / "manifests/install/rbac.yaml"))
+    token = (
+        kubernetes.client.CoreV1Api(k8s)
+        .create_namespaced_service_account_token(SA, NS, {"spec": {"expirationSeconds": 3600}})
+        .status.token
+    )
+    admin = json.loads(Path(cluster.kubeconfig).read_text())
+    cfg = {
+        **admin,
+        "users": [{"name": SA, "user": {"token": token}}],
+        "contexts": [{"name": "sa", "context": {"cluster": admin["clusters"][0]["name"], "user": SA}}],
+        "current-context": "sa",
+    }
+    path = tmp_path / "sa-kubeconfig"
+    path.write_text(json.dumps(cfg))
+    return str(path)
+
+
+def test_the_role_grants_what_the_operator_needs_and_no_more(kubectl, crd, sa_kubeconfig):
+    def can(*args):
+        return kubectl("auth", "can-i", *args, AS_SA, check=False).stdout.strip() == "yes"
+
+    assert can("watch", "clusterpools.clusterpool.dev", "-A")
+    assert can("patch", "clusterpools.clusterpool.dev", "--subresource=status", "-n", "default")
+    assert can("create", "events", "-n", "default")
+    for verb, what in [
+        ("get", "secrets"),
+        ("delete", "clusterpools.clusterpool.dev"),
+        ("create", "clusterpools.clusterpool.dev"),
+        ("update", "clusterpools.clusterpool.dev"),
+        ("list", "pods"),
+        ("create", "customresourcedefinitions"),
+    ]:
+        assert not can(verb, what, "-A"), f"the operator's role should not allow {verb} {what}"
+
+
+def test_the_operator_runs_a_pool_under_its_own_service_account(
+    operator, pools, http_backends, sa_kubeconfig, tmp_path
+):
+    operator.stop()  # one operator at a time handles a pool
+    restricted = OperatorProcess(sa_kubeconfig, tmp_path)
+    try:
+        restricted.start()
+        backends = http_backends(2)
+        pools.create(
+            "p",
+            {
+                "discovery": {"static": {"endpoints": endpoints_of(backends)}},
+                "healthCheck": {"intervalSeconds": 2, "timeoutSeconds": 1, "unhealthyThreshold": 1, "http": {}},
+            },
+        )
+        pools.wait_ready("p", healthy=2)
+        backends[0].stop()
+        wait_for(lambda: pools.events("p", "EndpointUnhealthy"), 15, "an EndpointUnhealthy Event")
+        pools.delete("p")
+        wait_for(lambda: pools.get("p") is None, 15, "the pool deleted (finalizer released)")
+        log = restricted.log.read_text()
+        assert "Forbidden" not in log and " 403" not in log, log[-3000:]
+    finally:
+        restricted.stop()
+        operator.start()
