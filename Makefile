@@ -35,13 +35,13 @@ demo-down: venv
 	@$(PY) scripts/demo.py down
 
 test: controlplane
-	$(PY) -m pytest tests
+	scripts/netns-run $(PY) -m pytest tests
 
 test-unit: venv
 	$(PY) -m pytest tests/unit
 
 test-integration: controlplane
-	$(PY) -m pytest tests/integration
+	scripts/netns-run $(PY) -m pytest tests/integration
 
 lint: venv
 	$(VENV)/bin/ruff check operator tests scripts bench

@@ -62,6 +62,13 @@ class StaticEndpoint(Model):
     weight: int = Field(
         default=1, ge=1, le=1000, description="Relative share of traffic for weighted strategies (1-1000, default 1)."
     )
+    tier: int = Field(
+        default=0,
+        ge=0,
+        le=9,
+        description="Priority tier (0-9, default 0). Tier 0 serves; lower tiers take over when it is not healthy "
+        "enough (see spec.failover.tiers).",
+    )
 
 
 _UNIQUE_ADDRESS = (
@@ -225,6 +232,117 @@ def _default_health_check() -> HealthCheck:
     return HealthCheck(tcp=TCPCheck())
 
 
+_OPEN_CAP = (
+    "self.maxOpenSeconds >= self.openSeconds",
+    "spec.failover.circuitBreaker.maxOpenSeconds must be at least openSeconds",
+)
+
+
+class CircuitBreaker(Model):
+    """Per-endpoint circuit breaker: Closed, Open (ejected), HalfOpen (trial probes)."""
+
+    model_config = ConfigDict(json_schema_extra=_cel(_OPEN_CAP))
+
+    failure_threshold: int | None = Field(
+        default=None,
+        ge=1,
+        le=100,
+        description="Consecutive failed probes that open the breaker (eject the endpoint); "
+        "defaults to healthCheck.unhealthyThreshold.",
+    )
+    open_seconds: int = Field(
+        default=30,
+        ge=1,
+        le=3600,
+        description="How long the first ejection lasts; the n-th lasts n times as long (default 30).",
+    )
+    max_open_seconds: int = Field(default=300, ge=1, le=86400, description="Cap on an ejection's length (default 300).")
+    half_open_max_probes: int = Field(
+        default=1,
+        ge=1,
+        le=100,
+        description="Trial requests let through at once while HalfOpen (clients' breakers; the operator "
+        "probes a HalfOpen endpoint once per interval). Default 1.",
+    )
+    success_threshold: int = Field(
+        default=2, ge=1, le=100, description="Passing trials that close the breaker again (default 2)."
+    )
+
+    @model_validator(mode="after")
+    def _cap(self) -> CircuitBreaker:
+        if self.max_open_seconds < self.open_seconds:
+            raise ValueError(f"{_OPEN_CAP[1]} (got {self.max_open_seconds} < {self.open_seconds})")
+        return self
+
+
+_HYSTERESIS = (
+    "self.failbackPercent >= self.failoverPercent",
+    "spec.failover.tiers.failbackPercent must be at least failoverPercent",
+)
+
+
+class Tiers(Model):
+    """When traffic moves between priority tiers."""
+
+    model_config = ConfigDict(json_schema_extra=_cel(_HYSTERESIS))
+
+    failover_percent: int = Field(
+        default=50,
+        ge=0,
+        le=100,
+        description="The serving tier is left for the next one when its healthy share falls below this (default 50).",
+    )
+    failback_percent: int = Field(
+        default=80,
+        ge=0,
+        le=100,
+        description="A better tier takes traffic back once its healthy share reaches this; at least "
+        "failoverPercent, so traffic does not flap (default 80).",
+    )
+
+    @model_validator(mode="after")
+    def _hysteresis(self) -> Tiers:
+        if self.failback_percent < self.failover_percent:
+            raise ValueError(_HYSTERESIS[1])
+        return self
+
+
+class Failover(Model):
+    """Ejection, panic, tiers and slow start (Envoy's outlier detection vocabulary)."""
+
+    circuit_breaker: CircuitBreaker = Field(
+        default_factory=CircuitBreaker,
+        description="Per-endpoint circuit breaker.",
+        json_schema_extra={"default": CircuitBreaker().model_dump(by_alias=True, exclude_none=True)},
+    )
+    max_ejection_percent: int = Field(
+        default=50,
+        ge=0,
+        le=100,
+        description="Never eject more than this share of the endpoints at once; one ejection is always "
+        "allowed, so small pools can eject (default 50).",
+    )
+    panic_threshold_percent: int = Field(
+        default=50,
+        ge=0,
+        le=100,
+        description="When the serving tier's healthy share falls below this, route to all of its endpoints "
+        "and set the Panic condition; 0 disables (default 50).",
+    )
+    slow_start_seconds: int = Field(
+        default=0,
+        ge=0,
+        le=3600,
+        description="An endpoint that recovers ramps its weight from 10% to 100% over this many seconds; "
+        "0 disables (default 0).",
+    )
+    tiers: Tiers = Field(
+        default_factory=Tiers,
+        description="Failover between priority tiers.",
+        json_schema_extra={"default": Tiers().model_dump(by_alias=True, exclude_none=True)},
+    )
+
+
 class ClusterPoolSpec(Model):
     """The desired pool: where its endpoints come from, how they are probed and balanced."""
 
@@ -239,6 +357,11 @@ class ClusterPoolSpec(Model):
         description="How endpoints are probed (default: TCP connect every 10s).",
         json_schema_extra={"default": _default_health_check().model_dump(by_alias=True, exclude_none=True)},
     )
+    failover: Failover = Field(
+        default_factory=Failover,
+        description="Ejection, panic mode, priority tiers and slow start.",
+        json_schema_extra={"default": Failover().model_dump(by_alias=True, exclude_none=True)},
+    )
 
 
 # ------------------------------------------------------------------------- status
@@ -248,14 +371,41 @@ ConditionStatus = Literal["True", "False", "Unknown"]
 REASON = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
 
 
+BreakerState = Literal["Closed", "Open", "HalfOpen"]
+
+
 class EndpointStatus(Model):
     """What the operator knows of one endpoint."""
 
     name: str = Field(max_length=63, description="The endpoint's name.")
     address: str = Field(max_length=253, description="The endpoint's address.")
     port: int = Field(ge=1, le=65535, description="The endpoint's port.")
-    weight: int = Field(ge=0, le=1000, description="The endpoint's weight as published to clients.")
+    tier: int = Field(default=0, ge=0, le=9, description="The endpoint's priority tier.")
+    weight: int = Field(ge=0, le=1000, description="The endpoint's configured weight.")
+    effective_weight: int = Field(
+        default=0, ge=0, le=1000, description="The weight clients use now: 0 when not eligible, ramped in slow start."
+    )
+    eligible: bool = Field(default=False, description="Whether clients may send traffic to it now.")
     health: Health = Field(description="Probed health: Unknown (not probed yet), Healthy or Unhealthy.")
+    breaker: BreakerState = Field(
+        default="Closed", description="Circuit breaker: Closed (in), Open (ejected), HalfOpen (trial probes)."
+    )
+    ejections: int = Field(default=0, ge=0, description="How many times it was ejected (drives the open time).")
+    ejection_limited: bool | None = Field(
+        default=None, description="True when it should be ejected but maxEjectionPercent keeps it in."
+    )
+    consecutive_failures: int = Field(default=0, ge=0, description="Failed probes in a row.")
+    open_until: str | None = Field(
+        default=None, json_schema_extra={"format": "date-time"}, description="When an Open breaker turns HalfOpen."
+    )
+    recovered_at: str | None = Field(
+        default=None, json_schema_extra={"format": "date-time"}, description="When the breaker last closed again."
+    )
+    last_probe_latency_milliseconds: int | None = Field(
+        default=None,
+        ge=0,
+        description="Latency of a recent probe (refreshed when it moves by more than a quarter).",
+    )
     reason: str | None = Field(
         default=None, max_length=128, description="Why, in one CamelCase word (e.g. ConnectionRefused)."
     )
@@ -287,6 +437,10 @@ class ClusterPoolStatus(Model):
     source: Source | None = Field(default=None, description="Which discovery source the endpoints came from.")
     total: int = Field(default=0, ge=0, description="Number of endpoints in the pool.")
     healthy: int = Field(default=0, ge=0, description="Number of endpoints whose probes pass.")
+    eligible: int = Field(default=0, ge=0, description="Number of endpoints clients may use now.")
+    ejected: int = Field(default=0, ge=0, description="Number of endpoints ejected (unhealthy or breaker not Closed).")
+    active_tier: int = Field(default=0, ge=0, le=9, description="The priority tier that serves traffic now.")
+    panic: bool = Field(default=False, description="True while routing to all endpoints of the tier (panic mode).")
     endpoints: list[EndpointStatus] = Field(
         default_factory=list,
         max_length=MAX_ENDPOINTS,
@@ -296,8 +450,8 @@ class ClusterPoolStatus(Model):
     conditions: list[Condition] = Field(
         default_factory=list,
         max_length=16,
-        description="Ready (at least one healthy endpoint), Degraded (some "
-        "unhealthy), SpecValid (the spec could be used).",
+        description="Ready (at least one healthy endpoint), Degraded (some unhealthy or ejected), "
+        "Panic (routing to all endpoints), SpecValid (the spec could be used).",
         json_schema_extra=_list_map("type"),
     )
 
@@ -306,9 +460,12 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
     {"name": "Healthy", "type": "integer", "jsonPath": ".status.healthy"},
     {"name": "Total", "type": "integer", "jsonPath": ".status.total"},
+    {"name": "Ejected", "type": "integer", "jsonPath": ".status.ejected"},
     {"name": "Strategy", "type": "string", "jsonPath": ".spec.strategy"},
     {"name": "Source", "type": "string", "jsonPath": ".status.source"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    {"name": "Tier", "type": "integer", "jsonPath": ".status.activeTier", "priority": 1},
+    {"name": "Panic", "type": "boolean", "jsonPath": ".status.panic", "priority": 1},
 ]
 
 

@@ -14,6 +14,7 @@ import kopf
 
 from clusterpool import api
 from clusterpool.k8s.client import StatusWriter, load_config
+from clusterpool.k8s.publish import Publisher
 from clusterpool.runner import PoolRunner
 
 FINALIZER = f"{api.GROUP}/finalizer"
@@ -45,7 +46,9 @@ def configure_settings(settings: kopf.OperatorSettings) -> None:
 @kopf.on.startup(id="configure")
 def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     configure_settings(settings)
-    memo["status_writer"] = StatusWriter(load_config())
+    client = load_config()
+    memo["status_writer"] = StatusWriter(client)
+    memo["publisher"] = Publisher(client)
 
 
 @kopf.daemon(api.GROUP, api.VERSION, api.PLURAL, id="pool", cancellation_backoff=5.0, cancellation_timeout=10.0)
@@ -65,7 +68,7 @@ async def pool_daemon(
     def emit(type_: str, reason: str, message: str) -> None:
         kopf.event(body, type=type_, reason=reason, message=message)
 
-    runner = PoolRunner(body, write_status, emit, logger)
+    runner = PoolRunner(body, write_status, emit, logger, publisher=memo["publisher"])
     memo["wake"] = runner.wake
 
     async def relay_stop() -> None:
@@ -77,6 +80,10 @@ async def pool_daemon(
         await runner.run()
     finally:
         relay.cancel()
+    if body.metadata.get("deletionTimestamp"):
+        # The pool is going away: remove what it published (a real cluster's garbage
+        # collector would too, through the ownerReferences; the test control plane has none).
+        await runner.unpublish()
 
 
 @kopf.on.update(api.GROUP, api.VERSION, api.PLURAL, id="spec-changed", field="spec")

@@ -15,22 +15,40 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
+from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from clusterpool import api
-from clusterpool.core.health import Endpoint, PoolHealth, Thresholds, Transition
-from clusterpool.core.status import render_status, restore_health
+from clusterpool.core.failover import BreakerConfig, FailoverConfig
+from clusterpool.core.health import Endpoint, Thresholds
+from clusterpool.core.pool import PoolState, step
+from clusterpool.core.publish import (
+    build_endpoint_slices,
+    build_routing_configmap,
+    build_routing_table,
+    build_service,
+)
+from clusterpool.core.status import ConditionSpec, render_status, restore_state
 from clusterpool.discovery.static import static_members
 from clusterpool.health.probes import Prober, probe_all, prober_for
 
 WriteStatus = Callable[[dict[str, Any]], Awaitable[bool]]
+
+
+class ObjectPublisher(Protocol):
+    async def apply(self, objs: list[dict[str, Any]]) -> list[str]: ...
+    async def prune_slices(self, namespace: str, pool: str, keep: set[str]) -> None: ...
+    async def delete_all(self, namespace: str, pool: str, uid: str) -> None: ...
+
+
 Emit = Callable[[str, str, str], None]  # (type: Normal|Warning, reason, message)
 
 
@@ -44,17 +62,27 @@ def members_of(spec: api.ClusterPoolSpec) -> tuple[Endpoint, ...]:
     return ()
 
 
-def _count(n: int, what: str) -> str:
-    return f"1 {what}" if n == 1 else f"{n} consecutive {what}s"
+def thresholds_of(spec: api.ClusterPoolSpec) -> Thresholds:
+    hc = spec.health_check
+    return Thresholds(healthy=hc.healthy_threshold, unhealthy=hc.unhealthy_threshold)
 
 
-def transition_event(t: Transition, thresholds: Thresholds) -> tuple[str, str, str]:
-    ep = f"endpoint {t.endpoint.name} ({t.endpoint.address}:{t.endpoint.port})"
-    if t.after == "Unhealthy":
-        after = "its first probe failed" if t.before == "Unknown" else _count(thresholds.unhealthy, "failed probe")
-        return "Warning", "EndpointUnhealthy", f"{ep} is Unhealthy after {after}: {t.message}"
-    after = "its first probe passed" if t.before == "Unknown" else _count(thresholds.healthy, "passing probe")
-    return "Normal", "EndpointHealthy", f"{ep} is Healthy after {after}"
+def failover_of(spec: api.ClusterPoolSpec) -> FailoverConfig:
+    f, cb = spec.failover, spec.failover.circuit_breaker
+    return FailoverConfig(
+        breaker=BreakerConfig(
+            failure_threshold=cb.failure_threshold or spec.health_check.unhealthy_threshold,
+            open_seconds=cb.open_seconds,
+            max_open_seconds=cb.max_open_seconds,
+            half_open_max_probes=cb.half_open_max_probes,
+            success_threshold=cb.success_threshold,
+        ),
+        max_ejection_percent=f.max_ejection_percent,
+        panic_threshold_percent=f.panic_threshold_percent,
+        failover_percent=f.tiers.failover_percent,
+        failback_percent=f.tiers.failback_percent,
+        slow_start_seconds=f.slow_start_seconds,
+    )
 
 
 class PoolRunner:
@@ -65,6 +93,7 @@ class PoolRunner:
         emit: Emit,
         logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
         rand: Callable[[], float] = random.random,
+        publisher: ObjectPublisher | None = None,
     ) -> None:
         self.body = body  # a live view: kopf updates it as the object changes
         self.write_status = write_status
@@ -77,8 +106,11 @@ class PoolRunner:
         self.spec_error: str | None = None
         self.generation: int | None = None
         self.prober: Prober | None = None
-        self.pool = PoolHealth()
+        self.pool = PoolState()
         self.last_written: dict[str, Any] | None = None
+        self.publisher = publisher
+        self.published: ConditionSpec | None = None
+        self.slice_names: set[str] | None = None
 
     # -- spec ---------------------------------------------------------------------------
 
@@ -109,7 +141,7 @@ class PoolRunner:
         self.spec_error = None
         members = members_of(spec)
         if first:
-            self.pool = restore_health(members, self.body.get("status") or {})
+            self.pool = restore_state(members, self.body.get("status") or {})
         else:
             self.pool = self.pool.with_members(members)
         self.spec = spec
@@ -121,13 +153,10 @@ class PoolRunner:
         if self.spec is None or self.prober is None:
             return
         results = await probe_all(self.pool.members, self.prober)
-        hc = self.spec.health_check
-        thresholds = Thresholds(healthy=hc.healthy_threshold, unhealthy=hc.unhealthy_threshold)
-        self.pool, transitions = self.pool.observe(results, thresholds, utcnow())
-        for t in transitions:
-            kind, reason, message = transition_event(t, thresholds)
-            self.log.info("%s: %s", reason, message)
-            self.emit(kind, reason, message)
+        self.pool, events = step(self.pool, results, thresholds_of(self.spec), failover_of(self.spec), utcnow())
+        for e in events:
+            self.log.info("%s: %s", e.reason, e.message)
+            self.emit(e.type, e.reason, e.message)
 
     def render(self) -> dict[str, Any]:
         status = self.last_written if self.last_written is not None else (self.body.get("status") or {})
@@ -139,7 +168,59 @@ class PoolRunner:
             now=utcnow(),
             spec_error=self.spec_error,
             have_spec=self.spec is not None,
+            extra_conditions=[self.published] if self.published else [],
+            failure_cap=_failure_cap(self.spec),
         )
+
+    async def publish_objects(self) -> None:
+        """The Service, the EndpointSlices of eligible endpoints and the routing ConfigMap."""
+        if self.publisher is None or self.spec is None:
+            return
+        meta = self.body.get("metadata") or {}
+        pool = {"metadata": {k: meta.get(k) for k in ("name", "namespace", "uid", "generation")}}
+        slices, refused = build_endpoint_slices(pool, self.pool)
+        table = build_routing_table(pool, self.spec, self.pool)
+        objs = [build_service(pool, self.pool), *slices, build_routing_configmap(pool, table)]
+        try:
+            problems = await self.publisher.apply(objs)
+            names = {s["metadata"]["name"] for s in slices}
+            if names != self.slice_names:
+                await self.publisher.prune_slices(str(meta.get("namespace")), str(meta.get("name")), names)
+                self.slice_names = names
+        except ApiException as exc:
+            self.published = ConditionSpec(
+                "Published",
+                "False",
+                "PublishFailed",
+                f"the API server answered {exc.status}: {_api_message(exc)}; retrying",
+            )
+            return
+        if problems:
+            published = ConditionSpec("Published", "False", "PublishConflict", "; ".join(problems))
+        elif refused:
+            published = ConditionSpec(
+                "Published",
+                "True",
+                "SomeAddressesUnpublishable",
+                f"{', '.join(refused)}: loopback or link-local addresses are not allowed in an EndpointSlice; "
+                "they are in the routing table only",
+            )
+        else:
+            published = ConditionSpec(
+                "Published",
+                "True",
+                "UpToDate",
+                f"Service {meta.get('name')} with {len(slices)} EndpointSlice(s) and ConfigMap "
+                f"{meta.get('name')}-routing",
+            )
+        if self.published is not None and self.published.status == "True" and published.status == "False":
+            self.emit("Warning", published.reason, published.message)
+        self.published = published
+
+    async def unpublish(self) -> None:
+        meta = self.body.get("metadata") or {}
+        if self.publisher is not None:
+            await self.publisher.delete_all(str(meta.get("namespace")), str(meta.get("name")), str(meta.get("uid")))
 
     async def publish(self) -> None:
         status = self.render()
@@ -177,6 +258,7 @@ class PoolRunner:
         start = time.monotonic()
         self.refresh_spec()
         await self.probe_round()
+        await self.publish_objects()
         await self.publish()
         return self.next_delay(time.monotonic() - start)
 
@@ -197,6 +279,19 @@ class PoolRunner:
                 delay = 5.0
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), delay)
+
+
+def _failure_cap(spec: api.ClusterPoolSpec | None) -> int:
+    if spec is None:
+        return 100
+    return max(spec.health_check.unhealthy_threshold, failover_of(spec).breaker.failure_threshold)
+
+
+def _api_message(exc: ApiException) -> str:
+    try:
+        return str(json.loads(exc.body or "")["message"])[:500]
+    except (TypeError, ValueError, KeyError):
+        return str(exc.reason)
 
 
 def _condition(status: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:

@@ -247,5 +247,29 @@ def tcp_backends() -> Iterator[Callable[[int], list[TCPBackend]]]:
         b.stop()
 
 
+_net_hosts = itertools.count(10)
+
+
+@pytest.fixture
+def net_backends() -> Iterator[Callable[[int], list[HTTPBackend]]]:
+    """HTTP backends on the test hosts 198.18.0.x (addresses Kubernetes accepts in an
+    EndpointSlice), which `make test` puts on the loopback of its own network namespace."""
+    if os.environ.get("CLUSTERPOOL_NETNS") != "1":
+        pytest.fail(
+            "this test needs the test hosts 198.18.0.0/24: run it with `make test` (or through scripts/netns-run)"
+        )
+    started: list[HTTPBackend] = []
+
+    def make(n: int) -> list[HTTPBackend]:
+        port = free_port()
+        out = [HTTPBackend(f"198.18.0.{next(_net_hosts) % 240 + 10}", port).start() for _ in range(n)]
+        started.extend(out)
+        return out
+
+    yield make
+    for b in started:
+        b.stop()
+
+
 def endpoints_of(backends: list[Any]) -> list[dict[str, Any]]:
     return [{"name": f"ep-{i}", "address": b.host, "port": b.port} for i, b in enumerate(backends)]

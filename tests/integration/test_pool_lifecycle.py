@@ -22,8 +22,17 @@ def detect_bound(threshold: int) -> float:
     return (threshold + 1) * INTERVAL * (1 + JITTER / 100) + MARGIN
 
 
+OPEN_SECONDS = 2  # a short ejection, so a returning backend is back in within seconds
+FAILOVER = {"circuitBreaker": {"openSeconds": OPEN_SECONDS, "successThreshold": 1}}
+
+
 def static(backends, check=HTTP_CHECK, **extra):
-    return {"discovery": {"static": {"endpoints": endpoints_of(backends)}}, "healthCheck": check, **extra}
+    return {
+        "discovery": {"static": {"endpoints": endpoints_of(backends)}},
+        "healthCheck": check,
+        "failover": FAILOVER,
+        **extra,
+    }
 
 
 def test_pool_of_three_becomes_ready_then_follows_a_backend_dying_and_returning(pools, http_backends):
@@ -61,7 +70,11 @@ def test_pool_of_three_becomes_ready_then_follows_a_backend_dying_and_returning(
         detect_bound(HEALTHY_T),
         "ep-1 to turn Healthy again",
     )
-    wait_for(lambda: pools.condition("p", "Degraded").get("status") == "False", 5, "Degraded to clear")
+    wait_for(
+        lambda: pools.condition("p", "Degraded").get("status") == "False",
+        OPEN_SECONDS + detect_bound(1),
+        "Degraded to clear once the ejection is over",
+    )
     assert pools.status("p")["healthy"] == 3
     assert any("ep-1" in e.message for e in pools.events("p", "EndpointHealthy"))
 
@@ -106,8 +119,10 @@ def test_kubectl_get_clusterpools_prints_the_columns(pools, http_backends, kubec
     pools.create("shown", static(http_backends(3), strategy="LeastConnections"))
     pools.wait_ready("shown", healthy=3)
     out = kubectl("get", "clusterpools", "-n", pools.namespace).stdout.splitlines()
-    assert out[0].split() == ["NAME", "READY", "HEALTHY", "TOTAL", "STRATEGY", "SOURCE", "AGE"]
-    assert out[1].split()[:6] == ["shown", "True", "3", "3", "LeastConnections", "Static"]
+    assert out[0].split() == ["NAME", "READY", "HEALTHY", "TOTAL", "EJECTED", "STRATEGY", "SOURCE", "AGE"]
+    assert out[1].split()[:7] == ["shown", "True", "3", "3", "0", "LeastConnections", "Static"]
+    wide = kubectl("get", "clusterpools", "-n", pools.namespace, "-o", "wide").stdout.splitlines()
+    assert wide[0].split()[-2:] == ["TIER", "PANIC"] and wide[1].split()[-2:] == ["0", "false"]
     # the short name and the category reach the same objects
     assert "shown" in kubectl("get", "cpool", "-n", pools.namespace).stdout
     assert "shown" in kubectl("get", "llm", "-n", pools.namespace).stdout
@@ -148,7 +163,8 @@ def test_status_holds_nothing_that_changes_while_health_does_not(pools, http_bac
 
 def test_an_operator_restart_keeps_health_and_emits_nothing_new(pools, http_backends, operator):
     backends = http_backends(3)
-    pools.create("p", static(backends))
+    # a long ejection: nothing may move while the operator restarts
+    pools.create("p", static(backends, failover={"circuitBreaker": {"openSeconds": 60, "successThreshold": 1}}))
     pools.wait_ready("p", healthy=3)
     backends[2].stop()
     wait_for(lambda: pools.endpoint("p", "ep-2").get("health") == "Unhealthy", detect_bound(UNHEALTHY_T), "ep-2 down")

@@ -53,13 +53,13 @@ def test_the_role_grants_what_the_operator_needs_and_no_more(kubectl, crd, sa_ku
 
 
 def test_the_operator_runs_a_pool_under_its_own_service_account(
-    operator, pools, http_backends, sa_kubeconfig, tmp_path
+    operator, pools, net_backends, sa_kubeconfig, tmp_path, k8s
 ):
     operator.stop()  # one operator at a time handles a pool
     restricted = OperatorProcess(sa_kubeconfig, tmp_path)
     try:
         restricted.start()
-        backends = http_backends(2)
+        backends = net_backends(2)
         pools.create(
             "p",
             {
@@ -68,10 +68,17 @@ def test_the_operator_runs_a_pool_under_its_own_service_account(
             },
         )
         pools.wait_ready("p", healthy=2)
+        wait_for(lambda: pools.condition("p", "Published").get("reason") == "UpToDate", 10, "published")
         backends[0].stop()
         wait_for(lambda: pools.events("p", "EndpointUnhealthy"), 15, "an EndpointUnhealthy Event")
         pools.delete("p")
         wait_for(lambda: pools.get("p") is None, 15, "the pool deleted (finalizer released)")
+        disc, core = kubernetes.client.DiscoveryV1Api(k8s), kubernetes.client.CoreV1Api(k8s)
+        assert disc.list_namespaced_endpoint_slice(pools.namespace).items == []
+        assert [c.metadata.name for c in core.list_namespaced_config_map(pools.namespace).items] == [
+            "kube-root-ca.crt"
+        ] or core.list_namespaced_config_map(pools.namespace).items == []
+        assert [s.metadata.name for s in core.list_namespaced_service(pools.namespace).items] == []
         log = restricted.log.read_text()
         assert "Forbidden" not in log and " 403" not in log, log[-3000:]
     finally:

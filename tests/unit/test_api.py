@@ -81,9 +81,12 @@ def test_crd_has_printer_columns_and_status_subresource():
         "Ready",
         "Healthy",
         "Total",
+        "Ejected",
         "Strategy",
         "Source",
         "Age",
+        "Tier",
+        "Panic",
     ]
     assert version["subresources"] == {"status": {}}
 

@@ -1,93 +1,161 @@
 from datetime import UTC, datetime, timedelta
 
-from clusterpool.core.health import Endpoint, PoolHealth, ProbeResult, Thresholds
-from clusterpool.core.status import render_status, restore_health
+from clusterpool.core.failover import BreakerConfig, FailoverConfig
+from clusterpool.core.health import Endpoint, ProbeResult, Thresholds
+from clusterpool.core.pool import PoolState, step
+from clusterpool.core.status import render_status, restore_state
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 TH = Thresholds(healthy=1, unhealthy=1)
-OK = ProbeResult(True, "ProbeSucceeded", "HTTP 200")
+CFG = FailoverConfig(
+    breaker=BreakerConfig(failure_threshold=1, open_seconds=30, success_threshold=1),
+    max_ejection_percent=100,
+    panic_threshold_percent=0,
+)
+OK = ProbeResult(True, "ProbeSucceeded", "HTTP 200", 0.004)
 BAD = ProbeResult(False, "ConnectionRefused", "connection refused")
 EPS = (Endpoint("a", "127.0.0.2", 80), Endpoint("b", "127.0.0.3", 80, weight=3), Endpoint("c", "127.0.0.4", 80))
+
+
+def run(rounds, cfg=CFG, members=EPS, start=None):
+    state = start or PoolState().with_members(members)
+    events = []
+    for i, results in enumerate(rounds):
+        state, ev = step(state, results, TH, cfg, T0 + timedelta(seconds=i))
+        events += ev
+    return state, events
 
 
 def cond(status, type_):
     return next(c for c in status["conditions"] if c["type"] == type_)
 
 
-def render(pool, prev=(), now=T0, **kw):
-    return render_status(pool, source="Static", generation=4, prev_conditions=list(prev), now=now, **kw)
+def render(state, prev=(), now=T0, **kw):
+    return render_status(state, source="Static", generation=4, prev_conditions=list(prev), now=now, **kw)
 
 
 def test_fresh_pool_is_probing_not_ready():
-    s = render(PoolHealth(members=EPS))
-    assert (s["total"], s["healthy"]) == (3, 0)
-    assert cond(s, "Ready")["status"] == "Unknown" and cond(s, "Ready")["reason"] == "Probing"
+    s = render(PoolState().with_members(EPS))
+    assert (s["total"], s["healthy"], s["eligible"]) == (3, 0, 0)
+    assert (cond(s, "Ready")["status"], cond(s, "Ready")["reason"]) == ("Unknown", "Probing")
     assert [e["health"] for e in s["endpoints"]] == ["Unknown"] * 3
     assert s["observedGeneration"] == 4 and cond(s, "Ready")["observedGeneration"] == 4
 
 
-def test_partial_health_is_ready_and_degraded():
-    pool, _ = PoolHealth(members=EPS).observe({"a": OK, "b": BAD, "c": OK}, TH, T0)
-    s = render(pool)
-    assert (s["total"], s["healthy"]) == (3, 2)
+def test_partial_failure_is_ready_degraded_and_ejects():
+    state, events = run([{"a": OK, "b": BAD, "c": OK}])
+    s = render(state)
+    assert (s["total"], s["healthy"], s["eligible"], s["ejected"]) == (3, 2, 2, 1)
     assert (cond(s, "Ready")["status"], cond(s, "Ready")["message"]) == ("True", "2 of 3 endpoints healthy")
-    assert cond(s, "Degraded")["status"] == "True" and "b" in cond(s, "Degraded")["message"]
+    assert cond(s, "Degraded")["status"] == "True" and cond(s, "Degraded")["message"].endswith(": b")
     b = s["endpoints"][1]
     assert b == {
         "name": "b",
         "address": "127.0.0.3",
         "port": 80,
+        "tier": 0,
         "weight": 3,
+        "effectiveWeight": 0,
+        "eligible": False,
         "health": "Unhealthy",
+        "breaker": "Open",
+        "ejections": 1,
+        "consecutiveFailures": 1,
+        "openUntil": "2026-01-01T00:00:30Z",
         "reason": "ConnectionRefused",
         "message": "connection refused",
         "lastTransitionTime": "2026-01-01T00:00:00Z",
     }
+    assert s["endpoints"][0]["lastProbeLatencyMilliseconds"] == 4
+    assert [e.reason for e in events] == ["EndpointHealthy", "EndpointUnhealthy", "EndpointHealthy", "EndpointEjected"]
+    ejected = next(e for e in events if e.reason == "EndpointEjected")
+    assert ejected.type == "Warning" and "ejected for 30s (ejection #1)" in ejected.message
+
+
+def test_breaker_cycle_emits_every_transition():
+    rounds = [{"a": BAD}] + [{"a": OK}] * 31
+    state, events = run(rounds, members=EPS[:1])
+    assert [e.reason for e in events] == [
+        "EndpointUnhealthy",
+        "EndpointEjected",
+        "EndpointHealthy",
+        "EndpointHalfOpen",
+        "EndpointRecovered",
+    ]
+    assert render(state)["endpoints"][0]["breaker"] == "Closed"
 
 
 def test_all_unhealthy_is_not_ready():
-    pool, _ = PoolHealth(members=EPS).observe({"a": BAD, "b": BAD, "c": BAD}, TH, T0)
-    ready = cond(render(pool), "Ready")
+    state, _ = run([{"a": BAD, "b": BAD, "c": BAD}])
+    ready = cond(render(state), "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "NoHealthyEndpoints")
 
 
+def test_panic_is_a_condition_and_an_event_both_ways():
+    cfg = FailoverConfig(breaker=CFG.breaker, max_ejection_percent=100, panic_threshold_percent=50)
+    state, events = run([{"a": OK, "b": BAD, "c": BAD}], cfg)
+    s = render(state)
+    assert s["panic"] is True and cond(s, "Panic")["status"] == "True" and s["eligible"] == 3
+    assert "PanicEntered" in [e.reason for e in events]
+    state, events = run([{"a": OK, "b": OK, "c": OK}] * 31, cfg, start=state)
+    assert render(state)["panic"] is False and "PanicLeft" in [e.reason for e in events]
+
+
+def test_tier_failover_and_failback_are_reported():
+    eps = (Endpoint("p", "127.0.0.2", 80, tier=0), Endpoint("s", "127.0.0.3", 80, tier=1))
+    state, events = run([{"p": BAD, "s": OK}], members=eps)
+    assert render(state)["activeTier"] == 1 and "TierFailover" in [e.reason for e in events]
+    assert [e["eligible"] for e in render(state)["endpoints"]] == [False, True]
+    state, events = run([{"p": OK, "s": OK}] * 31, members=eps, start=state)
+    assert render(state)["activeTier"] == 0 and "TierFailback" in [e.reason for e in events]
+
+
 def test_condition_time_moves_only_when_status_flips():
-    pool, _ = PoolHealth(members=EPS).observe({"a": OK, "b": OK, "c": OK}, TH, T0)
-    first = render(pool)
-    pool2, _ = pool.observe({"a": OK, "b": BAD, "c": OK}, TH, T0 + timedelta(minutes=1))
-    later = render(pool2, prev=first["conditions"], now=T0 + timedelta(minutes=1))
+    state, _ = run([{"a": OK, "b": OK, "c": OK}])
+    first = render(state)
+    state, _ = run([{"a": OK, "b": BAD, "c": OK}], start=state)
+    later = render(state, prev=first["conditions"], now=T0 + timedelta(minutes=1))
     assert cond(later, "Ready")["lastTransitionTime"] == cond(first, "Ready")["lastTransitionTime"]
     assert cond(later, "Degraded")["lastTransitionTime"] == "2026-01-01T00:01:00Z"
 
 
 def test_rendering_is_stable_while_nothing_changes():
-    pool, _ = PoolHealth(members=EPS).observe({"a": OK, "b": OK, "c": OK}, TH, T0)
-    first = render(pool)
-    pool, _ = pool.observe({"a": OK, "b": OK, "c": OK}, TH, T0 + timedelta(seconds=10))
-    assert render(pool, prev=first["conditions"], now=T0 + timedelta(seconds=10)) == first
+    state, _ = run([{"a": OK, "b": OK, "c": OK}])
+    first = render(state)
+    slightly_slower = ProbeResult(True, "ProbeSucceeded", "HTTP 200", 0.006)
+    state, events = run([{"a": slightly_slower, "b": OK, "c": OK}], start=state)
+    assert events == []
+    assert render(state, prev=first["conditions"], now=T0 + timedelta(seconds=10)) == first
 
 
 def test_invalid_spec_is_reported_without_dropping_the_pool():
-    pool, _ = PoolHealth(members=EPS).observe({"a": OK, "b": OK, "c": OK}, TH, T0)
-    s = render(pool, spec_error="spec.healthCheck: bad")
+    state, _ = run([{"a": OK, "b": OK, "c": OK}])
+    s = render(state, spec_error="spec.healthCheck: bad")
     assert cond(s, "SpecValid")["status"] == "False"
     assert "last valid spec stays in use" in cond(s, "SpecValid")["message"]
     assert cond(s, "Ready")["status"] == "True" and s["healthy"] == 3
-    never = render(PoolHealth(), spec_error="spec.discovery: bad", have_spec=False)
+    never = render(PoolState(), spec_error="spec.discovery: bad", have_spec=False)
     assert cond(never, "Ready")["reason"] == "InvalidSpec"
 
 
-def test_restore_health_from_status_round_trips():
-    pool, _ = PoolHealth(members=EPS).observe({"a": OK, "b": BAD, "c": OK}, TH, T0)
-    status = render(pool)
-    restored = restore_health(EPS, status)
-    assert [restored.of(e.name).health for e in EPS] == ["Healthy", "Unhealthy", "Healthy"]
-    assert restored.of("b").last_transition == T0
+def test_restore_round_trips_and_emits_nothing_new():
+    state, _ = run([{"a": OK, "b": BAD, "c": OK}])
+    status = render(state)
+    restored = restore_state(EPS, status)
     assert render(restored, prev=status["conditions"]) == status
+    assert restored.breaker("b").state == "Open" and restored.breaker("b").open_until == T0 + timedelta(seconds=30)
+    again, events = step(restored, {"a": OK, "b": BAD, "c": OK}, TH, CFG, T0 + timedelta(seconds=2))
+    assert events == []
+    after = render(again, prev=status["conditions"])
+    assert after["conditions"] == status["conditions"]
+    assert after["endpoints"][1]["consecutiveFailures"] == 2  # the one thing that moved
+    assert [{**e, "consecutiveFailures": 0} for e in after["endpoints"]] == [
+        {**e, "consecutiveFailures": 0} for e in status["endpoints"]
+    ]
 
 
 def test_restore_ignores_endpoints_that_moved():
-    pool, _ = PoolHealth(members=EPS).observe({"a": OK, "b": OK, "c": OK}, TH, T0)
+    state, _ = run([{"a": OK, "b": OK, "c": OK}])
     moved = (Endpoint("a", "127.0.0.9", 80), *EPS[1:])
-    restored = restore_health(moved, render(pool))
-    assert restored.of("a").health == "Unknown" and restored.of("b").health == "Healthy"
+    restored = restore_state(moved, render(state))
+    assert restored.health.of("a").health == "Unknown" and restored.health.of("b").health == "Healthy"

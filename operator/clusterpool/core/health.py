@@ -24,6 +24,7 @@ class Endpoint:
     address: str
     port: int
     weight: int = 1
+    tier: int = 0
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
-"""Render a ClusterPool's status from its health, and read health back from a status.
+"""Render a ClusterPool's status from its state, and read the state back from a status.
 
 Pure functions: no clock (the caller passes `now`), no I/O. The output contains only
-fields the CRD declares, and it stays byte-for-byte the same while nothing changes,
-so the operator can skip writes by comparing dicts.
+fields the CRD declares, and it stays the same while nothing changes, so the operator
+can skip writes by comparing dicts.
 """
 
 from __future__ import annotations
@@ -12,15 +12,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from clusterpool.core.failover import Breaker, Decision, PoolDecision
 from clusterpool.core.health import Endpoint, EndpointHealth, PoolHealth
+from clusterpool.core.pool import PoolState
 
 
 def rfc3339(t: datetime) -> str:
     return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def parse_rfc3339(s: str | None) -> datetime | None:
-    if not s:
+def parse_rfc3339(s: Any) -> datetime | None:
+    if not isinstance(s, str) or not s:
         return None
     try:
         return datetime.strptime(s, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
@@ -54,9 +56,10 @@ def condition(
     return out
 
 
-def pool_conditions(pool: PoolHealth, spec_error: str | None, have_spec: bool) -> list[ConditionSpec]:
-    total, healthy, unknown = pool.counts()
-    unhealthy = total - healthy - unknown
+def pool_conditions(state: PoolState, spec_error: str | None, have_spec: bool) -> list[ConditionSpec]:
+    total, healthy, unknown = state.health.counts()
+    decision = state.decision
+    ejected = sorted(d.name for d in decision.decisions if d.ejected) if decision else []
     share = f"{healthy} of {total} endpoints healthy"
     if not have_spec:
         ready = ConditionSpec("Ready", "False", "InvalidSpec", "the spec cannot be used: see SpecValid")
@@ -66,29 +69,54 @@ def pool_conditions(pool: PoolHealth, spec_error: str | None, have_spec: bool) -
         ready = ConditionSpec("Ready", "Unknown", "Probing", f"waiting for the first probe of {unknown} endpoints")
     else:
         ready = ConditionSpec("Ready", "False", "NoHealthyEndpoints", share)
-    if unhealthy > 0:
-        down = sorted(ep.name for ep in pool.members if pool.of(ep.name).health == "Unhealthy")
+    if ejected:
         degraded = ConditionSpec(
-            "Degraded", "True", "EndpointsUnhealthy", f"{unhealthy} of {total} endpoints unhealthy: {', '.join(down)}"
+            "Degraded", "True", "EndpointsEjected", f"{len(ejected)} of {total} endpoints ejected: {', '.join(ejected)}"
         )
     else:
-        degraded = ConditionSpec("Degraded", "False", "AllProbedHealthy", share)
+        degraded = ConditionSpec("Degraded", "False", "NoneEjected", share)
+    if decision is not None and decision.panic:
+        panic = ConditionSpec(
+            "Panic",
+            "True",
+            "TooFewHealthy",
+            f"too few healthy endpoints in tier {decision.active_tier}: routing to all of its "
+            f"{len(decision.eligible)} endpoints",
+        )
+    else:
+        panic = ConditionSpec("Panic", "False", "EnoughHealthy", "routing to healthy endpoints only")
     if spec_error is None:
         valid = ConditionSpec("SpecValid", "True", "Accepted", "the spec is in use")
     else:
         what = "the last valid spec stays in use" if have_spec else "nothing can run until it is fixed"
         valid = ConditionSpec("SpecValid", "False", "InvalidSpec", f"{spec_error}; {what}")
-    return [ready, degraded, valid]
+    return [ready, degraded, panic, valid]
 
 
-def endpoint_status(ep: Endpoint, h: EndpointHealth) -> dict[str, Any]:
+def endpoint_status(
+    ep: Endpoint, h: EndpointHealth, b: Breaker, d: Decision | None, latency_ms: int | None, failure_cap: int
+) -> dict[str, Any]:
     out: dict[str, Any] = {
         "name": ep.name,
         "address": ep.address,
         "port": ep.port,
+        "tier": ep.tier,
         "weight": ep.weight,
+        "effectiveWeight": d.effective_weight if d else 0,
+        "eligible": d.eligible if d else False,
         "health": h.health,
+        "breaker": b.state,
+        "ejections": b.ejections,
+        "consecutiveFailures": min(h.failures, failure_cap),
     }
+    if d is not None and d.ejection_limited:
+        out["ejectionLimited"] = True
+    if b.open_until is not None:
+        out["openUntil"] = rfc3339(b.open_until)
+    if b.recovered_at is not None:
+        out["recoveredAt"] = rfc3339(b.recovered_at)
+    if latency_ms is not None:
+        out["lastProbeLatencyMilliseconds"] = latency_ms
     if h.reason:
         out["reason"] = h.reason
     if h.message:
@@ -99,7 +127,7 @@ def endpoint_status(ep: Endpoint, h: EndpointHealth) -> dict[str, Any]:
 
 
 def render_status(
-    pool: PoolHealth,
+    state: PoolState,
     *,
     source: str | None,
     generation: int | None,
@@ -107,14 +135,35 @@ def render_status(
     now: datetime,
     spec_error: str | None = None,
     have_spec: bool = True,
+    extra_conditions: Sequence[ConditionSpec] = (),
+    failure_cap: int = 100,
 ) -> dict[str, Any]:
-    total, healthy, _ = pool.counts()
+    """`failure_cap`: consecutive failures are reported up to the count that ejects, so a
+    long-dead endpoint does not rewrite the status every round."""
+    total, healthy, _ = state.health.counts()
+    decision = state.decision
+    decisions = {d.name: d for d in decision.decisions} if decision else {}
     out: dict[str, Any] = {
         "total": total,
         "healthy": healthy,
-        "endpoints": [endpoint_status(ep, pool.of(ep.name)) for ep in pool.members],
+        "eligible": sum(1 for d in decisions.values() if d.eligible),
+        "ejected": sum(1 for d in decisions.values() if d.ejected and not d.ejection_limited),
+        "activeTier": decision.active_tier if decision else 0,
+        "panic": decision.panic if decision else False,
+        "endpoints": [
+            endpoint_status(
+                ep,
+                state.health.of(ep.name),
+                state.breaker(ep.name),
+                decisions.get(ep.name),
+                state.latency_ms.get(ep.name),
+                failure_cap,
+            )
+            for ep in state.members
+        ],
         "conditions": [
-            condition(prev_conditions, c, generation, now) for c in pool_conditions(pool, spec_error, have_spec)
+            condition(prev_conditions, c, generation, now)
+            for c in [*pool_conditions(state, spec_error, have_spec), *extra_conditions]
         ],
     }
     if source is not None:
@@ -124,27 +173,66 @@ def render_status(
     return out
 
 
-def restore_health(members: Sequence[Endpoint], status: Mapping[str, Any]) -> PoolHealth:
-    """Health as the last status recorded it, so an operator restart does not flap
-    endpoints: a restored Healthy endpoint still needs unhealthyThreshold failures."""
+def _int(x: Any) -> int:
+    return x if isinstance(x, int) and not isinstance(x, bool) else 0
+
+
+def restore_state(members: Sequence[Endpoint], status: Mapping[str, Any]) -> PoolState:
+    """The state as the last status recorded it, so an operator restart neither flaps
+    endpoints nor re-emits Events: health, breakers (with their open times and ejection
+    counts), latency and the active tier and panic flag come back."""
     recorded = {e.get("name"): e for e in status.get("endpoints") or [] if isinstance(e, Mapping)}
-    health = []
+    health: list[tuple[str, EndpointHealth]] = []
+    breakers: dict[str, Breaker] = {}
+    latency: dict[str, int] = {}
     for ep in members:
         rec = recorded.get(ep.name)
         if rec is None or (rec.get("address"), rec.get("port")) != (ep.address, ep.port):
             continue
         state = rec.get("health")
-        if state not in ("Healthy", "Unhealthy"):
-            continue
-        health.append(
-            (
-                ep.name,
-                EndpointHealth(
-                    health=state,
-                    reason=rec.get("reason"),
-                    message=rec.get("message"),
-                    last_transition=parse_rfc3339(rec.get("lastTransitionTime")),
-                ),
+        if state in ("Healthy", "Unhealthy"):
+            health.append(
+                (
+                    ep.name,
+                    EndpointHealth(
+                        health=state,
+                        failures=_int(rec.get("consecutiveFailures")),
+                        reason=rec.get("reason"),
+                        message=rec.get("message"),
+                        last_transition=parse_rfc3339(rec.get("lastTransitionTime")),
+                    ),
+                )
             )
+        bstate = rec.get("breaker")
+        if bstate in ("Closed", "Open", "HalfOpen"):
+            breakers[ep.name] = Breaker(
+                state=bstate,
+                ejections=_int(rec.get("ejections")),
+                failures=_int(rec.get("consecutiveFailures")) if bstate == "Closed" else 0,
+                open_until=parse_rfc3339(rec.get("openUntil")),
+                since=parse_rfc3339(rec.get("lastTransitionTime")),
+                recovered_at=parse_rfc3339(rec.get("recoveredAt")),
+            )
+        if isinstance(rec.get("lastProbeLatencyMilliseconds"), int):
+            latency[ep.name] = rec["lastProbeLatencyMilliseconds"]
+    decision = None
+    if status.get("endpoints"):
+        decisions = tuple(
+            Decision(
+                name=str(rec.get("name")),
+                eligible=bool(rec.get("eligible")),
+                ejected=rec.get("health") == "Unhealthy" or rec.get("breaker") in ("Open", "HalfOpen"),
+                ejection_limited=bool(rec.get("ejectionLimited")),
+                effective_weight=_int(rec.get("effectiveWeight")),
+            )
+            for rec in recorded.values()
         )
-    return PoolHealth(members=tuple(members), health=tuple(health))
+        decision = PoolDecision(
+            active_tier=_int(status.get("activeTier")), panic=bool(status.get("panic")), decisions=decisions
+        )
+    return PoolState(
+        health=PoolHealth(members=tuple(members), health=tuple(health)),
+        breakers=breakers,
+        latency_ms=latency,
+        decision=decision,
+    )

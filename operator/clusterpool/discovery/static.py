@@ -7,4 +7,4 @@ from clusterpool.core.health import Endpoint
 
 
 def static_members(static: StaticDiscovery) -> tuple[Endpoint, ...]:
-    return tuple(Endpoint(e.name, e.address, e.port, e.weight) for e in static.endpoints)
+    return tuple(Endpoint(e.name, e.address, e.port, e.weight, e.tier) for e in static.endpoints)

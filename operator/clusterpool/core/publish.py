@@ -1,0 +1,170 @@
+"""What a pool publishes, rendered as plain Kubernetes objects (pure functions).
+
+- a selector-less Service named after the pool;
+- EndpointSlices for it holding only the eligible endpoints (one slice per address type
+  and port), so any plain Kubernetes client gets failover without the SDK;
+- a ConfigMap `<pool>-routing` with the routing table the client SDK follows
+  (docs/routing-table.md describes its schema).
+
+Every object carries an ownerReference to the pool (a real cluster's garbage collector
+removes them with it; the operator also deletes them explicitly).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+from clusterpool import api
+from clusterpool.core.pool import PoolState
+
+ROUTING_SCHEMA_VERSION = 1
+ROUTING_KEY = "routing.json"
+PORT_NAME = "backend"
+MANAGED_BY = "clusterpool.dev"
+POOL_LABEL = "clusterpool.dev/pool"
+
+
+def routing_configmap_name(pool: str) -> str:
+    return f"{pool}-routing"
+
+
+def address_type(address: str) -> str | None:
+    """IPv4, IPv6 or FQDN; None for addresses Kubernetes refuses in an EndpointSlice
+    (loopback, link-local, unspecified, multicast)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return "FQDN"
+    if ip.is_loopback or ip.is_link_local or ip.is_unspecified or ip.is_multicast:
+        return None
+    return "IPv4" if ip.version == 4 else "IPv6"
+
+
+def owner_reference(pool: Mapping[str, Any]) -> dict[str, Any]:
+    meta = pool["metadata"]
+    return {
+        "apiVersion": api.API_VERSION,
+        "kind": api.KIND,
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": False,
+    }
+
+
+def _meta(pool: Mapping[str, Any], name: str, extra_labels: Mapping[str, str] | None = None) -> dict[str, Any]:
+    labels = {"app.kubernetes.io/managed-by": "clusterpool-operator", POOL_LABEL: pool["metadata"]["name"]}
+    labels.update(extra_labels or {})
+    return {
+        "name": name,
+        "namespace": pool["metadata"]["namespace"],
+        "labels": labels,
+        "ownerReferences": [owner_reference(pool)],
+    }
+
+
+def service_port(state: PoolState) -> int:
+    """The Service's port: the most common endpoint port (selector-less Services route by
+    the EndpointSlice port of the same name, so endpoints may still differ)."""
+    ports = Counter(ep.port for ep in state.members)
+    return ports.most_common(1)[0][0] if ports else 80
+
+
+def build_service(pool: Mapping[str, Any], state: PoolState) -> dict[str, Any]:
+    port = service_port(state)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(pool, pool["metadata"]["name"]),
+        "spec": {"ports": [{"name": PORT_NAME, "port": port, "targetPort": port, "protocol": "TCP"}]},
+    }
+
+
+def build_endpoint_slices(pool: Mapping[str, Any], state: PoolState) -> tuple[list[dict[str, Any]], list[str]]:
+    """The slices, and the names of eligible endpoints left out (addresses Kubernetes refuses)."""
+    name = pool["metadata"]["name"]
+    eligible = set(state.decision.eligible) if state.decision else set()
+    groups: dict[tuple[str, int], list[str]] = {}
+    refused: list[str] = []
+    for ep in state.members:
+        if ep.name not in eligible:
+            continue
+        kind = address_type(ep.address)
+        if kind is None:
+            refused.append(ep.name)
+            continue
+        groups.setdefault((kind, ep.port), []).append(ep.address)
+    slices = []
+    for (kind, port), addresses in sorted(groups.items()):
+        slices.append(
+            {
+                "apiVersion": "discovery.k8s.io/v1",
+                "kind": "EndpointSlice",
+                "metadata": _meta(
+                    pool,
+                    f"{name}-{kind.lower()}-{port}",
+                    {
+                        "kubernetes.io/service-name": name,
+                        "endpointslice.kubernetes.io/managed-by": MANAGED_BY,
+                    },
+                ),
+                "addressType": kind,
+                "ports": [{"name": PORT_NAME, "port": port, "protocol": "TCP"}],
+                "endpoints": [
+                    {"addresses": [a], "conditions": {"ready": True, "serving": True, "terminating": False}}
+                    for a in addresses
+                ],
+            }
+        )
+    return slices, refused
+
+
+def build_routing_table(pool: Mapping[str, Any], spec: api.ClusterPoolSpec, state: PoolState) -> dict[str, Any]:
+    decisions = {d.name: d for d in state.decision.decisions} if state.decision else {}
+    cb = spec.failover.circuit_breaker
+    table: dict[str, Any] = {
+        "schemaVersion": ROUTING_SCHEMA_VERSION,
+        "pool": {"namespace": pool["metadata"]["namespace"], "name": pool["metadata"]["name"]},
+        "generation": pool["metadata"].get("generation"),
+        "strategy": spec.strategy,
+        "activeTier": state.decision.active_tier if state.decision else 0,
+        "panic": state.decision.panic if state.decision else False,
+        "circuitBreaker": {
+            "failureThreshold": cb.failure_threshold or spec.health_check.unhealthy_threshold,
+            "openSeconds": cb.open_seconds,
+            "maxOpenSeconds": cb.max_open_seconds,
+            "halfOpenMaxProbes": cb.half_open_max_probes,
+            "successThreshold": cb.success_threshold,
+        },
+        "endpoints": [
+            {
+                "name": ep.name,
+                "address": ep.address,
+                "port": ep.port,
+                "tier": ep.tier,
+                "weight": ep.weight,
+                "effectiveWeight": decisions[ep.name].effective_weight if ep.name in decisions else 0,
+                "eligible": decisions[ep.name].eligible if ep.name in decisions else False,
+                "health": state.health.of(ep.name).health,
+                "breaker": state.breaker(ep.name).state,
+            }
+            for ep in state.members
+        ],
+        "cache": None,
+    }
+    table["revision"] = hashlib.sha256(json.dumps(table, sort_keys=True).encode()).hexdigest()[:16]
+    return table
+
+
+def build_routing_configmap(pool: Mapping[str, Any], table: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(pool, routing_configmap_name(pool["metadata"]["name"])),
+        "data": {ROUTING_KEY: json.dumps(table, indent=2, sort_keys=True) + "\n"},
+    }
