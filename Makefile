@@ -52,8 +52,9 @@ format: venv
 	$(VENV)/bin/ruff check --fix operator tests scripts bench
 	$(VENV)/bin/ruff format operator tests scripts bench
 
-bench: venv
+bench: controlplane
 	$(PY) bench/probe_bench.py
+	scripts/netns-run $(PY) bench/detection_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

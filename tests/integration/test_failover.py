@@ -93,14 +93,18 @@ def test_ejection_and_recovery_are_published_everywhere(pools, net_backends, k8s
     table = pub.table()
     ep1 = table["endpoints"][1]
     assert (ep1["eligible"], ep1["breaker"], ep1["effectiveWeight"]) == (False, "Open", 0)
-    status = pools.status("p")
-    assert (status["ejected"], status["eligible"]) == (1, 2)
+    # slices are applied before status in each round: wait for the status to follow
+    wait_for(
+        lambda: (pools.status("p").get("ejected"), pools.status("p").get("eligible")) == (1, 2),
+        5,
+        "status: 1 ejected, 2 eligible",
+    )
     assert pools.endpoint("p", "ep-1")["breaker"] == "Open"
     assert "EndpointEjected" in reasons(pools, "p")
 
     backends[1].start()
     wait_for(lambda: pub.addresses() == hosts, 3 + 3 * INTERVAL + 3, "the endpoint back after its ejection")
-    assert pools.endpoint("p", "ep-1")["breaker"] == "Closed"
+    wait_for(lambda: pools.endpoint("p", "ep-1").get("breaker") == "Closed", 5, "status: ep-1 breaker Closed")
     assert {"EndpointHalfOpen", "EndpointRecovered"} <= set(reasons(pools, "p"))
     assert pub.table()["endpoints"][1]["eligible"] is True
 
