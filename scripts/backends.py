@@ -11,42 +11,74 @@ an address of its own and the same port, as pods would.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import socket
 import socketserver
+import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
-Mode = Literal["ok", "fail", "hang", "garbage"]
+Mode = Literal["ok", "fail", "hang", "garbage", "slow"]
 
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out as two writes, as real servers' may
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         pass
 
+    def setup(self) -> None:
+        super().setup()
+        backend = self.server.backend
+        backend.connections += 1
+        with backend.lock:
+            backend.open_sockets.add(self.connection)
+
+    def finish(self) -> None:
+        with self.server.backend.lock:
+            self.server.backend.open_sockets.discard(self.connection)
+        super().finish()
+
+    def do_HEAD(self) -> None:
+        self.do_GET()
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        self.do_GET()
+
+    def do_OPTIONS(self) -> None:
+        self.do_GET()
+
     def do_GET(self) -> None:
         backend = self.server.backend
         backend.requests += 1
+        backend.last_method = self.command
+        backend.last_headers = dict(self.headers.items())
         mode = backend.mode
         if mode == "hang":
             backend.release.wait(timeout=60)
+        if mode == "slow":
+            time.sleep(backend.delay)
         if mode == "garbage":
             self.wfile.write(b"this is not http\r\n\r\n")
             self.close_connection = True
             return
         code = 500 if mode == "fail" else 200
-        body = json.dumps({"backend": backend.name, "path": self.path, "status": code}).encode()
+        body = backend.body or json.dumps({"backend": backend.name, "path": self.path, "status": code}).encode()
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
 
 class _Server(ThreadingHTTPServer):
@@ -56,14 +88,24 @@ class _Server(ThreadingHTTPServer):
 
 
 class HTTPBackend:
-    """An HTTP server answering every GET: 200 (ok), 500 (fail), nothing (hang) or
-    a line that is not HTTP (garbage). `stop()` closes the listener: connects are refused."""
+    """An HTTP(S) server answering every request: 200 (ok), 500 (fail), 200 after `delay`
+    seconds (slow), nothing (hang) or a line that is not HTTP (garbage). It records the
+    last method and headers and counts connections. `stop()` closes the listener:
+    connects are refused."""
 
-    def __init__(self, host: str, port: int = 0, name: str | None = None) -> None:
+    def __init__(self, host: str, port: int = 0, name: str | None = None, tls: tuple[str, str] | None = None) -> None:
         self.host, self.port = host, port
         self.name = name or f"{host}:{port}"
+        self.tls = tls  # (certificate file, key file)
         self.mode: Mode = "ok"
+        self.delay = 0.5
+        self.body: bytes | None = None
         self.requests = 0
+        self.connections = 0
+        self.last_method: str | None = None
+        self.last_headers: dict[str, str] = {}
+        self.lock = threading.Lock()
+        self.open_sockets: set[socket.socket] = set()
         self.release = threading.Event()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -74,6 +116,10 @@ class HTTPBackend:
         self.release.clear()
         server = _Server((self.host, self.port), _Handler)
         server.backend = self
+        if self.tls is not None:
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(*self.tls)
+            server.socket = ctx.wrap_socket(server.socket, server_side=True)
         self.port = server.server_address[1]
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
@@ -87,6 +133,13 @@ class HTTPBackend:
         self.release.set()
         server.shutdown()
         server.server_close()
+        # A killed process takes its connections with it: keep-alive ones too.
+        with self.lock:
+            sockets, self.open_sockets = list(self.open_sockets), set()
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
         if self._thread is not None:
             self._thread.join(timeout=5)
 

@@ -15,7 +15,42 @@ VALID: dict[str, dict[str, Any]] = {
     "http-check": static(healthCheck={"intervalSeconds": 5, "timeoutSeconds": 1, "http": {"path": "/v1/models"}}),
     "http-statuses": static(healthCheck={"http": {"expectedStatuses": ["200", "204-299", "401"]}}),
     "tcp-port": static(healthCheck={"tcp": {"port": 9000}}, strategy="LeastConnections"),
-    "weights": static([{"name": "a", "address": "llm-a.example", "port": 443, "weight": 1000}]),
+    "weights": static([{"name": "a", "address": "llm-a.example", "port": 443, "weight": 1000, "tier": 2}]),
+    "https-full": static(
+        healthCheck={
+            "http": {
+                "method": "POST",
+                "path": "/v1/health?deep=1",
+                "scheme": "HTTPS",
+                "insecureSkipVerify": True,
+                "headers": [{"name": "Authorization", "value": "Bearer x"}],
+                "bodyContains": "ok",
+                "keepAlive": False,
+            }
+        }
+    ),
+    "composite": static(
+        healthCheck={
+            "degradedLatencyMilliseconds": 800,
+            "composite": {
+                "mode": "Majority",
+                "checks": [
+                    {"name": "api", "http": {}},
+                    {"name": "port", "tcp": {}},
+                    {"name": "metrics", "tcp": {"port": 9090}},
+                ],
+            },
+        }
+    ),
+    "failover": static(
+        failover={
+            "circuitBreaker": {"failureThreshold": 5, "openSeconds": 10, "maxOpenSeconds": 60},
+            "maxEjectionPercent": 10,
+            "panicThresholdPercent": 0,
+            "slowStartSeconds": 30,
+            "tiers": {"failoverPercent": 60, "failbackPercent": 90},
+        }
+    ),
 }
 
 INVALID: dict[str, dict[str, Any]] = {
@@ -38,4 +73,19 @@ INVALID: dict[str, dict[str, Any]] = {
     "status-range-reversed": static(healthCheck={"http": {"expectedStatuses": ["299-200"]}}),
     "status-not-a-code": static(healthCheck={"http": {"expectedStatuses": ["2xx"]}}),
     "threshold-zero": static(healthCheck={"unhealthyThreshold": 0, "tcp": {}}),
+    "skip-verify-without-https": static(healthCheck={"http": {"insecureSkipVerify": True}}),
+    "bad-method": static(healthCheck={"http": {"method": "DELETE"}}),
+    "bad-header-name": static(healthCheck={"http": {"headers": [{"name": "Bad Header", "value": "x"}]}}),
+    "path-with-space": static(healthCheck={"http": {"path": "/a b"}}),
+    "composite-of-one": static(healthCheck={"composite": {"checks": [{"name": "a", "tcp": {}}]}}),
+    "composite-check-with-two": static(
+        healthCheck={"composite": {"checks": [{"name": "a", "tcp": {}, "http": {}}, {"name": "b", "tcp": {}}]}}
+    ),
+    "composite-and-tcp": static(
+        healthCheck={"tcp": {}, "composite": {"checks": [{"name": "a", "tcp": {}}, {"name": "b", "tcp": {}}]}}
+    ),
+    "tier-too-high": static([{"name": "a", "address": "10.0.0.1", "port": 1, "tier": 10}]),
+    "open-cap-below-open": static(failover={"circuitBreaker": {"openSeconds": 60, "maxOpenSeconds": 30}}),
+    "failback-below-failover": static(failover={"tiers": {"failoverPercent": 70, "failbackPercent": 50}}),
+    "ejection-over-100": static(failover={"maxEjectionPercent": 101}),
 }

@@ -127,18 +127,49 @@ _RANGE_ORDER = (
 )
 
 
-class HTTPCheck(Model):
-    """An HTTP GET to each endpoint; healthy when the answer's status is expected."""
+class HTTPHeader(Model):
+    """A request header sent with every probe."""
 
+    name: str = Field(
+        min_length=1, max_length=128, pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$", description="Header name."
+    )
+    value: str = Field(max_length=1024, description="Header value.")
+
+
+_TLS_ONLY = (
+    "!has(self.insecureSkipVerify) || !self.insecureSkipVerify || self.scheme == 'HTTPS'",
+    "spec.healthCheck.http.insecureSkipVerify applies only with scheme HTTPS",
+)
+
+
+class HTTPCheck(Model):
+    """An HTTP request to each endpoint; healthy when the answer's status is expected
+    (and its body contains bodyContains, when set)."""
+
+    model_config = ConfigDict(json_schema_extra=_cel(_TLS_ONLY))
+
+    method: Literal["GET", "HEAD", "POST", "OPTIONS"] = Field(
+        default="GET", description="Request method: GET (default), HEAD, POST or OPTIONS."
+    )
     path: str = Field(
         default="/health",
         min_length=1,
         max_length=1024,
-        pattern=r"^/",
-        description="Path to request, starting with `/` (default `/health`).",
+        pattern=r"^/[^\s]*$",
+        description="Path to request, starting with `/`, no spaces (default `/health`).",
     )
     port: int | None = Field(
         default=None, ge=1, le=65535, description="Port to probe; defaults to the endpoint's port."
+    )
+    scheme: Literal["HTTP", "HTTPS"] = Field(default="HTTP", description="HTTP (default) or HTTPS.")
+    insecure_skip_verify: bool = Field(
+        default=False, description="With HTTPS, accept any certificate (self-signed backends). Default false."
+    )
+    headers: list[HTTPHeader] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Extra request headers, e.g. an Authorization for a model API.",
+        json_schema_extra={**_list_map("name"), "default": []},
     )
     expected_statuses: list[Annotated[str, Field(max_length=7, pattern=STATUS_RANGE)]] = Field(
         default=["200-299"],
@@ -148,12 +179,28 @@ class HTTPCheck(Model):
         "(`200-299`, the default).",
         json_schema_extra=_cel(_RANGE_ORDER),
     )
+    body_contains: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1024,
+        description="When set, the answer's body (its first 64 KiB) must contain this text.",
+    )
+    keep_alive: bool = Field(
+        default=True,
+        description="Reuse one HTTP/1.1 connection per endpoint across probes (default true); "
+        "false opens a new connection for every probe.",
+    )
 
     @model_validator(mode="after")
-    def _ranges_ordered(self) -> HTTPCheck:
+    def _rules(self) -> HTTPCheck:
         for s in self.expected_statuses:
             if len(s) == 7 and int(s[:3]) > int(s[4:]):
                 raise ValueError(f"{_RANGE_ORDER[1]} (got {s})")
+        if self.insecure_skip_verify and self.scheme != "HTTPS":
+            raise ValueError(_TLS_ONLY[1])
+        names = [h.name.lower() for h in self.headers]
+        if len(set(names)) != len(names):
+            raise ValueError("header names must be unique in spec.healthCheck.http.headers")
         return self
 
     def accepts(self, status: int) -> bool:
@@ -173,9 +220,45 @@ class TCPCheck(Model):
 
 
 _ONE_CHECK = (
-    "(has(self.http) ? 1 : 0) + (has(self.tcp) ? 1 : 0) == 1",
-    "spec.healthCheck needs exactly one of `http` or `tcp`",
+    "(has(self.http) ? 1 : 0) + (has(self.tcp) ? 1 : 0) + (has(self.composite) ? 1 : 0) == 1",
+    "spec.healthCheck needs exactly one of `http`, `tcp` or `composite`",
 )
+_ONE_SUBCHECK = (
+    "(has(self.http) ? 1 : 0) + (has(self.tcp) ? 1 : 0) == 1",
+    "each check of spec.healthCheck.composite.checks needs exactly one of `http` or `tcp`",
+)
+
+
+class NamedCheck(Model):
+    """One check of a composite."""
+
+    model_config = ConfigDict(json_schema_extra=_cel(_ONE_SUBCHECK))
+
+    name: str = Field(min_length=1, max_length=63, pattern=DNS_LABEL, description="Name of this check.")
+    http: HTTPCheck | None = Field(default=None, description="Probe with an HTTP request.")
+    tcp: TCPCheck | None = Field(default=None, description="Probe with a TCP connect.")
+
+    @model_validator(mode="after")
+    def _one(self) -> NamedCheck:
+        if (self.http is None) == (self.tcp is None):
+            raise ValueError(_ONE_SUBCHECK[1])
+        return self
+
+
+class CompositeCheck(Model):
+    """Several checks per probe, combined: All must pass, Any may, or a Majority must."""
+
+    mode: Literal["All", "Any", "Majority"] = Field(
+        default="All", description="All (default), Any or Majority of the checks must pass."
+    )
+    checks: list[NamedCheck] = Field(
+        min_length=2,
+        max_length=8,
+        description="The checks, 2 to 8, run concurrently within timeoutSeconds.",
+        json_schema_extra=_list_map("name"),
+    )
+
+
 _TIMEOUT_BELOW_INTERVAL = (
     "self.timeoutSeconds < self.intervalSeconds",
     "spec.healthCheck.timeoutSeconds must be less than intervalSeconds",
@@ -213,12 +296,20 @@ class HealthCheck(Model):
     unhealthy_threshold: int = Field(
         default=3, ge=1, le=100, description="Consecutive failures that turn a healthy endpoint unhealthy (default 3)."
     )
+    degraded_latency_milliseconds: int | None = Field(
+        default=None,
+        ge=1,
+        le=60000,
+        description="A passing probe slower than this counts as slow: unhealthyThreshold slow probes in a row "
+        "mark the endpoint Degraded (still serving), healthyThreshold fast ones make it Healthy again.",
+    )
     http: HTTPCheck | None = Field(default=None, description="Probe with an HTTP request.")
     tcp: TCPCheck | None = Field(default=None, description="Probe with a TCP connect.")
+    composite: CompositeCheck | None = Field(default=None, description="Probe with several checks, combined.")
 
     @model_validator(mode="after")
     def _rules(self) -> HealthCheck:
-        if (self.http is None) == (self.tcp is None):
+        if sum(x is not None for x in (self.http, self.tcp, self.composite)) != 1:
             raise ValueError(_ONE_CHECK[1])
         if self.timeout_seconds >= self.interval_seconds:
             raise ValueError(
@@ -366,7 +457,7 @@ class ClusterPoolSpec(Model):
 
 # ------------------------------------------------------------------------- status
 
-Health = Literal["Unknown", "Healthy", "Unhealthy"]
+Health = Literal["Unknown", "Healthy", "Degraded", "Unhealthy"]
 ConditionStatus = Literal["True", "False", "Unknown"]
 REASON = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
 
@@ -386,7 +477,9 @@ class EndpointStatus(Model):
         default=0, ge=0, le=1000, description="The weight clients use now: 0 when not eligible, ramped in slow start."
     )
     eligible: bool = Field(default=False, description="Whether clients may send traffic to it now.")
-    health: Health = Field(description="Probed health: Unknown (not probed yet), Healthy or Unhealthy.")
+    health: Health = Field(
+        description="Probed health: Unknown (not probed yet), Healthy, Degraded (passing but slow) or Unhealthy."
+    )
     breaker: BreakerState = Field(
         default="Closed", description="Circuit breaker: Closed (in), Open (ejected), HalfOpen (trial probes)."
     )

@@ -64,7 +64,8 @@ def members_of(spec: api.ClusterPoolSpec) -> tuple[Endpoint, ...]:
 
 def thresholds_of(spec: api.ClusterPoolSpec) -> Thresholds:
     hc = spec.health_check
-    return Thresholds(healthy=hc.healthy_threshold, unhealthy=hc.unhealthy_threshold)
+    bound = hc.degraded_latency_milliseconds
+    return Thresholds(hc.healthy_threshold, hc.unhealthy_threshold, bound / 1000 if bound is not None else None)
 
 
 def failover_of(spec: api.ClusterPoolSpec) -> FailoverConfig:
@@ -118,7 +119,7 @@ class PoolRunner:
         gen = (self.body.get("metadata") or {}).get("generation")
         return int(gen) if gen is not None else None
 
-    def refresh_spec(self) -> None:
+    async def refresh_spec(self) -> None:
         """Re-validate the spec when its generation changed (objects stored under an
         older schema, or edits the CRD cannot check, end up here)."""
         generation = self._current_generation()
@@ -145,7 +146,9 @@ class PoolRunner:
         else:
             self.pool = self.pool.with_members(members)
         self.spec = spec
-        self.prober = prober_for(spec.health_check)
+        old, self.prober = self.prober, prober_for(spec.health_check)
+        if old is not None:
+            await old.close()
 
     # -- one round ----------------------------------------------------------------------
 
@@ -256,7 +259,7 @@ class PoolRunner:
 
     async def run_once(self) -> float:
         start = time.monotonic()
-        self.refresh_spec()
+        await self.refresh_spec()
         await self.probe_round()
         await self.publish_objects()
         await self.publish()
@@ -268,6 +271,13 @@ class PoolRunner:
         self.wake.set()
 
     async def run(self) -> None:
+        try:
+            await self._loop()
+        finally:
+            if self.prober is not None:
+                await self.prober.close()
+
+    async def _loop(self) -> None:
         while not self.stopping:
             self.wake.clear()  # before the round, so a change during it wakes the next one
             try:

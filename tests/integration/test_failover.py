@@ -70,6 +70,11 @@ def reasons(pools, name):
     return [e.reason for e in pools.events(name)]
 
 
+def wait_event(pools, name, *wanted, timeout=10):
+    """Events are posted asynchronously and can trail the status: wait for them."""
+    return wait_for(lambda: set(wanted) <= set(reasons(pools, name)), timeout, f"Events {wanted}")
+
+
 def test_ejection_and_recovery_are_published_everywhere(pools, net_backends, k8s):
     backends = net_backends(3)
     hosts = sorted(b.host for b in backends)
@@ -100,12 +105,12 @@ def test_ejection_and_recovery_are_published_everywhere(pools, net_backends, k8s
         "status: 1 ejected, 2 eligible",
     )
     assert pools.endpoint("p", "ep-1")["breaker"] == "Open"
-    assert "EndpointEjected" in reasons(pools, "p")
+    wait_event(pools, "p", "EndpointEjected")
 
     backends[1].start()
     wait_for(lambda: pub.addresses() == hosts, 3 + 3 * INTERVAL + 3, "the endpoint back after its ejection")
     wait_for(lambda: pools.endpoint("p", "ep-1").get("breaker") == "Closed", 5, "status: ep-1 breaker Closed")
-    assert {"EndpointHalfOpen", "EndpointRecovered"} <= set(reasons(pools, "p"))
+    wait_event(pools, "p", "EndpointHalfOpen", "EndpointRecovered")
     assert pub.table()["endpoints"][1]["eligible"] is True
 
     pools.delete("p")
@@ -122,7 +127,7 @@ def test_a_failed_trial_ejects_again_for_longer(pools, net_backends):
     pools.wait_ready("p", healthy=2)
     backends[0].mode = "fail"
     wait_for(lambda: pools.endpoint("p", "ep-0").get("ejections") == 2, 3 + 3 * INTERVAL + 6, "a second ejection")
-    assert "EndpointReejected" in reasons(pools, "p")
+    wait_event(pools, "p", "EndpointReejected")
 
 
 def test_panic_routes_to_every_endpoint_and_is_reported(pools, net_backends, k8s):
@@ -135,11 +140,11 @@ def test_panic_routes_to_every_endpoint_and_is_reported(pools, net_backends, k8s
     pub = Published(k8s, pools.namespace, "p")
     wait_for(lambda: len(pub.addresses()) == 3, 5, "all endpoints published in panic")
     assert pools.status("p")["panic"] is True and pub.table()["panic"] is True
-    assert "PanicEntered" in reasons(pools, "p")
+    wait_event(pools, "p", "PanicEntered")
     backends[0].start()
     backends[1].start()
     wait_for(lambda: pools.condition("p", "Panic").get("status") == "False", 3 + 3 * INTERVAL + 3, "Panic=False")
-    assert "PanicLeft" in reasons(pools, "p")
+    wait_event(pools, "p", "PanicLeft")
 
 
 def test_tier_failover_and_failback(pools, net_backends, k8s):
@@ -152,12 +157,12 @@ def test_tier_failover_and_failback(pools, net_backends, k8s):
     primary_b.stop()
     wait_for(lambda: pools.status("p").get("activeTier") == 1, 3 * INTERVAL + 3, "failover to tier 1")
     wait_for(lambda: pub.addresses() == [secondary.host], 5, "only tier 1 published")
-    assert "TierFailover" in reasons(pools, "p")
+    wait_event(pools, "p", "TierFailover")
     primary_a.start()
     primary_b.start()
     wait_for(lambda: pools.status("p").get("activeTier") == 0, 3 + 3 * INTERVAL + 3, "failback to tier 0")
     wait_for(lambda: pub.addresses() == sorted([primary_a.host, primary_b.host]), 5, "tier 0 published again")
-    assert "TierFailback" in reasons(pools, "p")
+    wait_event(pools, "p", "TierFailback")
 
 
 def test_max_ejection_percent_keeps_endpoints_in_and_says_so(pools, net_backends):
@@ -173,7 +178,7 @@ def test_max_ejection_percent_keeps_endpoints_in_and_says_so(pools, net_backends
         "ep-1 kept in by the limit",
     )
     assert pools.endpoint("p", "ep-1")["eligible"] is True and pools.status("p")["ejected"] == 1
-    assert "EjectionLimited" in reasons(pools, "p")
+    wait_event(pools, "p", "EjectionLimited")
 
 
 def test_an_operator_restart_keeps_open_breakers_open(pools, net_backends, operator):
@@ -182,16 +187,18 @@ def test_an_operator_restart_keeps_open_breakers_open(pools, net_backends, opera
     pools.wait_ready("p", healthy=2)
     backends[1].stop()
     wait_for(lambda: pools.endpoint("p", "ep-1").get("breaker") == "Open", 3 * INTERVAL + 3, "ep-1 ejected")
+    wait_event(pools, "p", "EndpointEjected")
     before = pools.endpoint("p", "ep-1")
-    events = len(pools.events("p"))
-    backends[1].start()  # healthy again, but its ejection has 60s to run
+    seen = {e.metadata.name for e in pools.events("p")}
     operator.restart(kill=True)
+    backends[1].start()  # healthy again, but its ejection has 60s to run
     wait_for(lambda: pools.endpoint("p", "ep-1").get("health") == "Healthy", 3 * INTERVAL + 5, "ep-1 probed again")
     after = pools.endpoint("p", "ep-1")
     assert (after["breaker"], after["openUntil"], after["ejections"]) == ("Open", before["openUntil"], 1)
     assert after["eligible"] is False
-    new = [e.reason for e in pools.events("p")][events:]
-    assert "EndpointEjected" not in new and "EndpointUnhealthy" not in new
+    wait_event(pools, "p", "EndpointHealthy")
+    new = [e.reason for e in pools.events("p") if e.metadata.name not in seen]
+    assert "EndpointEjected" not in new and "EndpointUnhealthy" not in new, new
 
 
 def test_a_foreign_service_of_the_same_name_is_not_taken_over(pools, net_backends, k8s):

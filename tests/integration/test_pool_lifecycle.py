@@ -60,7 +60,7 @@ def test_pool_of_three_becomes_ready_then_follows_a_backend_dying_and_returning(
     assert degraded["status"] == "True" and "ep-1" in degraded["message"]
     ep1 = pools.endpoint("p", "ep-1")
     assert ep1["reason"] == "ConnectionRefused" and backends[1].host in ep1["message"]
-    unhealthy_events = pools.events("p", "EndpointUnhealthy")
+    unhealthy_events = wait_for(lambda: pools.events("p", "EndpointUnhealthy"), 5, "an EndpointUnhealthy Event")
     assert len(unhealthy_events) == 1 and "ep-1" in unhealthy_events[0].message
     assert unhealthy_events[0].type == "Warning"
 
@@ -76,7 +76,11 @@ def test_pool_of_three_becomes_ready_then_follows_a_backend_dying_and_returning(
         "Degraded to clear once the ejection is over",
     )
     assert pools.status("p")["healthy"] == 3
-    assert any("ep-1" in e.message for e in pools.events("p", "EndpointHealthy"))
+    wait_for(
+        lambda: sum("ep-1" in e.message for e in pools.events("p", "EndpointHealthy")) == 2,
+        5,
+        "a second EndpointHealthy Event for ep-1",
+    )
 
 
 def test_a_pool_with_no_healthy_endpoint_is_not_ready(pools, tcp_backends):
@@ -168,6 +172,7 @@ def test_an_operator_restart_keeps_health_and_emits_nothing_new(pools, http_back
     pools.wait_ready("p", healthy=3)
     backends[2].stop()
     wait_for(lambda: pools.endpoint("p", "ep-2").get("health") == "Unhealthy", detect_bound(UNHEALTHY_T), "ep-2 down")
+    wait_for(lambda: pools.events("p", "EndpointEjected"), 5, "the ejection's Event")
     time.sleep(1)
     before = pools.status("p")
     events_before = len(pools.events("p"))
@@ -181,3 +186,49 @@ def test_an_operator_restart_keeps_health_and_emits_nothing_new(pools, http_back
     # and it still follows changes
     backends[2].start()
     wait_for(lambda: pools.endpoint("p", "ep-2").get("health") == "Healthy", detect_bound(HEALTHY_T), "ep-2 back")
+
+
+def test_a_slow_endpoint_is_degraded_but_keeps_serving(pools, http_backends):
+    backends = http_backends(2)
+    check = {**HTTP_CHECK, "degradedLatencyMilliseconds": 200}
+    pools.create("p", static(backends, check))
+    pools.wait_ready("p", healthy=2)
+    backends[0].mode, backends[0].delay = "slow", 0.5
+    wait_for(
+        lambda: pools.endpoint("p", "ep-0").get("health") == "Degraded", detect_bound(UNHEALTHY_T), "ep-0 Degraded"
+    )
+    ep0 = pools.endpoint("p", "ep-0")
+    assert ep0["eligible"] is True and ep0["reason"] == "SlowAnswer"
+    wait_for(lambda: pools.condition("p", "Degraded").get("reason") == "EndpointsSlow", 5, "Degraded=EndpointsSlow")
+    assert pools.status("p")["healthy"] == 2
+    wait_for(lambda: pools.events("p", "EndpointDegraded"), 5, "an EndpointDegraded Event")
+    backends[0].mode = "ok"
+    wait_for(lambda: pools.endpoint("p", "ep-0").get("health") == "Healthy", detect_bound(HEALTHY_T), "ep-0 Healthy")
+
+
+def test_a_composite_check_ejects_when_a_required_check_fails(pools, http_backends, tcp_backends):
+    backends = http_backends(2)
+    sidecar = tcp_backends(1)[0]
+    check = {
+        "intervalSeconds": INTERVAL,
+        "timeoutSeconds": TIMEOUT,
+        "unhealthyThreshold": 1,
+        "composite": {
+            "mode": "All",
+            "checks": [
+                {"name": "api", "http": {"path": "/health", "expectedStatuses": ["200"]}},
+                {"name": "sidecar", "tcp": {"port": sidecar.port}},
+            ],
+        },
+    }
+    # the sidecar listens on one endpoint's address only: the other fails its composite
+    spec = static(backends, check)
+    spec["discovery"]["static"]["endpoints"][0]["address"] = sidecar.host
+    backends[0].stop()
+    backends[0].host = sidecar.host
+    backends[0].start()
+    pools.create("p", spec)
+    wait_for(lambda: pools.endpoint("p", "ep-1").get("health") == "Unhealthy", detect_bound(1), "ep-1 Unhealthy")
+    assert pools.endpoint("p", "ep-0")["health"] == "Healthy"
+    ep1 = pools.endpoint("p", "ep-1")
+    assert ep1["reason"] == "ChecksFailed" and "sidecar: TCP connect" in ep1["message"]

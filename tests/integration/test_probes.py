@@ -63,3 +63,91 @@ def test_parse_status_line():
     assert parse_status_line(b"HTTP/1.0 200") == 200
     for bad in (b"", b"SSH-2.0-OpenSSH", b"HTTP/1.1 2000 x", b"HTTP/2 200", b"HTTP/1.1 abc"):
         assert parse_status_line(bad) is None
+
+
+from clusterpool.api import HealthCheck  # noqa: E402
+from clusterpool.core.health import Endpoint  # noqa: E402
+from clusterpool.health.probes import HTTPProber, Prober  # noqa: E402
+
+
+async def test_method_and_headers_are_sent(backend):
+    check = HTTPCheck(method="POST", path="/v1/ping", headers=[{"name": "Authorization", "value": "Bearer t0k"}])
+    r = await probe_http(backend.host, backend.port, check, 1.0)
+    assert r.ok and r.message.startswith("POST /v1/ping")
+    assert backend.last_method == "POST" and backend.last_headers["Authorization"] == "Bearer t0k"
+    r = await probe_http(backend.host, backend.port, HTTPCheck(method="HEAD"), 1.0)
+    assert r.ok and backend.last_method == "HEAD"
+
+
+async def test_body_contains(backend):
+    backend.body = b'{"status": "ready", "model": "llama"}'
+    assert (await probe_http(backend.host, backend.port, HTTPCheck(body_contains='"ready"'), 1.0)).ok
+    r = await probe_http(backend.host, backend.port, HTTPCheck(body_contains="loading-done"), 1.0)
+    assert (r.ok, r.reason) == (False, "UnexpectedBody")
+
+
+async def test_keep_alive_reuses_one_connection_and_survives_a_server_restart(backend):
+    prober = HTTPProber(HTTPCheck(), 1.0)
+    try:
+        for _ in range(5):
+            assert (await prober.probe(backend.host, backend.port)).ok
+        assert backend.connections == 1
+        backend.stop()  # the idle connection dies with the server
+        backend.start()
+        r = await prober.probe(backend.host, backend.port)
+        assert r.ok, r.message
+    finally:
+        await prober.close()
+    no_reuse = HTTPProber(HTTPCheck(keep_alive=False), 1.0)
+    before = backend.connections
+    for _ in range(3):
+        assert (await no_reuse.probe(backend.host, backend.port)).ok
+    assert backend.connections - before == 3
+
+
+@pytest.fixture
+def tls_backend(tmp_path):
+    import controlplane  # the project's certificate helper: a CA and a serving cert for 127.0.0.1
+
+    controlplane.make_certs(tmp_path)
+    b = HTTPBackend("127.0.0.1", free_port(), tls=(str(tmp_path / "apiserver.crt"), str(tmp_path / "apiserver.key")))
+    b.start()
+    yield b
+    b.stop()
+
+
+async def test_https_verifies_certificates_unless_told_not_to(tls_backend):
+    r = await probe_http(tls_backend.host, tls_backend.port, HTTPCheck(scheme="HTTPS"), 2.0)
+    assert (r.ok, r.reason) == (False, "TLSError") and "certificate" in r.message
+    r = await probe_http(tls_backend.host, tls_backend.port, HTTPCheck(scheme="HTTPS", insecure_skip_verify=True), 2.0)
+    assert r.ok, r.message
+    r = await probe_http(tls_backend.host, tls_backend.port, HTTPCheck(), 2.0)  # plain HTTP to a TLS port
+    assert not r.ok
+
+
+async def test_composite_modes(backend):
+    closed_port = free_port()
+
+    def composite(mode, *checks):
+        return HealthCheck(composite={"mode": mode, "checks": list(checks)}, interval_seconds=5, timeout_seconds=1)
+
+    http = {"name": "api", "http": {}}
+    tcp_ok = {"name": "port", "tcp": {}}
+    tcp_bad = {"name": "sidecar", "tcp": {"port": closed_port}}
+    ep = Endpoint("e", backend.host, backend.port)
+    cases = [
+        ("All", [http, tcp_ok], True),
+        ("All", [http, tcp_bad], False),
+        ("Any", [http, tcp_bad], True),
+        ("Majority", [http, tcp_ok, tcp_bad], True),
+        ("Majority", [http, tcp_bad], False),
+    ]
+    for mode, checks, expected in cases:
+        prober = Prober(composite(mode, *checks))
+        try:
+            r = await prober(ep)
+        finally:
+            await prober.close()
+        assert r.ok is expected, (mode, checks, r)
+        if not r.ok:
+            assert r.reason == "ChecksFailed" and "sidecar: TCP connect" in r.message

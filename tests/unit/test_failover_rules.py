@@ -152,3 +152,16 @@ def test_slow_start_ramps_in_steps_from_ten_percent():
     ms = [member("a", recovered_at=at(0)), member("b")]
     d = decide(ms, FailoverConfig(slow_start_seconds=60), 0, at(30))
     assert (d.of("a").effective_weight, d.of("b").effective_weight) == (5, 10)
+
+
+def test_composite_combination():
+    from clusterpool.core.health import ProbeResult
+    from clusterpool.health.probes import combine
+
+    ok, bad = ProbeResult(True, "ProbeSucceeded", "fine", 0.1), ProbeResult(False, "Timeout", "slow", 0.3)
+    assert combine("All", ["a", "b"], [ok, ok]).ok and not combine("All", ["a", "b"], [ok, bad]).ok
+    assert combine("Any", ["a", "b"], [bad, ok]).ok and not combine("Any", ["a", "b"], [bad, bad]).ok
+    assert combine("Majority", ["a", "b", "c"], [ok, ok, bad]).ok
+    assert not combine("Majority", ["a", "b"], [ok, bad]).ok
+    r = combine("All", ["a", "b"], [ok, bad])
+    assert (r.reason, r.message, r.latency_s) == ("ChecksFailed", "1 of 2 checks passed (All): b: slow", 0.3)

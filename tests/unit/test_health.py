@@ -98,3 +98,36 @@ def test_removed_endpoints_leave_the_pool():
     pool = pool.with_members((A,))
     assert pool.counts() == (1, 1, 0)
     assert pool.of("b").health == "Unknown"
+
+
+SLOW = ProbeResult(True, "ProbeSucceeded", "HTTP 200", latency_s=0.9)
+FAST = ProbeResult(True, "ProbeSucceeded", "HTTP 200", latency_s=0.01)
+TH_LAT = Thresholds(healthy=2, unhealthy=2, degraded_latency_s=0.5)
+
+
+def run_lat(results):
+    h, seen = EndpointHealth(), []
+    for r in results:
+        h = observe(h, r, TH_LAT, T0)
+        seen.append(h.health)
+    return seen, h
+
+
+def test_slow_answers_make_an_endpoint_degraded_not_dead():
+    seen, h = run_lat([FAST, SLOW, SLOW, FAST, FAST])
+    assert seen == ["Healthy", "Healthy", "Degraded", "Degraded", "Healthy"]
+    seen, h = run_lat([FAST, SLOW, SLOW])
+    assert h.reason == "SlowAnswer" and "slower than 500 ms" in h.message
+
+
+def test_first_probe_slow_is_degraded_and_failures_still_eject_a_degraded_endpoint():
+    seen, _ = run_lat([SLOW, BAD, BAD])
+    assert seen == ["Degraded", "Degraded", "Unhealthy"]
+    seen, _ = run_lat([BAD, SLOW, SLOW])
+    assert seen == ["Unhealthy", "Unhealthy", "Degraded"]
+
+
+def test_degraded_endpoints_still_count_as_serving():
+    pool = PoolHealth(members=(A, B))
+    pool, _ = pool.observe({"a": SLOW, "b": FAST}, TH_LAT, T0)
+    assert pool.counts() == (2, 2, 0) and pool.degraded() == ["a"]

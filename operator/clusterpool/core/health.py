@@ -4,7 +4,10 @@ Rules (Envoy's active health checking):
 - a new endpoint is Unknown; its first probe decides at once (Healthy or Unhealthy),
   so a fresh pool becomes usable after one round instead of healthyThreshold rounds;
 - a Healthy endpoint turns Unhealthy after `unhealthy_threshold` consecutive failures;
-- an Unhealthy endpoint turns Healthy after `healthy_threshold` consecutive successes.
+- an Unhealthy endpoint turns Healthy after `healthy_threshold` consecutive successes;
+- with a latency bound, a passing probe slower than it is "slow": `unhealthy_threshold`
+  slow probes in a row make a Healthy endpoint Degraded (it still serves), and
+  `healthy_threshold` fast ones make it Healthy again. Failures count as for Healthy.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Literal
 
-Health = Literal["Unknown", "Healthy", "Unhealthy"]
+Health = Literal["Unknown", "Healthy", "Degraded", "Unhealthy"]
+SERVING: tuple[Health, ...] = ("Healthy", "Degraded")
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,7 @@ class ProbeResult:
 class Thresholds:
     healthy: int
     unhealthy: int
+    degraded_latency_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,8 @@ class EndpointHealth:
     health: Health = "Unknown"
     successes: int = 0
     failures: int = 0
+    slow: int = 0  # consecutive passing-but-slow probes
+    fast: int = 0  # consecutive passing probes within the latency bound
     reason: str | None = None
     message: str | None = None
     last_transition: datetime | None = None
@@ -68,19 +75,35 @@ class Transition:
 def observe(prev: EndpointHealth, result: ProbeResult, thresholds: Thresholds, now: datetime) -> EndpointHealth:
     successes = prev.successes + 1 if result.ok else 0
     failures = 0 if result.ok else prev.failures + 1
+    is_slow = (
+        result.ok and thresholds.degraded_latency_s is not None and result.latency_s > thresholds.degraded_latency_s
+    )
+    slow = prev.slow + 1 if is_slow else 0
+    fast = prev.fast + 1 if result.ok and not is_slow else 0
+    passing: Health = "Degraded" if is_slow else "Healthy"
     health = prev.health
     if health == "Unknown":
-        health = "Healthy" if result.ok else "Unhealthy"
-    elif health == "Healthy" and failures >= thresholds.unhealthy:
+        health = passing if result.ok else "Unhealthy"
+    elif health in SERVING and failures >= thresholds.unhealthy:
         health = "Unhealthy"
     elif health == "Unhealthy" and successes >= thresholds.healthy:
+        health = passing
+    elif health == "Healthy" and slow >= thresholds.unhealthy:
+        health = "Degraded"
+    elif health == "Degraded" and fast >= thresholds.healthy:
         health = "Healthy"
     return EndpointHealth(
         health=health,
         successes=successes,
         failures=failures,
-        reason=result.reason,
-        message=result.message,
+        slow=slow,
+        fast=fast,
+        reason=("SlowAnswer" if is_slow else result.reason),
+        message=(
+            f"{result.message} (slower than {thresholds.degraded_latency_s * 1000:g} ms)"
+            if is_slow and thresholds.degraded_latency_s is not None
+            else result.message
+        ),
         last_transition=now if health != prev.health else prev.last_transition,
     )
 
@@ -121,6 +144,9 @@ class PoolHealth:
         return replace(self, health=tuple(new)), transitions
 
     def counts(self) -> tuple[int, int, int]:
-        """(total, healthy, unknown)."""
+        """(total, serving: Healthy or Degraded, unknown)."""
         states = [self.of(ep.name).health for ep in self.members]
-        return len(states), states.count("Healthy"), states.count("Unknown")
+        return len(states), sum(1 for s in states if s in SERVING), states.count("Unknown")
+
+    def degraded(self) -> list[str]:
+        return [ep.name for ep in self.members if self.of(ep.name).health == "Degraded"]

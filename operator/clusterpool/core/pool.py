@@ -69,10 +69,15 @@ def _ep(ep: Endpoint) -> str:
 
 
 def health_event(t: Transition, thresholds: Thresholds) -> Event:
+    if t.after == "Degraded":
+        return Event("Warning", "EndpointDegraded", f"{_ep(t.endpoint)} is Degraded (still serving): {t.message}")
     if t.after == "Unhealthy":
         after = "its first probe failed" if t.before == "Unknown" else _count(thresholds.unhealthy, "failed probe")
         return Event("Warning", "EndpointUnhealthy", f"{_ep(t.endpoint)} is Unhealthy after {after}: {t.message}")
-    after = "its first probe passed" if t.before == "Unknown" else _count(thresholds.healthy, "passing probe")
+    if t.before == "Degraded":
+        after = _count(thresholds.healthy, "fast probe")
+    else:
+        after = "its first probe passed" if t.before == "Unknown" else _count(thresholds.healthy, "passing probe")
     return Event("Normal", "EndpointHealthy", f"{_ep(t.endpoint)} is Healthy after {after}")
 
 

@@ -69,9 +69,14 @@ def pool_conditions(state: PoolState, spec_error: str | None, have_spec: bool) -
         ready = ConditionSpec("Ready", "Unknown", "Probing", f"waiting for the first probe of {unknown} endpoints")
     else:
         ready = ConditionSpec("Ready", "False", "NoHealthyEndpoints", share)
+    slow = state.health.degraded()
     if ejected:
         degraded = ConditionSpec(
             "Degraded", "True", "EndpointsEjected", f"{len(ejected)} of {total} endpoints ejected: {', '.join(ejected)}"
+        )
+    elif slow:
+        degraded = ConditionSpec(
+            "Degraded", "True", "EndpointsSlow", f"{len(slow)} of {total} endpoints answer slowly: {', '.join(slow)}"
         )
     else:
         degraded = ConditionSpec("Degraded", "False", "NoneEjected", share)
@@ -190,7 +195,7 @@ def restore_state(members: Sequence[Endpoint], status: Mapping[str, Any]) -> Poo
         if rec is None or (rec.get("address"), rec.get("port")) != (ep.address, ep.port):
             continue
         state = rec.get("health")
-        if state in ("Healthy", "Unhealthy"):
+        if state in ("Healthy", "Degraded", "Unhealthy"):
             health.append(
                 (
                     ep.name,
