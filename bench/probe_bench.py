@@ -1,7 +1,8 @@
 """Probe throughput: the operator's asyncio prober against aiohttp and httpx.
 
-Each client probes one loopback HTTP server with 50 probes in flight, a new connection
-per probe (as the operator probes), for a fixed time; rounds alternate the order of
+Each client probes one loopback HTTP server with 50 probes in flight for a fixed time,
+first with a new connection per probe, then with keep-alive connections (the operator's
+default: one connection per endpoint); rounds alternate the order of
 clients and the median of the rounds is recorded. Results go to bench/results/probe.json;
 docs/benchmarks.md quotes them. The server runs in its own process.
 
@@ -27,7 +28,7 @@ import aiohttp
 import httpx
 
 from clusterpool.api import HTTPCheck
-from clusterpool.health.probes import probe_http
+from clusterpool.health.probes import HTTPProber, probe_http
 
 HERE = Path(__file__).resolve().parent
 CONCURRENCY = 50
@@ -84,10 +85,32 @@ async def measure(port: int, seconds: float, rounds: int) -> dict[str, list[floa
     async def httpx_probe() -> bool:
         return (await hx.get(url)).status_code == 200
 
+    # keep-alive: one prober (one connection) per worker, as one per endpoint in the operator
+    keep = [HTTPProber(check, 2.0) for _ in range(CONCURRENCY)]
+    next_keep = iter(range(10**9))
+
+    async def ours_keepalive() -> bool:
+        return (await keep[next(next_keep) % CONCURRENCY].probe("127.0.0.1", port)).ok
+
+    aio_keep = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=CONCURRENCY))
+
+    async def aiohttp_keepalive() -> bool:
+        async with aio_keep.get(url, timeout=aiohttp.ClientTimeout(total=2)) as r:
+            await r.read()
+            return r.status == 200
+
+    hx_keep = httpx.AsyncClient(limits=httpx.Limits(max_connections=CONCURRENCY), timeout=2.0)
+
+    async def httpx_keepalive() -> bool:
+        return (await hx_keep.get(url)).status_code == 200
+
     clients: dict[str, Probe] = {
         "clusterpool (asyncio streams)": ours,
         "aiohttp ClientSession": aiohttp_probe,
         "httpx AsyncClient, shared pool": httpx_probe,
+        "keep-alive: clusterpool HTTPProber": ours_keepalive,
+        "keep-alive: aiohttp ClientSession": aiohttp_keepalive,
+        "keep-alive: httpx AsyncClient, shared pool": httpx_keepalive,
     }
     results: dict[str, list[float]] = {name: [] for name in clients}
     try:
@@ -101,6 +124,10 @@ async def measure(port: int, seconds: float, rounds: int) -> dict[str, list[floa
     finally:
         await aio.close()
         await hx.aclose()
+        await aio_keep.close()
+        await hx_keep.aclose()
+        for p in keep:
+            await p.close()
     return results
 
 
@@ -129,6 +156,7 @@ def main() -> int:
         server.wait()
     medians = {name: statistics.median(v) for name, v in results.items()}
     ref = medians["clusterpool (asyncio streams)"]
+    ref_keep = medians["keep-alive: clusterpool HTTPProber"]
     out = {
         "benchmark": "probe throughput, one loopback HTTP server, new connection per probe",
         "date": time.strftime("%Y-%m-%d"),
@@ -140,7 +168,11 @@ def main() -> int:
         "probes_per_second": {
             k: {"median": round(v), "runs": [round(x) for x in results[k]]} for k, v in medians.items()
         },
-        "ratio_clusterpool_over": {k: round(ref / v, 2) for k, v in medians.items() if v != ref},
+        "ratio_clusterpool_over": {
+            k: round((ref_keep if k.startswith("keep-alive") else ref) / v, 2)
+            for k, v in medians.items()
+            if not k.startswith(("clusterpool", "keep-alive: clusterpool"))
+        },
     }
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "probe.json").write_text(json.dumps(out, indent=2) + "\n")

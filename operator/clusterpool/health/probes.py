@@ -179,7 +179,7 @@ class HTTPProber:
         except BaseException:
             await _close(writer)
             raise
-        if answer.reusable and self.check.keep_alive:
+        if answer.reusable and self.check.keep_alive and key not in self._idle:
             self._idle[key] = conn
         else:
             await _close(writer)
