@@ -22,7 +22,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
-Mode = Literal["ok", "fail", "hang", "garbage", "slow"]
+Mode = Literal["ok", "fail", "unavailable", "hang", "garbage", "slow"]
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -57,6 +57,32 @@ class _Handler(BaseHTTPRequestHandler):
     def do_OPTIONS(self) -> None:
         self.do_GET()
 
+    def _answer(self, code: int) -> bytes:
+        """JSON; an OpenAI-compatible one for /v1/chat/completions and /v1/models."""
+        name = self.server.backend.name
+        if code == 200 and self.path.endswith("/chat/completions"):
+            return json.dumps(
+                {
+                    "id": f"chatcmpl-{self.server.backend.requests}",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": "stub",
+                    "choices": [
+                        {
+                            "index": 0,
+                            "finish_reason": "stop",
+                            "message": {"role": "assistant", "content": f"hello from {name}"},
+                        }
+                    ],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 3, "total_tokens": 4},
+                }
+            ).encode()
+        if code == 200 and self.path.endswith("/models"):
+            return json.dumps(
+                {"object": "list", "data": [{"id": "stub", "object": "model", "created": 0, "owned_by": "clusterpool"}]}
+            ).encode()
+        return json.dumps({"backend": name, "path": self.path, "status": code}).encode()
+
     def do_GET(self) -> None:
         backend = self.server.backend
         backend.requests += 1
@@ -71,8 +97,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(b"this is not http\r\n\r\n")
             self.close_connection = True
             return
-        code = 500 if mode == "fail" else 200
-        body = backend.body or json.dumps({"backend": backend.name, "path": self.path, "status": code}).encode()
+        code = {"fail": 500, "unavailable": 503}.get(mode, 200)
+        body = backend.body or self._answer(code)
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))

@@ -1,0 +1,194 @@
+"""The routing table the operator publishes (docs/routing-table.md), and where a client
+reads it from: a mounted ConfigMap file, or the ConfigMap itself through the API."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from clusterpool.balancer import Target
+
+log = logging.getLogger(__name__)
+SUPPORTED_SCHEMA = 1
+
+
+class RoutingTableError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class BreakerSettings:
+    failure_threshold: int = 3
+    open_seconds: int = 30
+    max_open_seconds: int = 300
+    half_open_max_probes: int = 1
+    success_threshold: int = 2
+
+
+@dataclass(frozen=True)
+class RoutingTable:
+    revision: str
+    strategy: str
+    targets: tuple[Target, ...]  # eligible endpoints, with their effective weights
+    breaker: BreakerSettings
+    panic: bool = False
+
+    @classmethod
+    def parse(cls, text: str | bytes) -> RoutingTable:
+        try:
+            raw = json.loads(text)
+        except ValueError as exc:
+            raise RoutingTableError(f"the routing table is not JSON: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise RoutingTableError("the routing table is not a JSON object")
+        version = raw.get("schemaVersion")
+        if version != SUPPORTED_SCHEMA:
+            raise RoutingTableError(
+                f"routing table schemaVersion {version!r} is not supported by this client (it reads "
+                f"{SUPPORTED_SCHEMA}); upgrade the clusterpool package"
+            )
+        try:
+            targets = tuple(
+                Target(e["name"], e["address"], int(e["port"]), max(1, int(e.get("effectiveWeight") or 1)))
+                for e in raw["endpoints"]
+                if e.get("eligible")
+            )
+            cb = raw.get("circuitBreaker") or {}
+            breaker = BreakerSettings(
+                failure_threshold=int(cb.get("failureThreshold", 3)),
+                open_seconds=int(cb.get("openSeconds", 30)),
+                max_open_seconds=int(cb.get("maxOpenSeconds", 300)),
+                half_open_max_probes=int(cb.get("halfOpenMaxProbes", 1)),
+                success_threshold=int(cb.get("successThreshold", 2)),
+            )
+            return cls(str(raw.get("revision", "")), str(raw["strategy"]), targets, breaker, bool(raw.get("panic")))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RoutingTableError(f"the routing table is malformed: {exc!r}") from exc
+
+
+class TableSource:
+    """Where tables come from. `current()` is cheap and called on every request."""
+
+    def current(self) -> RoutingTable:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class StaticTable(TableSource):
+    def __init__(self, table: RoutingTable) -> None:
+        self.table = table
+
+    def current(self) -> RoutingTable:
+        return self.table
+
+
+class FileTable(TableSource):
+    """A mounted ConfigMap file (`.../routing.json`). Re-read when its modification time or
+    size changes, checked at most once per `check_every` seconds. Kubernetes updates a
+    mounted ConfigMap by swapping a symlink, which this sees. A bad or missing file keeps
+    the last good table (and is logged)."""
+
+    def __init__(self, path: str | os.PathLike[str], check_every: float = 1.0) -> None:
+        self.path = Path(path)
+        self.check_every = check_every
+        self._stamp: tuple[float, int] | None = None
+        self._next_check = 0.0
+        self._table: RoutingTable | None = None
+        self._lock = threading.Lock()
+        self._load()
+        if self._table is None:
+            raise RoutingTableError(f"no usable routing table at {self.path}")
+
+    def _load(self) -> None:
+        try:
+            st = self.path.stat()
+            stamp = (st.st_mtime, st.st_size)
+            if stamp == self._stamp:
+                return
+            table = RoutingTable.parse(self.path.read_bytes())
+        except (OSError, RoutingTableError) as exc:
+            log.warning("keeping the last routing table: %s", exc)
+            return
+        self._stamp, self._table = stamp, table
+
+    def current(self) -> RoutingTable:
+        now = time.monotonic()
+        if now >= self._next_check:
+            with self._lock:
+                if now >= self._next_check:
+                    self._next_check = now + self.check_every
+                    self._load()
+        assert self._table is not None
+        return self._table
+
+
+class ConfigMapTable(TableSource):
+    """The ConfigMap `<pool>-routing` through the Kubernetes API, for applications that do
+    not mount it: read once, then watched in a background thread that reconnects with
+    backoff. While the API is unreachable the last table stays in use."""
+
+    def __init__(
+        self, namespace: str, pool: str, api_client: Any = None, on_change: Callable[[RoutingTable], None] | None = None
+    ) -> None:
+        import kubernetes
+
+        self.core = kubernetes.client.CoreV1Api(api_client)
+        self.namespace, self.name = namespace, f"{pool}-routing"
+        self.on_change = on_change
+        cm = self.core.read_namespaced_config_map(self.name, namespace)
+        self._table = RoutingTable.parse((cm.data or {})["routing.json"])
+        self._version = cm.metadata.resource_version if cm.metadata else None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True, name=f"clusterpool-watch-{pool}")
+        self._thread.start()
+
+    def _watch(self) -> None:
+        import kubernetes
+
+        backoff = 0.5
+        while not self._stop.is_set():
+            w = kubernetes.watch.Watch()  # type: ignore[no-untyped-call]
+            try:
+                for ev in w.stream(  # type: ignore[no-untyped-call]
+                    self.core.list_namespaced_config_map,
+                    self.namespace,
+                    field_selector=f"metadata.name={self.name}",
+                    resource_version=self._version,
+                    timeout_seconds=60,
+                ):
+                    obj = ev["object"]
+                    self._version = obj.metadata.resource_version
+                    data = (obj.data or {}).get("routing.json")
+                    if ev["type"] in ("ADDED", "MODIFIED") and data:
+                        try:
+                            self._table = RoutingTable.parse(data)
+                        except RoutingTableError as exc:
+                            log.warning("keeping the last routing table: %s", exc)
+                            continue
+                        if self.on_change:
+                            self.on_change(self._table)
+                    if self._stop.is_set():
+                        break
+                backoff = 0.5
+            except Exception as exc:  # the API is away: keep the last table, retry
+                log.warning("routing table watch failed (%s); retrying in %.1fs", exc, backoff)
+                self._version = None
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+            finally:
+                w.stop()  # type: ignore[no-untyped-call]
+
+    def current(self) -> RoutingTable:
+        return self._table
+
+    def close(self) -> None:
+        self._stop.set()
