@@ -88,4 +88,10 @@ INVALID: dict[str, dict[str, Any]] = {
     "open-cap-below-open": static(failover={"circuitBreaker": {"openSeconds": 60, "maxOpenSeconds": 30}}),
     "failback-below-failover": static(failover={"tiers": {"failoverPercent": 70, "failbackPercent": 50}}),
     "ejection-over-100": static(failover={"maxEjectionPercent": 101}),
+    "two-sources": {"discovery": {"static": {"endpoints": EP}, "kubernetes": {"service": "vllm"}}},
+    "kubernetes-service-and-selector": {
+        "discovery": {"kubernetes": {"service": "vllm", "selector": {"matchLabels": {"app": "vllm"}}}}
+    },
+    "kubernetes-neither": {"discovery": {"kubernetes": {"port": "http"}}},
+    "kubernetes-empty-selector": {"discovery": {"kubernetes": {"selector": {"matchLabels": {}}}}},
 }

@@ -43,7 +43,7 @@ class Model(BaseModel):
 
 
 Strategy = Literal["RoundRobin", "LeastConnections", "Weighted", "ConsistentHash", "Adaptive"]
-Source = Literal["Static"]
+Source = Literal["Static", "Kubernetes"]
 
 
 class StaticEndpoint(Model):
@@ -100,7 +100,60 @@ class StaticDiscovery(Model):
         return self
 
 
-_ONE_SOURCE = ("has(self.static)", "spec.discovery needs exactly one source; set `static`")
+_ONE_K8S = (
+    "has(self.service) != has(self.selector)",
+    "spec.discovery.kubernetes needs exactly one of `service` or `selector`",
+)
+
+
+class LabelSelector(Model):
+    """Labels that select EndpointSlices (all must match)."""
+
+    match_labels: dict[Annotated[str, Field(max_length=317)], Annotated[str, Field(max_length=63)]] = Field(
+        min_length=1,
+        max_length=16,
+        description="Label keys and values that an EndpointSlice must all carry.",
+        json_schema_extra={"maxProperties": 16, "minProperties": 1},
+    )
+
+
+class KubernetesDiscovery(Model):
+    """Endpoints from the EndpointSlices of a Service (or of a label selector) in the pool's
+    namespace, followed by a watch. Ready endpoints are members; not-ready ones are shown
+    but never eligible; terminating ones only when nothing else serves."""
+
+    model_config = ConfigDict(json_schema_extra=_cel(_ONE_K8S))
+
+    service: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=63,
+        pattern=DNS_LABEL,
+        description="Name of a Service in the pool's namespace whose EndpointSlices to follow.",
+    )
+    selector: LabelSelector | None = Field(
+        default=None, description="Follow the EndpointSlices with these labels instead of a Service's."
+    )
+    port: int | str | None = Field(
+        default=None,
+        description="The backends' port: a port name (as in the Service) or number (the target port). "
+        "May be left out when the slices have exactly one port.",
+        json_schema_extra={"x-kubernetes-int-or-string": True},
+    )
+
+    @model_validator(mode="after")
+    def _one(self) -> KubernetesDiscovery:
+        if (self.service is None) == (self.selector is None):
+            raise ValueError(_ONE_K8S[1])
+        if isinstance(self.port, int) and not 1 <= self.port <= 65535:
+            raise ValueError("spec.discovery.kubernetes.port must be 1-65535 or a port name")
+        return self
+
+
+_ONE_SOURCE = (
+    "(has(self.static) ? 1 : 0) + (has(self.kubernetes) ? 1 : 0) == 1",
+    "spec.discovery needs exactly one source: `static` or `kubernetes`",
+)
 
 
 class Discovery(Model):
@@ -109,16 +162,19 @@ class Discovery(Model):
     model_config = ConfigDict(json_schema_extra=_cel(_ONE_SOURCE))
 
     static: StaticDiscovery | None = Field(default=None, description="A fixed list of endpoints.")
+    kubernetes: KubernetesDiscovery | None = Field(
+        default=None, description="Endpoints from EndpointSlices, followed live."
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> Discovery:
-        if self.static is None:
+        if (self.static is None) == (self.kubernetes is None):
             raise ValueError(_ONE_SOURCE[1])
         return self
 
     @property
     def source(self) -> Source:
-        return "Static"
+        return "Static" if self.static is not None else "Kubernetes"
 
 
 _RANGE_ORDER = (
@@ -479,6 +535,11 @@ class EndpointStatus(Model):
     eligible: bool = Field(default=False, description="Whether clients may send traffic to it now.")
     health: Health = Field(
         description="Probed health: Unknown (not probed yet), Healthy, Degraded (passing but slow) or Unhealthy."
+    )
+    source_state: Literal["Ready", "NotReady", "Terminating"] = Field(
+        default="Ready",
+        description="What discovery says: Ready, NotReady (listed, never eligible) or Terminating "
+        "(used only while nothing else is ready).",
     )
     breaker: BreakerState = Field(
         default="Closed", description="Circuit breaker: Closed (in), Open (ejected), HalfOpen (trial probes)."

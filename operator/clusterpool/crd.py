@@ -16,6 +16,10 @@ import yaml
 from clusterpool import api
 
 _KEEP = {
+    "additionalProperties",
+    "maxProperties",
+    "minProperties",
+    "x-kubernetes-int-or-string",
     "type",
     "description",
     "properties",
@@ -48,6 +52,12 @@ def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         return {**_structural(target, defs), **_outer(node)}
     if "anyOf" in node:  # Optional[X]: X, since an absent field is how Kubernetes says None
         branches = [b for b in node["anyOf"] if b.get("type") != "null"]
+        if sorted(b.get("type", "") for b in branches) == ["integer", "string"]:  # IntOrString
+            int_or_string = _outer(node)
+            int_or_string.update(
+                {"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string"}]}
+            )
+            return int_or_string
         if len(branches) != 1:
             raise ValueError(f"cannot express anyOf {node['anyOf']} in a structural schema")
         return {**_structural(branches[0], defs), **_outer(node)}
@@ -61,6 +71,9 @@ def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
             out[key] = {name: _structural(sub, defs) for name, sub in value.items()}
         elif key == "items":
             out[key] = _structural(value, defs)
+        elif key == "additionalProperties":
+            if isinstance(value, dict):  # a map's values; `false` (extra="forbid") is not structural
+                out[key] = _structural(value, defs)
         elif key == "default" and value is None:
             continue
         else:

@@ -49,6 +49,7 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     client = load_config()
     memo["status_writer"] = StatusWriter(client)
     memo["publisher"] = Publisher(client)
+    memo["runners"] = {}  # (namespace, name) -> PoolRunner; shared: per-object memos copy this dict's reference
 
 
 @kopf.daemon(api.GROUP, api.VERSION, api.PLURAL, id="pool", cancellation_backoff=5.0, cancellation_timeout=10.0)
@@ -57,7 +58,7 @@ async def pool_daemon(
     memo: kopf.Memo,
     logger: logging.Logger | logging.LoggerAdapter[Any],
     stopped: kopf.DaemonStopped,
-    **_: Any,
+    **kwargs: Any,
 ) -> None:
     writer: StatusWriter = memo["status_writer"]
     namespace, name = body.metadata.namespace or "default", body.metadata.name or ""
@@ -68,8 +69,15 @@ async def pool_daemon(
     def emit(type_: str, reason: str, message: str) -> None:
         kopf.event(body, type=type_, reason=reason, message=message)
 
-    runner = PoolRunner(body, write_status, emit, logger, publisher=memo["publisher"])
+    index: kopf.Index[str, Any] = kwargs["slices_by_namespace"]
+
+    def slices() -> list[Any]:
+        return list(index.get(namespace, []))
+
+    runner = PoolRunner(body, write_status, emit, logger, publisher=memo["publisher"], slices=slices)
     memo["wake"] = runner.wake
+    runners: dict[tuple[str, str], PoolRunner] = memo["runners"]
+    runners[(namespace, name)] = runner
 
     async def relay_stop() -> None:
         await stopped.wait()
@@ -80,10 +88,31 @@ async def pool_daemon(
         await runner.run()
     finally:
         relay.cancel()
+        runners.pop((namespace, name), None)
     if body.metadata.get("deletionTimestamp"):
         # The pool is going away: remove what it published (a real cluster's garbage
         # collector would too, through the ownerReferences; the test control plane has none).
         await runner.unpublish()
+
+
+@kopf.index("discovery.k8s.io", "v1", "endpointslices", id="slices_by_namespace")
+def slices_by_namespace(namespace: str | None, body: kopf.Body, **_: Any) -> dict[str | None, Any]:
+    """EndpointSlices by namespace, for pools with Kubernetes discovery (kept by kopf's watch)."""
+    return {
+        namespace: {
+            "metadata": {"name": body.metadata.name, "labels": dict(body.metadata.labels)},
+            "ports": list(body.get("ports") or []),
+            "endpoints": list(body.get("endpoints") or []),
+        }
+    }
+
+
+@kopf.on.event("discovery.k8s.io", "v1", "endpointslices", id="slice-changed")
+def slice_changed(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
+    """Wake the pools that follow this slice, so a change reaches them at once."""
+    for (ns, _name), runner in list(memo["runners"].items()):
+        if ns == namespace and runner.follows(labels):
+            runner.wake.set()
 
 
 @kopf.on.update(api.GROUP, api.VERSION, api.PLURAL, id="spec-changed", field="spec")

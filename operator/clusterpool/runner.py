@@ -19,7 +19,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -37,6 +37,7 @@ from clusterpool.core.publish import (
     build_service,
 )
 from clusterpool.core.status import ConditionSpec, render_status, restore_state
+from clusterpool.discovery.kubernetes import members_from_slices, selects
 from clusterpool.discovery.static import static_members
 from clusterpool.health.probes import Prober, probe_all, prober_for
 
@@ -56,9 +57,14 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def members_of(spec: api.ClusterPoolSpec) -> tuple[Endpoint, ...]:
+SliceSource = Callable[[], Iterable[Mapping[str, Any]]]
+
+
+def members_of(spec: api.ClusterPoolSpec, slices: SliceSource | None = None) -> tuple[Endpoint, ...]:
     if spec.discovery.static is not None:
         return static_members(spec.discovery.static)
+    if spec.discovery.kubernetes is not None and slices is not None:
+        return members_from_slices(spec.discovery.kubernetes, slices())
     return ()
 
 
@@ -95,6 +101,7 @@ class PoolRunner:
         logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
         rand: Callable[[], float] = random.random,
         publisher: ObjectPublisher | None = None,
+        slices: SliceSource | None = None,
     ) -> None:
         self.body = body  # a live view: kopf updates it as the object changes
         self.write_status = write_status
@@ -110,6 +117,7 @@ class PoolRunner:
         self.pool = PoolState()
         self.last_written: dict[str, Any] | None = None
         self.publisher = publisher
+        self.slices = slices
         self.published: ConditionSpec | None = None
         self.slice_names: set[str] | None = None
 
@@ -140,7 +148,7 @@ class PoolRunner:
             )
             return
         self.spec_error = None
-        members = members_of(spec)
+        members = members_of(spec, self.slices)
         if first:
             self.pool = restore_state(members, self.body.get("status") or {})
         else:
@@ -149,6 +157,19 @@ class PoolRunner:
         old, self.prober = self.prober, prober_for(spec.health_check)
         if old is not None:
             await old.close()
+
+    def refresh_members(self) -> None:
+        """Discovered membership changes between spec changes: follow it."""
+        if self.spec is None or self.spec.discovery.kubernetes is None:
+            return
+        members = members_of(self.spec, self.slices)
+        if members != self.pool.members:
+            self.pool = self.pool.with_members(members)
+
+    def follows(self, labels: Mapping[str, str]) -> bool:
+        """Whether an EndpointSlice with these labels feeds this pool."""
+        k8s = self.spec.discovery.kubernetes if self.spec else None
+        return k8s is not None and selects(k8s, labels)
 
     # -- one round ----------------------------------------------------------------------
 
@@ -260,6 +281,7 @@ class PoolRunner:
     async def run_once(self) -> float:
         start = time.monotonic()
         await self.refresh_spec()
+        self.refresh_members()
         await self.probe_round()
         await self.publish_objects()
         await self.publish()

@@ -58,6 +58,7 @@ def test_partial_failure_is_ready_degraded_and_ejects():
         "effectiveWeight": 0,
         "eligible": False,
         "health": "Unhealthy",
+        "sourceState": "Ready",
         "breaker": "Open",
         "ejections": 1,
         "consecutiveFailures": 1,

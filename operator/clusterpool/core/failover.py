@@ -198,7 +198,7 @@ def decide(members: Sequence[Member], cfg: FailoverConfig, current_tier: int, no
     for m in members:
         name = m.endpoint.name
         in_tier = m.tier == tier
-        eligible = in_tier and (panic or name not in ejected)
+        eligible = in_tier and m.endpoint.source_ready and (panic or name not in ejected)
         since = m.breaker.recovered_at if m.breaker.state == "Closed" else None
         weight = slow_start_weight(m.endpoint.weight, since, cfg.slow_start_seconds, now) if eligible else 0
         decisions.append(Decision(name, eligible, name in ejected or name in limited, name in limited, weight))

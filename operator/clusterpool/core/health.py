@@ -29,6 +29,8 @@ class Endpoint:
     port: int
     weight: int = 1
     tier: int = 0
+    source_ready: bool = True  # what discovery says; a not-ready endpoint is never eligible
+    terminating: bool = False  # discovery says it is shutting down (used only as a fallback)
 
 
 @dataclass(frozen=True)

@@ -110,6 +110,7 @@ def endpoint_status(
         "effectiveWeight": d.effective_weight if d else 0,
         "eligible": d.eligible if d else False,
         "health": h.health,
+        "sourceState": "NotReady" if not ep.source_ready else ("Terminating" if ep.terminating else "Ready"),
         "breaker": b.state,
         "ejections": b.ejections,
         "consecutiveFailures": min(h.failures, failure_cap),

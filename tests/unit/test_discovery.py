@@ -1,0 +1,82 @@
+from clusterpool.api import KubernetesDiscovery
+from clusterpool.discovery.kubernetes import member_name, members_from_slices
+
+
+def eps(*specs):
+    out = []
+    for addr, cond, pod in specs:
+        e = {"addresses": [addr], "conditions": cond}
+        if pod:
+            e["targetRef"] = {"kind": "Pod", "name": pod}
+        out.append(e)
+    return out
+
+
+def slice_(name, labels, ports, endpoints):
+    return {"metadata": {"name": name, "labels": labels}, "ports": ports, "endpoints": endpoints}
+
+
+SVC = {"kubernetes.io/service-name": "llm"}
+PORTS = [{"name": "http", "port": 8000}, {"name": "metrics", "port": 9090}]
+
+
+def names(members):
+    return [(m.name, m.address, m.port, m.source_ready, m.terminating) for m in members]
+
+
+def test_service_slices_with_a_named_port_and_conditions():
+    slices = [
+        slice_(
+            "llm-a", SVC, PORTS, eps(("10.0.0.1", {"ready": True}, "llm-0"), ("10.0.0.2", {"ready": False}, "llm-1"))
+        ),
+        slice_(
+            "llm-b",
+            SVC,
+            PORTS,
+            eps(
+                ("10.0.0.3", {}, "llm-2"), ("10.0.0.4", {"ready": False, "serving": True, "terminating": True}, "llm-3")
+            ),
+        ),
+        slice_("other", {"kubernetes.io/service-name": "db"}, PORTS, eps(("10.0.9.9", {"ready": True}, "db-0"))),
+        slice_(
+            "ours",
+            {**SVC, "endpointslice.kubernetes.io/managed-by": "clusterpool.dev"},
+            PORTS,
+            eps(("10.0.7.7", {"ready": True}, None)),
+        ),
+    ]
+    spec = KubernetesDiscovery(service="llm", port="http")
+    assert names(members_from_slices(spec, slices)) == [
+        ("llm-0", "10.0.0.1", 8000, True, False),
+        ("llm-1", "10.0.0.2", 8000, False, False),
+        ("llm-2", "10.0.0.3", 8000, True, False),
+    ]
+    assert [m.port for m in members_from_slices(KubernetesDiscovery(service="llm", port=9090), slices)] == [9090] * 3
+    assert members_from_slices(KubernetesDiscovery(service="llm", port="grpc"), slices) == ()
+    assert members_from_slices(KubernetesDiscovery(service="llm"), slices) == ()  # two ports: which one?
+
+
+def test_terminating_endpoints_are_a_fallback_only():
+    slices = [
+        slice_(
+            "s",
+            SVC,
+            [{"port": 80}],
+            eps(
+                ("10.0.0.1", {"ready": False, "serving": True, "terminating": True}, "a"),
+                ("10.0.0.2", {"ready": False, "serving": False, "terminating": True}, "b"),
+            ),
+        )
+    ]
+    assert names(members_from_slices(KubernetesDiscovery(service="llm"), slices)) == [("a", "10.0.0.1", 80, True, True)]
+
+
+def test_selector_and_names_without_pods():
+    slices = [
+        slice_("x", {"app": "vllm", "tier": "gpu"}, [{"port": 8000}], eps(("fd00::1", {}, None))),
+        slice_("y", {"app": "vllm"}, [{"port": 8000}], eps(("10.0.0.5", {}, None))),
+    ]
+    spec = KubernetesDiscovery(selector={"matchLabels": {"app": "vllm", "tier": "gpu"}})
+    assert names(members_from_slices(spec, slices)) == [("fd00-1", "fd00::1", 8000, True, False)]
+    long = member_name({"targetRef": {"kind": "Pod", "name": "x" * 100}}, "10.0.0.1")
+    assert len(long) <= 63 and long.startswith("xxxx")
