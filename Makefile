@@ -24,6 +24,7 @@ venv: $(STAMP)
 
 controlplane: venv
 	@$(PY) scripts/controlplane.py build >/dev/null
+	@$(PY) scripts/consul.py build >/dev/null
 
 crd: venv
 	$(PY) -m clusterpool.crd > crds/clusterpool.dev_clusterpools.yaml

@@ -43,7 +43,7 @@ class Model(BaseModel):
 
 
 Strategy = Literal["RoundRobin", "LeastConnections", "Weighted", "ConsistentHash", "Adaptive"]
-Source = Literal["Static", "Kubernetes"]
+Source = Literal["Static", "Kubernetes", "Consul"]
 
 
 class StaticEndpoint(Model):
@@ -150,9 +150,47 @@ class KubernetesDiscovery(Model):
         return self
 
 
+class SecretKeyRef(Model):
+    """A key of a Secret in the pool's namespace."""
+
+    name: str = Field(min_length=1, max_length=253, description="The Secret's name.")
+    key: str = Field(min_length=1, max_length=253, description="The key within the Secret.")
+
+
+class ConsulDiscovery(Model):
+    """Endpoints from Consul's catalog, followed with blocking queries. Passing instances are
+    members; warning ones are members marked Warning (unless onlyPassing); critical ones are
+    listed but never eligible."""
+
+    address: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=r"^https?://[^\s/]+$",
+        description="Consul's HTTP API, e.g. http://consul-server.consul:8500.",
+    )
+    service: str = Field(min_length=1, max_length=128, description="The Consul service name.")
+    tags: list[Annotated[str, Field(max_length=128)]] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Only instances carrying all of these tags.",
+        json_schema_extra={"default": []},
+    )
+    datacenter: str | None = Field(default=None, max_length=128, description="Datacenter (default: the agent's).")
+    namespace: str | None = Field(default=None, max_length=128, description="Consul Enterprise namespace.")
+    partition: str | None = Field(default=None, max_length=128, description="Consul Enterprise admin partition.")
+    only_passing: bool = Field(default=False, description="Only instances whose checks all pass (Consul's ?passing).")
+    token_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="The ACL token, from a Secret in the pool's namespace (never logged)."
+    )
+    insecure_skip_verify: bool = Field(default=False, description="With https, accept any certificate.")
+    wait_seconds: int = Field(
+        default=60, ge=1, le=600, description="How long one blocking query may wait for a change (default 60)."
+    )
+
+
 _ONE_SOURCE = (
-    "(has(self.static) ? 1 : 0) + (has(self.kubernetes) ? 1 : 0) == 1",
-    "spec.discovery needs exactly one source: `static` or `kubernetes`",
+    "(has(self.static) ? 1 : 0) + (has(self.kubernetes) ? 1 : 0) + (has(self.consul) ? 1 : 0) == 1",
+    "spec.discovery needs exactly one source: `static`, `kubernetes` or `consul`",
 )
 
 
@@ -165,16 +203,19 @@ class Discovery(Model):
     kubernetes: KubernetesDiscovery | None = Field(
         default=None, description="Endpoints from EndpointSlices, followed live."
     )
+    consul: ConsulDiscovery | None = Field(default=None, description="Endpoints from Consul, followed live.")
 
     @model_validator(mode="after")
     def _one_source(self) -> Discovery:
-        if (self.static is None) == (self.kubernetes is None):
+        if sum(x is not None for x in (self.static, self.kubernetes, self.consul)) != 1:
             raise ValueError(_ONE_SOURCE[1])
         return self
 
     @property
     def source(self) -> Source:
-        return "Static" if self.static is not None else "Kubernetes"
+        if self.static is not None:
+            return "Static"
+        return "Kubernetes" if self.kubernetes is not None else "Consul"
 
 
 _RANGE_ORDER = (
@@ -490,6 +531,35 @@ class Failover(Model):
     )
 
 
+class ConsulPublish(Model):
+    """Register the pool's endpoints in Consul, with checks that carry the operator's probe
+    results (TTL checks refreshed every interval), and deregister them with the pool."""
+
+    address: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=r"^https?://[^\s/]+$",
+        description="The Consul agent's HTTP API, e.g. http://consul-agent.consul:8500.",
+    )
+    service: str | None = Field(
+        default=None, max_length=128, description="The service name in Consul (default: the pool's name)."
+    )
+    tags: list[Annotated[str, Field(max_length=128)]] = Field(
+        default_factory=list, max_length=16, description="Tags on every instance.", json_schema_extra={"default": []}
+    )
+    token_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="The ACL token, from a Secret in the pool's namespace (never logged)."
+    )
+    insecure_skip_verify: bool = Field(default=False, description="With https, accept any certificate.")
+
+
+class Publish(Model):
+    """Where else the pool publishes its endpoints (it always publishes a Service,
+    EndpointSlices and the routing ConfigMap)."""
+
+    consul: ConsulPublish | None = Field(default=None, description="Register the endpoints in Consul.")
+
+
 class ClusterPoolSpec(Model):
     """The desired pool: where its endpoints come from, how they are probed and balanced."""
 
@@ -509,6 +579,7 @@ class ClusterPoolSpec(Model):
         description="Ejection, panic mode, priority tiers and slow start.",
         json_schema_extra={"default": Failover().model_dump(by_alias=True, exclude_none=True)},
     )
+    publish: Publish | None = Field(default=None, description="Publish the endpoints elsewhere too (Consul).")
 
 
 # ------------------------------------------------------------------------- status
@@ -536,10 +607,10 @@ class EndpointStatus(Model):
     health: Health = Field(
         description="Probed health: Unknown (not probed yet), Healthy, Degraded (passing but slow) or Unhealthy."
     )
-    source_state: Literal["Ready", "NotReady", "Terminating"] = Field(
+    source_state: Literal["Ready", "Warning", "NotReady", "Terminating"] = Field(
         default="Ready",
-        description="What discovery says: Ready, NotReady (listed, never eligible) or Terminating "
-        "(used only while nothing else is ready).",
+        description="What discovery says: Ready, Warning (Consul: a check warns; still eligible), NotReady "
+        "(listed, never eligible) or Terminating (used only while nothing else is ready).",
     )
     breaker: BreakerState = Field(
         default="Closed", description="Circuit breaker: Closed (in), Open (ejected), HalfOpen (trial probes)."

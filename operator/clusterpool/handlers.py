@@ -13,7 +13,7 @@ from typing import Any
 import kopf
 
 from clusterpool import api
-from clusterpool.k8s.client import StatusWriter, load_config
+from clusterpool.k8s.client import SecretReader, StatusWriter, load_config
 from clusterpool.k8s.publish import Publisher
 from clusterpool.runner import PoolRunner
 
@@ -49,6 +49,7 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     client = load_config()
     memo["status_writer"] = StatusWriter(client)
     memo["publisher"] = Publisher(client)
+    memo["secrets"] = SecretReader(client)
     memo["runners"] = {}  # (namespace, name) -> PoolRunner; shared: per-object memos copy this dict's reference
 
 
@@ -74,7 +75,9 @@ async def pool_daemon(
     def slices() -> list[Any]:
         return list(index.get(namespace, []))
 
-    runner = PoolRunner(body, write_status, emit, logger, publisher=memo["publisher"], slices=slices)
+    runner = PoolRunner(
+        body, write_status, emit, logger, publisher=memo["publisher"], slices=slices, secrets=memo["secrets"].read
+    )
     memo["wake"] = runner.wake
     runners: dict[tuple[str, str], PoolRunner] = memo["runners"]
     runners[(namespace, name)] = runner

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+import httpx
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
@@ -37,6 +38,8 @@ from clusterpool.core.publish import (
     build_service,
 )
 from clusterpool.core.status import ConditionSpec, render_status, restore_state
+from clusterpool.discovery.consul import ConsulWatcher
+from clusterpool.discovery.consul_publish import ConsulPublisher, Instance
 from clusterpool.discovery.kubernetes import members_from_slices, selects
 from clusterpool.discovery.static import static_members
 from clusterpool.health.probes import Prober, probe_all, prober_for
@@ -58,14 +61,41 @@ def utcnow() -> datetime:
 
 
 SliceSource = Callable[[], Iterable[Mapping[str, Any]]]
+SecretReader = Callable[[str, str, str], Awaitable[str | None]]  # (namespace, name, key)
 
 
-def members_of(spec: api.ClusterPoolSpec, slices: SliceSource | None = None) -> tuple[Endpoint, ...]:
+def members_of(
+    spec: api.ClusterPoolSpec, slices: SliceSource | None = None, consul: tuple[Endpoint, ...] | None = None
+) -> tuple[Endpoint, ...]:
     if spec.discovery.static is not None:
         return static_members(spec.discovery.static)
     if spec.discovery.kubernetes is not None and slices is not None:
         return members_from_slices(spec.discovery.kubernetes, slices())
+    if spec.discovery.consul is not None:
+        return consul or ()
     return ()
+
+
+def members_from_status(status: Mapping[str, Any]) -> tuple[Endpoint, ...]:
+    """The membership a status recorded (to start from after a restart while the source
+    is unreachable)."""
+    out = []
+    for e in status.get("endpoints") or []:
+        try:
+            out.append(
+                Endpoint(
+                    str(e["name"]),
+                    str(e["address"]),
+                    int(e["port"]),
+                    int(e.get("weight") or 1),
+                    int(e.get("tier") or 0),
+                    source_ready=e.get("sourceState") != "NotReady",
+                    source_warning=e.get("sourceState") == "Warning",
+                )
+            )
+        except (KeyError, TypeError, ValueError):
+            continue
+    return tuple(out)
 
 
 def thresholds_of(spec: api.ClusterPoolSpec) -> Thresholds:
@@ -102,6 +132,7 @@ class PoolRunner:
         rand: Callable[[], float] = random.random,
         publisher: ObjectPublisher | None = None,
         slices: SliceSource | None = None,
+        secrets: SecretReader | None = None,
     ) -> None:
         self.body = body  # a live view: kopf updates it as the object changes
         self.write_status = write_status
@@ -118,6 +149,12 @@ class PoolRunner:
         self.last_written: dict[str, Any] | None = None
         self.publisher = publisher
         self.slices = slices
+        self.secrets = secrets
+        self.consul: ConsulWatcher | None = None
+        self.consul_members: tuple[Endpoint, ...] | None = None
+        self.discovery_problem: str | None = None
+        self.consul_publisher: ConsulPublisher | None = None
+        self.consul_published: ConditionSpec | None = None
         self.published: ConditionSpec | None = None
         self.slice_names: set[str] | None = None
 
@@ -148,7 +185,9 @@ class PoolRunner:
             )
             return
         self.spec_error = None
-        members = members_of(spec, self.slices)
+        await self._follow_consul(spec, first)
+        await self._publish_to_consul(spec)
+        members = members_of(spec, self.slices, self.consul_members)
         if first:
             self.pool = restore_state(members, self.body.get("status") or {})
         else:
@@ -158,11 +197,107 @@ class PoolRunner:
         if old is not None:
             await old.close()
 
+    async def _follow_consul(self, spec: api.ClusterPoolSpec, first: bool) -> None:
+        want = spec.discovery.consul
+        if self.consul is not None and (want is None or want != self.consul.spec):
+            await self.consul.stop()
+            self.consul = None
+        if want is None or self.consul is not None:
+            return
+        status = self.body.get("status") or {}
+        if first and status.get("source") == "Consul" and self.consul_members is None:
+            self.consul_members = members_from_status(status)  # until Consul answers
+        self.consul = ConsulWatcher(
+            want, self._token_reader(want.token_secret_ref), self._consul_changed, self._consul_health
+        )
+        self.consul.start()
+
+    def _token_reader(self, ref: api.SecretKeyRef | None) -> Callable[[], Awaitable[str | None]]:
+        namespace = str((self.body.get("metadata") or {}).get("namespace"))
+
+        async def token() -> str | None:
+            if ref is None or self.secrets is None:
+                return None
+            return await self.secrets(namespace, ref.name, ref.key)
+
+        return token
+
+    async def _publish_to_consul(self, spec: api.ClusterPoolSpec) -> None:
+        want = spec.publish.consul if spec.publish else None
+        current = self.consul_publisher
+        if current is not None and (
+            want is None or want != current.spec or current.ttl != f"{3 * spec.health_check.interval_seconds}s"
+        ):
+            if want is None:
+                with contextlib.suppress(Exception):
+                    await current.deregister_all()
+            await current.close()
+            self.consul_publisher = None
+            self.consul_published = None
+        if want is not None and self.consul_publisher is None:
+            meta = self.body.get("metadata") or {}
+            self.consul_publisher = ConsulPublisher(
+                want,
+                str(meta.get("namespace")),
+                str(meta.get("name")),
+                spec.health_check.interval_seconds,
+                self._token_reader(want.token_secret_ref),
+            )
+
+    async def sync_consul(self) -> None:
+        if self.consul_publisher is None:
+            return
+        decisions = {d.name: d for d in self.pool.decision.decisions} if self.pool.decision else {}
+        instances = []
+        for ep in self.pool.members:
+            h, d = self.pool.health.of(ep.name), decisions.get(ep.name)
+            if d is None or not d.eligible:
+                status = "critical"
+            elif h.health == "Healthy" and not ep.source_warning and not d.ejection_limited:
+                status = "passing"
+            else:
+                status = "warning"
+            instances.append(Instance(ep.name, ep.address, ep.port, status, h.message or h.health))
+        try:
+            await self.consul_publisher.sync(instances)
+        except httpx.HTTPError as exc:
+            problem = ConditionSpec("PublishedToConsul", "False", "ConsulUnreachable", f"{type(exc).__name__}: {exc}")
+            if self.consul_published is None or self.consul_published.status == "True":
+                self.emit("Warning", "ConsulPublishFailed", problem.message)
+            self.consul_published = problem
+            return
+        self.consul_published = ConditionSpec(
+            "PublishedToConsul",
+            "True",
+            "UpToDate",
+            f"{len(instances)} instances of {self.consul_publisher.spec.service or meta_name(self.body)} in Consul",
+        )
+
+    def _consul_changed(self, members: tuple[Endpoint, ...]) -> None:
+        self.consul_members = members
+        self.wake.set()
+
+    def _consul_health(self, problem: str | None) -> None:
+        if (problem is None) == (self.discovery_problem is None):
+            self.discovery_problem = problem
+            return
+        self.discovery_problem = problem
+        if problem is not None:
+            self.emit(
+                "Warning",
+                "DiscoveryDegraded",
+                f"Consul cannot be read ({problem}); keeping the last known {len(self.pool.members)} "
+                "endpoints and retrying",
+            )
+        else:
+            self.emit("Normal", "DiscoveryRecovered", "Consul answers again; following its catalog")
+        self.wake.set()
+
     def refresh_members(self) -> None:
         """Discovered membership changes between spec changes: follow it."""
-        if self.spec is None or self.spec.discovery.kubernetes is None:
+        if self.spec is None or self.spec.discovery.static is not None:
             return
-        members = members_of(self.spec, self.slices)
+        members = members_of(self.spec, self.slices, self.consul_members)
         if members != self.pool.members:
             self.pool = self.pool.with_members(members)
 
@@ -192,9 +327,27 @@ class PoolRunner:
             now=utcnow(),
             spec_error=self.spec_error,
             have_spec=self.spec is not None,
-            extra_conditions=[self.published] if self.published else [],
+            extra_conditions=self._extra_conditions(),
             failure_cap=_failure_cap(self.spec),
         )
+
+    def _extra_conditions(self) -> list[ConditionSpec]:
+        out = [self.published] if self.published else []
+        if self.consul_published is not None:
+            out.append(self.consul_published)
+        if self.spec is not None and self.spec.discovery.consul is not None:
+            if self.discovery_problem is not None:
+                out.append(
+                    ConditionSpec(
+                        "DiscoveryDegraded",
+                        "True",
+                        "SourceUnreachable",
+                        f"{self.discovery_problem}; the last known endpoints stay in use",
+                    )
+                )
+            else:
+                out.append(ConditionSpec("DiscoveryDegraded", "False", "SourceReachable", "Consul answers"))
+        return out
 
     async def publish_objects(self) -> None:
         """The Service, the EndpointSlices of eligible endpoints and the routing ConfigMap."""
@@ -243,6 +396,9 @@ class PoolRunner:
 
     async def unpublish(self) -> None:
         meta = self.body.get("metadata") or {}
+        if self.consul_publisher is not None:
+            await self.consul_publisher.deregister_all()
+            await self.consul_publisher.close()
         if self.publisher is not None:
             await self.publisher.delete_all(str(meta.get("namespace")), str(meta.get("name")), str(meta.get("uid")))
 
@@ -284,6 +440,7 @@ class PoolRunner:
         self.refresh_members()
         await self.probe_round()
         await self.publish_objects()
+        await self.sync_consul()
         await self.publish()
         return self.next_delay(time.monotonic() - start)
 
@@ -298,6 +455,8 @@ class PoolRunner:
         finally:
             if self.prober is not None:
                 await self.prober.close()
+            if self.consul is not None:
+                await self.consul.stop()
 
     async def _loop(self) -> None:
         while not self.stopping:
@@ -311,6 +470,10 @@ class PoolRunner:
                 delay = 5.0
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), delay)
+
+
+def meta_name(body: Mapping[str, Any]) -> str:
+    return str((body.get("metadata") or {}).get("name"))
 
 
 def _failure_cap(spec: api.ClusterPoolSpec | None) -> int:

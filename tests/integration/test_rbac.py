@@ -42,7 +42,8 @@ def test_the_role_grants_what_the_operator_needs_and_no_more(kubectl, crd, sa_ku
     assert can("patch", "clusterpools.clusterpool.dev", "--subresource=status", "-n", "default")
     assert can("create", "events", "-n", "default")
     for verb, what in [
-        ("get", "secrets"),
+        ("list", "secrets"),
+        ("watch", "secrets"),
         ("delete", "clusterpools.clusterpool.dev"),
         ("create", "clusterpools.clusterpool.dev"),
         ("update", "clusterpools.clusterpool.dev"),

@@ -31,6 +31,7 @@ class Endpoint:
     tier: int = 0
     source_ready: bool = True  # what discovery says; a not-ready endpoint is never eligible
     terminating: bool = False  # discovery says it is shutting down (used only as a fallback)
+    source_warning: bool = False  # discovery says it is degraded (Consul: a check warns)
 
 
 @dataclass(frozen=True)

@@ -98,6 +98,14 @@ def pool_conditions(state: PoolState, spec_error: str | None, have_spec: bool) -
     return [ready, degraded, panic, valid]
 
 
+def source_state(ep: Endpoint) -> str:
+    if not ep.source_ready:
+        return "NotReady"
+    if ep.terminating:
+        return "Terminating"
+    return "Warning" if ep.source_warning else "Ready"
+
+
 def endpoint_status(
     ep: Endpoint, h: EndpointHealth, b: Breaker, d: Decision | None, latency_ms: int | None, failure_cap: int
 ) -> dict[str, Any]:
@@ -110,7 +118,7 @@ def endpoint_status(
         "effectiveWeight": d.effective_weight if d else 0,
         "eligible": d.eligible if d else False,
         "health": h.health,
-        "sourceState": "NotReady" if not ep.source_ready else ("Terminating" if ep.terminating else "Ready"),
+        "sourceState": source_state(ep),
         "breaker": b.state,
         "ejections": b.ejections,
         "consecutiveFailures": min(h.failures, failure_cap),

@@ -8,6 +8,7 @@ client is synchronous: every call runs in a worker thread, never on the event lo
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 from typing import Any
 
@@ -52,3 +53,22 @@ class StatusWriter:
                 return False
             raise
         return True
+
+
+class SecretReader:
+    """Reads one key of a Secret (credentials are only ever taken from Secrets). Values are
+    never logged; a missing Secret or key reads as None."""
+
+    def __init__(self, client: kubernetes.client.ApiClient) -> None:
+        self._core = kubernetes.client.CoreV1Api(client)
+
+    async def read(self, namespace: str, name: str, key: str) -> str | None:
+        try:
+            secret = await asyncio.to_thread(self._core.read_namespaced_secret, name, namespace, _request_timeout=30)
+        except ApiException as exc:
+            if exc.status in (403, 404):
+                log.warning("cannot read Secret %s/%s: %s", namespace, name, exc.reason)
+                return None
+            raise
+        value = (secret.data or {}).get(key)
+        return base64.b64decode(value).decode() if value else None

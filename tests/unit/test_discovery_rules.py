@@ -80,3 +80,29 @@ def test_selector_and_names_without_pods():
     assert names(members_from_slices(spec, slices)) == [("fd00-1", "fd00::1", 8000, True, False)]
     long = member_name({"targetRef": {"kind": "Pod", "name": "x" * 100}}, "10.0.0.1")
     assert len(long) <= 63 and long.startswith("xxxx")
+
+
+def test_consul_states_map_to_members():
+    from clusterpool.discovery.consul import aggregate, members_from_consul
+
+    def entry(sid, addr, checks, node_addr="10.9.9.9", weights=None):
+        svc = {"ID": sid, "Address": addr, "Port": 8000}
+        if weights:
+            svc["Weights"] = weights
+        return {"Node": {"Address": node_addr}, "Service": svc, "Checks": [{"Status": c} for c in checks]}
+
+    entries = [
+        entry("vllm-1", "10.0.0.1", ["passing", "passing"]),
+        entry("vllm-2", "10.0.0.2", ["passing", "warning"], weights={"Passing": 3, "Warning": 1}),
+        entry("vllm-3", "10.0.0.3", ["critical", "passing"]),
+        entry("vllm-4", "", ["passing"], node_addr="10.0.0.4"),
+    ]
+    got = [(m.name, m.address, m.weight, m.source_ready, m.source_warning) for m in members_from_consul(entries, False)]
+    assert got == [
+        ("vllm-1", "10.0.0.1", 1, True, False),
+        ("vllm-2", "10.0.0.2", 1, True, True),
+        ("vllm-3", "10.0.0.3", 1, False, False),
+        ("vllm-4", "10.0.0.4", 1, True, False),
+    ]
+    assert [m.name for m in members_from_consul(entries, True)] == ["vllm-1", "vllm-4"]
+    assert aggregate([{"Status": "maintenance"}]) == "critical" and aggregate([]) == "passing"

@@ -1,0 +1,135 @@
+"""Consul discovery: the health of a service's instances, followed with blocking queries.
+
+`members_from_consul` (pure) maps one answer of /v1/health/service/<name>; ConsulWatcher
+(the adapter) keeps a blocking query open, per Consul's rules: send the last
+X-Consul-Index as `index` with a `wait`; a return does not mean a change, so compare;
+if the index goes backwards, start over from 0. While Consul cannot be reached the last
+membership stays, and the watcher reports the outage until it recovers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
+
+import httpx
+
+from clusterpool.api import ConsulDiscovery
+from clusterpool.core.health import Endpoint
+from clusterpool.discovery.kubernetes import member_name
+
+log = logging.getLogger(__name__)
+RANK = {"passing": 0, "warning": 1, "critical": 2, "maintenance": 2}
+
+
+def aggregate(checks: Iterable[Mapping[str, Any]]) -> str:
+    worst = "passing"
+    for c in checks:
+        status = str(c.get("Status", "critical"))
+        if RANK.get(status, 2) > RANK[worst]:
+            worst = "critical" if status == "maintenance" else status
+    return worst
+
+
+def members_from_consul(entries: Iterable[Mapping[str, Any]], only_passing: bool) -> tuple[Endpoint, ...]:
+    members: dict[str, Endpoint] = {}
+    for e in entries:
+        svc = e.get("Service") or {}
+        node = e.get("Node") or {}
+        address = svc.get("Address") or node.get("Address")
+        port = svc.get("Port")
+        if not address or not port:
+            continue
+        state = aggregate(e.get("Checks") or [])
+        if only_passing and state != "passing":
+            continue
+        name = member_name({}, str(svc.get("ID") or f"{address}-{port}"))
+        weights = svc.get("Weights") or {}
+        weight = int(weights.get("Warning" if state == "warning" else "Passing") or 1)
+        members[name] = Endpoint(
+            name,
+            str(address),
+            int(port),
+            max(1, min(weight, 1000)),
+            source_ready=state != "critical",
+            source_warning=state == "warning",
+        )
+    return tuple(members[n] for n in sorted(members))
+
+
+OnChange = Callable[[tuple[Endpoint, ...]], None]
+OnHealth = Callable[[str | None], None]  # None: reachable; else what failed
+
+
+class ConsulWatcher:
+    def __init__(
+        self,
+        spec: ConsulDiscovery,
+        token: Callable[[], Awaitable[str | None]],
+        on_change: OnChange,
+        on_health: OnHealth,
+        max_backoff: float = 30.0,
+    ) -> None:
+        self.spec = spec
+        self.token = token
+        self.on_change = on_change
+        self.on_health = on_health
+        self.max_backoff = max_backoff
+        self.members: tuple[Endpoint, ...] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"consul-watch-{self.spec.service}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+    def _params(self, index: int) -> list[tuple[str, str | int | float | bool | None]]:
+        s = self.spec
+        params: list[tuple[str, str | int | float | bool | None]] = [
+            ("index", str(index)),
+            ("wait", f"{s.wait_seconds}s"),
+        ]
+        params += [("tag", t) for t in s.tags]
+        params += [(k, v) for k, v in (("dc", s.datacenter), ("ns", s.namespace), ("partition", s.partition)) if v]
+        if s.only_passing:
+            params.append(("passing", "1"))
+        return params
+
+    async def _run(self) -> None:
+        index, backoff = 0, 0.5
+        url = f"{self.spec.address}/v1/health/service/{self.spec.service}"
+        timeout = httpx.Timeout(10.0, read=self.spec.wait_seconds + 15.0)
+        async with httpx.AsyncClient(timeout=timeout, verify=not self.spec.insecure_skip_verify) as http:
+            while True:
+                try:
+                    token = await self.token()
+                    headers = {"X-Consul-Token": token} if token else {}
+                    r = await http.get(url, params=self._params(index), headers=headers)
+                    if r.status_code != 200:
+                        raise ConsulError(f"Consul answered {r.status_code}: {r.text[:200]}")
+                    new_index = int(r.headers.get("X-Consul-Index", "0"))
+                    index = new_index if new_index >= index else 0  # backwards: start over
+                    members = members_from_consul(r.json(), self.spec.only_passing)
+                    self.on_health(None)
+                    backoff = 0.5
+                    if members != self.members:
+                        self.members = members
+                        self.on_change(members)
+                except asyncio.CancelledError:
+                    raise
+                except (httpx.HTTPError, ConsulError, ValueError) as exc:
+                    self.on_health(f"{type(exc).__name__}: {exc}"[:300])
+                    await asyncio.sleep(backoff * (0.5 + random.random()))
+                    backoff = min(backoff * 2, self.max_backoff)
+
+
+class ConsulError(Exception):
+    pass
