@@ -63,6 +63,7 @@ bench: controlplane
 	LITELLM_LOCAL_MODEL_COST_MAP=True $(PY) bench/balancer_bench.py
 	$(PY) bench/probe_bench.py
 	scripts/netns-run $(PY) bench/detection_bench.py
+	scripts/netns-run $(PY) bench/discovery_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
