@@ -157,10 +157,8 @@ class SecretKeyRef(Model):
     key: str = Field(min_length=1, max_length=253, description="The key within the Secret.")
 
 
-class ConsulDiscovery(Model):
-    """Endpoints from Consul's catalog, followed with blocking queries. Passing instances are
-    members; warning ones are members marked Warning (unless onlyPassing); critical ones are
-    listed but never eligible."""
+class ConsulConnection(Model):
+    """How to reach Consul."""
 
     address: str = Field(
         min_length=1,
@@ -168,21 +166,28 @@ class ConsulDiscovery(Model):
         pattern=r"^https?://[^\s/]+$",
         description="Consul's HTTP API, e.g. http://consul-server.consul:8500.",
     )
-    service: str = Field(min_length=1, max_length=128, description="The Consul service name.")
-    tags: list[Annotated[str, Field(max_length=128)]] = Field(
-        default_factory=list,
-        max_length=16,
-        description="Only instances carrying all of these tags.",
-        json_schema_extra={"default": []},
-    )
-    datacenter: str | None = Field(default=None, max_length=128, description="Datacenter (default: the agent's).")
-    namespace: str | None = Field(default=None, max_length=128, description="Consul Enterprise namespace.")
-    partition: str | None = Field(default=None, max_length=128, description="Consul Enterprise admin partition.")
-    only_passing: bool = Field(default=False, description="Only instances whose checks all pass (Consul's ?passing).")
     token_secret_ref: SecretKeyRef | None = Field(
         default=None, description="The ACL token, from a Secret in the pool's namespace (never logged)."
     )
     insecure_skip_verify: bool = Field(default=False, description="With https, accept any certificate.")
+    tags: list[Annotated[str, Field(max_length=128)]] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Service tags: to match (discovery: all of them) or to set (publish).",
+        json_schema_extra={"default": []},
+    )
+
+
+class ConsulDiscovery(ConsulConnection):
+    """Endpoints from Consul's catalog, followed with blocking queries. Passing instances are
+    members; warning ones are members marked Warning (unless onlyPassing); critical ones are
+    listed but never eligible."""
+
+    service: str = Field(min_length=1, max_length=128, description="The Consul service name.")
+    datacenter: str | None = Field(default=None, max_length=128, description="Datacenter (default: the agent's).")
+    namespace: str | None = Field(default=None, max_length=128, description="Consul Enterprise namespace.")
+    partition: str | None = Field(default=None, max_length=128, description="Consul Enterprise admin partition.")
+    only_passing: bool = Field(default=False, description="Only instances whose checks all pass (Consul's ?passing).")
     wait_seconds: int = Field(
         default=60, ge=1, le=600, description="How long one blocking query may wait for a change (default 60)."
     )
@@ -531,26 +536,13 @@ class Failover(Model):
     )
 
 
-class ConsulPublish(Model):
+class ConsulPublish(ConsulConnection):
     """Register the pool's endpoints in Consul, with checks that carry the operator's probe
     results (TTL checks refreshed every interval), and deregister them with the pool."""
 
-    address: str = Field(
-        min_length=1,
-        max_length=253,
-        pattern=r"^https?://[^\s/]+$",
-        description="The Consul agent's HTTP API, e.g. http://consul-agent.consul:8500.",
-    )
     service: str | None = Field(
         default=None, max_length=128, description="The service name in Consul (default: the pool's name)."
     )
-    tags: list[Annotated[str, Field(max_length=128)]] = Field(
-        default_factory=list, max_length=16, description="Tags on every instance.", json_schema_extra={"default": []}
-    )
-    token_secret_ref: SecretKeyRef | None = Field(
-        default=None, description="The ACL token, from a Secret in the pool's namespace (never logged)."
-    )
-    insecure_skip_verify: bool = Field(default=False, description="With https, accept any certificate.")
 
 
 class Publish(Model):

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from clusterpool.balancer import Target
+from clusterpool.core.failover import BreakerConfig
 
 log = logging.getLogger(__name__)
 SUPPORTED_SCHEMA = 1
@@ -24,20 +25,11 @@ class RoutingTableError(ValueError):
 
 
 @dataclass(frozen=True)
-class BreakerSettings:
-    failure_threshold: int = 3
-    open_seconds: int = 30
-    max_open_seconds: int = 300
-    half_open_max_probes: int = 1
-    success_threshold: int = 2
-
-
-@dataclass(frozen=True)
 class RoutingTable:
     revision: str
     strategy: str
     targets: tuple[Target, ...]  # eligible endpoints, with their effective weights
-    breaker: BreakerSettings
+    breaker: BreakerConfig
     panic: bool = False
 
     @classmethod
@@ -61,7 +53,7 @@ class RoutingTable:
                 if e.get("eligible")
             )
             cb = raw.get("circuitBreaker") or {}
-            breaker = BreakerSettings(
+            breaker = BreakerConfig(
                 failure_threshold=int(cb.get("failureThreshold", 3)),
                 open_seconds=int(cb.get("openSeconds", 30)),
                 max_open_seconds=int(cb.get("maxOpenSeconds", 300)),
