@@ -209,3 +209,22 @@ def test_the_configmap_table_follows_the_operator(pools, http_backends, k8s):
         assert backends[1].requests + backends[2].requests >= 10
     finally:
         pool.close()
+
+
+async def test_langchain_chat_openai_uses_the_pool_unchanged(servers, tmp_path):
+    from langchain_openai import ChatOpenAI
+
+    path = tmp_path / "routing.json"
+    write(path, table(servers))
+    pool = PoolClient(FileTable(path, check_every=0))
+    llm = ChatOpenAI(
+        model="stub",
+        base_url="http://pool/v1",
+        api_key="unused",
+        max_retries=0,
+        http_client=httpx.Client(transport=PoolTransport(pool)),
+        http_async_client=httpx.AsyncClient(transport=AsyncPoolTransport(pool)),
+    )
+    answers = {llm.invoke("hi").content for _ in range(3)}
+    answers |= {(await llm.ainvoke("hi")).content for _ in range(3)}
+    assert answers == {"hello from ep-0", "hello from ep-1", "hello from ep-2"}
