@@ -382,6 +382,7 @@ class State:
     etcd_pid: int
     apiserver_pid: int
     assets: str
+    apiserver_cmd: list[str] | None = None
 
 
 def _start(cmd: list[str], logfile: Path) -> subprocess.Popen[bytes]:
@@ -435,33 +436,31 @@ def up(state_dir: Path, timeout: float = 120.0) -> State:
         state_dir / "etcd.log",
     )
     server = f"https://127.0.0.1:{api_port}"
-    apiserver = _start(
-        [
-            str(assets / "kube-apiserver"),
-            f"--etcd-servers={etcd_url}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
-            f"--secure-port={api_port}",
-            f"--cert-dir={cert_dir}",
-            f"--tls-cert-file={cert_dir / 'apiserver.crt'}",
-            f"--tls-private-key-file={cert_dir / 'apiserver.key'}",
-            f"--client-ca-file={cert_dir / 'ca.crt'}",
-            "--authorization-mode=RBAC",
-            "--service-cluster-ip-range=10.0.0.0/24",
-            f"--service-account-issuer={server}/",
-            f"--service-account-key-file={cert_dir / 'sa.pub'}",
-            f"--service-account-signing-key-file={cert_dir / 'sa.key'}",
-            "--disable-admission-plugins=ServiceAccount",
-            "--allow-privileged=true",
-            "--endpoint-reconciler-type=none",
-            "--v=1",
-        ],
-        state_dir / "kube-apiserver.log",
-    )
+    apiserver_cmd = [
+        str(assets / "kube-apiserver"),
+        f"--etcd-servers={etcd_url}",
+        "--bind-address=127.0.0.1",
+        "--advertise-address=127.0.0.1",
+        f"--secure-port={api_port}",
+        f"--cert-dir={cert_dir}",
+        f"--tls-cert-file={cert_dir / 'apiserver.crt'}",
+        f"--tls-private-key-file={cert_dir / 'apiserver.key'}",
+        f"--client-ca-file={cert_dir / 'ca.crt'}",
+        "--authorization-mode=RBAC",
+        "--service-cluster-ip-range=10.0.0.0/24",
+        f"--service-account-issuer={server}/",
+        f"--service-account-key-file={cert_dir / 'sa.pub'}",
+        f"--service-account-signing-key-file={cert_dir / 'sa.key'}",
+        "--disable-admission-plugins=ServiceAccount",
+        "--allow-privileged=true",
+        "--endpoint-reconciler-type=none",
+        "--v=1",
+    ]
+    apiserver = _start(apiserver_cmd, state_dir / "kube-apiserver.log")
     kc = state_dir / "kubeconfig"
     kc.write_text(kubeconfig(server, cert_dir))
     kc.chmod(0o600)
-    state = State(str(state_dir), server, str(kc), etcd.pid, apiserver.pid, str(assets))
+    state = State(str(state_dir), server, str(kc), etcd.pid, apiserver.pid, str(assets), apiserver_cmd)
     (state_dir / "state.json").write_text(json.dumps(asdict(state), indent=2))
     log(f"starting etcd (:{etcd_port}) and kube-apiserver ({server})")
     start = time.monotonic()
@@ -477,6 +476,31 @@ def up(state_dir: Path, timeout: float = 120.0) -> State:
         time.sleep(0.5)
     down(state_dir)
     raise SystemExit(f"kube-apiserver not ready after {timeout:.0f}s; see {state_dir}/kube-apiserver.log")
+
+
+def stop_apiserver(state_dir: Path) -> None:
+    """Stop kube-apiserver alone (etcd keeps the data): an API outage, for fault tests."""
+    state = load_state(state_dir)
+    if state is not None:
+        stop_pid(state.apiserver_pid)
+
+
+def start_apiserver(state_dir: Path, timeout: float = 60.0) -> State:
+    """Start kube-apiserver again, same port and certificates, after stop_apiserver."""
+    state = load_state(state_dir)
+    if state is None or not state.apiserver_cmd:
+        raise SystemExit(f"no control plane state in {state_dir}")
+    proc = _start(state.apiserver_cmd, state_dir / "kube-apiserver.log")
+    state.apiserver_pid = proc.pid
+    (state_dir / "state.json").write_text(json.dumps(asdict(state), indent=2))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"kube-apiserver exited with {proc.returncode}")
+        if _ready(state.server, state_dir / "certs"):
+            return state
+        time.sleep(0.3)
+    raise SystemExit("kube-apiserver not ready again")
 
 
 def load_state(state_dir: Path) -> State | None:
