@@ -54,14 +54,15 @@ format: venv
 	$(VENV)/bin/ruff format operator tests scripts bench
 
 bench: controlplane
-	@echo "==> installing litellm, the reference the balancers are measured against (bench only)"
+	@echo "==> installing the bench references: litellm (balancers), cachetools (memory cache)"
 	@# litellm >= 1.105 requires certifi >= 2026.10.19, which the package registry here does not
 	@# serve; the routing code does not depend on it, so litellm goes in without dependencies and
-	@# its runtime dependencies are listed in bench/requirements-litellm.txt.
+	@# its runtime dependencies are listed in bench/requirements.txt.
 	@$(PY) -m pip install --quiet --disable-pip-version-check --no-deps 'litellm==1.108.11'
-	@$(PY) -m pip install --quiet --disable-pip-version-check -r bench/requirements-litellm.txt
+	@$(PY) -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
 	LITELLM_LOCAL_MODEL_COST_MAP=True $(PY) bench/balancer_bench.py
 	$(PY) bench/probe_bench.py
+	$(PY) bench/cache_bench.py
 	scripts/netns-run $(PY) bench/detection_bench.py
 	scripts/netns-run $(PY) bench/discovery_bench.py
 
