@@ -13,7 +13,7 @@ from typing import Any
 import kopf
 
 from clusterpool import api
-from clusterpool.k8s.client import SecretReader, StatusWriter, load_config
+from clusterpool.k8s.client import SecretReader, StatusWriter, load_config, watch_api
 from clusterpool.k8s.publish import Publisher
 from clusterpool.runner import PoolRunner
 
@@ -44,13 +44,22 @@ def configure_settings(settings: kopf.OperatorSettings) -> None:
 
 
 @kopf.on.startup(id="configure")
-def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     configure_settings(settings)
     client = load_config()
     memo["status_writer"] = StatusWriter(client)
     memo["publisher"] = Publisher(client)
     memo["secrets"] = SecretReader(client)
     memo["runners"] = {}  # (namespace, name) -> PoolRunner; shared: per-object memos copy this dict's reference
+    runners: dict[tuple[str, str], PoolRunner] = memo["runners"]
+    memo["api_watch"] = asyncio.create_task(watch_api(client, lambda: list(runners.values())), name="api-watch")
+
+
+@kopf.on.cleanup(id="stop-api-watch")
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    task = memo.get("api_watch")
+    if task is not None:
+        task.cancel()
 
 
 @kopf.daemon(api.GROUP, api.VERSION, api.PLURAL, id="pool", cancellation_backoff=5.0, cancellation_timeout=10.0)

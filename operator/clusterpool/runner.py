@@ -37,7 +37,7 @@ from clusterpool.core.publish import (
     build_routing_table,
     build_service,
 )
-from clusterpool.core.status import ConditionSpec, render_status, restore_state
+from clusterpool.core.status import ConditionSpec, render_status, restore_state, rfc3339
 from clusterpool.discovery.consul import ConsulWatcher
 from clusterpool.discovery.consul_publish import ConsulPublisher, Instance
 from clusterpool.discovery.kubernetes import members_from_slices, selects
@@ -154,6 +154,8 @@ class PoolRunner:
         self.consul_members: tuple[Endpoint, ...] | None = None
         self.discovery_problem: str | None = None
         self.consul_publisher: ConsulPublisher | None = None
+        self.api_down_since: datetime | None = None
+        self.last_api_outage: str | None = None
         self.consul_published: ConditionSpec | None = None
         self.published: ConditionSpec | None = None
         self.slice_names: set[str] | None = None
@@ -331,8 +333,44 @@ class PoolRunner:
             failure_cap=_failure_cap(self.spec),
         )
 
+    def api_down(self, exc: BaseException) -> None:
+        if self.api_down_since is None:
+            self.api_down_since = utcnow()
+            self.log.warning(
+                "the Kubernetes API is unreachable (%s); probing goes on with the last known %d endpoints",
+                type(exc).__name__,
+                len(self.pool.members),
+            )
+            # kopf retries posting Events with backoff, so this one usually arrives after a short outage
+            self.emit(
+                "Warning",
+                "APIServerUnreachable",
+                f"the Kubernetes API is unreachable; probing goes on with the last known "
+                f"{len(self.pool.members)} endpoints",
+            )
+
+    def api_up(self) -> None:
+        if self.api_down_since is None:
+            return
+        since, now = self.api_down_since, utcnow()
+        self.api_down_since = None
+        seconds = int((now - since).total_seconds())
+        self.last_api_outage = (
+            f"the Kubernetes API was unreachable for {seconds}s until {rfc3339(now)}; the last "
+            f"known {len(self.pool.members)} endpoints stayed in use"
+        )
+        self.emit("Normal", "APIServerReachable", self.last_api_outage)
+        self.wake.set()  # write the record of it now
+
     def _extra_conditions(self) -> list[ConditionSpec]:
         out = [self.published] if self.published else []
+        if self.spec is not None and self.spec.discovery.kubernetes is not None:
+            if self.last_api_outage is not None:
+                out.append(ConditionSpec("DiscoveryDegraded", "False", "RecoveredFromOutage", self.last_api_outage))
+            else:
+                out.append(
+                    ConditionSpec("DiscoveryDegraded", "False", "SourceReachable", "the EndpointSlice watch is up")
+                )
         if self.consul_published is not None:
             out.append(self.consul_published)
         if self.spec is not None and self.spec.discovery.consul is not None:
@@ -463,13 +501,26 @@ class PoolRunner:
             self.wake.clear()  # before the round, so a change during it wakes the next one
             try:
                 delay = await self.run_once()
+                self.api_up()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # a failed write or a bug in one round must not stop probing
-                self.log.exception("pool round failed; retrying")
-                delay = 5.0
+            except Exception as exc:  # a failed write or a bug in one round must not stop probing
+                if api_unreachable(exc):
+                    self.api_down(exc)
+                else:
+                    self.log.exception("pool round failed; retrying")
+                delay = 2.0
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), delay)
+
+
+def api_unreachable(exc: BaseException) -> bool:
+    """A connection failure or a 5xx from the API server (as opposed to a bug)."""
+    import urllib3
+
+    if isinstance(exc, ApiException):
+        return exc.status in (0, None) or exc.status >= 500
+    return isinstance(exc, urllib3.exceptions.HTTPError | OSError | TimeoutError)
 
 
 def meta_name(body: Mapping[str, Any]) -> str:

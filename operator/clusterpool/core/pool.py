@@ -151,12 +151,12 @@ def decision_events(before: PoolDecision, after: PoolDecision, members: tuple[En
 
 
 def _latency(prev: int | None, result: ProbeResult) -> int | None:
-    """The latency to report: refreshed when it halves or doubles and moves by over 10 ms,
+    """The latency to report: refreshed when it halves or doubles and moves by over 25 ms,
     so ordinary jitter does not rewrite the status every round."""
     if not result.ok:
         return prev
     ms = round(result.latency_s * 1000)
-    if prev is None or (abs(ms - prev) > 10 and (ms > 2 * prev or 2 * ms < prev)):
+    if prev is None or (abs(ms - prev) > 25 and (ms > 2 * prev or 2 * ms < prev)):
         return ms
     return prev
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
 import kubernetes
 from kubernetes.client.exceptions import ApiException
@@ -72,3 +73,27 @@ class SecretReader:
             raise
         value = (secret.data or {}).get(key)
         return base64.b64decode(value).decode() if value else None
+
+
+class APIReachable(Protocol):
+    def api_down(self, exc: BaseException) -> None: ...
+    def api_up(self) -> None: ...
+
+
+async def watch_api(
+    client: kubernetes.client.ApiClient, listeners: Callable[[], Iterable[APIReachable]], interval: float = 2.0
+) -> None:
+    """Ask the API server for its version every `interval` seconds and tell the listeners
+    (the pools' runners) when it stops and starts answering. A pool with nothing to write
+    would not notice an outage otherwise."""
+    version = kubernetes.client.VersionApi(client)
+    while True:
+        try:
+            await asyncio.to_thread(version.get_code, _request_timeout=3)
+        except Exception as exc:  # any failure to answer is an outage here
+            for listener in listeners():
+                listener.api_down(exc)
+        else:
+            for listener in listeners():
+                listener.api_up()
+        await asyncio.sleep(interval)
