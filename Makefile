@@ -25,6 +25,7 @@ venv: $(STAMP)
 controlplane: venv
 	@$(PY) scripts/controlplane.py build >/dev/null
 	@$(PY) scripts/consul.py build >/dev/null
+	@$(PY) scripts/redis_servers.py install
 
 crd: venv
 	$(PY) -m clusterpool.crd > crds/clusterpool.dev_clusterpools.yaml
@@ -63,6 +64,7 @@ bench: controlplane
 	LITELLM_LOCAL_MODEL_COST_MAP=True $(PY) bench/balancer_bench.py
 	$(PY) bench/probe_bench.py
 	$(PY) bench/cache_bench.py
+	$(PY) bench/redis_cache_bench.py
 	scripts/netns-run $(PY) bench/detection_bench.py
 	scripts/netns-run $(PY) bench/discovery_bench.py
 

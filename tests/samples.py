@@ -51,7 +51,28 @@ VALID: dict[str, dict[str, Any]] = {
             "tiers": {"failoverPercent": 60, "failbackPercent": 90},
         }
     ),
+    "cache-memory": static(cache={"type": "Memory", "policy": "LFU", "maxEntries": 500, "maxMegabytes": 64}),
+    "cache-layered-write-back": static(
+        cache={
+            "type": "Layered",
+            "writeMode": "WriteBack",
+            "writeBack": {"flushIntervalMilliseconds": 200, "maxPending": 1000},
+            "version": 3,
+            "keyPrefix": "team-a:chat:",
+            "redis": {
+                "address": "redis.cache:6379",
+                "passwordSecretRef": {"name": "redis", "key": "password"},
+                "tls": True,
+                "insecureSkipVerify": True,
+            },
+            "warmUp": {"keys": ["greeting"], "fromVersion": 2},
+        }
+    ),
+    "cache-redis-cluster": static(
+        cache={"type": "Redis", "ttlSeconds": 60, "redis": {"clusterNodes": ["10.0.0.1:7000", "10.0.0.2:7000"]}}
+    ),
 }
+
 
 INVALID: dict[str, dict[str, Any]] = {
     "no-source": {"discovery": {}},
@@ -94,4 +115,23 @@ INVALID: dict[str, dict[str, Any]] = {
     },
     "kubernetes-neither": {"discovery": {"kubernetes": {"port": "http"}}},
     "kubernetes-empty-selector": {"discovery": {"kubernetes": {"selector": {"matchLabels": {}}}}},
+    "cache-redis-without-redis": static(cache={"type": "Redis"}),
+    "cache-memory-with-redis": static(cache={"type": "Memory", "redis": {"address": "redis:6379"}}),
+    "cache-no-type": static(cache={"policy": "LRU"}),
+    "cache-bad-policy": static(cache={"type": "Memory", "policy": "MRU"}),
+    "cache-write-back-not-layered": static(
+        cache={"type": "Redis", "writeMode": "WriteBack", "redis": {"address": "redis:6379"}}
+    ),
+    "cache-redis-address-and-cluster": static(
+        cache={"type": "Redis", "redis": {"address": "redis:6379", "clusterNodes": ["redis:7000"]}}
+    ),
+    "cache-redis-neither": static(cache={"type": "Redis", "redis": {"database": 1}}),
+    "cache-cluster-database": static(cache={"type": "Redis", "redis": {"clusterNodes": ["redis:7000"], "database": 2}}),
+    "cache-address-without-port": static(cache={"type": "Redis", "redis": {"address": "redis"}}),
+    "cache-skip-verify-without-tls": static(
+        cache={"type": "Redis", "redis": {"address": "redis:6379", "insecureSkipVerify": True}}
+    ),
+    "cache-warm-from-same-version": static(cache={"type": "Memory", "version": 4, "warmUp": {"fromVersion": 4}}),
+    "cache-ttl-zero": static(cache={"type": "Memory", "ttlSeconds": 0}),
+    "cache-bad-prefix": static(cache={"type": "Memory", "keyPrefix": "has space"}),
 }

@@ -552,6 +552,181 @@ class Publish(Model):
     consul: ConsulPublish | None = Field(default=None, description="Register the endpoints in Consul.")
 
 
+CacheType = Literal["None", "Memory", "Redis", "Layered"]
+HOST_PORT = r"^[^\s/]+:[0-9]{1,5}$"
+
+_ONE_REDIS = (
+    "has(self.address) != has(self.clusterNodes)",
+    "spec.cache.redis needs exactly one of `address` (one server) or `clusterNodes` (a Redis Cluster)",
+)
+_CLUSTER_DB = (
+    "!has(self.clusterNodes) || !has(self.database) || self.database == 0",
+    "spec.cache.redis.database must be 0 with clusterNodes (a Redis Cluster has only database 0)",
+)
+_REDIS_TLS_ONLY = (
+    "!has(self.insecureSkipVerify) || !self.insecureSkipVerify || (has(self.tls) && self.tls)",
+    "spec.cache.redis.insecureSkipVerify applies only with tls: true",
+)
+
+
+class RedisSpec(Model):
+    """How to reach Redis: one server or a Redis Cluster."""
+
+    model_config = ConfigDict(json_schema_extra=_cel(_ONE_REDIS, _CLUSTER_DB, _REDIS_TLS_ONLY))
+
+    address: str | None = Field(
+        default=None, max_length=261, pattern=HOST_PORT, description="One Redis server, host:port (e.g. redis:6379)."
+    )
+    cluster_nodes: list[Annotated[str, Field(max_length=261, pattern=HOST_PORT)]] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=16,
+        description="Some nodes of a Redis Cluster, host:port; the rest are found from them.",
+    )
+    database: int = Field(default=0, ge=0, le=15, description="Database number (default 0; only 0 on a cluster).")
+    username: str | None = Field(default=None, max_length=128, description="ACL user name (Redis 6+).")
+    password_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="The password, from a Secret in the pool's namespace. Clients read the Secret "
+        "themselves; the routing table names it and never holds the password.",
+    )
+    tls: bool = Field(default=False, description="Connect with TLS (default false).")
+    insecure_skip_verify: bool = Field(default=False, description="With TLS, accept any certificate.")
+    timeout_milliseconds: int = Field(
+        default=250,
+        ge=1,
+        le=10000,
+        description="Connect and command timeout; a slower Redis counts as down and clients use their "
+        "local layer (default 250).",
+    )
+
+    @model_validator(mode="after")
+    def _rules(self) -> RedisSpec:
+        if (self.address is None) == (self.cluster_nodes is None):
+            raise ValueError(_ONE_REDIS[1])
+        if self.cluster_nodes is not None and self.database != 0:
+            raise ValueError(_CLUSTER_DB[1])
+        if self.insecure_skip_verify and not self.tls:
+            raise ValueError(_REDIS_TLS_ONLY[1])
+        return self
+
+
+class WriteBackSpec(Model):
+    """How a layered cache in WriteBack mode queues writes for Redis."""
+
+    flush_interval_milliseconds: int = Field(
+        default=1000,
+        ge=10,
+        le=60000,
+        description="Pending writes go to Redis this often (default 1000); a killed client loses at most "
+        "this much of its writes.",
+    )
+    max_pending: int = Field(
+        default=10000,
+        ge=1,
+        le=1000000,
+        description="Keys a client may hold unflushed (default 10000); beyond it writers flush inline, or "
+        "while Redis is down the oldest pending writes are dropped.",
+    )
+
+
+class WarmUpSpec(Model):
+    """Fill the cache before traffic needs it."""
+
+    keys: list[Annotated[str, Field(min_length=1, max_length=512)]] = Field(
+        default_factory=list,
+        max_length=1000,
+        description="Keys clients load from Redis into their local layer when they start.",
+        json_schema_extra={"default": []},
+    )
+    from_version: int | None = Field(
+        default=None,
+        ge=0,
+        le=2147483647,
+        description="When spec.cache.version changes, the operator first copies the entries of this version "
+        "into the new one (existing entries win), then removes the old versions.",
+    )
+    max_keys: int = Field(
+        default=100000, ge=1, le=10000000, description="At most this many entries are copied (default 100000)."
+    )
+
+
+_REDIS_NEEDED = (
+    "(self.type == 'Redis' || self.type == 'Layered') == has(self.redis)",
+    "spec.cache.redis is required with type Redis or Layered, and not allowed with None or Memory",
+)
+_WRITE_BACK_LAYERED = (
+    "!has(self.writeMode) || self.writeMode == 'WriteThrough' || self.type == 'Layered'",
+    "spec.cache.writeMode WriteBack needs type Layered (a local layer to write back from)",
+)
+_WARM_FROM_OTHER = (
+    "!has(self.warmUp) || !has(self.warmUp.fromVersion) || !has(self.version) "
+    "|| self.warmUp.fromVersion != self.version",
+    "spec.cache.warmUp.fromVersion must differ from spec.cache.version",
+)
+
+
+class CacheSpec(Model):
+    """The pool's response cache, used by the client SDK: in memory, in Redis, or a local
+    memory layer in front of Redis."""
+
+    model_config = ConfigDict(json_schema_extra=_cel(_REDIS_NEEDED, _WRITE_BACK_LAYERED, _WARM_FROM_OTHER))
+
+    type: CacheType = Field(
+        description="None (no cache), Memory (each client process its own), Redis (shared), or Layered "
+        "(a local memory layer in front of Redis)."
+    )
+    policy: Literal["LRU", "LFU", "FIFO", "TTL"] = Field(
+        default="LRU",
+        description="Eviction in the memory layer: LRU (default), LFU, FIFO or TTL (the first to expire).",
+    )
+    max_entries: int = Field(
+        default=10000, ge=1, le=10000000, description="Entries the memory layer holds (default 10000)."
+    )
+    max_megabytes: int | None = Field(
+        default=None, ge=1, le=65536, description="Bound on the memory layer's size in MiB (keys and values)."
+    )
+    ttl_seconds: int = Field(
+        default=3600, ge=1, le=2592000, description="How long an entry lives, in every layer (default 3600)."
+    )
+    version: int = Field(
+        default=1,
+        ge=0,
+        le=2147483647,
+        description="Change it to invalidate the whole cache at once: entries of other versions become "
+        "unreachable, and the operator removes them from Redis in the background.",
+    )
+    key_prefix: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9:/._-]+$",
+        description="Prefix of the pool's keys in Redis (default `clusterpool:<namespace>/<name>:`).",
+    )
+    write_mode: Literal["WriteThrough", "WriteBack"] = Field(
+        default="WriteThrough",
+        description="Layered only: WriteThrough (default; a write reaches Redis before it returns) or "
+        "WriteBack (written locally, flushed to Redis in batches).",
+    )
+    write_back: WriteBackSpec = Field(
+        default_factory=WriteBackSpec,
+        description="WriteBack settings.",
+        json_schema_extra={"default": WriteBackSpec().model_dump(by_alias=True, exclude_none=True)},
+    )
+    redis: RedisSpec | None = Field(default=None, description="Where Redis is (type Redis or Layered).")
+    warm_up: WarmUpSpec | None = Field(default=None, description="Warm-up on client start and on version change.")
+
+    @model_validator(mode="after")
+    def _rules(self) -> CacheSpec:
+        if (self.type in ("Redis", "Layered")) != (self.redis is not None):
+            raise ValueError(_REDIS_NEEDED[1])
+        if self.write_mode == "WriteBack" and self.type != "Layered":
+            raise ValueError(_WRITE_BACK_LAYERED[1])
+        if self.warm_up is not None and self.warm_up.from_version == self.version:
+            raise ValueError(_WARM_FROM_OTHER[1])
+        return self
+
+
 class ClusterPoolSpec(Model):
     """The desired pool: where its endpoints come from, how they are probed and balanced."""
 
@@ -572,6 +747,9 @@ class ClusterPoolSpec(Model):
         json_schema_extra={"default": Failover().model_dump(by_alias=True, exclude_none=True)},
     )
     publish: Publish | None = Field(default=None, description="Publish the endpoints elsewhere too (Consul).")
+    cache: CacheSpec | None = Field(
+        default=None, description="The response cache clients use (default: none). See docs/caching.md."
+    )
 
 
 # ------------------------------------------------------------------------- status
@@ -647,6 +825,28 @@ class Condition(Model):
     )
 
 
+class CacheStatus(Model):
+    """What the operator sees of the pool's cache."""
+
+    type: CacheType = Field(description="The cache type in use.")
+    version: int = Field(ge=0, description="The cache version in use (spec.cache.version).")
+    reachable: bool | None = Field(default=None, description="Whether Redis answers (Redis and Layered).")
+    latency_microseconds: int | None = Field(
+        default=None, ge=0, description="Round trip of a PING (refreshed when it moves by more than a quarter)."
+    )
+    keys: int | None = Field(default=None, ge=0, description="Keys of this version under the pool's prefix.")
+    keys_counted_at: str | None = Field(
+        default=None, json_schema_extra={"format": "date-time"}, description="When keys was counted."
+    )
+    removed_keys: int | None = Field(
+        default=None, ge=0, description="Entries of other versions removed after the last version change."
+    )
+    warmed_keys: int | None = Field(
+        default=None, ge=0, description="Entries copied from warmUp.fromVersion after the last version change."
+    )
+    message: str | None = Field(default=None, max_length=1024, description="The last check's outcome, for people.")
+
+
 class ClusterPoolStatus(Model):
     """What the operator observed."""
 
@@ -664,15 +864,17 @@ class ClusterPoolStatus(Model):
         description="Per-endpoint health.",
         json_schema_extra=_list_map("name"),
     )
+    cache: CacheStatus | None = Field(default=None, description="The pool's cache, when spec.cache is set.")
     conditions: list[Condition] = Field(
         default_factory=list,
         max_length=16,
         description="Ready (at least one healthy endpoint), Degraded (some unhealthy or ejected), "
-        "Panic (routing to all endpoints), SpecValid (the spec could be used).",
+        "Panic (routing to all endpoints), SpecValid (the spec could be used), CacheReady (the cache answers).",
         json_schema_extra=_list_map("type"),
     )
 
 
+_CACHE_READY = '.status.conditions[?(@.type=="CacheReady")].status'
 PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
     {"name": "Healthy", "type": "integer", "jsonPath": ".status.healthy"},
@@ -683,6 +885,7 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     {"name": "Tier", "type": "integer", "jsonPath": ".status.activeTier", "priority": 1},
     {"name": "Panic", "type": "boolean", "jsonPath": ".status.panic", "priority": 1},
+    {"name": "Cache", "type": "string", "jsonPath": _CACHE_READY, "priority": 1},
 ]
 
 

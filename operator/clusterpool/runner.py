@@ -28,6 +28,7 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from clusterpool import api
+from clusterpool.cache_monitor import CacheMonitor
 from clusterpool.core.failover import BreakerConfig, FailoverConfig
 from clusterpool.core.health import Endpoint, Thresholds
 from clusterpool.core.pool import PoolState, step
@@ -36,6 +37,7 @@ from clusterpool.core.publish import (
     build_routing_configmap,
     build_routing_table,
     build_service,
+    cache_settings,
 )
 from clusterpool.core.status import ConditionSpec, render_status, restore_state, rfc3339
 from clusterpool.discovery.consul import ConsulWatcher
@@ -159,6 +161,15 @@ class PoolRunner:
         self.consul_published: ConditionSpec | None = None
         self.published: ConditionSpec | None = None
         self.slice_names: set[str] | None = None
+        meta = body.get("metadata") or {}
+        self.cache = CacheMonitor(
+            str(meta.get("namespace")),
+            secrets,
+            emit,
+            logger,
+            self.wake.set,
+            (body.get("status") or {}).get("cache"),
+        )
 
     # -- spec ---------------------------------------------------------------------------
 
@@ -321,7 +332,7 @@ class PoolRunner:
 
     def render(self) -> dict[str, Any]:
         status = self.last_written if self.last_written is not None else (self.body.get("status") or {})
-        return render_status(
+        out = render_status(
             self.pool,
             source=self.spec.discovery.source if self.spec else None,
             generation=self.generation,
@@ -332,6 +343,17 @@ class PoolRunner:
             extra_conditions=self._extra_conditions(),
             failure_cap=_failure_cap(self.spec),
         )
+        cache = self.cache.status()
+        if cache is not None:
+            out["cache"] = cache
+        return out
+
+    async def check_cache(self) -> None:
+        if self.spec is None:
+            return
+        meta = self.body.get("metadata") or {}
+        settings = cache_settings(self.spec, str(meta.get("namespace")), str(meta.get("name")))
+        await self.cache.update(self.spec.cache, settings)
 
     def api_down(self, exc: BaseException) -> None:
         if self.api_down_since is None:
@@ -373,6 +395,9 @@ class PoolRunner:
                 )
         if self.consul_published is not None:
             out.append(self.consul_published)
+        cache = self.cache.condition()
+        if cache is not None:
+            out.append(cache)
         if self.spec is not None and self.spec.discovery.consul is not None:
             if self.discovery_problem is not None:
                 out.append(
@@ -479,6 +504,7 @@ class PoolRunner:
         await self.probe_round()
         await self.publish_objects()
         await self.sync_consul()
+        await self.check_cache()
         await self.publish()
         return self.next_delay(time.monotonic() - start)
 
@@ -495,6 +521,7 @@ class PoolRunner:
                 await self.prober.close()
             if self.consul is not None:
                 await self.consul.stop()
+            await self.cache.close()
 
     async def _loop(self) -> None:
         while not self.stopping:

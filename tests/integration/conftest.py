@@ -25,6 +25,7 @@ from kubernetes.client.exceptions import ApiException
 import controlplane
 from backends import HTTPBackend, TCPBackend, free_port
 from clusterpool import api
+from redis_servers import RedisCluster, RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -273,3 +274,28 @@ def net_backends() -> Iterator[Callable[[int], list[HTTPBackend]]]:
 
 def endpoints_of(backends: list[Any]) -> list[dict[str, Any]]:
     return [{"name": f"ep-{i}", "address": b.host, "port": b.port} for i, b in enumerate(backends)]
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
+    """Start real redis-server processes on free loopback ports; all stop after the test."""
+    started: list[RedisServer] = []
+
+    def make(password: str | None = None) -> RedisServer:
+        server = RedisServer(tmp_path / f"redis-{len(started)}", password=password).start()
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop(kill=True)
+
+
+@pytest.fixture
+def redis_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
+    """A Redis Cluster of three masters (slots assigned by `redis-cli --cluster create`)."""
+    cluster = RedisCluster(tmp_path / "redis-cluster", masters=3)
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop(kill=True)

@@ -126,7 +126,8 @@ def test_kubectl_get_clusterpools_prints_the_columns(pools, http_backends, kubec
     assert out[0].split() == ["NAME", "READY", "HEALTHY", "TOTAL", "EJECTED", "STRATEGY", "SOURCE", "AGE"]
     assert out[1].split()[:7] == ["shown", "True", "3", "3", "0", "LeastConnections", "Static"]
     wide = kubectl("get", "clusterpools", "-n", pools.namespace, "-o", "wide").stdout.splitlines()
-    assert wide[0].split()[-2:] == ["TIER", "PANIC"] and wide[1].split()[-2:] == ["0", "false"]
+    assert wide[0].split()[-3:] == ["TIER", "PANIC", "CACHE"]
+    assert wide[1].split()[-2:] == ["0", "false"]  # CACHE stays empty without spec.cache
     # the short name and the category reach the same objects
     assert "shown" in kubectl("get", "cpool", "-n", pools.namespace).stdout
     assert "shown" in kubectl("get", "llm", "-n", pools.namespace).stdout

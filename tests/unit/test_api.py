@@ -87,6 +87,7 @@ def test_crd_has_printer_columns_and_status_subresource():
         "Age",
         "Tier",
         "Panic",
+        "Cache",
     ]
     assert version["subresources"] == {"status": {}}
 

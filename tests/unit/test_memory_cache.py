@@ -121,3 +121,135 @@ def test_thread_safety():
     for t in threads:
         t.join()
     assert len(c) == 50 == len(c.keys())
+
+
+class Model:
+    """A slow, obvious cache to check MemoryCache's eviction order against (no TTL)."""
+
+    def __init__(self, policy, max_entries, max_bytes):
+        self.policy, self.max_entries, self.max_bytes = policy, max_entries, max_bytes
+        self.items = {}  # key -> [value, reads, tick]; dict order is write order (LRU: use order)
+        self.tick = 0
+        self.evictions = 0
+
+    def _tick(self):
+        self.tick += 1
+        return self.tick
+
+    def get(self, key):
+        if key not in self.items:
+            return None
+        item = self.items[key]
+        item[1] += 1
+        item[2] = self._tick()
+        if self.policy == "LRU":
+            self.items[key] = self.items.pop(key)
+        return item[0]
+
+    def set(self, key, value):
+        if len(key) + len(value) > self.max_bytes:
+            return
+        self.items.pop(key, None)
+        self.items[key] = [value, 1, self._tick()]
+        while len(self.items) > self.max_entries or self.bytes > self.max_bytes:
+            if self.policy == "LFU":  # fewest reads, then least recently read or written
+                victim = min(self.items, key=lambda k: self.items[k][1:])
+            else:
+                victim = next(iter(self.items))
+            del self.items[victim]
+            self.evictions += 1
+
+    @property
+    def bytes(self):
+        return sum(len(k) + len(v[0]) for k, v in self.items.items())
+
+
+@given(
+    st.sampled_from(["LRU", "LFU", "FIFO"]),
+    st.lists(st.tuples(st.sampled_from(["get", "set", "delete"]), st.integers(0, 12)), max_size=300),
+)
+def test_eviction_order_matches_a_model(policy, ops):
+    c = MemoryCache(policy, max_entries=6, max_bytes=60)
+    m = Model(policy, 6, 60)
+    for op, k in ops:
+        key = f"k{k}"
+        if op == "get":
+            assert c.get(key) == m.get(key)
+        elif op == "set":
+            value = "v" * (k * 3 % 17)
+            c.set(key, value)
+            m.set(key, value)
+        else:
+            assert c.delete(key) == (m.items.pop(key, None) is not None)
+        if policy == "LFU":  # its keys() is in write order, the model's too, but overwrites differ
+            assert sorted(c.keys()) == sorted(m.items)
+        else:
+            assert c.keys() == list(m.items)
+        assert (c.stats.evictions, c.stats.bytes, len(c)) == (m.evictions, m.bytes, len(m.items))
+
+
+def test_lfu_hot_key_alone_at_its_count_and_clear():
+    c = MemoryCache("LFU", max_entries=3)
+    for k in "abc":
+        c.set(k, k)
+    for _ in range(5):  # "a" alone at 2, 3, ...: its frequency node moves up with it
+        assert c.get("a") == "a"
+    c.get("b")
+    c.get("b")
+    c.set("d", "d")  # c: 1 read
+    c.set("e", "e")  # d: 1 read
+    assert sorted(c.keys()) == ["a", "b", "e"]
+    c.clear()
+    assert len(c) == 0 and c.keys() == [] and c.stats.bytes == 0
+    for k in "xyz":
+        c.set(k, k)
+    c.get("x")
+    c.set("w", "w")  # y: 1 read, least recent
+    assert sorted(c.keys()) == ["w", "x", "z"] and c.get("x") == "x"
+
+
+@pytest.mark.parametrize("policy", ["LRU", "LFU", "FIFO"])
+def test_per_set_ttl_expires_without_a_default_ttl(policy):
+    clock = Clock()
+    c = MemoryCache(policy, max_entries=3, clock=clock)
+    c.set("short", 1, ttl_seconds=5)
+    c.set("forever", 2)
+    clock.t = 4
+    assert "short" in c and c.get("short") == 1
+    clock.t = 5
+    assert "short" not in c and "forever" in c
+    assert c.get("short") is None and c.get("forever") == 2
+    assert (c.stats.expirations, c.stats.misses) == (1, 1)
+    # When full, an expired entry goes before a live one is evicted.
+    c.set("short", 1, ttl_seconds=5)
+    c.set("x", 3)
+    clock.t = 20
+    c.set("y", 4)
+    assert set(c.keys()) == {"forever", "x", "y"}  # "short" is gone, not just expired
+    assert (c.stats.expirations, c.stats.evictions) == (2, 0)
+    # After clear(), and with no TTL in use, nothing expires.
+    c.clear()
+    c.set("a", 1)
+    clock.t = 1e9
+    assert c.get("a") == 1
+
+
+def test_lru_thread_safety_keeps_counts_and_bytes_consistent():
+    c = MemoryCache("LRU", max_entries=40, max_bytes=400)
+
+    def work(n):
+        for i in range(3000):
+            c.set(f"k{(i * n) % 97}", "v" * (i % 9))
+            c.get(f"k{i % 97}")
+            if i % 50 == 0:
+                c.delete(f"k{(i + n) % 97}")
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(1, 7)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    keys = c.keys()
+    assert len(c) == len(keys) <= 40 and c.stats.entries == len(keys)
+    assert c.stats.bytes == sum(len(k) + len(c.get(k)) for k in keys) <= 400
+    assert c.stats.hits + c.stats.misses == 6 * 3000 + len(keys)

@@ -7,6 +7,7 @@
 See docs/sdk.md. Imports no kopf; the Kubernetes client only for ConfigMapTable.
 """
 
+from clusterpool.client.cache import PoolCache, secret_from_api
 from clusterpool.client.pool import PoolClient, RetryBudget
 from clusterpool.client.routing import (
     ConfigMapTable,
@@ -22,6 +23,7 @@ __all__ = [
     "AsyncPoolTransport",
     "ConfigMapTable",
     "FileTable",
+    "PoolCache",
     "PoolClient",
     "PoolTransport",
     "RetryBudget",
@@ -29,4 +31,5 @@ __all__ = [
     "RoutingTableError",
     "StaticTable",
     "TableSource",
+    "secret_from_api",
 ]

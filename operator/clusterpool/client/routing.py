@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from clusterpool.balancer import Target
+from clusterpool.core.cache_settings import CacheSettings
 from clusterpool.core.failover import BreakerConfig
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ class RoutingTable:
     targets: tuple[Target, ...]  # eligible endpoints, with their effective weights
     breaker: BreakerConfig
     panic: bool = False
+    cache: CacheSettings | None = None  # the pool's cache settings (spec.cache), None without a cache
 
     @classmethod
     def parse(cls, text: str | bytes) -> RoutingTable:
@@ -60,7 +62,10 @@ class RoutingTable:
                 half_open_max_probes=int(cb.get("halfOpenMaxProbes", 1)),
                 success_threshold=int(cb.get("successThreshold", 2)),
             )
-            return cls(str(raw.get("revision", "")), str(raw["strategy"]), targets, breaker, bool(raw.get("panic")))
+            cache = CacheSettings.from_json(raw["cache"]) if raw.get("cache") else None
+            return cls(
+                str(raw.get("revision", "")), str(raw["strategy"]), targets, breaker, bool(raw.get("panic")), cache
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise RoutingTableError(f"the routing table is malformed: {exc!r}") from exc
 

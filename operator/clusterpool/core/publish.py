@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from clusterpool import api
+from clusterpool.core.cache_settings import CacheSettings, RedisSettings, SecretRef
 from clusterpool.core.pool import PoolState
 
 ROUTING_SCHEMA_VERSION = 1
@@ -155,8 +156,10 @@ def build_routing_table(pool: Mapping[str, Any], spec: api.ClusterPoolSpec, stat
             }
             for ep in state.members
         ],
-        "cache": None,
+        "cache": cache_settings(spec, pool["metadata"]["namespace"], pool["metadata"]["name"]),
     }
+    if table["cache"] is not None:
+        table["cache"] = table["cache"].to_json()
     table["revision"] = hashlib.sha256(json.dumps(table, sort_keys=True).encode()).hexdigest()[:16]
     return table
 
@@ -168,3 +171,41 @@ def build_routing_configmap(pool: Mapping[str, Any], table: Mapping[str, Any]) -
         "metadata": _meta(pool, routing_configmap_name(pool["metadata"]["name"])),
         "data": {ROUTING_KEY: json.dumps(table, indent=2, sort_keys=True) + "\n"},
     }
+
+
+def default_key_prefix(namespace: str, name: str) -> str:
+    return f"clusterpool:{namespace}/{name}:"
+
+
+def cache_settings(spec: api.ClusterPoolSpec, namespace: str, name: str) -> CacheSettings | None:
+    """spec.cache as the clients read it (the routing table's `cache`)."""
+    c = spec.cache
+    if c is None:
+        return None
+    redis = None
+    if c.redis is not None:
+        ref = c.redis.password_secret_ref
+        redis = RedisSettings(
+            address=c.redis.address,
+            cluster_nodes=tuple(c.redis.cluster_nodes or ()),
+            database=c.redis.database,
+            username=c.redis.username,
+            password_secret=SecretRef(namespace, ref.name, ref.key) if ref else None,
+            tls=c.redis.tls,
+            insecure_skip_verify=c.redis.insecure_skip_verify,
+            timeout_milliseconds=c.redis.timeout_milliseconds,
+        )
+    return CacheSettings(
+        type=c.type,
+        version=c.version,
+        key_prefix=c.key_prefix or default_key_prefix(namespace, name),
+        policy=c.policy,
+        max_entries=c.max_entries,
+        max_bytes=c.max_megabytes << 20 if c.max_megabytes else None,
+        ttl_seconds=c.ttl_seconds,
+        write_mode=c.write_mode,
+        flush_interval_milliseconds=c.write_back.flush_interval_milliseconds,
+        max_pending=c.write_back.max_pending,
+        redis=redis,
+        warm_up_keys=tuple(c.warm_up.keys) if c.warm_up else (),
+    )

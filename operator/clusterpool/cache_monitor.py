@@ -1,0 +1,232 @@
+"""The operator's watch over one pool's cache: spec.cache -> status.cache, the CacheReady
+condition and Events.
+
+Each pool round calls `update()`: it checks Redis (one PING, the key count every
+KEY_COUNT_EVERY seconds) and notices version changes. A version change emits
+CacheVersionChanged and starts a background task that copies warmUp.fromVersion's
+entries into the new version and then removes every other version's entries
+(CacheInvalidated). Redis going away and coming back emit CacheUnreachable and
+CacheReachable. Nothing here touches the pool's endpoints: a broken cache never makes a
+pool less ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from clusterpool import api
+from clusterpool.cache.admin import CacheAdmin, classify
+from clusterpool.cache.build import redis_connection
+from clusterpool.core.cache_settings import CacheSettings
+from clusterpool.core.status import ConditionSpec, rfc3339
+
+KEY_COUNT_EVERY = 30.0
+Emit = Callable[[str, str, str], None]
+SecretReader = Callable[[str, str, str], Awaitable[str | None]]
+
+
+class CacheMonitor:
+    def __init__(
+        self,
+        namespace: str,
+        secrets: SecretReader | None,
+        emit: Emit,
+        log: logging.Logger | logging.LoggerAdapter[logging.Logger],
+        wake: Callable[[], None],
+        restored: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.namespace, self.secrets, self.emit, self.log, self.wake = namespace, secrets, emit, log, wake
+        restored = restored or {}
+        self.settings: CacheSettings | None = None
+        self.spec: api.CacheSpec | None = None
+        self.admin: CacheAdmin | None = None
+        self.version: int | None = restored.get("version") if isinstance(restored.get("version"), int) else None
+        self.reachable: bool | None = restored.get("reachable") if isinstance(restored.get("reachable"), bool) else None
+        self.latency_us: int | None = restored.get("latencyMicroseconds")
+        self.keys: int | None = restored.get("keys")
+        self.keys_at: str | None = restored.get("keysCountedAt")
+        self.removed: int | None = restored.get("removedKeys")
+        self.warmed: int | None = restored.get("warmedKeys")
+        self.problem: tuple[str, str] | None = None
+        self.next_count = 0.0
+        self.cleanup_needed = True  # once per operator start too: a previous one may have died midway
+        self.cleanup: asyncio.Task[None] | None = None
+
+    # -- the round ----------------------------------------------------------------------
+
+    async def update(self, spec: api.CacheSpec | None, settings: CacheSettings | None) -> None:
+        if settings != self.settings:
+            await self._reconfigure(spec, settings)
+        if settings is None or settings.redis is None:
+            return
+        if self.admin is None:
+            password = await self._password(settings)
+            if self.problem is not None:
+                return
+            self.admin = CacheAdmin(redis_connection(settings.redis, password), settings.key_prefix)
+        timeout = settings.redis.timeout_milliseconds / 1000
+        try:
+            latency = await asyncio.wait_for(self.admin.ping(), max(timeout, 1.0))
+            if time.monotonic() >= self.next_count:
+                self.keys = await asyncio.wait_for(self.admin.count(settings.version), 30)
+                self.keys_at = rfc3339(datetime.now(UTC))
+                self.next_count = time.monotonic() + KEY_COUNT_EVERY
+        except Exception as exc:  # any failure to answer: report it, keep the pool going
+            reason, message = classify(exc)
+            self._unreachable(reason, message)
+            if reason.startswith("Authentication"):
+                await self._close_admin()  # read the Secret again next round: it may have been fixed
+            return
+        us = int(latency * 1e6)
+        if self.latency_us is None or abs(us - self.latency_us) > self.latency_us / 4:
+            self.latency_us = us
+        self._reachable()
+        if self.cleanup_needed and (self.cleanup is None or self.cleanup.done()):
+            self.cleanup = asyncio.create_task(self._clean(settings.version))
+
+    async def _reconfigure(self, spec: api.CacheSpec | None, settings: CacheSettings | None) -> None:
+        old = self.settings
+        if old is None or settings is None or (old.redis, old.key_prefix) != (settings.redis, settings.key_prefix):
+            await self._close_admin()
+            self.problem = None
+            self.next_count = 0.0
+        if settings is not None and self.version is not None and settings.version != self.version:
+            what = (
+                "; removing them from Redis in the background"
+                if settings.redis is not None
+                else "; clients drop their memory caches"
+            )
+            self.emit(
+                "Normal",
+                "CacheVersionChanged",
+                f"cache version {self.version} -> {settings.version}: entries of version {self.version} "
+                f"are unreachable now{what}",
+            )
+            self.cleanup_needed = True
+            self.next_count = 0.0
+            self.removed = self.warmed = None
+        if settings is not None and settings.version != self.version:
+            self.keys = None
+        self.version = settings.version if settings is not None else None
+        self.settings, self.spec = settings, spec
+        if settings is None or settings.redis is None:
+            self.reachable = self.latency_us = self.keys = self.keys_at = None
+
+    async def _password(self, settings: CacheSettings) -> str | None:
+        ref = settings.redis.password_secret if settings.redis else None
+        if ref is None:
+            self.problem = None
+            return None
+        value = await self.secrets(ref.namespace, ref.name, ref.key) if self.secrets else None
+        if value is None:
+            self._unreachable(
+                "SecretNotFound",
+                f"Secret {ref.namespace}/{ref.name} (key {ref.key}) named by spec.cache.redis.passwordSecretRef "
+                "cannot be read; create it, or fix the reference",
+            )
+        else:
+            self.problem = None
+        return value
+
+    def _unreachable(self, reason: str, message: str) -> None:
+        if self.reachable is not False or (self.problem is not None and self.problem[0] != reason):
+            self.emit("Warning", "CacheUnreachable", f"{reason}: {message}; {self._fallback()}")
+            self.log.warning("cache unreachable: %s: %s", reason, message)
+        self.problem, self.reachable = (reason, message), False
+
+    def _reachable(self) -> None:
+        if self.reachable is False:
+            self.emit("Normal", "CacheReachable", f"Redis at {self._where()} answers again")
+        self.reachable, self.problem = True, None
+
+    async def _clean(self, version: int) -> None:
+        admin, spec = self.admin, self.spec
+        if admin is None:
+            return
+        try:
+            warm = spec.warm_up if spec is not None else None
+            warmed = None
+            if warm is not None and warm.from_version is not None:
+                warmed = await admin.copy_version(warm.from_version, version, warm.max_keys)
+            removed = await admin.remove_other_versions(version)
+        except Exception as exc:  # retried next round
+            self.log.warning("removing old cache versions failed (%s: %s); retrying", type(exc).__name__, exc)
+            return
+        if self.version != version:
+            return  # the version moved on meanwhile; the next task cleans for it
+        self.cleanup_needed = False
+        self.removed, self.warmed = removed, warmed
+        if removed or warmed:
+            copied = f"copied {warmed} entries of version {warm.from_version}, " if warm and warmed is not None else ""
+            self.emit(
+                "Normal", "CacheInvalidated", f"{copied}removed {removed} entries of versions other than {version}"
+            )
+        self.next_count = 0.0
+        self.wake()
+
+    # -- what it reports ----------------------------------------------------------------
+
+    def _where(self) -> str:
+        r = self.settings.redis if self.settings else None
+        if r is None:
+            return "-"
+        return r.address or ",".join(r.cluster_nodes)
+
+    def _fallback(self) -> str:
+        if self.settings is not None and self.settings.type == "Layered":
+            return "clients serve from their local layer meanwhile"
+        return "clients miss the cache meanwhile (requests still go to the backends)"
+
+    def condition(self) -> ConditionSpec | None:
+        s = self.settings
+        if s is None or s.type == "None":
+            return None
+        if s.redis is None:
+            return ConditionSpec(
+                "CacheReady", "True", "LocalOnly", f"each client keeps its own {s.policy} memory cache"
+            )
+        if self.reachable is None:
+            return ConditionSpec("CacheReady", "Unknown", "Checking", f"checking Redis at {self._where()}")
+        if not self.reachable:
+            reason, message = self.problem or ("Unreachable", "Redis does not answer")
+            return ConditionSpec("CacheReady", "False", reason, f"{message}; {self._fallback()}")
+        kind = "Redis Cluster" if s.redis.cluster_nodes else "Redis"
+        return ConditionSpec("CacheReady", "True", "Reachable", f"{kind} at {self._where()} answers")
+
+    def status(self) -> dict[str, Any] | None:
+        s = self.settings
+        if s is None:
+            return None
+        out: dict[str, Any] = {"type": s.type, "version": s.version}
+        optional = {
+            "reachable": self.reachable,
+            "latencyMicroseconds": self.latency_us if self.reachable else None,
+            "keys": self.keys,
+            "keysCountedAt": self.keys_at,
+            "removedKeys": self.removed,
+            "warmedKeys": self.warmed,
+        }
+        out.update({k: v for k, v in optional.items() if v is not None})
+        if self.reachable is False and self.problem:
+            out["message"] = self.problem[1][:1024]
+        return out
+
+    async def _close_admin(self) -> None:
+        if self.cleanup is not None and not self.cleanup.done():
+            self.cleanup.cancel()
+            with contextlib.suppress(BaseException):
+                await self.cleanup
+        self.cleanup = None
+        if self.admin is not None:
+            with contextlib.suppress(Exception):
+                await self.admin.close()
+            self.admin = None
+
+    async def close(self) -> None:
+        await self._close_admin()
