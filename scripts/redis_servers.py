@@ -60,10 +60,11 @@ def cluster_port() -> int:
     raise RuntimeError("no free port pair for a Redis Cluster node")
 
 
-def cli(port: int, *args: str, password: str | None = None, host: str = "127.0.0.1") -> str:
+def cli(port: int, *args: str, password: str | None = None, host: str = "127.0.0.1", tls_ca: str | None = None) -> str:
     auth = ["--no-auth-warning", "-a", password] if password else []
+    tls = ["--tls", "--cacert", tls_ca] if tls_ca else []
     out = subprocess.run(
-        ["redis-cli", "-h", host, "-p", str(port), *auth, *args], capture_output=True, text=True, timeout=30
+        ["redis-cli", "-h", host, "-p", str(port), *tls, *auth, *args], capture_output=True, text=True, timeout=30
     )
     if out.returncode != 0:
         raise RuntimeError(f"redis-cli {' '.join(args)}: {out.stderr.strip() or out.stdout.strip()}")
@@ -72,13 +73,15 @@ def cli(port: int, *args: str, password: str | None = None, host: str = "127.0.0
 
 @dataclass
 class RedisServer:
-    """One redis-server. `stop(kill=True)` is a SIGKILL; `start()` again uses the same port."""
+    """One redis-server. `stop(kill=True)` is a SIGKILL; `start()` again uses the same port.
+    With `tls` (certificate, key, CA files) it speaks only TLS on its port."""
 
     dir: Path
     port: int = field(default_factory=free_port)
     password: str | None = None
     cluster: bool = False
     host: str = "127.0.0.1"
+    tls: tuple[str, str, str] | None = None
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -111,6 +114,11 @@ class RedisServer:
         ]
         if self.password:
             args += ["--requirepass", self.password, "--masterauth", self.password]
+        if self.tls:
+            cert, key, ca = self.tls
+            args[1:3] = ["--port", "0", "--tls-port", str(self.port)]
+            args += ["--tls-cert-file", cert, "--tls-key-file", key, "--tls-ca-cert-file", ca]
+            args += ["--tls-auth-clients", "no"]
         if self.cluster:
             # a fresh node each start: a killed node forgets its slots, as a lost disk would
             (self.dir / "nodes.conf").unlink(missing_ok=True)
@@ -122,7 +130,8 @@ class RedisServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"redis-server on port {self.port} exited: see {self.dir / 'redis.log'}")
             try:
-                if cli(self.port, "ping", password=self.password, host=self.host) == "PONG":
+                tls_ca = self.tls[2] if self.tls else None
+                if cli(self.port, "ping", password=self.password, host=self.host, tls_ca=tls_ca) == "PONG":
                     return self
             except (RuntimeError, subprocess.TimeoutExpired):
                 pass

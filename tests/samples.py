@@ -133,5 +133,8 @@ INVALID: dict[str, dict[str, Any]] = {
     ),
     "cache-warm-from-same-version": static(cache={"type": "Memory", "version": 4, "warmUp": {"fromVersion": 4}}),
     "cache-ttl-zero": static(cache={"type": "Memory", "ttlSeconds": 0}),
+    "cache-ca-without-tls": static(
+        cache={"type": "Redis", "redis": {"address": "redis:6379", "caSecretRef": {"name": "ca", "key": "ca.crt"}}}
+    ),
     "cache-bad-prefix": static(cache={"type": "Memory", "keyPrefix": "has space"}),
 }

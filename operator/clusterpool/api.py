@@ -564,8 +564,9 @@ _CLUSTER_DB = (
     "spec.cache.redis.database must be 0 with clusterNodes (a Redis Cluster has only database 0)",
 )
 _REDIS_TLS_ONLY = (
-    "!has(self.insecureSkipVerify) || !self.insecureSkipVerify || (has(self.tls) && self.tls)",
-    "spec.cache.redis.insecureSkipVerify applies only with tls: true",
+    "(!has(self.insecureSkipVerify) || !self.insecureSkipVerify) && !has(self.caSecretRef) "
+    "|| (has(self.tls) && self.tls)",
+    "spec.cache.redis.insecureSkipVerify and caSecretRef apply only with tls: true",
 )
 
 
@@ -592,6 +593,11 @@ class RedisSpec(Model):
     )
     tls: bool = Field(default=False, description="Connect with TLS (default false).")
     insecure_skip_verify: bool = Field(default=False, description="With TLS, accept any certificate.")
+    ca_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="With TLS, the CA bundle (PEM) that signed Redis's certificate, from a Secret in the "
+        "pool's namespace (default: the system's trusted CAs).",
+    )
     timeout_milliseconds: int = Field(
         default=250,
         ge=1,
@@ -606,7 +612,7 @@ class RedisSpec(Model):
             raise ValueError(_ONE_REDIS[1])
         if self.cluster_nodes is not None and self.database != 0:
             raise ValueError(_CLUSTER_DB[1])
-        if self.insecure_skip_verify and not self.tls:
+        if (self.insecure_skip_verify or self.ca_secret_ref is not None) and not self.tls:
             raise ValueError(_REDIS_TLS_ONLY[1])
         return self
 

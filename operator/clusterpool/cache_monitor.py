@@ -23,7 +23,7 @@ from typing import Any
 from clusterpool import api
 from clusterpool.cache.admin import CacheAdmin, classify
 from clusterpool.cache.build import redis_connection
-from clusterpool.core.cache_settings import CacheSettings
+from clusterpool.core.cache_settings import CacheSettings, SecretRef
 from clusterpool.core.status import ConditionSpec, rfc3339
 
 KEY_COUNT_EVERY = 30.0
@@ -66,10 +66,12 @@ class CacheMonitor:
         if settings is None or settings.redis is None:
             return
         if self.admin is None:
-            password = await self._password(settings)
-            if self.problem is not None:
+            r = settings.redis
+            password = await self._secret(r.password_secret, "passwordSecretRef")
+            ca = await self._secret(r.ca_secret, "caSecretRef")
+            if (r.password_secret and password is None) or (r.ca_secret and ca is None):
                 return
-            self.admin = CacheAdmin(redis_connection(settings.redis, password), settings.key_prefix)
+            self.admin = CacheAdmin(redis_connection(r, password, ca), settings.key_prefix)
         timeout = settings.redis.timeout_milliseconds / 1000
         try:
             latency = await asyncio.wait_for(self.admin.ping(), max(timeout, 1.0))
@@ -80,7 +82,7 @@ class CacheMonitor:
         except Exception as exc:  # any failure to answer: report it, keep the pool going
             reason, message = classify(exc)
             self._unreachable(reason, message)
-            if reason.startswith("Authentication"):
+            if reason.startswith("Authentication") or reason == "TLSFailed":
                 await self._close_admin()  # read the Secret again next round: it may have been fixed
             return
         us = int(latency * 1e6)
@@ -118,20 +120,17 @@ class CacheMonitor:
         if settings is None or settings.redis is None:
             self.reachable = self.latency_us = self.keys = self.keys_at = None
 
-    async def _password(self, settings: CacheSettings) -> str | None:
-        ref = settings.redis.password_secret if settings.redis else None
+    async def _secret(self, ref: SecretRef | None, field: str) -> str | None:
+        """A Secret's value; on failure reports SecretNotFound naming the field."""
         if ref is None:
-            self.problem = None
             return None
         value = await self.secrets(ref.namespace, ref.name, ref.key) if self.secrets else None
         if value is None:
             self._unreachable(
                 "SecretNotFound",
-                f"Secret {ref.namespace}/{ref.name} (key {ref.key}) named by spec.cache.redis.passwordSecretRef "
+                f"Secret {ref.namespace}/{ref.name} (key {ref.key}) named by spec.cache.redis.{field} "
                 "cannot be read; create it, or fix the reference",
             )
-        else:
-            self.problem = None
         return value
 
     def _unreachable(self, reason: str, message: str) -> None:

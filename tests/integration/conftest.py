@@ -281,8 +281,16 @@ def redis_server(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
     """Start real redis-server processes on free loopback ports; all stop after the test."""
     started: list[RedisServer] = []
 
-    def make(password: str | None = None) -> RedisServer:
-        server = RedisServer(tmp_path / f"redis-{len(started)}", password=password).start()
+    def make(password: str | None = None, tls: bool = False) -> RedisServer:
+        """With tls, the server speaks only TLS with a certificate for 127.0.0.1 signed by
+        the CA in `<server.dir>/ca.crt`."""
+        d = tmp_path / f"redis-{len(started)}"
+        files = None
+        if tls:
+            d.mkdir(parents=True)
+            controlplane.make_certs(d)
+            files = (str(d / "apiserver.crt"), str(d / "apiserver.key"), str(d / "ca.crt"))
+        server = RedisServer(d, password=password, tls=files).start()
         started.append(server)
         return server
 

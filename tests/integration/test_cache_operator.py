@@ -134,3 +134,25 @@ def test_a_memory_cache_is_local_only(pools, tcp_backends):
     assert cond["status"] == "True" and cond["reason"] == "LocalOnly"
     assert pools.status("mem")["cache"] == {"type": "Memory", "version": 1}
     assert json.loads(routing(pools, "mem"))["cache"]["redis"] is None
+
+
+def test_tls_with_a_ca_from_a_secret(pools, tcp_backends, redis_server):
+    server = redis_server(tls=True)
+    pools.core.create_namespaced_secret(
+        pools.namespace,
+        {"metadata": {"name": "redis-ca"}, "stringData": {"ca.crt": (server.dir / "ca.crt").read_text()}},
+    )
+    backends = tcp_backends(1)
+    redis_tls = {"address": server.address, "tls": True}
+    pools.create("untrusted", spec(backends, {"type": "Redis", "redis": redis_tls}))
+    pools.create(
+        "trusted",
+        spec(backends, {"type": "Redis", "redis": {**redis_tls, "caSecretRef": {"name": "redis-ca", "key": "ca.crt"}}}),
+    )
+    wait_for(lambda: pools.condition("trusted", "CacheReady").get("reason") == "Reachable", 20, "trusted Reachable")
+    cond = wait_for(
+        lambda: (c := pools.condition("untrusted", "CacheReady")).get("status") == "False" and c, 20, "untrusted"
+    )
+    assert cond["reason"] == "TLSFailed" and "caSecretRef" in cond["message"]
+    table = json.loads(routing(pools, "trusted"))["cache"]["redis"]
+    assert table["caSecretRef"] == {"namespace": pools.namespace, "name": "redis-ca", "key": "ca.crt"}

@@ -82,6 +82,24 @@ def test_a_wrong_password_is_an_error_of_redis_cache(redis_server):
     cache.close()
 
 
+def test_tls_verifies_against_the_given_ca(redis_server):
+    server = redis_server(tls=True)
+    ca = (server.dir / "ca.crt").read_text()
+    verified = RedisCache.connect(RedisConnection(address=server.address, tls=True, ca_pem=ca))
+    verified.set("k", "v")
+    assert verified.get("k") == b"v"
+    insecure = RedisCache.connect(RedisConnection(address=server.address, tls=True, insecure_skip_verify=True))
+    assert insecure.get("k") == b"v"
+    untrusted = RedisCache.connect(RedisConnection(address=server.address, tls=True))
+    with pytest.raises(redis.exceptions.ConnectionError, match="CERTIFICATE_VERIFY_FAILED"):
+        untrusted.get("k")
+    plain = RedisCache.connect(RedisConnection(address=server.address))
+    with pytest.raises(redis.exceptions.ConnectionError):
+        plain.get("k")
+    for c in (verified, insecure, untrusted, plain):
+        c.close()
+
+
 # -- Redis Cluster --------------------------------------------------------------------
 
 

@@ -31,7 +31,7 @@ def test_pool_cache_follows_the_routing_table(tmp_path, redis_server):
     path = tmp_path / "routing.json"
     write_table(path, None)
     seen = []
-    cache = PoolCache(FileTable(path, check_every=0), password=lambda ref: seen.append(ref) or "pw")
+    cache = PoolCache(FileTable(path, check_every=0), secrets=lambda ref: seen.append(ref) or "pw")
     cache.set("k", "v")  # no cache configured: a no-op
     assert cache.get("k") is None and cache.stats is None
 

@@ -6,6 +6,7 @@ master)."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from typing import Any
 
@@ -102,6 +103,11 @@ def classify(exc: BaseException) -> tuple[str, str]:
         return "AuthenticationFailed", f"Redis refused the credentials ({text}); check spec.cache.redis"
     if "NOAUTH" in str(exc):
         return "AuthenticationRequired", "Redis wants a password: set spec.cache.redis.passwordSecretRef"
+    if isinstance(exc, ssl.SSLError) or "SSL" in str(exc) or "CERTIFICATE" in str(exc):
+        return "TLSFailed", (
+            f"the TLS handshake with Redis failed ({text}); set spec.cache.redis.caSecretRef to the CA that "
+            "signed Redis's certificate (or insecureSkipVerify), or check spec.cache.redis.tls"
+        )
     if isinstance(exc, TimeoutError | asyncio.TimeoutError | redis.exceptions.TimeoutError):
         return "Timeout", f"Redis did not answer within spec.cache.redis.timeoutMilliseconds ({text})"
     if isinstance(exc, redis.exceptions.ClusterDownError) or "CLUSTERDOWN" in str(exc):

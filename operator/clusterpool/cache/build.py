@@ -10,7 +10,7 @@ from clusterpool.cache.redis import RedisCache, RedisConnection
 from clusterpool.core.cache_settings import CacheSettings, RedisSettings
 
 
-def redis_connection(settings: RedisSettings, password: str | None) -> RedisConnection:
+def redis_connection(settings: RedisSettings, password: str | None, ca_pem: str | None = None) -> RedisConnection:
     return RedisConnection(
         address=settings.address,
         cluster_nodes=settings.cluster_nodes,
@@ -19,11 +19,12 @@ def redis_connection(settings: RedisSettings, password: str | None) -> RedisConn
         password=password,
         tls=settings.tls,
         insecure_skip_verify=settings.insecure_skip_verify,
+        ca_pem=ca_pem,
         timeout_seconds=settings.timeout_milliseconds / 1000,
     )
 
 
-def build_cache(settings: CacheSettings, password: str | None = None) -> LayeredCache | None:
+def build_cache(settings: CacheSettings, password: str | None = None, ca_pem: str | None = None) -> LayeredCache | None:
     """The cache the settings describe; None for type None. Redis is not contacted here
     (the first call does, and an unreachable Redis only means misses)."""
     if settings.type == "None":
@@ -38,7 +39,10 @@ def build_cache(settings: CacheSettings, password: str | None = None) -> Layered
         if settings.redis is None:
             raise ValueError(f"cache type {settings.type} needs Redis settings")
         remote = RedisCache.connect(
-            redis_connection(settings.redis, password), settings.key_prefix, settings.version, settings.ttl_seconds
+            redis_connection(settings.redis, password, ca_pem),
+            settings.key_prefix,
+            settings.version,
+            settings.ttl_seconds,
         )
     return LayeredCache(
         remote,

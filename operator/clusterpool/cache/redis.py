@@ -42,6 +42,7 @@ class RedisConnection:
     password: str | None = field(default=None, repr=False)
     tls: bool = False
     insecure_skip_verify: bool = False
+    ca_pem: str | None = field(default=None, repr=False)  # CA bundle that signed the server's certificate
     timeout_seconds: float = 0.25
 
     def __post_init__(self) -> None:
@@ -66,6 +67,8 @@ class RedisConnection:
             if self.insecure_skip_verify:
                 kw["ssl_cert_reqs"] = ssl.CERT_NONE
                 kw["ssl_check_hostname"] = False
+            elif self.ca_pem:
+                kw["ssl_ca_data"] = self.ca_pem
         return kw
 
 

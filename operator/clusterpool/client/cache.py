@@ -7,8 +7,9 @@
 The cache is built from the routing table's `cache` settings and rebuilt when they change:
 a new spec.cache.version empties it at once (the old cache's unflushed writes are dropped,
 they belong to the old version), other changes flush it first. The Redis password is read
-from the Secret the table names: through the Kubernetes API by default, or given by the
-application (`password=`), or from $CLUSTERPOOL_CACHE_PASSWORD.
+from the Secret the table names: through the Kubernetes API by default (`secrets=` takes
+another reader), or given by the application (`password=`), or from
+$CLUSTERPOOL_CACHE_PASSWORD. A TLS CA bundle (caSecretRef) is read the same way.
 """
 
 from __future__ import annotations
@@ -27,11 +28,11 @@ from clusterpool.client.routing import RoutingTable, TableSource
 from clusterpool.core.cache_settings import CacheSettings, SecretRef
 
 log = logging.getLogger(__name__)
-PasswordSource = Callable[[SecretRef], str | None]
+SecretSource = Callable[[SecretRef], str | None]
 
 
-def secret_from_api(api_client: Any = None) -> PasswordSource:
-    """Read the password Secret through the Kubernetes API (needs `get` on that Secret)."""
+def secret_from_api(api_client: Any = None) -> SecretSource:
+    """Read a Secret's key through the Kubernetes API (needs `get` on that Secret)."""
 
     def read(ref: SecretRef) -> str | None:
         import kubernetes
@@ -48,11 +49,13 @@ class PoolCache:
     def __init__(
         self,
         source: TableSource,
-        password: str | PasswordSource | None = None,
+        password: str | None = None,
+        secrets: SecretSource | None = None,
         warm_up: bool = True,
     ) -> None:
         self.source, self.warm = source, warm_up
-        self._password = password
+        self._password = password or os.environ.get("CLUSTERPOOL_CACHE_PASSWORD") or None
+        self._secrets = secrets
         self._table: RoutingTable | None = None
         self._settings: CacheSettings | None = None
         self._cache: LayeredCache | None = None
@@ -72,7 +75,11 @@ class PoolCache:
 
     def _rebuild(self, settings: CacheSettings | None) -> None:
         old, old_settings = self._cache, self._settings
-        self._cache = build_cache(settings, self._password_for(settings)) if settings is not None else None
+        self._cache = None
+        if settings is not None:
+            r = settings.redis
+            password = self._password or self._read(r.password_secret if r else None)
+            self._cache = build_cache(settings, password, self._read(r.ca_secret if r else None))
         self._settings = settings
         if self._cache is not None and self.warm and settings is not None and settings.warm_up_keys:
             n = self._cache.warm_up(settings.warm_up_keys)
@@ -82,19 +89,13 @@ class PoolCache:
                 old.discard_pending()
             old.close()
 
-    def _password_for(self, settings: CacheSettings) -> str | None:
-        ref = settings.redis.password_secret if settings.redis else None
+    def _read(self, ref: SecretRef | None) -> str | None:
         if ref is None:
             return None
-        if isinstance(self._password, str):
-            return self._password
-        if os.environ.get("CLUSTERPOOL_CACHE_PASSWORD"):
-            return os.environ["CLUSTERPOOL_CACHE_PASSWORD"]
-        reader = self._password or secret_from_api()
         try:
-            return reader(ref)
-        except Exception as exc:  # no password: Redis will refuse, and the cache degrades to misses
-            log.warning("cannot read the cache password from Secret %s/%s: %s", ref.namespace, ref.name, exc)
+            return (self._secrets or secret_from_api())(ref)
+        except Exception as exc:  # then Redis refuses us, and the cache degrades to misses
+            log.warning("cannot read Secret %s/%s for the cache: %s", ref.namespace, ref.name, exc)
             return None
 
     def get(self, key: str) -> bytes | None:

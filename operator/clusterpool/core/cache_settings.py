@@ -32,6 +32,7 @@ class RedisSettings:
     password_secret: SecretRef | None = None
     tls: bool = False
     insecure_skip_verify: bool = False
+    ca_secret: SecretRef | None = None
     timeout_milliseconds: int = 250
 
 
@@ -67,7 +68,7 @@ class CacheSettings:
         }
         r = self.redis
         if r is not None:
-            secret = r.password_secret
+            secret, ca = r.password_secret, r.ca_secret
             out["redis"] = {
                 "address": r.address,
                 "clusterNodes": list(r.cluster_nodes),
@@ -78,6 +79,7 @@ class CacheSettings:
                 ),
                 "tls": r.tls,
                 "insecureSkipVerify": r.insecure_skip_verify,
+                "caSecretRef": {"namespace": ca.namespace, "name": ca.name, "key": ca.key} if ca else None,
                 "timeoutMilliseconds": r.timeout_milliseconds,
             }
         return out
@@ -88,7 +90,7 @@ class CacheSettings:
         r = raw.get("redis")
         redis = None
         if r:
-            ref = r.get("passwordSecretRef")
+            ref, ca = r.get("passwordSecretRef"), r.get("caSecretRef")
             redis = RedisSettings(
                 address=r.get("address"),
                 cluster_nodes=tuple(str(a) for a in r.get("clusterNodes") or ()),
@@ -97,6 +99,7 @@ class CacheSettings:
                 password_secret=SecretRef(str(ref["namespace"]), str(ref["name"]), str(ref["key"])) if ref else None,
                 tls=bool(r.get("tls")),
                 insecure_skip_verify=bool(r.get("insecureSkipVerify")),
+                ca_secret=SecretRef(str(ca["namespace"]), str(ca["name"]), str(ca["key"])) if ca else None,
                 timeout_milliseconds=int(r.get("timeoutMilliseconds") or 250),
             )
         policy, mode = str(raw.get("policy", "LRU")), str(raw.get("writeMode", "WriteThrough"))

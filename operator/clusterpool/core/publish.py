@@ -184,7 +184,7 @@ def cache_settings(spec: api.ClusterPoolSpec, namespace: str, name: str) -> Cach
         return None
     redis = None
     if c.redis is not None:
-        ref = c.redis.password_secret_ref
+        ref, ca = c.redis.password_secret_ref, c.redis.ca_secret_ref
         redis = RedisSettings(
             address=c.redis.address,
             cluster_nodes=tuple(c.redis.cluster_nodes or ()),
@@ -193,6 +193,7 @@ def cache_settings(spec: api.ClusterPoolSpec, namespace: str, name: str) -> Cach
             password_secret=SecretRef(namespace, ref.name, ref.key) if ref else None,
             tls=c.redis.tls,
             insecure_skip_verify=c.redis.insecure_skip_verify,
+            ca_secret=SecretRef(namespace, ca.name, ca.key) if ca else None,
             timeout_milliseconds=c.redis.timeout_milliseconds,
         )
     return CacheSettings(
