@@ -89,7 +89,9 @@ def test_a_version_change_warms_up_and_removes_old_entries(pools, tcp_backends, 
     wait_for(lambda: event_messages(pools, "ver", "CacheVersionChanged"), 20, "a CacheVersionChanged Event")
     assert "version 1 -> 2" in event_messages(pools, "ver", "CacheVersionChanged")[0]
     st = wait_for(
-        lambda: (s := pools.status("ver").get("cache", {})).get("removedKeys") is not None and s, 30, "the cleanup"
+        lambda: (s := pools.status("ver")["cache"])["version"] == 2 and s.get("removedKeys") is not None and s,
+        30,
+        "the cleanup after the version change",
     )
     assert st["version"] == 2 and st["warmedKeys"] == 100 and st["removedKeys"] == 300
     wait_for(lambda: pools.status("ver")["cache"].get("keys") == 100, 20, "the key count of version 2")
@@ -156,3 +158,24 @@ def test_tls_with_a_ca_from_a_secret(pools, tcp_backends, redis_server):
     assert cond["reason"] == "TLSFailed" and "caSecretRef" in cond["message"]
     table = json.loads(routing(pools, "trusted"))["cache"]["redis"]
     assert table["caSecretRef"] == {"namespace": pools.namespace, "name": "redis-ca", "key": "ca.crt"}
+
+
+def test_a_redis_cluster_cache(pools, tcp_backends, redis_cluster):
+    backends = tcp_backends(1)
+    nodes = redis_cluster.addresses[:2]  # some of the nodes: the rest are found from them
+    pools.create("clu", spec(backends, {"type": "Redis", "redis": {"clusterNodes": nodes}}))
+    cond = wait_for(lambda: (c := pools.condition("clu", "CacheReady")).get("status") == "True" and c, 20, "Ready")
+    assert cond["message"].startswith("Redis Cluster at ")
+    prefix = f"clusterpool:{pools.namespace}/clu:"
+    cache = RedisCache.connect(RedisConnection(cluster_nodes=tuple(nodes)), prefix, version=1)
+    cache.set_many({f"k{i}": "v" for i in range(90)})
+    # a version change recounts; the old version's 90 entries, spread over three masters, go
+    pools.patch_spec("clu", {"cache": {"type": "Redis", "version": 2, "redis": {"clusterNodes": nodes}}})
+    st = wait_for(
+        lambda: (s := pools.status("clu")["cache"])["version"] == 2 and s.get("removedKeys") is not None and s,
+        30,
+        "the cleanup after the version change",
+    )
+    assert st["removedKeys"] == 90
+    assert sum(redis.Redis(host=n.host, port=n.port).dbsize() for n in redis_cluster.nodes) == 0
+    cache.close()
