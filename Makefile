@@ -26,9 +26,11 @@ controlplane: venv
 	@$(PY) scripts/controlplane.py build >/dev/null
 	@$(PY) scripts/consul.py build >/dev/null
 	@$(PY) scripts/redis_servers.py install
+	@$(PY) scripts/helm.py build >/dev/null
 
 crd: venv
 	$(PY) -m clusterpool.crd > crds/clusterpool.dev_clusterpools.yaml
+	cp crds/clusterpool.dev_clusterpools.yaml charts/clusterpool-operator/crds/
 
 demo: controlplane
 	@$(PY) scripts/demo.py up
