@@ -48,13 +48,13 @@ test-integration: controlplane
 	scripts/netns-run $(PY) -m pytest tests/integration
 
 lint: venv
-	$(VENV)/bin/ruff check operator tests scripts bench
-	$(VENV)/bin/ruff format --check operator tests scripts bench
+	$(VENV)/bin/ruff check operator tests scripts bench examples
+	$(VENV)/bin/ruff format --check operator tests scripts bench examples
 	$(VENV)/bin/mypy
 
 format: venv
-	$(VENV)/bin/ruff check --fix operator tests scripts bench
-	$(VENV)/bin/ruff format operator tests scripts bench
+	$(VENV)/bin/ruff check --fix operator tests scripts bench examples
+	$(VENV)/bin/ruff format operator tests scripts bench examples
 
 bench: controlplane
 	@echo "==> installing the bench references: litellm (balancers), cachetools (memory cache)"

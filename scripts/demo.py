@@ -2,8 +2,9 @@
 """`make demo`: a ClusterPool working end to end on this machine.
 
 up     a control plane (a local etcd + kube-apiserver unless $KUBECONFIG is set),
-       the CRD, three demo backends on 127.0.0.2-4:18080, the operator, and the
-       sample pool; waits until the pool is Ready and shows it
+       the CRD, three demo backends on 127.0.0.2-4:18080, a redis-server on
+       127.0.0.1:16379 for the pool's cache, the operator, and the sample pool; waits
+       until the pool is Ready and shows it
 down   stops all of it
 """
 
@@ -25,6 +26,7 @@ STATE = ROOT / ".demo"
 SAMPLE = ROOT / "manifests" / "samples" / "static-pool.yaml"
 BACKENDS = {"llm-a": "127.0.0.2", "llm-b": "127.0.0.3", "llm-c": "127.0.0.4"}
 PORT = 18080
+REDIS_PORT = 16379
 
 
 def say(msg: str) -> None:
@@ -89,6 +91,14 @@ def up() -> int:
         )
     say(f"demo backends on {', '.join(f'{h}:{PORT}' for h in BACKENDS.values())}")
 
+    if not (STATE / "redis.pid").exists():
+        if not port_free("127.0.0.1", REDIS_PORT):
+            print(f"error: 127.0.0.1:{REDIS_PORT} is in use; run `make demo-down` or free the port", file=sys.stderr)
+            return 1
+        redis_args = ["--port", str(REDIS_PORT), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        spawn("redis", ["redis-server", *redis_args, "--dir", str(STATE)], env)
+        say(f"redis-server on 127.0.0.1:{REDIS_PORT} (the pool's cache)")
+
     if not (STATE / "operator.pid").exists():
         liveness = f"http://127.0.0.1:{controlplane.free_port()}/healthz"
         op_env = {**env, "PYTHONPATH": str(ROOT / "operator")}
@@ -117,8 +127,10 @@ def up() -> int:
 The pool is Ready. Try:
   export KUBECONFIG={env["KUBECONFIG"]}
   kubectl describe clusterpool demo                  # per-endpoint health, conditions, Events
+  kubectl get clusterpools -o wide                   # CACHE: the layered cache's Redis answers
   kill $(cat {STATE}/backend-llm-b.pid)              # llm-b turns Unhealthy within ~4s
   kubectl get clusterpools -w
+  kill $(cat {STATE}/redis.pid)                      # CacheReady turns False (the pool stays Ready)
 (kubectl is also at {controlplane.kubectl_path()})
 Stop everything with: make demo-down""")
     return 0

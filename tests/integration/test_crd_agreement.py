@@ -2,11 +2,15 @@
 accept and reject the same specs, and default them the same way."""
 
 import pytest
+import yaml
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from clusterpool import api
+from conftest import ROOT
 from samples import INVALID, VALID
+
+MANIFEST_SAMPLES = sorted((ROOT / "manifests" / "samples").glob("*.yaml")) + sorted((ROOT / "examples").rglob("*.yaml"))
 
 
 def server_dry_run(pools, spec):
@@ -22,6 +26,15 @@ def test_valid_samples_are_accepted_and_defaulted_alike(pools, name):
     model = api.parse_spec(VALID[name]).model_dump(by_alias=True, exclude_none=True)
     assert stored == model
     assert api.parse_spec(stored).model_dump(by_alias=True, exclude_none=True) == model
+
+
+@pytest.mark.parametrize("path", MANIFEST_SAMPLES, ids=lambda p: p.name)
+def test_shipped_sample_manifests_are_valid(pools, path):
+    pool_docs = [d for d in yaml.safe_load_all(path.read_text()) if d and d.get("kind") == api.KIND]
+    assert pool_docs, f"{path} has no ClusterPool"
+    for doc in pool_docs:
+        api.parse_spec(doc["spec"])
+        server_dry_run(pools, doc["spec"])
 
 
 @pytest.mark.parametrize("name", sorted(INVALID))
