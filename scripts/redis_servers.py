@@ -136,6 +136,7 @@ class RedisServer:
             except (RuntimeError, subprocess.TimeoutExpired):
                 pass
             time.sleep(0.05)
+        self.stop(kill=True)
         raise TimeoutError(f"redis-server on port {self.port} did not answer PING within {timeout}s")
 
     def stop(self, kill: bool = False) -> None:
@@ -162,10 +163,11 @@ class RedisCluster:
     nodes: list[RedisServer] = field(default_factory=list)
 
     def start(self, timeout: float = 30.0) -> RedisCluster:
-        self.nodes = [
-            RedisServer(self.dir / f"node-{i}", port=cluster_port(), password=self.password, cluster=True).start()
-            for i in range(self.masters)
-        ]
+        self.nodes = []
+        for i in range(self.masters):  # one by one, so that stop() finds every node started
+            node = RedisServer(self.dir / f"node-{i}", port=cluster_port(), password=self.password, cluster=True)
+            self.nodes.append(node)
+            node.start()
         auth = ["-a", self.password, "--no-auth-warning"] if self.password else []
         subprocess.run(
             ["redis-cli", *auth, "--cluster", "create", *(n.address for n in self.nodes), "--cluster-yes"],

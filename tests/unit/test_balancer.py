@@ -123,6 +123,23 @@ def test_consistent_hash_bounded_load_spills_to_the_next_target():
     assert plain.pick("hot").name == hot.name
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["start", "finish", "update"]), st.integers(0, 5)), max_size=60))
+def test_the_running_in_flight_total_matches_the_counts(ops):
+    """ConsistentHash's bounded load reads a running total instead of summing every pick."""
+    for b in (ConsistentHash(load_factor=1.25), Adaptive(), LeastConnections()):
+        b.update(targets(4))
+        for op, n in ops:
+            t = Target(f"t{n}", "10.0.0.9", 8000)  # t4 and t5 are not (or no longer) targets
+            if op == "start":
+                b.started(t)
+            elif op == "finish":
+                b.finished(t, 0.01)
+            else:
+                b.update(targets(n % 4 + 1))
+            assert b._total == sum(b._loads)
+
+
 class Clock:
     def __init__(self):
         self.t = 0.0

@@ -40,6 +40,7 @@ class Balancer:
         self._targets: tuple[Target, ...] = ()
         self._index: dict[str, int] = {}
         self._loads: list[int] = []
+        self._total = 0  # sum of _loads, kept as requests start and finish
 
     @property
     def targets(self) -> tuple[Target, ...]:
@@ -53,6 +54,7 @@ class Balancer:
             self._targets = tuple(targets)
             self._index = {t.name: i for i, t in enumerate(self._targets)}
             self._loads = [old.get(t.name, 0) for t in self._targets]
+            self._total = sum(self._loads)
             self._rebuild()
 
     def _rebuild(self) -> None:
@@ -70,12 +72,14 @@ class Balancer:
             i = self._index.get(target.name)
             if i is not None:
                 self._loads[i] += 1
+                self._total += 1
 
     def finished(self, target: Target, latency_s: float, ok: bool = True) -> None:
         with self._lock:
             i = self._index.get(target.name)
             if i is not None and self._loads[i] > 0:
                 self._loads[i] -= 1
+                self._total -= 1
 
     @contextmanager
     def lease(self, key: str | None = None) -> Iterator[Target]:
@@ -268,7 +272,7 @@ class ConsistentHash(Balancer):
         if self.load_factor is None:
             return self._targets[i]
         loads = self._loads
-        cap = max(1, math.ceil(self.load_factor * (sum(loads) + 1) / len(self._live)))
+        cap = max(1, math.ceil(self.load_factor * (self._total + 1) / len(self._live)))
         for step in range(min(size, 64 * len(self._live))):
             j = table[(slot + step) % size]
             if loads[j] < cap:
@@ -323,6 +327,7 @@ class Adaptive(Balancer):
             i = self._index.get(target.name)
             if i is not None and self._loads[i] > 0:
                 self._loads[i] -= 1
+                self._total -= 1
             ewma, at = self._ewma.get(target.name, (latency_s, now))
             decayed = ewma * math.exp(-(now - at) / self.decay_s)
             if latency_s > decayed:
