@@ -107,9 +107,14 @@ class Agent:
     pid: int
     http: str  # http://127.0.0.1:PORT
     data_dir: str
+    https: str | None = None  # https://127.0.0.1:PORT, when started with TLS
 
 
-def up(state_dir: Path, timeout: float = 60.0, http_port: int | None = None) -> Agent:
+def up(
+    state_dir: Path, timeout: float = 60.0, http_port: int | None = None, tls: tuple[str, str, str] | None = None
+) -> Agent:
+    """With `tls` (certificate, key and CA files) the agent serves its API over https on a
+    port of its own as well."""
     binary = build()
     state_dir.mkdir(parents=True, exist_ok=True)
     port = http_port or free_port()
@@ -122,8 +127,13 @@ def up(state_dir: Path, timeout: float = 60.0, http_port: int | None = None) -> 
         "serf_wan": free_port(),
         "server": free_port(),
     }
+    config: dict[str, object] = {"ports": ports}
+    if tls is not None:
+        ports["https"] = free_port()
+        cert, key, ca = tls
+        config["tls"] = {"defaults": {"cert_file": cert, "key_file": key, "ca_file": ca, "verify_incoming": False}}
     cfg = state_dir / "ports.json"
-    cfg.write_text(json.dumps({"ports": ports}))
+    cfg.write_text(json.dumps(config))
     out = (state_dir / "consul.log").open("wb")
     proc = subprocess.Popen(
         [
@@ -143,7 +153,7 @@ def up(state_dir: Path, timeout: float = 60.0, http_port: int | None = None) -> 
         env=go_env(),
     )
     http = f"http://127.0.0.1:{port}"
-    agent = Agent(proc.pid, http, str(state_dir))
+    agent = Agent(proc.pid, http, str(state_dir), f"https://127.0.0.1:{ports['https']}" if tls else None)
     (state_dir / "agent.json").write_text(json.dumps(asdict(agent)))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -133,6 +133,11 @@ INVALID: dict[str, dict[str, Any]] = {
     ),
     "cache-warm-from-same-version": static(cache={"type": "Memory", "version": 4, "warmUp": {"fromVersion": 4}}),
     "cache-ttl-zero": static(cache={"type": "Memory", "ttlSeconds": 0}),
+    "consul-ca-without-https": {
+        "discovery": {
+            "consul": {"address": "http://consul:8500", "service": "vllm", "caSecretRef": {"name": "c", "key": "k"}}
+        }
+    },
     "cache-ca-without-tls": static(
         cache={"type": "Redis", "redis": {"address": "redis:6379", "caSecretRef": {"name": "ca", "key": "ca.crt"}}}
     ),

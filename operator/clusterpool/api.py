@@ -157,8 +157,16 @@ class SecretKeyRef(Model):
     key: str = Field(min_length=1, max_length=253, description="The key within the Secret.")
 
 
+_CA_HTTPS = (
+    "!has(self.caSecretRef) || self.address.startsWith('https://')",
+    "caSecretRef applies only to an https:// Consul address",
+)
+
+
 class ConsulConnection(Model):
     """How to reach Consul."""
+
+    model_config = ConfigDict(json_schema_extra=_cel(_CA_HTTPS))
 
     address: str = Field(
         min_length=1,
@@ -170,12 +178,23 @@ class ConsulConnection(Model):
         default=None, description="The ACL token, from a Secret in the pool's namespace (never logged)."
     )
     insecure_skip_verify: bool = Field(default=False, description="With https, accept any certificate.")
+    ca_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="With https, the CA bundle (PEM) that signed Consul's certificate, from a Secret in the "
+        "pool's namespace (default: the system's trusted CAs).",
+    )
     tags: list[Annotated[str, Field(max_length=128)]] = Field(
         default_factory=list,
         max_length=16,
         description="Service tags: to match (discovery: all of them) or to set (publish).",
         json_schema_extra={"default": []},
     )
+
+    @model_validator(mode="after")
+    def _ca_needs_https(self) -> ConsulConnection:
+        if self.ca_secret_ref is not None and not self.address.startswith("https://"):
+            raise ValueError(_CA_HTTPS[1])
+        return self
 
 
 class ConsulDiscovery(ConsulConnection):

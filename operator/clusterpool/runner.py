@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import random
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
@@ -40,7 +41,7 @@ from clusterpool.core.publish import (
     cache_settings,
 )
 from clusterpool.core.status import ConditionSpec, render_status, restore_state, rfc3339
-from clusterpool.discovery.consul import ConsulWatcher
+from clusterpool.discovery.consul import ConsulError, ConsulWatcher
 from clusterpool.discovery.consul_publish import ConsulPublisher, Instance
 from clusterpool.discovery.kubernetes import members_from_slices, selects
 from clusterpool.discovery.static import static_members
@@ -221,11 +222,15 @@ class PoolRunner:
         if first and status.get("source") == "Consul" and self.consul_members is None:
             self.consul_members = members_from_status(status)  # until Consul answers
         self.consul = ConsulWatcher(
-            want, self._token_reader(want.token_secret_ref), self._consul_changed, self._consul_health
+            want,
+            self._secret_reader(want.token_secret_ref),
+            self._consul_changed,
+            self._consul_health,
+            ca=self._secret_reader(want.ca_secret_ref),
         )
         self.consul.start()
 
-    def _token_reader(self, ref: api.SecretKeyRef | None) -> Callable[[], Awaitable[str | None]]:
+    def _secret_reader(self, ref: api.SecretKeyRef | None) -> Callable[[], Awaitable[str | None]]:
         namespace = str((self.body.get("metadata") or {}).get("namespace"))
 
         async def token() -> str | None:
@@ -254,7 +259,8 @@ class PoolRunner:
                 str(meta.get("namespace")),
                 str(meta.get("name")),
                 spec.health_check.interval_seconds,
-                self._token_reader(want.token_secret_ref),
+                self._secret_reader(want.token_secret_ref),
+                self._secret_reader(want.ca_secret_ref),
             )
 
     async def sync_consul(self) -> None:
@@ -273,7 +279,7 @@ class PoolRunner:
             instances.append(Instance(ep.name, ep.address, ep.port, status, h.message or h.health))
         try:
             await self.consul_publisher.sync(instances)
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, ConsulError, ssl.SSLError) as exc:
             problem = ConditionSpec("PublishedToConsul", "False", "ConsulUnreachable", f"{type(exc).__name__}: {exc}")
             if self.consul_published is None or self.consul_published.status == "True":
                 self.emit("Warning", "ConsulPublishFailed", problem.message)

@@ -5,6 +5,7 @@ import httpx
 import pytest
 
 import consul as consul_script
+import controlplane
 from backends import free_port
 from conftest import wait_for
 
@@ -13,7 +14,11 @@ PROMPT = 5  # changes reach the pool promptly (blocking queries); measured by a 
 
 @pytest.fixture(scope="module")
 def consul_agent(tmp_path_factory):
-    agent = consul_script.up(tmp_path_factory.mktemp("consul"), http_port=free_port())
+    certs = tmp_path_factory.mktemp("consul-certs")
+    controlplane.make_certs(certs)  # a CA and a serving certificate for 127.0.0.1
+    tls = (str(certs / "apiserver.crt"), str(certs / "apiserver.key"), str(certs / "ca.crt"))
+    agent = consul_script.up(tmp_path_factory.mktemp("consul"), http_port=free_port(), tls=tls)
+    agent.ca_pem = (certs / "ca.crt").read_text()
     yield agent
     consul_script.down(agent)
 
@@ -134,3 +139,25 @@ def test_publish_consul_registers_health_correct_entries_and_removes_them(pools,
     pools.delete("pub")
     wait_for(lambda: pools.get("pub") is None, 15, "the pool deleted")
     assert consul_health(consul_agent, "llm-pool") == {}
+
+
+def test_https_with_a_ca_from_a_secret(pools, http_backends, consul_agent):
+    c = Consul(consul_agent.http)
+    backends = http_backends(1)
+    c.register("tls-0", backends[0])
+    pools.core.create_namespaced_secret(
+        pools.namespace, {"metadata": {"name": "consul-ca"}, "stringData": {"ca.crt": consul_agent.ca_pem}}
+    )
+    https = {"address": consul_agent.https}
+    pools.create("trusted", spec(consul_agent, **https, caSecretRef={"name": "consul-ca", "key": "ca.crt"}))
+    pools.create("untrusted", spec(consul_agent, **https))
+    pools.create("missing", spec(consul_agent, **https, caSecretRef={"name": "nope", "key": "ca.crt"}))
+    wait_for(lambda: pools.status("trusted").get("total") == 1, 20, "the trusted pool to read Consul over https")
+    for name, text in (("untrusted", "CERTIFICATE_VERIFY_FAILED"), ("missing", "named by caSecretRef")):
+        cond = wait_for(
+            lambda n=name: (c := pools.condition(n, "DiscoveryDegraded")).get("status") == "True" and c,
+            20,
+            f"{name}: DiscoveryDegraded",
+        )
+        assert text in cond["message"], cond
+    c.deregister("tls-0")

@@ -13,12 +13,13 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import httpx
 
-from clusterpool.api import ConsulDiscovery
+from clusterpool.api import ConsulConnection, ConsulDiscovery
 from clusterpool.core.health import Endpoint
 from clusterpool.discovery.kubernetes import member_name
 
@@ -65,17 +66,35 @@ OnChange = Callable[[tuple[Endpoint, ...]], None]
 OnHealth = Callable[[str | None], None]  # None: reachable; else what failed
 
 
+SecretValue = Callable[[], Awaitable[str | None]]
+
+
+async def consul_client(spec: ConsulConnection, ca: SecretValue | None, **kw: Any) -> httpx.AsyncClient:
+    """An HTTP client for Consul that verifies its certificate against caSecretRef's CA
+    bundle when set (else the system's CAs, or nothing with insecureSkipVerify)."""
+    verify: ssl.SSLContext | bool = not spec.insecure_skip_verify
+    ref = spec.ca_secret_ref
+    if ref is not None and not spec.insecure_skip_verify:
+        pem = await ca() if ca is not None else None
+        if not pem:
+            raise ConsulError(f"Secret {ref.name} (key {ref.key}) named by caSecretRef cannot be read")
+        verify = ssl.create_default_context(cadata=pem)
+    return httpx.AsyncClient(verify=verify, **kw)
+
+
 class ConsulWatcher:
     def __init__(
         self,
         spec: ConsulDiscovery,
-        token: Callable[[], Awaitable[str | None]],
+        token: SecretValue,
         on_change: OnChange,
         on_health: OnHealth,
         max_backoff: float = 30.0,
+        ca: SecretValue | None = None,
     ) -> None:
         self.spec = spec
         self.token = token
+        self.ca = ca
         self.on_change = on_change
         self.on_health = on_health
         self.max_backoff = max_backoff
@@ -107,9 +126,12 @@ class ConsulWatcher:
         index, backoff = 0, 0.5
         url = f"{self.spec.address}/v1/health/service/{self.spec.service}"
         timeout = httpx.Timeout(10.0, read=self.spec.wait_seconds + 15.0)
-        async with httpx.AsyncClient(timeout=timeout, verify=not self.spec.insecure_skip_verify) as http:
+        http: httpx.AsyncClient | None = None
+        try:
             while True:
                 try:
+                    if http is None:
+                        http = await consul_client(self.spec, self.ca, timeout=timeout)
                     token = await self.token()
                     headers = {"X-Consul-Token": token} if token else {}
                     r = await http.get(url, params=self._params(index), headers=headers)
@@ -125,10 +147,13 @@ class ConsulWatcher:
                         self.on_change(members)
                 except asyncio.CancelledError:
                     raise
-                except (httpx.HTTPError, ConsulError, ValueError) as exc:
+                except (httpx.HTTPError, ConsulError, ValueError, ssl.SSLError) as exc:
                     self.on_health(f"{type(exc).__name__}: {exc}"[:300])
                     await asyncio.sleep(backoff * (0.5 + random.random()))
                     backoff = min(backoff * 2, self.max_backoff)
+        finally:
+            if http is not None:
+                await http.aclose()
 
 
 class ConsulError(Exception):

@@ -7,12 +7,12 @@ if the operator stops refreshing it (TTL = 3 x the probe interval)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import httpx
 
 from clusterpool.api import ConsulPublish
+from clusterpool.discovery.consul import SecretValue, consul_client
 
 _ID = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -37,13 +37,19 @@ class ConsulPublisher:
         namespace: str,
         pool: str,
         interval_s: int,
-        token: Callable[[], Awaitable[str | None]],
+        token: SecretValue,
+        ca: SecretValue | None = None,
     ) -> None:
         self.spec, self.namespace, self.pool = spec, namespace, pool
         self.ttl = f"{3 * interval_s}s"
-        self.token = token
+        self.token, self.ca = token, ca
         self.registered: dict[str, Instance] = {}  # id -> what was registered
-        self.http = httpx.AsyncClient(base_url=spec.address, timeout=10.0, verify=not spec.insecure_skip_verify)
+        self._http: httpx.AsyncClient | None = None
+
+    async def _client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            self._http = await consul_client(self.spec, self.ca, base_url=self.spec.address, timeout=10.0)
+        return self._http
 
     async def _headers(self) -> dict[str, str]:
         token = await self.token()
@@ -52,7 +58,7 @@ class ConsulPublisher:
     async def _existing(self, headers: dict[str, str]) -> list[str]:
         """This pool's instances on the agent (also those registered before a restart)."""
         expr = f'Meta["clusterpool-namespace"] == "{self.namespace}" and Meta["clusterpool-pool"] == "{self.pool}"'
-        r = await self.http.get("/v1/agent/services", headers=headers, params={"filter": expr})
+        r = await (await self._client()).get("/v1/agent/services", headers=headers, params={"filter": expr})
         r.raise_for_status()
         return list(r.json())
 
@@ -66,7 +72,7 @@ class ConsulPublisher:
         for iid, inst in want.items():
             old = self.registered.get(iid)
             if old is None or (old.address, old.port) != (inst.address, inst.port):
-                r = await self.http.put(
+                r = await (await self._client()).put(
                     "/v1/agent/service/register",
                     headers=headers,
                     json={
@@ -91,7 +97,7 @@ class ConsulPublisher:
                 )
                 r.raise_for_status()
             verb = {"passing": "pass", "warning": "warn"}.get(inst.status, "fail")
-            r = await self.http.put(
+            r = await (await self._client()).put(
                 f"/v1/agent/check/{verb}/{iid}-health", headers=headers, params={"note": inst.note[:500]}
             )
             r.raise_for_status()
@@ -100,7 +106,7 @@ class ConsulPublisher:
             await self._deregister(iid, headers)
 
     async def _deregister(self, iid: str, headers: dict[str, str]) -> None:
-        r = await self.http.put(f"/v1/agent/service/deregister/{iid}", headers=headers)
+        r = await (await self._client()).put(f"/v1/agent/service/deregister/{iid}", headers=headers)
         if r.status_code not in (200, 404):
             r.raise_for_status()
         self.registered.pop(iid, None)
@@ -111,4 +117,5 @@ class ConsulPublisher:
             await self._deregister(iid, headers)
 
     async def close(self) -> None:
-        await self.http.aclose()
+        if self._http is not None:
+            await self._http.aclose()
