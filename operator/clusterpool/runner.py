@@ -40,7 +40,7 @@ from clusterpool.core.publish import (
     build_service,
     cache_settings,
 )
-from clusterpool.core.status import ConditionSpec, render_status, restore_state, rfc3339
+from clusterpool.core.status import ConditionSpec, merge_patch, render_status, restore_state, rfc3339
 from clusterpool.discovery.consul import ConsulError, ConsulWatcher
 from clusterpool.discovery.consul_publish import ConsulPublisher, Instance
 from clusterpool.discovery.kubernetes import members_from_slices, selects
@@ -473,15 +473,12 @@ class PoolRunner:
 
     async def publish(self) -> None:
         status = self.render()
-        if self.last_written is None:
-            current = dict(self.body.get("status") or {})
-            if _same(current, status):
-                self.last_written = status
-                return
-        elif _same(self.last_written, status):
+        previous = self.last_written if self.last_written is not None else _plain(self.body.get("status") or {})
+        if _same(previous, status):
+            self.last_written = status
             return
         self._emit_ready_change(status)
-        if await self.write_status(status):
+        if await self.write_status(merge_patch(previous, status)):
             self.last_written = status
 
     def _emit_ready_change(self, status: dict[str, Any]) -> None:

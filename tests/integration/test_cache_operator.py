@@ -136,6 +136,10 @@ def test_a_memory_cache_is_local_only(pools, tcp_backends):
     assert cond["status"] == "True" and cond["reason"] == "LocalOnly"
     assert pools.status("mem")["cache"] == {"type": "Memory", "version": 1}
     assert json.loads(routing(pools, "mem"))["cache"]["redis"] is None
+    pools.patch_spec("mem", {"cache": None})  # no cache any more: its status and condition go
+    wait_for(lambda: "cache" not in pools.status("mem"), 20, "status.cache to be removed")
+    assert pools.condition("mem", "CacheReady") == {}
+    assert json.loads(routing(pools, "mem"))["cache"] is None
 
 
 def test_tls_with_a_ca_from_a_secret(pools, tcp_backends, redis_server):
@@ -179,3 +183,34 @@ def test_a_redis_cluster_cache(pools, tcp_backends, redis_cluster):
     assert st["removedKeys"] == 90
     assert sum(redis.Redis(host=n.host, port=n.port).dbsize() for n in redis_cluster.nodes) == 0
     cache.close()
+
+
+def test_an_operator_killed_mid_cleanup_finishes_it_after_restart(pools, tcp_backends, redis_server, operator):
+    server = redis_server()
+    backends = tcp_backends(1)
+    cache = {"type": "Redis", "redis": {"address": server.address}}
+    pools.create("big", spec(backends, cache))
+    wait_for(lambda: pools.condition("big", "CacheReady").get("status") == "True", 30, "CacheReady")
+    r = redis.Redis(host=server.host, port=server.port)
+    old = f"clusterpool:{pools.namespace}/big:v1:"
+    for start in range(0, 300_000, 20_000):
+        pipe = r.pipeline(transaction=False)
+        for i in range(start, start + 20_000):
+            pipe.set(f"{old}{i}", b"x")
+        pipe.execute()
+
+    def left():
+        return sum(1 for _ in r.scan_iter(match=f"{old}*", count=10_000))
+
+    pools.patch_spec("big", {"cache": {**cache, "version": 2}})
+    wait_for(lambda: left() < 300_000, 30, "the cleanup to begin")
+    operator.restart(kill=True)  # mid-cleanup, as a crash would
+    remaining = left()
+    assert 0 < remaining < 300_000, remaining
+    st = wait_for(
+        lambda: (s := pools.status("big")["cache"])["version"] == 2 and s.get("removedKeys") is not None and s,
+        60,
+        "the restarted operator to finish the cleanup",
+    )
+    assert left() == 0 and st["removedKeys"] == remaining
+    assert len(event_messages(pools, "big", "CacheVersionChanged")) == 1  # not announced twice

@@ -160,3 +160,29 @@ def test_restore_ignores_endpoints_that_moved():
     moved = (Endpoint("a", "127.0.0.9", 80), *EPS[1:])
     restored = restore_state(moved, render(state))
     assert restored.health.of("a").health == "Unknown" and restored.health.of("b").health == "Healthy"
+
+
+def test_merge_patch_deletes_what_is_gone():
+    from clusterpool.core.status import merge_patch
+
+    old = {"cache": {"type": "Redis", "removedKeys": 3, "keys": 1}, "source": "Static", "endpoints": [{"a": 1}]}
+    new = {"cache": {"type": "Redis", "keys": 2}, "endpoints": [{"b": 2}]}
+    patch = merge_patch(old, new)
+    assert patch == {
+        "cache": {"type": "Redis", "keys": 2, "removedKeys": None},
+        "endpoints": [{"b": 2}],
+        "source": None,
+    }
+
+    def apply(target, p):  # RFC 7386
+        out = dict(target)
+        for k, v in p.items():
+            if v is None:
+                out.pop(k, None)
+            elif isinstance(v, dict) and isinstance(out.get(k), dict):
+                out[k] = apply(out[k], v)
+            else:
+                out[k] = v
+        return out
+
+    assert apply(old, patch) == new

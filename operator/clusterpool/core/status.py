@@ -187,6 +187,20 @@ def render_status(
     return out
 
 
+def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """A JSON merge patch (RFC 7386) that turns `old` into `new`: a merge patch keeps every
+    field it does not mention, so fields gone from `new` are sent as null. Lists are
+    replaced whole, as merge patches do."""
+    out: dict[str, Any] = {}
+    for k, v in new.items():
+        o = old.get(k)
+        out[k] = merge_patch(o, v) if isinstance(v, Mapping) and isinstance(o, Mapping) else v
+    for k in old:
+        if k not in new:
+            out[k] = None
+    return out
+
+
 def _int(x: Any) -> int:
     return x if isinstance(x, int) and not isinstance(x, bool) else 0
 
