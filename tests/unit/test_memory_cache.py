@@ -37,6 +37,20 @@ def test_lfu_evicts_the_least_frequently_used_then_the_least_recent():
     assert "d" not in c and "b" in c
 
 
+def test_lfu_admits_a_new_key_into_a_cache_of_hot_ones():
+    c = MemoryCache("LFU", max_entries=3)
+    for k in "abc":
+        c.set(k, k)
+        c.get(k)
+        c.get(k)
+    c.get("a")
+    # counts: a 4, b 3, c 3 (a write counts one). d has the fewest, but was just written:
+    c.set("d", "d")  # the least recent at the next count goes (b)
+    assert set(c.keys()) == {"a", "c", "d"} and c.get("d") == "d"  # d: 2
+    c.set("e", "e")  # e alone at 1: d, the fewest among the others, goes
+    assert set(c.keys()) == {"a", "c", "e"}
+
+
 def test_fifo_evicts_the_oldest_written_whatever_is_read():
     c = MemoryCache("FIFO", max_entries=2)
     c.set("a", 1)
@@ -152,8 +166,9 @@ class Model:
         self.items.pop(key, None)
         self.items[key] = [value, 1, self._tick()]
         while len(self.items) > self.max_entries or self.bytes > self.max_bytes:
-            if self.policy == "LFU":  # fewest reads, then least recently read or written
-                victim = min(self.items, key=lambda k: self.items[k][1:])
+            if self.policy == "LFU":  # fewest reads, then least recent; the new key only when alone
+                others = [k for k in self.items if k != key] or [key]
+                victim = min(others, key=lambda k: self.items[k][1:])
             else:
                 victim = next(iter(self.items))
             del self.items[victim]

@@ -10,7 +10,8 @@ nothing awaits, so asyncio tasks use it directly. Eviction order:
 - LRU: the least recently read or written;
 - LFU: the least often read (ties: the least recent among them), O(1) with frequency lists;
 - FIFO: the oldest written;
-- TTL: the one that expires first (entries expire after ttl_seconds under every policy).
+- TTL: expired entries first, then the oldest written (with one TTL for all entries, the
+  first to expire); entries expire after their TTL under every policy.
 Sizes count the value's bytes (len() of bytes/str, else len(repr())) plus the key's.
 
 get() is the hot path and is written for CPython's speed (bench/cache_bench.py): it takes the
@@ -194,8 +195,10 @@ class MemoryCache:
                 dropped += 1
         return dropped
 
-    def _make_room(self, now: float | None) -> None:
-        """Evict until within max_entries and max_bytes, expired entries first."""
+    def _make_room(self, now: float | None, new: str) -> None:
+        """Evict until within max_entries and max_bytes, expired entries first. The entry
+        just written (`new`) is not a candidate while others remain: under LFU it has the
+        fewest reads, and evicting it would keep every new key out of a cache of hot ones."""
         if now is None and self._may_expire:
             now = self._clock()  # set() had no TTL so did not read the clock, but others may expire
         data, max_bytes = self._data, self.max_bytes
@@ -203,7 +206,12 @@ class MemoryCache:
             if now is not None and self._purge_expired(now):
                 continue
             if self._lfu:
-                entry = self._root[_NEXT_NODE][_RING][_NEXT]  # fewest reads, least recent among them
+                node = self._root[_NEXT_NODE]
+                entry = node[_RING][_NEXT]  # fewest reads, least recent among them
+                if entry[_KEY] == new and len(data) > 1:
+                    entry = entry[_NEXT]  # the next least recent at that count...
+                    if entry is node[_RING]:  # ...or, the new entry alone at its count, the next count's
+                        entry = node[_NEXT_NODE][_RING][_NEXT]
                 del data[entry[_KEY]]
                 _unlink(entry)
             else:
@@ -269,7 +277,7 @@ class MemoryCache:
             data[key] = entry
             self._bytes += size
             if len(data) > self.max_entries or (max_bytes is not None and self._bytes > max_bytes):
-                self._make_room(now)
+                self._make_room(now, key)
         finally:
             lock.release()
 
