@@ -101,9 +101,11 @@ def up() -> int:
 
     if not (STATE / "operator.pid").exists():
         liveness = f"http://127.0.0.1:{controlplane.free_port()}/healthz"
+        metrics = f"http://127.0.0.1:{controlplane.free_port()}/metrics"
         op_env = {**env, "PYTHONPATH": str(ROOT / "operator")}
-        spawn("operator", [sys.executable, "-m", "clusterpool", "--liveness", liveness], op_env)
-        say(f"operator started (log: {STATE / 'operator.log'}, liveness: {liveness})")
+        spawn("operator", [sys.executable, "-m", "clusterpool", "--liveness", liveness, "--metrics", metrics], op_env)
+        (STATE / "metrics.url").write_text(metrics)
+        say(f"operator started (log: {STATE / 'operator.log'}, liveness: {liveness}, metrics: {metrics})")
 
     say("applying manifests/samples/static-pool.yaml")
     kubectl("apply", "-f", str(SAMPLE), env=env)
@@ -131,6 +133,7 @@ The pool is Ready. Try:
   kill $(cat {STATE}/backend-llm-b.pid)              # llm-b turns Unhealthy within ~4s
   kubectl get clusterpools -w
   kill $(cat {STATE}/redis.pid)                      # CacheReady turns False (the pool stays Ready)
+  curl -s $(cat {STATE}/metrics.url) | grep ^clusterpool_   # the operator's Prometheus metrics
 (kubectl is also at {controlplane.kubectl_path()})
 Stop everything with: make demo-down""")
     return 0

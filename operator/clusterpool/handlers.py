@@ -15,9 +15,11 @@ import kopf
 from clusterpool import api
 from clusterpool.k8s.client import SecretReader, StatusWriter, load_config, watch_api
 from clusterpool.k8s.publish import Publisher
+from clusterpool.metrics import Metrics
 from clusterpool.runner import PoolRunner
 
 FINALIZER = f"{api.GROUP}/finalizer"
+METRICS = Metrics()  # prometheus_client's default registry, served by __main__ with --metrics
 
 
 def configure_settings(settings: kopf.OperatorSettings) -> None:
@@ -52,7 +54,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo["secrets"] = SecretReader(client)
     memo["runners"] = {}  # (namespace, name) -> PoolRunner; shared: per-object memos copy this dict's reference
     runners: dict[tuple[str, str], PoolRunner] = memo["runners"]
-    memo["api_watch"] = asyncio.create_task(watch_api(client, lambda: list(runners.values())), name="api-watch")
+    memo["api_watch"] = asyncio.create_task(watch_api(client, lambda: [*runners.values(), METRICS]), name="api-watch")
 
 
 @kopf.on.cleanup(id="stop-api-watch")
@@ -76,7 +78,10 @@ async def pool_daemon(
     async def write_status(status: dict[str, Any]) -> bool:
         return await writer.patch_status(namespace, name, status)
 
+    metrics = METRICS.pool(namespace, name)
+
     def emit(type_: str, reason: str, message: str) -> None:
+        metrics.event(type_, reason)
         kopf.event(body, type=type_, reason=reason, message=message)
 
     index: kopf.Index[str, Any] = kwargs["slices_by_namespace"]
@@ -85,7 +90,14 @@ async def pool_daemon(
         return list(index.get(namespace, []))
 
     runner = PoolRunner(
-        body, write_status, emit, logger, publisher=memo["publisher"], slices=slices, secrets=memo["secrets"].read
+        body,
+        write_status,
+        emit,
+        logger,
+        publisher=memo["publisher"],
+        slices=slices,
+        secrets=memo["secrets"].read,
+        metrics=metrics,
     )
     memo["wake"] = runner.wake
     runners: dict[tuple[str, str], PoolRunner] = memo["runners"]
@@ -101,6 +113,7 @@ async def pool_daemon(
     finally:
         relay.cancel()
         runners.pop((namespace, name), None)
+        metrics.forget()
     if body.metadata.get("deletionTimestamp"):
         # The pool is going away: remove what it published (a real cluster's garbage
         # collector would too, through the ownerReferences; the test control plane has none).

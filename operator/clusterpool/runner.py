@@ -46,6 +46,7 @@ from clusterpool.discovery.consul_publish import ConsulPublisher, Instance
 from clusterpool.discovery.kubernetes import members_from_slices, selects
 from clusterpool.discovery.static import static_members
 from clusterpool.health.probes import Prober, probe_all, prober_for
+from clusterpool.metrics import PoolMetrics
 
 WriteStatus = Callable[[dict[str, Any]], Awaitable[bool]]
 
@@ -136,8 +137,10 @@ class PoolRunner:
         publisher: ObjectPublisher | None = None,
         slices: SliceSource | None = None,
         secrets: SecretReader | None = None,
+        metrics: PoolMetrics | None = None,
     ) -> None:
-        self.body = body  # a live view: kopf updates it as the object changes
+        self.body = body
+        self.metrics = metrics  # a live view: kopf updates it as the object changes
         self.write_status = write_status
         self.emit = emit
         self.log = logger
@@ -473,6 +476,8 @@ class PoolRunner:
 
     async def publish(self) -> None:
         status = self.render()
+        if self.metrics is not None:
+            self.metrics.status(status)
         previous = self.last_written if self.last_written is not None else _plain(self.body.get("status") or {})
         if _same(previous, status):
             self.last_written = status
@@ -509,7 +514,10 @@ class PoolRunner:
         await self.sync_consul()
         await self.check_cache()
         await self.publish()
-        return self.next_delay(time.monotonic() - start)
+        took = time.monotonic() - start
+        if self.metrics is not None:
+            self.metrics.round(took)
+        return self.next_delay(took)
 
     def stop(self) -> None:
         """Finish the current round and return from run()."""

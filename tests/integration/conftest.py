@@ -86,15 +86,17 @@ class OperatorProcess:
         self.log_dir = log_dir
         self.proc: subprocess.Popen[bytes] | None = None
         self.liveness = ""
+        self.metrics = ""
         self.starts = 0
 
     def start(self) -> None:
         self.starts += 1
         self.liveness = f"http://127.0.0.1:{free_port()}/healthz"
+        self.metrics = f"http://127.0.0.1:{free_port()}/metrics"
         env = {**os.environ, "KUBECONFIG": self.kubeconfig, "PYTHONPATH": str(ROOT / "operator")}
         self.log = self.log_dir / f"operator-{self.starts}.log"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "clusterpool", "--liveness", self.liveness],
+            [sys.executable, "-m", "clusterpool", "--liveness", self.liveness, "--metrics", self.metrics],
             env=env,
             stdout=self.log.open("wb"),
             stderr=subprocess.STDOUT,

@@ -56,16 +56,29 @@ def test_the_deployment_is_one_replica_with_values_applied(helm_bin):
     assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"] == {"type": "Recreate"}
     container = dep["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == "clusterpool-operator:0.1.0"  # the chart's appVersion
-    assert container["args"] == ["--liveness", "http://0.0.0.0:8080/healthz"]
+    assert container["args"] == [
+        "--liveness",
+        "http://0.0.0.0:8080/healthz",
+        "--metrics",
+        "http://0.0.0.0:9090/metrics",
+    ]
+    assert objs[("Service", "rel-clusterpool-operator-metrics")]["spec"]["ports"][0]["port"] == 9090
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
 
     objs = rendered(
         helm_bin, "--set", "watchNamespaces={team-a,team-b}", "--set", "image.tag=9.9", "--set", "rbac.create=false"
     )
     container = objs[("Deployment", "rel-clusterpool-operator")]["spec"]["template"]["spec"]["containers"][0]
-    assert container["args"][2:] == ["--namespace", "team-a", "--namespace", "team-b"]
+    assert container["args"][4:] == ["--namespace", "team-a", "--namespace", "team-b"]
     assert container["image"].endswith(":9.9")
     assert not any(kind == "ClusterRole" for kind, _ in objs)
+
+    objs = rendered(helm_bin, "--set", "metrics.serviceMonitor.enabled=true")
+    monitor = objs[("ServiceMonitor", "rel-clusterpool-operator")]
+    assert monitor["spec"]["endpoints"] == [{"port": "metrics", "interval": "30s"}]
+    objs = rendered(helm_bin, "--set", "metrics.enabled=false")
+    container = objs[("Deployment", "rel-clusterpool-operator")]["spec"]["template"]["spec"]["containers"][0]
+    assert "--metrics" not in container["args"] and not any(kind == "Service" for kind, _ in objs)
 
 
 def test_install_upgrade_uninstall_on_the_apiserver(helm_bin, cluster, kubectl, crd):

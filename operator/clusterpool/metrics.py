@@ -1,0 +1,168 @@
+"""Prometheus metrics of the operator (`--metrics http://0.0.0.0:9090/metrics`).
+
+Pool and endpoint gauges are read from the status each pool renders every round, so the
+metrics and `kubectl describe` never disagree; Events are counted as they are emitted. A
+deleted pool's series are removed, and so are those of endpoints that leave a pool.
+
+    clusterpool_pool_ready{namespace,pool}                       1 when Ready=True
+    clusterpool_pool_endpoints{namespace,pool,state}             total | healthy | eligible | ejected
+    clusterpool_pool_panic{namespace,pool}                       1 in panic mode
+    clusterpool_pool_active_tier{namespace,pool}
+    clusterpool_endpoint_healthy{namespace,pool,endpoint}        1 Healthy or Degraded, 0 otherwise
+    clusterpool_endpoint_eligible{namespace,pool,endpoint}       1 when clients may use it
+    clusterpool_endpoint_breaker_open{namespace,pool,endpoint}   0 Closed, 0.5 HalfOpen, 1 Open
+    clusterpool_endpoint_probe_latency_seconds{...}              a recent probe's latency
+    clusterpool_cache_reachable{namespace,pool}                  Redis answers (Redis, Layered)
+    clusterpool_cache_latency_seconds{namespace,pool}            PING round trip
+    clusterpool_cache_keys{namespace,pool}                       keys of the current version
+    clusterpool_events_total{namespace,pool,type,reason}         Events emitted
+    clusterpool_round_duration_seconds{namespace,pool}           one round: probe, publish, status
+    clusterpool_kubernetes_api_reachable                         the operator-wide API check
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+__all__ = ["REGISTRY", "Metrics", "PoolMetrics", "serve"]
+
+POOL = ("namespace", "pool")
+ENDPOINT = ("namespace", "pool", "endpoint")
+BREAKER = {"Closed": 0.0, "HalfOpen": 0.5, "Open": 1.0}
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        def gauge(name: str, doc: str, labels: tuple[str, ...] = POOL) -> Gauge:
+            return Gauge(name, doc, labels, registry=registry)
+
+        self.ready = gauge("clusterpool_pool_ready", "1 when the pool's Ready condition is True")
+        self.endpoints = gauge("clusterpool_pool_endpoints", "Endpoints of the pool by state", (*POOL, "state"))
+        self.panic = gauge("clusterpool_pool_panic", "1 while the pool routes to every endpoint of its tier")
+        self.tier = gauge("clusterpool_pool_active_tier", "The priority tier that serves")
+        self.healthy = gauge("clusterpool_endpoint_healthy", "1 when the endpoint's probes pass", ENDPOINT)
+        self.eligible = gauge("clusterpool_endpoint_eligible", "1 when clients may use the endpoint", ENDPOINT)
+        self.breaker = gauge(
+            "clusterpool_endpoint_breaker_open", "The endpoint's breaker: 0 Closed, 0.5 HalfOpen, 1 Open", ENDPOINT
+        )
+        self.latency = gauge(
+            "clusterpool_endpoint_probe_latency_seconds", "A recent probe's latency (from status)", ENDPOINT
+        )
+        self.cache_up = gauge("clusterpool_cache_reachable", "1 while the pool's Redis answers")
+        self.cache_latency = gauge("clusterpool_cache_latency_seconds", "Round trip of a PING to the pool's Redis")
+        self.cache_keys = gauge("clusterpool_cache_keys", "Keys of the current cache version")
+        self.events = Counter(
+            "clusterpool_events", "Kubernetes Events emitted", (*POOL, "type", "reason"), registry=registry
+        )
+        self.rounds = Histogram(
+            "clusterpool_round_duration_seconds",
+            "Duration of one pool round: probe, publish, status",
+            POOL,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=registry,
+        )
+        self.api = Gauge(
+            "clusterpool_kubernetes_api_reachable", "1 while the Kubernetes API answers", registry=registry
+        )
+        self.api.set(1)
+
+    def pool(self, namespace: str, name: str) -> PoolMetrics:
+        return PoolMetrics(self, namespace, name)
+
+    # the operator-wide API check calls these (k8s.client.watch_api)
+    def api_down(self, exc: BaseException) -> None:
+        self.api.set(0)
+
+    def api_up(self) -> None:
+        self.api.set(1)
+
+
+class PoolMetrics:
+    """One pool's series."""
+
+    def __init__(self, metrics: Metrics, namespace: str, name: str) -> None:
+        self.m, self.key = metrics, (namespace, name)
+        self.endpoints: set[str] = set()
+        self.events: set[tuple[str, str]] = set()
+        self.cache = False
+
+    def status(self, status: Mapping[str, Any]) -> None:
+        m, key = self.m, self.key
+        ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
+        m.ready.labels(*key).set(1 if ready and ready.get("status") == "True" else 0)
+        for state in ("total", "healthy", "eligible", "ejected"):
+            m.endpoints.labels(*key, state).set(int(status.get(state) or 0))
+        m.panic.labels(*key).set(1 if status.get("panic") else 0)
+        m.tier.labels(*key).set(int(status.get("activeTier") or 0))
+        seen = set()
+        for e in status.get("endpoints") or []:
+            name = str(e.get("name"))
+            seen.add(name)
+            labels = (*key, name)
+            m.healthy.labels(*labels).set(1 if e.get("health") in ("Healthy", "Degraded") else 0)
+            m.eligible.labels(*labels).set(1 if e.get("eligible") else 0)
+            m.breaker.labels(*labels).set(BREAKER.get(str(e.get("breaker")), 0.0))
+            latency = e.get("lastProbeLatencyMilliseconds")
+            if latency is not None:
+                m.latency.labels(*labels).set(latency / 1000)
+        for gone in self.endpoints - seen:
+            self._remove_endpoint(gone)
+        self.endpoints = seen
+        self._cache(status.get("cache"))
+
+    def _cache(self, cache: Mapping[str, Any] | None) -> None:
+        m, key = self.m, self.key
+        if cache is None or cache.get("reachable") is None:
+            if self.cache:
+                for g in (m.cache_up, m.cache_latency, m.cache_keys):
+                    _remove(g, key)
+            self.cache = False
+            return
+        self.cache = True
+        m.cache_up.labels(*key).set(1 if cache.get("reachable") else 0)
+        if cache.get("latencyMicroseconds") is not None:
+            m.cache_latency.labels(*key).set(cache["latencyMicroseconds"] / 1e6)
+        if cache.get("keys") is not None:
+            m.cache_keys.labels(*key).set(cache["keys"])
+
+    def event(self, type_: str, reason: str) -> None:
+        self.m.events.labels(*self.key, type_, reason).inc()
+        self.events.add((type_, reason))
+
+    def round(self, seconds: float) -> None:
+        self.m.rounds.labels(*self.key).observe(seconds)
+
+    def _remove_endpoint(self, name: str) -> None:
+        for g in (self.m.healthy, self.m.eligible, self.m.breaker, self.m.latency):
+            _remove(g, (*self.key, name))
+
+    def forget(self) -> None:
+        """The pool is gone (or no longer run here): drop all of its series."""
+        m, key = self.m, self.key
+        for name in self.endpoints:
+            self._remove_endpoint(name)
+        for g in (m.ready, m.panic, m.tier, m.cache_up, m.cache_latency, m.cache_keys, m.rounds):
+            _remove(g, key)
+        for state in ("total", "healthy", "eligible", "ejected"):
+            _remove(m.endpoints, (*key, state))
+        for type_, reason in self.events:
+            _remove(m.events, (*key, type_, reason))
+        self.endpoints, self.events = set(), set()
+
+
+def _remove(metric: Gauge | Counter | Histogram, labels: tuple[str, ...]) -> None:
+    with contextlib.suppress(KeyError):  # never set
+        metric.remove(*labels)
+
+
+def serve(url: str, registry: CollectorRegistry = REGISTRY) -> None:
+    """Serve /metrics on the host and port of `url` (any path answers)."""
+    parts = urlsplit(url)
+    if parts.port is None:
+        raise ValueError(f"--metrics needs a port, e.g. http://0.0.0.0:9090/metrics (got {url})")
+    start_http_server(parts.port, addr=parts.hostname or "0.0.0.0", registry=registry)

@@ -1,0 +1,64 @@
+"""Prometheus series follow the rendered status; a pool's and an endpoint's series go with them."""
+
+from prometheus_client import CollectorRegistry
+
+from clusterpool.metrics import Metrics
+
+STATUS = {
+    "total": 2,
+    "healthy": 1,
+    "eligible": 1,
+    "ejected": 1,
+    "activeTier": 0,
+    "panic": False,
+    "endpoints": [
+        {"name": "a", "health": "Healthy", "eligible": True, "breaker": "Closed", "lastProbeLatencyMilliseconds": 12},
+        {"name": "b", "health": "Unhealthy", "eligible": False, "breaker": "Open"},
+    ],
+    "conditions": [{"type": "Ready", "status": "True"}],
+    "cache": {"type": "Redis", "version": 1, "reachable": True, "latencyMicroseconds": 250, "keys": 7},
+}
+
+
+def test_series_follow_the_status_and_go_with_the_pool():
+    reg = CollectorRegistry()
+    m = Metrics(reg)
+    p = m.pool("ns", "chat")
+
+    def v(name, **labels):
+        return reg.get_sample_value(name, {"namespace": "ns", "pool": "chat", **labels})
+
+    p.status(STATUS)
+    p.event("Warning", "EndpointEjected")
+    p.event("Warning", "EndpointEjected")
+    p.round(0.02)
+    assert v("clusterpool_pool_ready") == 1 and v("clusterpool_pool_endpoints", state="ejected") == 1
+    assert (
+        v("clusterpool_endpoint_healthy", endpoint="b") == 0
+        and v("clusterpool_endpoint_breaker_open", endpoint="b") == 1
+    )
+    assert v("clusterpool_endpoint_probe_latency_seconds", endpoint="a") == 0.012
+    assert v("clusterpool_cache_reachable") == 1 and v("clusterpool_cache_keys") == 7
+    assert v("clusterpool_cache_latency_seconds") == 0.00025
+    assert v("clusterpool_events_total", type="Warning", reason="EndpointEjected") == 2
+    assert v("clusterpool_round_duration_seconds_count") == 1
+
+    # b leaves the pool, the cache goes: their series go
+    p.status({**STATUS, "endpoints": STATUS["endpoints"][:1], "cache": None})
+    assert v("clusterpool_endpoint_healthy", endpoint="b") is None
+    assert v("clusterpool_cache_reachable") is None
+
+    p.forget()
+    assert v("clusterpool_pool_ready") is None and v("clusterpool_endpoint_healthy", endpoint="a") is None
+    assert v("clusterpool_events_total", type="Warning", reason="EndpointEjected") is None
+    assert v("clusterpool_round_duration_seconds_count") is None
+
+
+def test_the_api_check_sets_the_api_gauge():
+    reg = CollectorRegistry()
+    m = Metrics(reg)
+    assert reg.get_sample_value("clusterpool_kubernetes_api_reachable") == 1
+    m.api_down(OSError("refused"))
+    assert reg.get_sample_value("clusterpool_kubernetes_api_reachable") == 0
+    m.api_up()
+    assert reg.get_sample_value("clusterpool_kubernetes_api_reachable") == 1
