@@ -214,3 +214,33 @@ def test_an_operator_killed_mid_cleanup_finishes_it_after_restart(pools, tcp_bac
     )
     assert left() == 0 and st["removedKeys"] == remaining
     assert len(event_messages(pools, "big", "CacheVersionChanged")) == 1  # not announced twice
+
+
+def test_the_sdk_follows_the_operators_cache_settings(pools, tcp_backends, redis_server, k8s):
+    """End to end: the operator publishes spec.cache; PoolCache reads it through the API
+    (ConfigMapTable), takes the password from the Secret through the API, and follows a
+    version change made with a patch of the pool."""
+    from clusterpool.client import ConfigMapTable, PoolCache, secret_from_api
+
+    server = redis_server(password="pw-9")
+    secret(pools, "redis", "pw-9")
+    backends = tcp_backends(1)
+    cache = {
+        "type": "Layered",
+        "redis": {"address": server.address, "passwordSecretRef": {"name": "redis", "key": "password"}},
+    }
+    pools.create("e2e", spec(backends, cache))
+    wait_for(lambda: pools.condition("e2e", "CacheReady").get("status") == "True", 30, "CacheReady")
+    table = ConfigMapTable(pools.namespace, "e2e", api_client=k8s)
+    sdk = PoolCache(table, secrets=secret_from_api(k8s))
+    try:
+        sdk.set("q", "answer")
+        r = redis.Redis(host=server.host, port=server.port, password="pw-9")
+        assert r.get(f"clusterpool:{pools.namespace}/e2e:v1:q") == b"answer"  # write-through, authenticated
+        pools.patch_spec("e2e", {"cache": {**cache, "version": 2}})
+        wait_for(lambda: sdk.get("q") is None, 20, "the SDK to switch to version 2 (old entries unreachable)")
+        sdk.set("q", "new")
+        assert r.get(f"clusterpool:{pools.namespace}/e2e:v2:q") == b"new"
+    finally:
+        sdk.close()
+        table.close()
