@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from controlplane import cache_root, free_port, go_env, log, module_gomod, run_with_progress, stop_pid
+from controlplane import cache_root, cached_or_built, free_port, go_build, go_env, log, module_gomod, stop_pid
 
 CONSUL_VERSION = "v1.16.3"
 NO_SUMDB = ["github.com/hashicorp/hcp-sdk-go", "github.com/hashicorp/consul/envoyextensions"]
@@ -72,34 +71,21 @@ def wrapper_gomod(upstream: str) -> str:
 
 
 def build() -> Path:
-    path = binary_path()
-    if path.exists():
-        log(f"consul cached at {path}")
-        return path
-    if os.environ.get("CONSUL_BIN"):
-        raise SystemExit(f"CONSUL_BIN={path} does not exist")
-    if shutil.which("go") is None:
-        raise SystemExit("no `go` on PATH: install Go, or set CONSUL_BIN to a consul binary")
+    return cached_or_built(binary_path(), "CONSUL_BIN", "consul", _build)
+
+
+def _build() -> None:
     work = cache_root() / "src" / f"consul-{CONSUL_VERSION}"
     work.mkdir(parents=True, exist_ok=True)
     log(f"resolving github.com/hashicorp/consul {CONSUL_VERSION}")
     (work / "go.mod").write_text(wrapper_gomod(module_gomod("github.com/hashicorp/consul", CONSUL_VERSION, work)))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / ".consul.tmp"
     log(f"building consul {CONSUL_VERSION} (cold: several minutes on 2 cores)")
     ldflags = f"-s -w -X github.com/hashicorp/consul/version.GitVersion={CONSUL_VERSION}"
     # The checksum database reached here answers 404 for a few HashiCorp modules of this
     # release (hcp-sdk-go v0.55.0, consul/envoyextensions v0.4.1): those paths alone skip the
     # lookup; they still come from the module proxy, and everything else is verified.
     os.environ["GONOSUMDB"] = ",".join(filter(None, [os.environ.get("GONOSUMDB", ""), *NO_SUMDB]))
-    run_with_progress(
-        ["go", "build", "-v", "-trimpath", "-ldflags", ldflags, "-o", str(tmp), "github.com/hashicorp/consul"],
-        work,
-        "build consul",
-        work / "build-consul.log",
-    )
-    tmp.rename(path)
-    return path
+    go_build(work, "github.com/hashicorp/consul", binary_path(), ldflags, "consul")
 
 
 @dataclass

@@ -32,6 +32,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -89,6 +90,34 @@ def run_with_progress(cmd: list[str], cwd: Path, what: str, logfile: Path) -> No
         tail = logfile.read_text(errors="replace").splitlines()[-30:]
         raise SystemExit(f"{what} failed (exit {rc}) after {elapsed:.0f}s; log {logfile}:\n" + "\n".join(tail))
     log(f"  {what}: done in {elapsed:.0f}s")
+
+
+def go_build(work: Path, package: str, dest: Path, ldflags: str, what: str) -> None:
+    """`go build` one package of the module in `work` into `dest` (through a temporary file,
+    so an interrupted build never leaves a binary that looks cached)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.tmp"
+    run_with_progress(
+        ["go", "build", "-v", "-trimpath", "-ldflags", ldflags, "-o", str(tmp), package],
+        work,
+        f"build {what}",
+        work / f"build-{what}.log",
+    )
+    tmp.rename(dest)
+
+
+def cached_or_built(path: Path, env_var: str, what: str, build: Callable[[], None]) -> Path:
+    """The binary at `path` if there is one; else an error when $env_var named it, or when
+    there is no Go toolchain; else `build()` makes it."""
+    if path.exists():
+        log(f"{what} cached at {path}")
+        return path
+    if os.environ.get(env_var):
+        raise SystemExit(f"{env_var}={path} does not exist")
+    if shutil.which("go") is None:
+        raise SystemExit(f"no `go` on PATH: install Go, or set {env_var} to a {what} binary")
+    build()
+    return path
 
 
 def module_gomod(module: str, version: str, workdir: Path) -> str:
@@ -177,14 +206,7 @@ def build_kubernetes(dest: Path) -> None:
         if (dest / name).exists():
             continue
         log(f"building {name} {KUBERNETES_VERSION} (cold: several minutes on 2 cores)")
-        tmp = dest / f".{name}.tmp"
-        run_with_progress(
-            ["go", "build", "-v", "-trimpath", "-ldflags", ldflags, "-o", str(tmp), f"k8s.io/kubernetes/cmd/{name}"],
-            work,
-            f"build {name}",
-            work / f"build-{name}.log",
-        )
-        tmp.rename(dest / name)
+        go_build(work, f"k8s.io/kubernetes/cmd/{name}", dest / name, ldflags, name)
 
 
 def build_etcd(dest: Path) -> None:
@@ -196,15 +218,8 @@ def build_etcd(dest: Path) -> None:
     upstream = module_gomod("go.etcd.io/etcd/server/v3", ETCD_VERSION, work)
     (work / "go.mod").write_text(wrapper_gomod("go.etcd.io/etcd/server/v3", ETCD_VERSION, ETCD_VERSION, upstream))
     log(f"building etcd {ETCD_VERSION}")
-    tmp = dest / ".etcd.tmp"
     ldflags = f"-s -w -X go.etcd.io/etcd/api/v3/version.GitSHA={ETCD_VERSION}"
-    run_with_progress(
-        ["go", "build", "-v", "-trimpath", "-ldflags", ldflags, "-o", str(tmp), "go.etcd.io/etcd/server/v3"],
-        work,
-        "build etcd",
-        work / "build-etcd.log",
-    )
-    tmp.rename(dest / "etcd")
+    go_build(work, "go.etcd.io/etcd/server/v3", dest / "etcd", ldflags, "etcd")
 
 
 def build() -> Path:

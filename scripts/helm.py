@@ -10,13 +10,12 @@ $HELM_BIN, when set, names an existing binary and wins.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from controlplane import cache_root, go_env, run_with_progress
+from controlplane import cache_root, cached_or_built, go_build, go_env
 
 
 def log(msg: str) -> None:
@@ -35,14 +34,10 @@ def binary_path() -> Path:
 
 
 def build() -> Path:
-    path = binary_path()
-    if path.exists():
-        log(f"helm cached at {path}")
-        return path
-    if os.environ.get("HELM_BIN"):
-        raise SystemExit(f"HELM_BIN={path} does not exist")
-    if shutil.which("go") is None:
-        raise SystemExit("no `go` on PATH: install Go, or set HELM_BIN to a helm binary")
+    return cached_or_built(binary_path(), "HELM_BIN", "helm", _build)
+
+
+def _build() -> None:
     work = cache_root() / "src" / f"helm-{HELM_VERSION}"
     work.mkdir(parents=True, exist_ok=True)
     # helm's own go.mod has no replace directives, so requiring it is enough: minimal version
@@ -51,18 +46,9 @@ def build() -> Path:
         f"module clusterpool.dev/helm-build\n\ngo 1.26\n\nrequire {HELM_MODULE} {HELM_VERSION}\n"
     )
     subprocess.run(["go", "mod", "download", f"{HELM_MODULE}@{HELM_VERSION}"], cwd=work, env=go_env(), check=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / ".helm.tmp"
     log(f"building helm {HELM_VERSION} (cold: a few minutes on 2 cores)")
     ldflags = f"-s -w -X helm.sh/helm/v3/internal/version.version={HELM_VERSION}"
-    run_with_progress(
-        ["go", "build", "-v", "-trimpath", "-ldflags", ldflags, "-o", str(tmp), f"{HELM_MODULE}/cmd/helm"],
-        work,
-        "build helm",
-        work / "build-helm.log",
-    )
-    tmp.rename(path)
-    return path
+    go_build(work, f"{HELM_MODULE}/cmd/helm", binary_path(), ldflags, "helm")
 
 
 def main() -> None:

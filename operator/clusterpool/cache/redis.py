@@ -138,7 +138,39 @@ def glob_escape(s: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in s)
 
 
-class RedisCache:
+class _Commands:
+    """What RedisCache and AsyncRedisCache share: the key space, the TTL and the batches they
+    queue on a pipeline (the sync cache executes it, the async one awaits it)."""
+
+    client: Any
+
+    def __init__(self, prefix: str, version: int, ttl_seconds: float | None) -> None:
+        self.keys, self.ttl = KeySpace(prefix, version), ttl_seconds
+
+    def _px(self, ttl_seconds: float | None) -> int | None:
+        return _ttl_ms(ttl_seconds if ttl_seconds is not None else self.ttl)
+
+    def _pipeline(
+        self,
+        gets: Iterable[str] = (),
+        sets: Iterable[tuple[str, Value, float | None]] = (),
+        deletes: Iterable[str] = (),
+    ) -> Any:
+        pipe = self.client.pipeline(transaction=False)
+        for k in gets:
+            pipe.get(self.keys.key(k))
+        for k, v, ttl in sets:
+            pipe.set(self.keys.key(k), v, px=self._px(ttl))
+        for k in deletes:
+            pipe.delete(self.keys.key(k))
+        return pipe
+
+
+def _found(keys: list[str], values: list[bytes | None]) -> dict[str, bytes]:
+    return {k: v for k, v in zip(keys, values, strict=True) if v is not None}
+
+
+class RedisCache(_Commands):
     """Synchronous. One client (a connection pool inside) is safe to share between threads."""
 
     def __init__(
@@ -148,7 +180,8 @@ class RedisCache:
         version: int = 1,
         ttl_seconds: float | None = None,
     ) -> None:
-        self.client, self.keys, self.ttl = client, KeySpace(prefix, version), ttl_seconds
+        super().__init__(prefix, version, ttl_seconds)
+        self.client = client
 
     @classmethod
     def connect(
@@ -160,44 +193,27 @@ class RedisCache:
         return cast(bytes | None, self.client.get(self.keys.key(key)))
 
     def set(self, key: str, value: Value, ttl_seconds: float | None = None) -> None:
-        self.client.set(self.keys.key(key), value, px=_ttl_ms(ttl_seconds if ttl_seconds is not None else self.ttl))
+        self.client.set(self.keys.key(key), value, px=self._px(ttl_seconds))
 
     def delete(self, key: str) -> bool:
         return bool(self.client.delete(self.keys.key(key)))
 
     def get_many(self, keys: Iterable[str]) -> dict[str, bytes]:
         keys = list(keys)
-        if not keys:
-            return {}
-        pipe = self.client.pipeline(transaction=False)
-        for k in keys:
-            pipe.get(self.keys.key(k))
-        return {k: v for k, v in zip(keys, pipe.execute(), strict=True) if v is not None}
+        return _found(keys, self._pipeline(gets=keys).execute()) if keys else {}
 
     def set_many(self, items: Mapping[str, Value], ttl_seconds: float | None = None) -> None:
         self.write_batch([(k, v, ttl_seconds) for k, v in items.items()])
 
     def delete_many(self, keys: Iterable[str]) -> int:
         keys = list(keys)
-        if not keys:
-            return 0
-        pipe = self.client.pipeline(transaction=False)
-        for k in keys:
-            pipe.delete(self.keys.key(k))
-        return sum(int(n) for n in pipe.execute())
+        return sum(int(n) for n in self._pipeline(deletes=keys).execute()) if keys else 0
 
     def write_batch(self, sets: Iterable[tuple[str, Value, float | None]], deletes: Iterable[str] = ()) -> None:
         """Sets (key, value, ttl or None for the cache's) and deletes in one pipelined round trip."""
-        pipe = self.client.pipeline(transaction=False)
-        n = 0
-        for key, value, ttl in sets:
-            pipe.set(self.keys.key(key), value, px=_ttl_ms(ttl if ttl is not None else self.ttl))
-            n += 1
-        for k in deletes:
-            pipe.delete(self.keys.key(k))
-            n += 1
-        if n:
-            pipe.execute()
+        sets, deletes = list(sets), list(deletes)
+        if sets or deletes:
+            self._pipeline(sets=sets, deletes=deletes).execute()
 
     def ping(self) -> bool:
         return bool(self.client.ping())
@@ -206,7 +222,7 @@ class RedisCache:
         self.client.close()
 
 
-class AsyncRedisCache:
+class AsyncRedisCache(_Commands):
     """The same cache for asyncio applications (redis.asyncio)."""
 
     def __init__(
@@ -216,7 +232,8 @@ class AsyncRedisCache:
         version: int = 1,
         ttl_seconds: float | None = None,
     ) -> None:
-        self.client, self.keys, self.ttl = client, KeySpace(prefix, version), ttl_seconds
+        super().__init__(prefix, version, ttl_seconds)
+        self.client = client
 
     @classmethod
     def connect(
@@ -228,38 +245,22 @@ class AsyncRedisCache:
         return cast(bytes | None, await self.client.get(self.keys.key(key)))
 
     async def set(self, key: str, value: Value, ttl_seconds: float | None = None) -> None:
-        ttl = ttl_seconds if ttl_seconds is not None else self.ttl
-        await self.client.set(self.keys.key(key), value, px=_ttl_ms(ttl))
+        await self.client.set(self.keys.key(key), value, px=self._px(ttl_seconds))
 
     async def delete(self, key: str) -> bool:
         return bool(await self.client.delete(self.keys.key(key)))
 
     async def get_many(self, keys: Iterable[str]) -> dict[str, bytes]:
         keys = list(keys)
-        if not keys:
-            return {}
-        pipe = self.client.pipeline(transaction=False)
-        for k in keys:
-            pipe.get(self.keys.key(k))
-        return {k: v for k, v in zip(keys, await pipe.execute(), strict=True) if v is not None}
+        return _found(keys, await self._pipeline(gets=keys).execute()) if keys else {}
 
     async def set_many(self, items: Mapping[str, Value], ttl_seconds: float | None = None) -> None:
-        if not items:
-            return
-        ttl = _ttl_ms(ttl_seconds if ttl_seconds is not None else self.ttl)
-        pipe = self.client.pipeline(transaction=False)
-        for k, v in items.items():
-            pipe.set(self.keys.key(k), v, px=ttl)
-        await pipe.execute()
+        if items:
+            await self._pipeline(sets=[(k, v, ttl_seconds) for k, v in items.items()]).execute()
 
     async def delete_many(self, keys: Iterable[str]) -> int:
         keys = list(keys)
-        if not keys:
-            return 0
-        pipe = self.client.pipeline(transaction=False)
-        for k in keys:
-            pipe.delete(self.keys.key(k))
-        return sum(int(n) for n in await pipe.execute())
+        return sum(int(n) for n in await self._pipeline(deletes=keys).execute()) if keys else 0
 
     async def ping(self) -> bool:
         return bool(await self.client.ping())
