@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 
 import kopf
+
+
+def default_identity() -> str:
+    """Unique per process on one host; in a pod the chart sets POD_NAME instead."""
+    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,6 +34,11 @@ def main(argv: list[str] | None = None) -> int:
         default=os.environ.get("CLUSTERPOOL_METRICS", "none"),
         help="serve Prometheus metrics at this URL, e.g. http://0.0.0.0:9090/metrics (default: none)",
     )
+    p.add_argument(
+        "--identity",
+        default=os.environ.get("CLUSTERPOOL_IDENTITY") or os.environ.get("POD_NAME") or default_identity(),
+        help="this replica's name in Leases and Events (default: $POD_NAME, else <hostname>-<pid>)",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = p.parse_args(argv)
 
@@ -44,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         namespaces=args.namespace,
         standalone=True,
         liveness_endpoint=None if args.liveness == "none" else args.liveness,
+        # Given, so kopf never derives one from getpass.getuser(): that raises in an image
+        # whose uid has no passwd entry (the chart runs as 65532, which has none).
+        identity=args.identity,
+        memo=kopf.Memo(identity=args.identity),
     )
     return 0
 

@@ -81,9 +81,10 @@ def crd(kubectl: Kubectl) -> None:
 class OperatorProcess:
     """`python -m clusterpool` against the test cluster, its log in a file."""
 
-    def __init__(self, kubeconfig: str, log_dir: Path) -> None:
+    def __init__(self, kubeconfig: str, log_dir: Path, uid: int | None = None) -> None:
         self.kubeconfig = kubeconfig
         self.log_dir = log_dir
+        self.uid = uid  # run as this uid (and gid), with no passwd entry needed
         self.proc: subprocess.Popen[bytes] | None = None
         self.liveness = ""
         self.metrics = ""
@@ -94,9 +95,13 @@ class OperatorProcess:
         self.liveness = f"http://127.0.0.1:{free_port()}/healthz"
         self.metrics = f"http://127.0.0.1:{free_port()}/metrics"
         env = {**os.environ, "KUBECONFIG": self.kubeconfig, "PYTHONPATH": str(ROOT / "operator")}
+        if self.uid is not None:  # as in a container: no login name anywhere in the environment
+            for var in ("USER", "LOGNAME", "LNAME", "USERNAME"):
+                env.pop(var, None)
         self.log = self.log_dir / f"operator-{self.starts}.log"
+        as_user = [] if self.uid is None else ["setpriv", f"--reuid={self.uid}", f"--regid={self.uid}", "--clear-groups"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "clusterpool", "--liveness", self.liveness, "--metrics", self.metrics],
+            [*as_user, sys.executable, "-m", "clusterpool", "--liveness", self.liveness, "--metrics", self.metrics],
             env=env,
             stdout=self.log.open("wb"),
             stderr=subprocess.STDOUT,
