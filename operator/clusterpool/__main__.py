@@ -39,8 +39,20 @@ def main(argv: list[str] | None = None) -> int:
         default=os.environ.get("CLUSTERPOOL_IDENTITY") or os.environ.get("POD_NAME") or default_identity(),
         help="this replica's name in Leases and Events (default: $POD_NAME, else <hostname>-<pid>)",
     )
+    p.add_argument(
+        "--lease-namespace",
+        default=os.environ.get("POD_NAMESPACE") or "default",
+        help="namespace of the replicas' shard Leases (default: $POD_NAMESPACE, else default)",
+    )
+    p.add_argument(
+        "--lease-seconds",
+        type=float,
+        default=float(os.environ.get("CLUSTERPOOL_LEASE_SECONDS") or 15),
+        help="how long a replica's Lease lasts unrenewed; its pools move to the others after that (default 15)",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = p.parse_args(argv)
+    args.identity = args.identity or default_identity()  # never empty: kopf would ask getpass then
 
     kopf.configure(verbose=args.verbose, log_prefix=True)
     import clusterpool.handlers  # noqa: F401  (registers the handlers and their metrics)
@@ -58,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         # Given, so kopf never derives one from getpass.getuser(): that raises in an image
         # whose uid has no passwd entry (the chart runs as 65532, which has none).
         identity=args.identity,
-        memo=kopf.Memo(identity=args.identity),
+        memo=kopf.Memo(identity=args.identity, lease_namespace=args.lease_namespace, lease_seconds=args.lease_seconds),
     )
     return 0
 

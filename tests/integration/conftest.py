@@ -78,13 +78,28 @@ def crd(kubectl: Kubectl) -> None:
     kubectl("wait", "--for=condition=Established", f"crd/{api.PLURAL}.{api.GROUP}", "--timeout=60s")
 
 
+def as_uid_without_passwd_entry(uid: int) -> list[str]:
+    """A command prefix: the process sees itself as `uid` (in a user namespace of its own),
+    as in a container image that has no passwd entry for its user; files stay readable."""
+    return ["unshare", "--user", f"--map-user={uid}", f"--map-group={uid}"]
+
+
 class OperatorProcess:
     """`python -m clusterpool` against the test cluster, its log in a file."""
 
-    def __init__(self, kubeconfig: str, log_dir: Path, uid: int | None = None) -> None:
+    def __init__(
+        self,
+        kubeconfig: str,
+        log_dir: Path,
+        uid: int | None = None,
+        identity: str = "test-operator",
+        args: tuple[str, ...] = (),
+    ) -> None:
         self.kubeconfig = kubeconfig
         self.log_dir = log_dir
-        self.uid = uid  # run as this uid (and gid), with no passwd entry needed
+        self.uid = uid  # run as this uid (and gid), which has no passwd entry
+        self.identity = identity  # kept across restarts, as a pod's name is across container restarts
+        self.args = args
         self.proc: subprocess.Popen[bytes] | None = None
         self.liveness = ""
         self.metrics = ""
@@ -99,9 +114,20 @@ class OperatorProcess:
             for var in ("USER", "LOGNAME", "LNAME", "USERNAME"):
                 env.pop(var, None)
         self.log = self.log_dir / f"operator-{self.starts}.log"
-        as_user = [] if self.uid is None else ["setpriv", f"--reuid={self.uid}", f"--regid={self.uid}", "--clear-groups"]
+        as_user = [] if self.uid is None else as_uid_without_passwd_entry(self.uid)
         self.proc = subprocess.Popen(
-            [*as_user, sys.executable, "-m", "clusterpool", "--liveness", self.liveness, "--metrics", self.metrics],
+            [
+                *as_user,
+                sys.executable,
+                "-m",
+                "clusterpool",
+                "--liveness",
+                self.liveness,
+                "--metrics",
+                self.metrics,
+                *(["--identity", self.identity] if self.identity else []),
+                *self.args,
+            ],
             env=env,
             stdout=self.log.open("wb"),
             stderr=subprocess.STDOUT,
