@@ -282,7 +282,7 @@ def test_no_key_ever_has_two_drivers_in_a_simulated_fleet(seed, renew):
 
 
 def two_replicas(seed: int, continuity: float | None) -> list[str]:
-    """"a" is cut off for 1.6 s (less than renew_deadline: it never loses its Lease), then
+    """Replica "a" is cut off for 1.6 s (less than renew_deadline: it never loses its Lease), then
     "b" is cut off right after a's renewal landed: b's view stays as old as allowed."""
     world = World(random.Random(seed), 0.5)
     a = Replica("a", ShardView("a", L, T), start=0.0, partitions=[(5.0, 6.6, False)])
