@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import heapq
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import kubernetes
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from clusterpool.core.ring import HashRing
 from clusterpool.core.shards import LeaseRecord, ShardView
+from clusterpool.k8s.shards import Shards, lease_name
 
 L, T = 3.0, 0.2  # renew_deadline 2.0, a hold period's gap under 0.8
 KEYS = [f"ns/pool-{i}" for i in range(40)]
@@ -301,3 +304,29 @@ def test_the_simulation_catches_double_driving_without_the_hold_period_gap_rule(
     assert [s for s in range(20) if two_replicas(s, continuity=None)] == []
     # And with no gap rule at all, the random fleet finds it too.
     assert [s for s in range(10) if scenario(s, 0.5, continuity=float("inf")).run(until=24.0, step=0.02)] != []
+
+
+# -- the I/O class's settings ----------------------------------------------------------
+
+
+def test_lease_names_are_valid_and_distinct_per_identity():
+    assert lease_name("clusterpool-operator-7d9f-x2k4") == "clusterpool-shard-clusterpool-operator-7d9f-x2k4"
+    odd = [lease_name(i) for i in ("Pod_A", "pod-a", "pod_a", "-", "x" * 300)]
+    assert len(set(odd)) == len(odd)
+    for name in odd:
+        assert len(name) <= 253 and re.fullmatch(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?", name), name
+
+
+@pytest.mark.parametrize(
+    ("lease", "renew", "timeout"),
+    [(15, 5, 1), (15, 2, 1.7), (4, 1.1, 0.3), (15, 0, 1)],
+)
+def test_shards_refuse_timings_a_healthy_replica_could_not_keep(lease, renew, timeout):
+    with pytest.raises(ValueError, match="must be"):
+        Shards(kubernetes.client.ApiClient(), "me", "ns", lease, renew, request_timeout=timeout)
+
+
+def test_shards_defaults_are_lease_15_renew_2_timeout_1():
+    s = Shards(kubernetes.client.ApiClient(), "me", "ns")
+    assert (s.lease_seconds, s.renew_seconds, s.request_timeout) == (15, 2, 1.0)
+    assert s.view.renew_deadline == 10 and not s.holds_lease() and s.members == ()

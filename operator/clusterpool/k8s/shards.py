@@ -26,10 +26,11 @@ saw no other live member.
    was read at r_Y > t - D. (a) If X's hold period began with a store after r_Y, X's
    wait would end after r_Y + L > t, so X must have been alone at e_b; but X's list
    read after r_Y saw Y's Lease, stored after t - D and first seen at or after that,
-   so live at e_b < t: contradiction. (b) Otherwise let k be X's last sync stored by
-   r_Y. Y first saw that version at obs >= s_k. If k is X's last sync, s_k > t - D and
+   so live at e_b < t: contradiction. (b) Otherwise let k be X's last sync of the hold
+   period stored by r_Y. Y's read returned that version or a later one (a renewal whose
+   answer was lost), first seen at obs >= s_k. If k is X's last sync, s_k > t - D and
    obs + L > t. If not, sync k+1 was stored after r_Y, so s_(k+1) > r_Y - T > t - D - T,
-   and the hold period's rule s_(k+1) - s_k < L/3 - T gives s_k > t - L: live.
+   and the hold period's rule s_(k+1) - s_k < L/3 - T gives obs >= s_k > t - L: live.
 2. So if X and Y both drive p at t, each is live in the other's view; the ring of X's
    view gives p to X, which is in the intersection S of both views, so the ring of S
    gives p to X (core/ring.py); the same for Y: X = Y.
