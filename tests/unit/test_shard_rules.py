@@ -151,6 +151,19 @@ def test_next_change_is_the_earliest_of_deadline_wait_and_expiry():
     assert v.next_change(3.0) == pytest.approx(3.1)
 
 
+def test_leases_expired_for_another_lease_duration_are_offered_for_deletion():
+    v = ShardView("me", L, T)
+    v.synced(0.0, 0.1, [LeaseRecord("a", "1", L, name="lease-a"), LeaseRecord("b", "1", L, name="lease-b")])
+    for start in (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 5.5, 6.0):
+        # "a" died at once; "b" renews until 3.0
+        b = "1" if start < 3.0 else "2"
+        v.synced(
+            start, start + 0.05, [LeaseRecord("a", "1", L, name="lease-a"), LeaseRecord("b", b, L, name="lease-b")]
+        )
+    assert v.expired_leases(6.09) == []
+    assert v.expired_leases(6.1) == [("lease-a", "1")]  # first seen at 0.1, expired at 3.1, + L
+
+
 def test_unsafe_settings_are_refused():
     with pytest.raises(ValueError, match="request_timeout"):
         ShardView("me", 3.0, 1.0)
@@ -230,7 +243,7 @@ class World:
             return
 
         def listed() -> None:
-            snapshot = [lease(h, str(v), d) for h, (v, d) in self.store.items()]
+            snapshot = [LeaseRecord(h, str(v), d, name=h) for h, (v, d) in self.store.items()]
             self.at(done, lambda: self.synced(r, s, done, snapshot))
 
         self.at(read, listed)
@@ -239,6 +252,9 @@ class World:
         if r.running(done):
             r.view.synced(s, done, snapshot, r.created)
             r.created = False
+            for name, version in r.view.expired_leases(done):  # delete with a version precondition
+                if name in self.store and str(self.store[name][0]) == version:
+                    del self.store[name]
 
     def run(self, until: float, step: float) -> list[str]:
         """Advance to `until`; every `step` and after every event, check that no key has
@@ -267,7 +283,7 @@ def scenario(seed: int, renew: float, continuity: float | None = None) -> World:
         r = Replica(f"r{i}", view, start=rng.uniform(0, 6) if i else 0.0)
         for _ in range(rng.randint(0, 3)):
             a = rng.uniform(0, 20)
-            r.partitions.append((a, a + rng.choice([0.3, 0.7, 1.0, 1.5, 2.5, 4.0]), rng.random() < 0.3))
+            r.partitions.append((a, a + rng.choice([0.3, 0.7, 1.0, 1.5, 2.5, 4.0, 7.0]), rng.random() < 0.3))
         fate = rng.random()
         if fate < 0.25:
             r.crash = rng.uniform(r.start, 20)

@@ -13,7 +13,8 @@ The rules, with L = lease_seconds, T = request_timeout:
 - Another member is live until this replica's clock passes the instant it *first saw*
   the member's current Lease version (resourceVersion) + max(its leaseDurationSeconds,
   L). Wall clocks are never compared. A Lease missing from the list is gone at once
-  (members delete their own Lease only after they stopped driving).
+  (a holder deletes its Lease only after it stopped driving; others delete one only
+  when expired_leases offers it, with its version as precondition).
 - A hold period is a run of syncs whose starts are less than L/3 - T apart. A new one
   starts at the first sync, when the renewal had to create the Lease, and after any
   longer gap. During the first max(L, the others' durations) of a hold period nothing
@@ -35,11 +36,12 @@ from clusterpool.core.ring import DEFAULT_VNODES, HashRing
 
 @dataclass(frozen=True)
 class LeaseRecord:
-    """One shard Lease as listed: who holds it, its resourceVersion, its duration."""
+    """One shard Lease as listed: who holds it, its resourceVersion, its duration, its name."""
 
     holder: str
     version: str
     duration: float
+    name: str = ""
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class _Seen:
     version: str
     observed_at: float
     duration: float
+    name: str
 
 
 class ShardView:
@@ -90,7 +93,7 @@ class ShardView:
             if before is not None and before.version == lease.version:
                 seen[lease.holder] = before
             else:
-                seen[lease.holder] = _Seen(lease.version, finished, lease.duration)
+                seen[lease.holder] = _Seen(lease.version, finished, lease.duration, lease.name)
         self._seen = seen
         self._synced_at = started
         if new_hold:
@@ -128,6 +131,16 @@ class ShardView:
         """When this replica first saw `member`'s current Lease version."""
         seen = self._seen.get(member)
         return seen.observed_at if seen else None
+
+    def expired_leases(self, now: float) -> list[tuple[str, str]]:
+        """(name, resourceVersion) of other members' Leases that expired at least
+        lease_seconds ago: left by replicas that died. Deleting one with that version as
+        precondition is safe: its holder's last renewal is older than the version, so it
+        has not held its Lease since long before; should it come back, its renewal finds
+        the Lease gone and starts a new hold period."""
+        return [
+            (s.name, s.version) for s in self._seen.values() if s.name and now >= self._expiry(s) + self.lease_seconds
+        ]
 
     def next_change(self, now: float) -> float | None:
         """The next instant after `now` at which an answer can change without a sync:

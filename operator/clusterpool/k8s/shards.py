@@ -10,13 +10,17 @@ only while its own last renewal is younger than renew_deadline = 2/3 lease_secon
 (self-fencing), as in client-go's leaderelection. As in timebertt's controller sharding,
 a member that stops gracefully first stops acting, then deletes its Lease, so the
 survivors take its pools at once; a member that dies or is cut off is taken over when
-its Lease expires in the survivors' eyes.
+its Lease expires in the survivors' eyes. A Lease left expired for another
+lease_seconds (a replica killed without a goodbye) is deleted by the survivors.
 
 Why no pool is driven by two replicas at once. L = lease_seconds, T = request_timeout,
 D = 2L/3. Assumptions: monotonic clocks of all replicas run at the same rate (drift is
 far below L/3); a replica's renewal counts only if it answered within T of its start
-(measured here, not trusted to the HTTP client); only a replica deletes its own Lease,
-and only after it stopped driving; all replicas use the same identity-to-key hash.
+(measured here, not trusted to the HTTP client); a Lease is deleted only by its holder
+after it stopped driving, or by another member with its resourceVersion as precondition
+once expired for another L (its holder's last renewal predates that version, so it has
+held nothing since; coming back it finds the Lease gone and begins a new hold period);
+all replicas use the same identity-to-key hash.
 Definitions: X *drives* p at t when may_drive(p) is true at t; a *sync* of X starts at
 s, renews (stored in etcd at some st with s <= st <= s+T), then lists (read at r >= st).
 X drives at t only if its last sync started after t - D, in a hold period (syncs less
@@ -48,6 +52,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import datetime
 import functools
 import logging
@@ -120,7 +125,13 @@ class Shards:
         self.request_timeout = timeout
         self.view = ShardView(identity, lease_seconds, timeout)
         self._clock = clock
-        self._api = kubernetes.client.CoordinationV1Api(client)
+        # A client of its own: renewals never wait for a connection the operator's other
+        # calls hold, and are never retried by urllib3 behind the timeout's back (a
+        # replaced Lease retried after a lost answer would conflict with itself).
+        config = copy.deepcopy(client.configuration)
+        config.retries = False
+        self.client = kubernetes.client.ApiClient(configuration=config)
+        self._api = kubernetes.client.CoordinationV1Api(self.client)
         # Its own threads: renewals never queue behind the operator's other API calls.
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"shards-{identity}")
         self._version: str | None = None  # resourceVersion of the own Lease as last written
@@ -191,6 +202,8 @@ class Shards:
             self._failing = False
         self.view.synced(started, self._clock(), leases, created)
         self._recreated = False
+        for name, version in self.view.expired_leases(self._clock()):
+            await self._delete_expired(name, version)
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         call = functools.partial(fn, *args, _request_timeout=self.request_timeout)
@@ -250,10 +263,22 @@ class Shards:
                 holder=lease.spec.holder_identity or "",
                 version=lease.metadata.resource_version,
                 duration=float(lease.spec.lease_duration_seconds or 0),
+                name=lease.metadata.name,
             )
             for lease in leases.items
             if lease.spec is not None
         ]
+
+    async def _delete_expired(self, name: str, version: str) -> None:
+        options = kubernetes.client.V1DeleteOptions(
+            preconditions=kubernetes.client.V1Preconditions(resource_version=version)
+        )
+        try:
+            await self._call(functools.partial(self._api.delete_namespaced_lease, body=options), name, self.namespace)
+        except Exception as exc:  # renewed meanwhile (409), gone (404), or the API: try again next time
+            log.debug("shard %s: did not delete expired Lease %s/%s: %s", self.identity, self.namespace, name, exc)
+        else:
+            log.info("shard %s: deleted the expired Lease %s/%s", self.identity, self.namespace, name)
 
     async def _release(self) -> None:
         if self._version is None:
