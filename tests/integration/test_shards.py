@@ -123,8 +123,14 @@ async def test_two_then_three_replicas_share_300_pools_and_a_graceful_leave_hand
     fleet.start("a")
     assert await fleet.wait_settled({"a"}, timeout=2) < 2  # alone: no hand-over wait
 
+    a = fleet.shards["a"]
+    woken = asyncio.create_task(a.changed())
+    b_started = time.monotonic()
     b = fleet.start("b")
-    took = await fleet.wait_settled({"a", "b"}, timeout=L + 2)
+    await asyncio.wait_for(woken, R + 1)  # a's next list shows b: a is told
+    assert a.members == ("a", "b")
+    await fleet.wait_settled({"a", "b"}, timeout=L + 2)
+    took = time.monotonic() - b_started
     assert took >= L - 0.2, f"b drove pools {took:.2f}s after it started, before a's Lease could have lapsed"
     fleet.start("c")
     await fleet.wait_settled({"a", "b", "c"}, timeout=L + 2)
@@ -173,6 +179,10 @@ async def test_a_replica_cut_off_from_the_api_stops_before_the_survivors_take_it
     cut_at = time.monotonic()
     b.client.configuration.host = f"https://127.0.0.1:{port}"
     try:
+        while b.holds_lease():  # b is told when its Lease is no longer certainly its own
+            await asyncio.wait_for(b.changed(), DEADLINE + 1)
+        told = time.monotonic()
+        assert 0 <= told - b.view.lease_valid_until() < 0.1
         await fleet.wait_settled({"a", "c"}, timeout=L + R + 2)
         await asyncio.sleep(2 * SAMPLE)  # let the sampler record the settled state
         after = [(t, d) for t, d in fleet.samples if t >= cut_at]

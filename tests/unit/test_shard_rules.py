@@ -52,6 +52,7 @@ def test_the_lease_is_held_until_renew_deadline_after_the_last_sync_start():
     assert v.holds_lease(11.99) and driven(v, 11.99) == KEYS
     assert not v.holds_lease(12.0) and driven(v, 12.0) == []
     assert v.members(12.0) == ()
+    assert v.lease_valid_until() == pytest.approx(12.0)
 
 
 def test_a_replica_joining_a_live_member_waits_lease_seconds_before_driving():

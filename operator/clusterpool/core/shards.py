@@ -120,6 +120,12 @@ class ShardView:
     def owner_of(self, key: str, now: float) -> str | None:
         return self._ring(now).owner(key)
 
+    def lease_valid_until(self) -> float:
+        """The instant holds_lease turns False unless a sync comes first (-inf before the first)."""
+        if self._stopped or self._synced_at is None:
+            return float("-inf")
+        return self._synced_at + self.renew_deadline
+
     def drivable_from(self) -> float:
         """When the current hold period's wait ends (inf before the first sync)."""
         return self._drivable_from

@@ -92,7 +92,18 @@ def _micro_time() -> datetime.datetime:
 
 
 class Shards:
-    """Run `run()` as a task for the operator's lifetime; ask `may_drive` before acting on a pool."""
+    """Run `run()` as a task for the operator's lifetime; ask `may_drive` before acting on a pool.
+
+        shards = Shards(client, identity=os.environ["POD_NAME"], namespace=own_namespace)
+        task = asyncio.create_task(shards.run())
+        # a pool's loop
+        while not shards.may_drive(namespace, name):
+            await shards.changed()
+        ... a round; check may_drive again before every write, stop when it turns False
+
+    Stop the pools' loops before cancelling the task: it then deletes the Lease, and the
+    survivors take over at once.
+    """
 
     def __init__(
         self,
