@@ -213,7 +213,8 @@ class Shards:
             self._failing = False
         self.view.synced(started, self._clock(), leases, created)
         self._recreated = False
-        for name, version in self.view.expired_leases(self._clock()):
+        # One per round: deletions must not delay the next renewal (the hold period).
+        for name, version in self.view.expired_leases(self._clock())[:1]:
             await self._delete_expired(name, version)
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -292,8 +293,7 @@ class Shards:
             log.info("shard %s: deleted the expired Lease %s/%s", self.identity, self.namespace, name)
 
     async def _release(self) -> None:
-        if self._version is None:
-            return
+        # Also when no renewal was answered: a create whose answer was lost may have landed.
         try:
             await asyncio.wait_for(
                 self._call(self._api.delete_namespaced_lease, self.lease_name, self.namespace),
