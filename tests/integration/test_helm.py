@@ -48,6 +48,11 @@ def test_the_chart_grants_exactly_the_install_manifests_rules(helm_bin):
     assert role["rules"] == manifests["ClusterRole"]["rules"]
     binding = objs[("ClusterRoleBinding", "rel-clusterpool-operator")]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "rel-clusterpool-operator", "namespace": "ops"}]
+    shards = objs[("Role", "rel-clusterpool-operator-shards")]
+    assert shards["metadata"]["namespace"] == "ops" and shards["rules"] == manifests["Role"]["rules"]
+    shards_binding = objs[("RoleBinding", "rel-clusterpool-operator-shards")]
+    assert shards_binding["roleRef"]["name"] == "rel-clusterpool-operator-shards"
+    assert shards_binding["subjects"] == binding["subjects"]
 
 
 def test_the_deployment_is_one_replica_with_values_applied(helm_bin):

@@ -1,12 +1,17 @@
 """The operator works under exactly the ClusterRole in manifests/install/rbac.yaml, on an
 apiserver with RBAC on, authenticated with a real ServiceAccount token."""
 
+import asyncio
+import contextlib
 import json
+import time
 from pathlib import Path
 
 import kubernetes
 import pytest
+from kubernetes.client.exceptions import ApiException
 
+from clusterpool.k8s.shards import Shards
 from conftest import ROOT, OperatorProcess, endpoints_of, wait_for
 
 SA, NS = "clusterpool-operator", "clusterpool-system"
@@ -41,6 +46,11 @@ def test_the_role_grants_what_the_operator_needs_and_no_more(kubectl, crd, sa_ku
     assert can("watch", "clusterpools.clusterpool.dev", "-A")
     assert can("patch", "clusterpools.clusterpool.dev", "--subresource=status", "-n", "default")
     assert can("create", "events", "-n", "default")
+    for verb in ("get", "list", "create", "update", "delete"):  # the shard Leases, own namespace only
+        assert can(verb, "leases.coordination.k8s.io", "-n", NS)
+        assert not can(verb, "leases.coordination.k8s.io", "-n", "default")
+    assert not can("watch", "leases.coordination.k8s.io", "-n", NS)
+    assert not can("patch", "leases.coordination.k8s.io", "-n", NS)
     for verb, what in [
         ("list", "secrets"),
         ("watch", "secrets"),
@@ -85,3 +95,27 @@ def test_the_operator_runs_a_pool_under_its_own_service_account(
     finally:
         restricted.stop()
         operator.start()
+
+
+async def test_shard_leases_work_under_the_service_account(sa_kubeconfig, k8s):
+    client = kubernetes.config.new_client_from_config(config_file=sa_kubeconfig)
+    shards = Shards(client, "rbac-check", NS, lease_seconds=4, renew_seconds=0.5, request_timeout=0.3)
+    task = asyncio.create_task(shards.run())
+    try:
+        deadline = time.monotonic() + 5
+        while not shards.may_drive("default", "p"):  # created and listed
+            assert time.monotonic() < deadline, "the shard never held its Lease under the operator's role"
+            await asyncio.sleep(0.05)
+        leases = kubernetes.client.CoordinationV1Api(k8s)
+        created = leases.read_namespaced_lease(shards.lease_name, NS).metadata.resource_version
+        while leases.read_namespaced_lease(shards.lease_name, NS).metadata.resource_version == created:
+            assert time.monotonic() < deadline, "the shard never renewed (replaced) its Lease under the role"
+            await asyncio.sleep(0.05)
+        assert shards.holds_lease()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    with pytest.raises(ApiException) as gone:  # deleted on the way out
+        kubernetes.client.CoordinationV1Api(k8s).read_namespaced_lease(shards.lease_name, NS)
+    assert gone.value.status == 404
