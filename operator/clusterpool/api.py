@@ -890,6 +890,11 @@ class ClusterPoolStatus(Model):
         json_schema_extra=_list_map("name"),
     )
     cache: CacheStatus | None = Field(default=None, description="The pool's cache, when spec.cache is set.")
+    driven_by: str | None = Field(
+        default=None,
+        max_length=253,
+        description="The operator replica driving the pool (its identity; pools are shared among replicas by Leases).",
+    )
     conditions: list[Condition] = Field(
         default_factory=list,
         max_length=16,
@@ -911,6 +916,7 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Tier", "type": "integer", "jsonPath": ".status.activeTier", "priority": 1},
     {"name": "Panic", "type": "boolean", "jsonPath": ".status.panic", "priority": 1},
     {"name": "Cache", "type": "string", "jsonPath": _CACHE_READY, "priority": 1},
+    {"name": "Driven-By", "type": "string", "jsonPath": ".status.drivenBy", "priority": 1},
 ]
 
 

@@ -43,6 +43,7 @@ class CacheMonitor:
     ) -> None:
         self.namespace, self.secrets, self.emit, self.log, self.wake = namespace, secrets, emit, log, wake
         restored = restored or {}
+        self.restored: dict[str, Any] | None = dict(restored) or None  # reported until the first check
         self.settings: CacheSettings | None = None
         self.spec: api.CacheSpec | None = None
         self.admin: CacheAdmin | None = None
@@ -61,6 +62,7 @@ class CacheMonitor:
     # -- the round ----------------------------------------------------------------------
 
     async def update(self, spec: api.CacheSpec | None, settings: CacheSettings | None) -> None:
+        self.restored = None
         if settings != self.settings:
             await self._reconfigure(spec, settings)
         if settings is None or settings.redis is None:
@@ -201,7 +203,7 @@ class CacheMonitor:
     def status(self) -> dict[str, Any] | None:
         s = self.settings
         if s is None:
-            return None
+            return self.restored
         out: dict[str, Any] = {"type": s.type, "version": s.version}
         optional = {
             "reachable": self.reachable,

@@ -1,24 +1,34 @@
-"""kopf wiring: settings, one daemon per ClusterPool, and a nudge on spec changes.
+"""kopf wiring: settings, one daemon per ClusterPool, cleanup on delete, and nudges on
+spec and slice changes.
 
-Thin on purpose: the loop lives in runner.PoolRunner. Handlers return None and write
-nothing themselves; the daemon writes status through k8s.client.StatusWriter.
+Thin on purpose: the loop lives in runner.PoolRunner. Handlers are async (kopf runs sync
+ones in threads, where the runners' asyncio objects must not be touched), return None
+and write nothing themselves; every write goes through the write queue (k8s/writes.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Awaitable
 from typing import Any
 
 import kopf
 
 from clusterpool import api
+from clusterpool.core.publish import MANAGED_BY
+from clusterpool.discovery.kubernetes import MANAGED_BY_LABEL
 from clusterpool.k8s.client import SecretReader, StatusWriter, load_config, watch_api
-from clusterpool.k8s.publish import Publisher
+from clusterpool.k8s.events import EventRecorder
+from clusterpool.k8s.publish import FIELD_MANAGER, Publisher
+from clusterpool.k8s.shards import Shards
+from clusterpool.k8s.writes import WriteQueue
 from clusterpool.metrics import Metrics
-from clusterpool.runner import PoolRunner
+from clusterpool.runner import PoolRunner, remove_published
 
 FINALIZER = f"{api.GROUP}/finalizer"
+STOP_GRACE = 3.0  # seconds a stopped pool's round may take to finish before it is cancelled
 METRICS = Metrics()  # prometheus_client's default registry, served by __main__ with --metrics
 
 
@@ -48,20 +58,56 @@ def configure_settings(settings: kopf.OperatorSettings) -> None:
 @kopf.on.startup(id="configure")
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     configure_settings(settings)
+    identity = str(memo.get("identity") or "clusterpool-operator")
     client = load_config()
-    memo["status_writer"] = StatusWriter(client)
-    memo["publisher"] = Publisher(client)
+    lease_seconds = float(memo.get("lease_seconds") or 15)
+    writes = WriteQueue(request_timeout=lease_seconds / 4)
+    memo["writes"] = writes
+    memo["status_writer"] = StatusWriter(client, writes, field_manager=FIELD_MANAGER)
+    memo["publisher"] = Publisher(client, writes)
+    memo["events"] = EventRecorder(client, writes, identity)
     memo["secrets"] = SecretReader(client)
     memo["runners"] = {}  # (namespace, name) -> PoolRunner; shared: per-object memos copy this dict's reference
     runners: dict[tuple[str, str], PoolRunner] = memo["runners"]
     memo["api_watch"] = asyncio.create_task(watch_api(client, lambda: [*runners.values(), METRICS]), name="api-watch")
+    memo["loop_lag"] = asyncio.create_task(METRICS.watch_loop_lag(), name="loop-lag")
+    shards = Shards(
+        client,
+        identity,
+        str(memo.get("lease_namespace") or "default"),
+        lease_seconds=lease_seconds,
+        renew_seconds=lease_seconds / 6,
+        request_timeout=lease_seconds / 10,  # 1.5 s at the default: a busy API server may be slow
+    )
+    memo["shards"] = shards
+    writes.fence = lambda pool: shards.may_drive(*pool)  # type: ignore[misc]
+    memo["shards_task"] = asyncio.create_task(shards.run(), name="shards")
+    memo["shards_relay"] = asyncio.create_task(_wake_on_shard_changes(shards, runners), name="shards-relay")
+
+
+async def _wake_on_shard_changes(shards: Shards, runners: dict[tuple[str, str], PoolRunner]) -> None:
+    """A pool this replica may no longer drive stops at once, not after its interval."""
+    while True:
+        await shards.changed()
+        for (namespace, name), runner in list(runners.items()):
+            if not shards.may_drive(namespace, name):
+                runner.wake.set()
 
 
 @kopf.on.cleanup(id="stop-api-watch")
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    task = memo.get("api_watch")
-    if task is not None:
-        task.cancel()
+    for key in ("api_watch", "loop_lag", "shards_relay"):
+        task = memo.get(key)
+        if task is not None:
+            task.cancel()
+    shards_task: asyncio.Task[None] | None = memo.get("shards_task")
+    if shards_task is not None:  # gives the Lease up, so the other replicas take over at once
+        shards_task.cancel()
+        with contextlib.suppress(BaseException):
+            await shards_task
+    writes: WriteQueue | None = memo.get("writes")
+    if writes is not None:
+        await writes.close()
 
 
 @kopf.daemon(api.GROUP, api.VERSION, api.PLURAL, id="pool", cancellation_backoff=5.0, cancellation_timeout=10.0)
@@ -72,56 +118,130 @@ async def pool_daemon(
     stopped: kopf.DaemonStopped,
     **kwargs: Any,
 ) -> None:
+    """Drives the pool while it exists. Cleanup is not here: it is the delete handler's."""
     writer: StatusWriter = memo["status_writer"]
+    events: EventRecorder = memo["events"]
     namespace, name = body.metadata.namespace or "default", body.metadata.name or ""
 
-    async def write_status(status: dict[str, Any]) -> bool:
-        return await writer.patch_status(namespace, name, status)
+    async def write_status(status: dict[str, Any], stored: dict[str, Any]) -> bool:
+        return await writer.write(namespace, name, status, stored)
 
     metrics = METRICS.pool(namespace, name)
 
     def emit(type_: str, reason: str, message: str) -> None:
-        metrics.event(type_, reason)
-        kopf.event(body, type=type_, reason=reason, message=message)
+        if events.post(body.metadata, type_, reason, message):
+            metrics.event(type_, reason)
 
     index: kopf.Index[str, Any] = kwargs["slices_by_namespace"]
 
     def slices() -> list[Any]:
         return list(index.get(namespace, []))
 
-    runner = PoolRunner(
-        body,
-        write_status,
-        emit,
-        logger,
-        publisher=memo["publisher"],
-        slices=slices,
-        secrets=memo["secrets"].read,
-        metrics=metrics,
-    )
-    memo["wake"] = runner.wake
+    shards: Shards = memo["shards"]
+
+    def may_drive() -> bool:
+        return shards.may_drive(namespace, name)
+
+    def keeps() -> bool:
+        """The pool stays here unless another live replica is assigned it: while this
+        one's Lease is uncertain (no one is known to take over) it keeps probing."""
+        return shards.owner_of(namespace, name) in (None, shards.identity)
+
     runners: dict[tuple[str, str], PoolRunner] = memo["runners"]
-    runners[(namespace, name)] = runner
-
-    async def relay_stop() -> None:
-        await stopped.wait()
-        runner.stop()
-
-    relay = asyncio.create_task(relay_stop())
     try:
-        await runner.run()
+        while not stopped:
+            if not may_drive():  # another replica's pool, or not yet certainly ours
+                await _first_of(shards.changed(), stopped.wait())
+                continue
+            runner = PoolRunner(
+                body,
+                write_status,
+                emit,
+                logger,
+                publisher=memo["publisher"],
+                slices=slices,
+                secrets=memo["secrets"].read,
+                metrics=metrics,
+                may_drive=may_drive,
+                keeps=keeps,
+                identity=memo.get("identity"),
+            )
+            memo["wake"] = runner.wake
+            runners[(namespace, name)] = runner
+            run = asyncio.create_task(runner.run(), name=f"pool {namespace}/{name}")
+            relay = asyncio.create_task(_stop_when(stopped, runner, run))
+            try:
+                await run  # returns when stopped, or when the pool is no longer ours
+            finally:
+                relay.cancel()
+                if runners.get((namespace, name)) is runner:
+                    del runners[(namespace, name)]
+                # what this replica last wrote may be overwritten by the next one to drive it
+                memo["publisher"].forget(namespace, name)
+                writer.forget(namespace, name)
+                runner.done.set()
+            if not stopped:
+                logger.info("no longer driving the pool here (it belongs to %s now)", shards.owner_of(namespace, name))
     finally:
-        relay.cancel()
-        runners.pop((namespace, name), None)
         metrics.forget()
-    if body.metadata.get("deletionTimestamp"):
-        # The pool is going away: remove what it published (a real cluster's garbage
-        # collector would too, through the ownerReferences; the test control plane has none).
-        await runner.unpublish()
 
 
-@kopf.index("discovery.k8s.io", "v1", "endpointslices", id="slices_by_namespace")
-def slices_by_namespace(namespace: str | None, body: kopf.Body, **_: Any) -> dict[str | None, Any]:
+async def _stop_when(stopped: kopf.DaemonStopped, runner: PoolRunner, run: asyncio.Task[None]) -> None:
+    """Once kopf says stop: let the round finish for a moment, then cut it short."""
+    await stopped.wait()
+    runner.stop()
+    try:
+        await asyncio.wait_for(asyncio.shield(run), STOP_GRACE)
+    except TimeoutError:
+        run.cancel()
+
+
+async def _first_of(*waits: Awaitable[Any]) -> None:
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
+@kopf.on.delete(api.GROUP, api.VERSION, api.PLURAL, id="remove-published", backoff=2.0)
+async def remove_pool_objects(
+    body: kopf.Body, memo: kopf.Memo, logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any
+) -> None:
+    """Remove what the pool published (Consul registrations, the Service, EndpointSlices,
+    ConfigMap) once its daemon here has stopped, whether it stopped gracefully or was
+    cancelled. Any failure raises, kopf retries, and the finalizer stays until this
+    succeeds. (A real cluster's garbage collector would remove the Kubernetes objects
+    through their ownerReferences too; Consul has no such collector.)"""
+    namespace, name = body.metadata.namespace or "default", body.metadata.name or ""
+    shards: Shards = memo["shards"]
+    if not shards.may_drive(namespace, name):  # the replica that drives the pool cleans it up
+        raise kopf.TemporaryError(f"the pool is driven by {shards.owner_of(namespace, name)}", delay=2)
+    runner: PoolRunner | None = memo["runners"].get((namespace, name))
+    if runner is not None:
+        runner.stop()
+        try:
+            await asyncio.wait_for(runner.done.wait(), 15)
+        except TimeoutError:
+            raise kopf.TemporaryError("the pool's loop has not stopped yet", delay=2) from None
+    try:
+        await remove_published(body, memo["publisher"], memo["secrets"].read)
+    except Exception as exc:
+        raise kopf.TemporaryError(
+            f"removing what the pool published failed ({type(exc).__name__}: {exc}); retrying", delay=5
+        ) from exc
+    memo["events"].forget(namespace, name)
+    logger.info("removed what the pool published")
+
+
+def _not_ours(labels: kopf.Labels, **_: Any) -> bool:
+    """The EndpointSlices pools publish feed no pool: kopf drops their events early."""
+    return labels.get(MANAGED_BY_LABEL) != MANAGED_BY
+
+
+@kopf.index("discovery.k8s.io", "v1", "endpointslices", id="slices_by_namespace", when=_not_ours)
+async def slices_by_namespace(namespace: str | None, body: kopf.Body, **_: Any) -> dict[str | None, Any]:
     """EndpointSlices by namespace, for pools with Kubernetes discovery (kept by kopf's watch)."""
     return {
         namespace: {
@@ -132,16 +252,17 @@ def slices_by_namespace(namespace: str | None, body: kopf.Body, **_: Any) -> dic
     }
 
 
-@kopf.on.event("discovery.k8s.io", "v1", "endpointslices", id="slice-changed")
-def slice_changed(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
-    """Wake the pools that follow this slice, so a change reaches them at once."""
+@kopf.on.event("discovery.k8s.io", "v1", "endpointslices", id="slice-changed", when=_not_ours)
+async def slice_changed(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
+    """Wake the pools that follow this slice, so a change reaches them at once. Async, so
+    it runs on the event loop, where the runners' asyncio.Events live."""
     for (ns, _name), runner in list(memo["runners"].items()):
         if ns == namespace and runner.follows(labels):
             runner.wake.set()
 
 
 @kopf.on.update(api.GROUP, api.VERSION, api.PLURAL, id="spec-changed", field="spec")
-def spec_changed(memo: kopf.Memo, **_: Any) -> None:
+async def spec_changed(memo: kopf.Memo, **_: Any) -> None:
     """Wake the pool's daemon so a spec change applies now, not after the interval."""
     wake = memo.get("wake")
     if wake is not None:

@@ -18,11 +18,14 @@ deleted pool's series are removed, and so are those of endpoints that leave a po
     clusterpool_events_total{namespace,pool,type,reason}         Events emitted
     clusterpool_round_duration_seconds{namespace,pool}           one round: probe, publish, status
     clusterpool_kubernetes_api_reachable                         the operator-wide API check
+    clusterpool_event_loop_lag_seconds                           how late the event loop runs timers
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -70,6 +73,29 @@ class Metrics:
             "clusterpool_kubernetes_api_reachable", "1 while the Kubernetes API answers", registry=registry
         )
         self.api.set(1)
+        self.loop_lag = Histogram(
+            "clusterpool_event_loop_lag_seconds",
+            "How late a timer on the operator's event loop fires (sampled every 0.25 s)",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=registry,
+        )
+        self.loop_lag_max = Gauge(
+            "clusterpool_event_loop_lag_max_seconds", "The largest lag of the last 10 s", registry=registry
+        )
+
+    async def watch_loop_lag(self, every: float = 0.25, window: float = 10.0) -> None:
+        """Sample the event loop's lag: everything the operator does shares this loop, so
+        its lag is the delay every probe, wake-up and write sees on top of its own."""
+        worst, started = 0.0, time.monotonic()
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(every)
+            lag = max(0.0, time.monotonic() - before - every)
+            self.loop_lag.observe(lag)
+            worst = max(worst, lag)
+            if time.monotonic() - started >= window:
+                self.loop_lag_max.set(worst)
+                worst, started = 0.0, time.monotonic()
 
     def pool(self, namespace: str, name: str) -> PoolMetrics:
         return PoolMetrics(self, namespace, name)

@@ -1,19 +1,28 @@
-"""One pool's loop: read the spec, probe, fold results into health, publish.
+"""One pool's loop, as stages: spec -> source -> probes and the core -> status; sinks.
 
-The runner knows nothing of kopf: the wiring hands it the live object body and three
-callables (write status, emit an Event, the logger). Each round:
+The runner knows nothing of kopf: the wiring hands it the live object body and callables
+(write status, emit an Event, the logger, whether this replica may drive the pool). Each
+round:
 
-1. re-validates the spec when its generation changed; a bad spec is reported
-   (SpecValid=False and a Warning Event) and the last valid spec stays in use;
-2. probes every endpoint concurrently and folds the results into PoolHealth;
-3. emits an Event per transition and writes status only when it differs from the
-   last status written;
-4. sleeps intervalSeconds plus jitter, or until woken by a spec change.
+1. spec: re-validated when its generation changed; a bad spec is reported (SpecValid=False
+   and a Warning Event) and the last valid spec stays in use;
+2. source: the members (static, the EndpointSlices kopf keeps, or the Consul watcher);
+3. probes and the pure core: every endpoint probed concurrently, folded into PoolState,
+   an Event per transition;
+4. status: written (on the write queue's HEALTH lane) when it differs from the last one;
+5. sinks: the Kubernetes objects, Consul, the cache check each get the new state and
+   answer in a task of their own, under their own timeout (sinks.py), so none of them
+   delays detection, the status or another sink;
+
+then it sleeps intervalSeconds plus jitter, or until woken (a spec or slice change, a
+sink whose condition changed). It returns when stopped or when this replica may no
+longer drive the pool.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -40,15 +49,18 @@ from clusterpool.core.publish import (
     build_service,
     cache_settings,
 )
-from clusterpool.core.status import ConditionSpec, merge_patch, render_status, restore_state, rfc3339
+from clusterpool.core.status import ConditionSpec, render_status, restore_state, rfc3339
 from clusterpool.discovery.consul import ConsulError, ConsulWatcher
 from clusterpool.discovery.consul_publish import ConsulPublisher, Instance
 from clusterpool.discovery.kubernetes import members_from_slices, selects
 from clusterpool.discovery.static import static_members
-from clusterpool.health.probes import Prober, probe_all, prober_for
+from clusterpool.health.probes import Prober, probe_batches, prober_for
 from clusterpool.metrics import PoolMetrics
+from clusterpool.sinks import SinkTask
 
-WriteStatus = Callable[[dict[str, Any]], Awaitable[bool]]
+WriteStatus = Callable[[dict[str, Any], dict[str, Any]], Awaitable[bool]]  # (status, as stored) -> written
+HELD_EVENTS = 32  # Events kept while the replica may not write (the newest)
+SINK_TIMEOUT = 20.0  # seconds a sink may take before its condition says Timeout
 
 
 class ObjectPublisher(Protocol):
@@ -138,14 +150,20 @@ class PoolRunner:
         slices: SliceSource | None = None,
         secrets: SecretReader | None = None,
         metrics: PoolMetrics | None = None,
+        may_drive: Callable[[], bool] = lambda: True,
+        keeps: Callable[[], bool] = lambda: True,
+        sink_timeout: float = SINK_TIMEOUT,
+        identity: str | None = None,
     ) -> None:
         self.body = body
         self.metrics = metrics  # a live view: kopf updates it as the object changes
-        self.write_status = write_status
-        self.emit = emit
+        self.write_status_fn = write_status
+        self._emit = emit
+        self.held_events: collections.deque[tuple[str, str, str]] = collections.deque(maxlen=HELD_EVENTS)
         self.log = logger
         self.rand = rand
         self.wake = asyncio.Event()
+        self.done = asyncio.Event()  # set by the wiring once run() has returned
         self.stopping = False
         self.spec: api.ClusterPoolSpec | None = None
         self.spec_error: str | None = None
@@ -162,18 +180,57 @@ class PoolRunner:
         self.consul_publisher: ConsulPublisher | None = None
         self.api_down_since: datetime | None = None
         self.last_api_outage: str | None = None
-        self.consul_published: ConditionSpec | None = None
-        self.published: ConditionSpec | None = None
         self.slice_names: set[str] | None = None
+        self.may_drive = may_drive  # may write now (this replica certainly holds the pool)
+        self.keeps = keeps  # the pool stays with this replica (while unsure: probe, write nothing)
+        self.identity = identity  # the replica driving the pool, written as status.drivenBy
+        self.objects = SinkTask(
+            "publishing the Service, EndpointSlices and ConfigMap",
+            self.sync_objects,
+            sink_timeout,
+            self.wake.set,
+            logger,
+            "Published",
+        )
+        self.consul_sink = SinkTask(
+            "registering in Consul", self.sync_consul, sink_timeout, self.wake.set, logger, "PublishedToConsul"
+        )
+        self.cache_sink = SinkTask(
+            "checking the cache", self.check_cache, sink_timeout, self.wake.set, logger, "CacheReady"
+        )
+        stored = (body.get("status") or {}).get("conditions") or []
+        for sink in (self.objects, self.consul_sink, self.cache_sink):
+            # until the sink answers, its condition stays as stored (no flapping after a restart)
+            sink.condition = next(
+                (
+                    ConditionSpec(c["type"], c["status"], c["reason"], c.get("message", ""))
+                    for c in stored
+                    if c.get("type") == sink.condition_type
+                ),
+                None,
+            )
         meta = body.get("metadata") or {}
         self.cache = CacheMonitor(
             str(meta.get("namespace")),
             secrets,
-            emit,
+            self.emit,
             logger,
             self.wake.set,
             (body.get("status") or {}).get("cache"),
         )
+
+    def emit(self, type_: str, reason: str, message: str) -> None:
+        """Post an Event now, or, while this replica may not write for the pool (its Lease
+        is uncertain, e.g. the API server is away), hold it until it may (the newest
+        HELD_EVENTS are kept)."""
+        if self.may_drive():
+            self._emit(type_, reason, message)
+        else:
+            self.held_events.append((type_, reason, message))
+
+    def _post_held_events(self) -> None:
+        while self.held_events:
+            self._emit(*self.held_events.popleft())
 
     # -- spec ---------------------------------------------------------------------------
 
@@ -234,14 +291,7 @@ class PoolRunner:
         self.consul.start()
 
     def _secret_reader(self, ref: api.SecretKeyRef | None) -> Callable[[], Awaitable[str | None]]:
-        namespace = str((self.body.get("metadata") or {}).get("namespace"))
-
-        async def token() -> str | None:
-            if ref is None or self.secrets is None:
-                return None
-            return await self.secrets(namespace, ref.name, ref.key)
-
-        return token
+        return secret_reader(self.secrets, str((self.body.get("metadata") or {}).get("namespace")), ref)
 
     async def _publish_to_consul(self, spec: api.ClusterPoolSpec) -> None:
         want = spec.publish.consul if spec.publish else None
@@ -254,7 +304,7 @@ class PoolRunner:
                     await current.deregister_all()
             await current.close()
             self.consul_publisher = None
-            self.consul_published = None
+            self.consul_sink.condition = None
         if want is not None and self.consul_publisher is None:
             meta = self.body.get("metadata") or {}
             self.consul_publisher = ConsulPublisher(
@@ -266,13 +316,15 @@ class PoolRunner:
                 self._secret_reader(want.ca_secret_ref),
             )
 
-    async def sync_consul(self) -> None:
-        if self.consul_publisher is None:
-            return
-        decisions = {d.name: d for d in self.pool.decision.decisions} if self.pool.decision else {}
+    async def sync_consul(self, state: PoolState) -> ConditionSpec | None:
+        """Sink: the pool's endpoints in Consul, with checks carrying the probe results."""
+        publisher = self.consul_publisher
+        if publisher is None:
+            return None
+        decisions = {d.name: d for d in state.decision.decisions} if state.decision else {}
         instances = []
-        for ep in self.pool.members:
-            h, d = self.pool.health.of(ep.name), decisions.get(ep.name)
+        for ep in state.members:
+            h, d = state.health.of(ep.name), decisions.get(ep.name)
             if d is None or not d.eligible:
                 status = "critical"
             elif h.health == "Healthy" and not ep.source_warning and not d.ejection_limited:
@@ -281,18 +333,18 @@ class PoolRunner:
                 status = "warning"
             instances.append(Instance(ep.name, ep.address, ep.port, status, h.message or h.health))
         try:
-            await self.consul_publisher.sync(instances)
-        except (httpx.HTTPError, ConsulError, ssl.SSLError) as exc:
+            await publisher.sync(instances)
+        except (httpx.HTTPError, ConsulError, ssl.SSLError, ValueError) as exc:
             problem = ConditionSpec("PublishedToConsul", "False", "ConsulUnreachable", f"{type(exc).__name__}: {exc}")
-            if self.consul_published is None or self.consul_published.status == "True":
+            before = self.consul_sink.condition
+            if before is None or before.status == "True":
                 self.emit("Warning", "ConsulPublishFailed", problem.message)
-            self.consul_published = problem
-            return
-        self.consul_published = ConditionSpec(
+            return problem
+        return ConditionSpec(
             "PublishedToConsul",
             "True",
             "UpToDate",
-            f"{len(instances)} instances of {self.consul_publisher.spec.service or meta_name(self.body)} in Consul",
+            f"{len(instances)} instances of {publisher.spec.service or meta_name(self.body)} in Consul",
         )
 
     def _consul_changed(self, members: tuple[Endpoint, ...]) -> None:
@@ -331,13 +383,25 @@ class PoolRunner:
     # -- one round ----------------------------------------------------------------------
 
     async def probe_round(self) -> None:
+        """Probe every endpoint and fold the results in as they arrive: a transition is
+        written (and offered to the sinks) at once, not after the round's slowest probe."""
         if self.spec is None or self.prober is None:
             return
-        results = await probe_all(self.pool.members, self.prober)
-        self.pool, events = step(self.pool, results, thresholds_of(self.spec), failover_of(self.spec), utcnow())
-        for e in events:
-            self.log.info("%s: %s", e.reason, e.message)
-            self.emit(e.type, e.reason, e.message)
+        thresholds, failover = thresholds_of(self.spec), failover_of(self.spec)
+        async for results in probe_batches(self.pool.members, self.prober):
+            self.pool, events = step(self.pool, results, thresholds, failover, utcnow())
+            for e in events:
+                self.log.info("%s: %s", e.reason, e.message)
+                self.emit(e.type, e.reason, e.message)
+            if events and self.may_drive():
+                await self.write_status()
+                self.offer_to_sinks()
+
+    def offer_to_sinks(self) -> None:
+        if self.spec is not None:
+            self.objects.offer((self.spec, self.pool))
+            self.consul_sink.offer(self.pool)
+            self.cache_sink.offer(self.spec)
 
     def render(self) -> dict[str, Any]:
         status = self.last_written if self.last_written is not None else (self.body.get("status") or {})
@@ -355,14 +419,16 @@ class PoolRunner:
         cache = self.cache.status()
         if cache is not None:
             out["cache"] = cache
+        if self.identity is not None:
+            out["drivenBy"] = self.identity
         return out
 
-    async def check_cache(self) -> None:
-        if self.spec is None:
-            return
+    async def check_cache(self, spec: api.ClusterPoolSpec) -> ConditionSpec | None:
+        """Sink: Redis checked, old versions cleaned; CacheMonitor keeps status.cache."""
         meta = self.body.get("metadata") or {}
-        settings = cache_settings(self.spec, str(meta.get("namespace")), str(meta.get("name")))
-        await self.cache.update(self.spec.cache, settings)
+        settings = cache_settings(spec, str(meta.get("namespace")), str(meta.get("name")))
+        await self.cache.update(spec.cache, settings)
+        return self.cache.condition()
 
     def api_down(self, exc: BaseException) -> None:
         if self.api_down_since is None:
@@ -394,7 +460,7 @@ class PoolRunner:
         self.wake.set()  # write the record of it now
 
     def _extra_conditions(self) -> list[ConditionSpec]:
-        out = [self.published] if self.published else []
+        out = [c for c in (self.objects.condition, self.consul_sink.condition) if c is not None]
         if self.spec is not None and self.spec.discovery.kubernetes is not None:
             if self.last_api_outage is not None:
                 out.append(ConditionSpec("DiscoveryDegraded", "False", "RecoveredFromOutage", self.last_api_outage))
@@ -402,11 +468,8 @@ class PoolRunner:
                 out.append(
                     ConditionSpec("DiscoveryDegraded", "False", "SourceReachable", "the EndpointSlice watch is up")
                 )
-        if self.consul_published is not None:
-            out.append(self.consul_published)
-        cache = self.cache.condition()
-        if cache is not None:
-            out.append(cache)
+        if self.cache_sink.condition is not None:
+            out.append(self.cache_sink.condition)
         if self.spec is not None and self.spec.discovery.consul is not None:
             if self.discovery_problem is not None:
                 out.append(
@@ -421,15 +484,16 @@ class PoolRunner:
                 out.append(ConditionSpec("DiscoveryDegraded", "False", "SourceReachable", "Consul answers"))
         return out
 
-    async def publish_objects(self) -> None:
-        """The Service, the EndpointSlices of eligible endpoints and the routing ConfigMap."""
-        if self.publisher is None or self.spec is None:
-            return
+    async def sync_objects(self, snapshot: tuple[api.ClusterPoolSpec, PoolState]) -> ConditionSpec | None:
+        """Sink: the Service, the EndpointSlices of eligible endpoints and the routing ConfigMap."""
+        if self.publisher is None:
+            return None
+        spec, state = snapshot
         meta = self.body.get("metadata") or {}
         pool = {"metadata": {k: meta.get(k) for k in ("name", "namespace", "uid", "generation")}}
-        slices, refused = build_endpoint_slices(pool, self.pool)
-        table = build_routing_table(pool, self.spec, self.pool)
-        objs = [build_service(pool, self.pool), *slices, build_routing_configmap(pool, table)]
+        slices, refused = build_endpoint_slices(pool, state)
+        table = build_routing_table(pool, spec, state)
+        objs = [build_service(pool, state), *slices, build_routing_configmap(pool, table)]
         try:
             problems = await self.publisher.apply(objs)
             names = {s["metadata"]["name"] for s in slices}
@@ -437,44 +501,38 @@ class PoolRunner:
                 await self.publisher.prune_slices(str(meta.get("namespace")), str(meta.get("name")), names)
                 self.slice_names = names
         except ApiException as exc:
-            self.published = ConditionSpec(
+            published = ConditionSpec(
                 "Published",
                 "False",
                 "PublishFailed",
                 f"the API server answered {exc.status}: {_api_message(exc)}; retrying",
             )
-            return
-        if problems:
-            published = ConditionSpec("Published", "False", "PublishConflict", "; ".join(problems))
-        elif refused:
-            published = ConditionSpec(
-                "Published",
-                "True",
-                "SomeAddressesUnpublishable",
-                f"{', '.join(refused)}: loopback or link-local addresses are not allowed in an EndpointSlice; "
-                "they are in the routing table only",
-            )
         else:
-            published = ConditionSpec(
-                "Published",
-                "True",
-                "UpToDate",
-                f"Service {meta.get('name')} with {len(slices)} EndpointSlice(s) and ConfigMap "
-                f"{meta.get('name')}-routing",
-            )
-        if self.published is not None and self.published.status == "True" and published.status == "False":
+            if problems:
+                published = ConditionSpec("Published", "False", "PublishConflict", "; ".join(problems))
+            elif refused:
+                published = ConditionSpec(
+                    "Published",
+                    "True",
+                    "SomeAddressesUnpublishable",
+                    f"{', '.join(refused)}: loopback or link-local addresses are not allowed in an EndpointSlice; "
+                    "they are in the routing table only",
+                )
+            else:
+                published = ConditionSpec(
+                    "Published",
+                    "True",
+                    "UpToDate",
+                    f"Service {meta.get('name')} with {len(slices)} EndpointSlice(s) and ConfigMap "
+                    f"{meta.get('name')}-routing",
+                )
+        before = self.objects.condition
+        if published.status == "False" and (before is None or before.status == "True"):
             self.emit("Warning", published.reason, published.message)
-        self.published = published
+        return published
 
-    async def unpublish(self) -> None:
-        meta = self.body.get("metadata") or {}
-        if self.consul_publisher is not None:
-            await self.consul_publisher.deregister_all()
-            await self.consul_publisher.close()
-        if self.publisher is not None:
-            await self.publisher.delete_all(str(meta.get("namespace")), str(meta.get("name")), str(meta.get("uid")))
-
-    async def publish(self) -> None:
+    async def write_status(self) -> None:
+        """Status from the state (not behind the sinks), when it changed."""
         status = self.render()
         if self.metrics is not None:
             self.metrics.status(status)
@@ -483,7 +541,7 @@ class PoolRunner:
             self.last_written = status
             return
         self._emit_ready_change(status)
-        if await self.write_status(merge_patch(previous, status)):
+        if await self.write_status_fn(status, _plain(self.body.get("status") or {})):
             self.last_written = status
 
     def _emit_ready_change(self, status: dict[str, Any]) -> None:
@@ -510,10 +568,11 @@ class PoolRunner:
         await self.refresh_spec()
         self.refresh_members()
         await self.probe_round()
-        await self.publish_objects()
-        await self.sync_consul()
-        await self.check_cache()
-        await self.publish()
+        if not self.may_drive():  # observe only: nothing is written until this replica may again
+            return self.next_delay(time.monotonic() - start)
+        self._post_held_events()
+        await self.write_status()
+        self.offer_to_sinks()
         took = time.monotonic() - start
         if self.metrics is not None:
             self.metrics.round(took)
@@ -528,6 +587,8 @@ class PoolRunner:
         try:
             await self._loop()
         finally:
+            for sink in (self.objects, self.consul_sink, self.cache_sink):
+                await sink.close()
             if self.prober is not None:
                 await self.prober.close()
             if self.consul is not None:
@@ -535,7 +596,7 @@ class PoolRunner:
             await self.cache.close()
 
     async def _loop(self) -> None:
-        while not self.stopping:
+        while not self.stopping and self.keeps():
             self.wake.clear()  # before the round, so a change during it wakes the next one
             try:
                 delay = await self.run_once()
@@ -550,6 +611,44 @@ class PoolRunner:
                 delay = 2.0
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), delay)
+
+
+def secret_reader(
+    secrets: SecretReader | None, namespace: str, ref: api.SecretKeyRef | None
+) -> Callable[[], Awaitable[str | None]]:
+    async def value() -> str | None:
+        if ref is None or secrets is None:
+            return None
+        return await secrets(namespace, ref.name, ref.key)
+
+    return value
+
+
+async def remove_published(
+    body: Mapping[str, Any], publisher: ObjectPublisher | None, secrets: SecretReader | None
+) -> None:
+    """Remove everything the pool published: its Consul registrations (found by their
+    meta, so also those an earlier operator made) and its Kubernetes objects. Raises when
+    something could not be removed; the caller retries."""
+    meta = body.get("metadata") or {}
+    namespace, name = str(meta.get("namespace")), str(meta.get("name"))
+    publish = (body.get("spec") or {}).get("publish") or {}
+    if publish.get("consul") is not None:
+        spec = api.ConsulPublish.model_validate(dict(publish["consul"]))
+        consul = ConsulPublisher(
+            spec,
+            namespace,
+            name,
+            1,
+            secret_reader(secrets, namespace, spec.token_secret_ref),
+            secret_reader(secrets, namespace, spec.ca_secret_ref),
+        )
+        try:
+            await consul.deregister_all()
+        finally:
+            await consul.close()
+    if publisher is not None:
+        await publisher.delete_all(namespace, name, str(meta.get("uid")))
 
 
 def api_unreachable(exc: BaseException) -> bool:

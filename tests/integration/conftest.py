@@ -113,7 +113,7 @@ class OperatorProcess:
         if self.uid is not None:  # as in a container: no login name anywhere in the environment
             for var in ("USER", "LOGNAME", "LNAME", "USERNAME"):
                 env.pop(var, None)
-        self.log = self.log_dir / f"operator-{self.starts}.log"
+        self.log = self.log_dir / f"operator-{self.identity or 'default'}-{self.starts}.log"
         as_user = [] if self.uid is None else as_uid_without_passwd_entry(self.uid)
         self.proc = subprocess.Popen(
             [

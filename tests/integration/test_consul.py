@@ -132,7 +132,8 @@ def test_publish_consul_registers_health_correct_entries_and_removes_them(pools,
         10,
         "both passing in Consul",
     )
-    assert pools.condition("pub", "PublishedToConsul")["status"] == "True"
+    # the sink's answer reaches the status on the wake-up it causes
+    wait_for(lambda: pools.condition("pub", "PublishedToConsul").get("status") == "True", 5, "PublishedToConsul")
     backends[1].stop()  # our probes see it die; Consul must say so too (not "always passing")
     wait_for(lambda: consul_health(consul_agent, "llm-pool").get("ep-1") == "critical", 10, "ep-1 critical in Consul")
     assert consul_health(consul_agent, "llm-pool")["ep-0"] == "passing"

@@ -55,10 +55,20 @@ def test_the_chart_grants_exactly_the_install_manifests_rules(helm_bin):
     assert shards_binding["subjects"] == binding["subjects"]
 
 
-def test_the_deployment_is_one_replica_with_values_applied(helm_bin):
+def test_the_deployment_is_one_replica_by_default_with_values_applied(helm_bin):
     objs = rendered(helm_bin)
     dep = objs[("Deployment", "rel-clusterpool-operator")]
-    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"] == {"type": "Recreate"}
+    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "RollingUpdate"
+    env = {e["name"]: e for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"  # the identity kopf needs
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert env["CLUSTERPOOL_LEASE_SECONDS"]["value"] == "15"
+    scaled = rendered(helm_bin, "--set", "replicas=3", "--set", "leaseSeconds=30")
+    dep3 = scaled[("Deployment", "rel-clusterpool-operator")]
+    assert dep3["spec"]["replicas"] == 3
+    assert {e["name"]: e for e in dep3["spec"]["template"]["spec"]["containers"][0]["env"]}[
+        "CLUSTERPOOL_LEASE_SECONDS"
+    ]["value"] == "30"
     container = dep["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == "clusterpool-operator:0.1.0"  # the chart's appVersion
     assert container["args"] == [

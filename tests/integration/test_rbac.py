@@ -67,7 +67,7 @@ def test_the_operator_runs_a_pool_under_its_own_service_account(
     operator, pools, net_backends, sa_kubeconfig, tmp_path, k8s
 ):
     operator.stop()  # one operator at a time handles a pool
-    restricted = OperatorProcess(sa_kubeconfig, tmp_path)
+    restricted = OperatorProcess(sa_kubeconfig, tmp_path, args=("--lease-namespace", NS))
     try:
         restricted.start()
         backends = net_backends(2)

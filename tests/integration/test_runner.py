@@ -1,6 +1,8 @@
 """PoolRunner with real backends and an in-memory object body: what it writes and emits."""
 
+import asyncio
 import logging
+import socket
 
 import pytest
 
@@ -30,7 +32,7 @@ class Recorder:
     def __init__(self):
         self.writes, self.events = [], []
 
-    async def write(self, status):
+    async def write(self, status, stored):
         self.writes.append(status)
         return True
 
@@ -41,12 +43,15 @@ class Recorder:
 async def test_writes_status_once_while_nothing_changes(backends):
     rec = Recorder()
     runner = PoolRunner(body_for(backends), rec.write, rec.emit, logging.getLogger("t"))
-    for _ in range(3):
+    await runner.run_once()  # written as the probes answer (one or two batches)
+    first_round = len(rec.writes)
+    assert rec.writes[-1]["healthy"] == 2
+    for _ in range(2):
         await runner.run_once()
-    assert len(rec.writes) == 1
-    assert rec.writes[0]["healthy"] == 2
+    assert len(rec.writes) == first_round  # nothing new, nothing written
     assert [e[1] for e in rec.events].count("EndpointHealthy") == 2
-    assert ("Normal", "PoolReady", "2 of 2 endpoints healthy") in rec.events
+    ready = [e for e in rec.events if e[1] == "PoolReady"]  # once, as soon as the first endpoint answered
+    assert len(ready) == 1 and ready[0][2] in ("1 of 2 endpoints healthy", "2 of 2 endpoints healthy")
 
 
 async def test_an_invalid_spec_keeps_the_last_valid_one(backends):
@@ -86,3 +91,80 @@ async def test_jitter_stretches_the_interval_within_its_bound(backends):
     )
     await runner.run_once()
     assert runner.next_delay(0.5) == pytest.approx(2 * 1.5 - 0.5)
+
+
+class HangingPublisher:
+    """A sink that never answers (an API server that accepts and stalls)."""
+
+    async def apply(self, objs):
+        await asyncio.sleep(3600)
+
+    async def prune_slices(self, namespace, pool, keep):
+        await asyncio.sleep(3600)
+
+    async def delete_all(self, namespace, pool, uid):
+        pass
+
+
+async def test_a_hanging_sink_delays_neither_detection_nor_the_status(backends):
+    rec = Recorder()
+    runner = PoolRunner(
+        body_for(backends, unhealthyThreshold=1),
+        rec.write,
+        rec.emit,
+        logging.getLogger("t"),
+        publisher=HangingPublisher(),
+        sink_timeout=0.5,
+    )
+    try:
+        await runner.run_once()
+        assert rec.writes[-1]["healthy"] == 2  # written although publishing hangs
+        backends[1].stop()
+        await runner.run_once()
+        assert runner.objects.syncs == 0  # the round did not wait for the sink, still in its first sync
+        assert rec.writes[-1]["healthy"] == 1
+        await asyncio.sleep(0.7)  # the sink's own timeout passes: its condition says so
+        await runner.run_once()
+        published = next(c for c in rec.writes[-1]["conditions"] if c["type"] == "Published")
+        assert (published["status"], published["reason"]) == ("False", "Timeout")
+    finally:
+        await runner.objects.close()
+
+
+async def test_a_refused_endpoint_is_reported_before_a_hanging_probe_times_out(backends):
+    silent = socket.socket()
+    silent.bind(("127.0.0.9", 0))
+    silent.listen(16)  # the kernel accepts connections; nobody ever answers
+    try:
+        backends[1].stop()
+        body = body_for(backends)
+        body["spec"]["discovery"]["static"]["endpoints"].append(
+            {"name": "silent", "address": "127.0.0.9", "port": silent.getsockname()[1]}
+        )
+        rec = Recorder()
+        runner = PoolRunner(body, rec.write, rec.emit, logging.getLogger("t"))
+        await runner.run_once()
+        health = [{e["name"]: e["health"] for e in w["endpoints"]} for w in rec.writes]
+        # written while the silent endpoint's probe was still waiting for its timeout
+        assert {"ep-0": "Healthy", "ep-1": "Unhealthy", "silent": "Unknown"} in health
+        assert health[-1] == {"ep-0": "Healthy", "ep-1": "Unhealthy", "silent": "Unhealthy"}
+    finally:
+        silent.close()
+
+
+async def test_while_it_may_not_write_it_keeps_probing_and_holds_its_events(backends):
+    rec = Recorder()
+    allowed = [True]
+    runner = PoolRunner(body_for(backends, unhealthyThreshold=1), rec.write, rec.emit, logging.getLogger("t"))
+    runner.may_drive = lambda: allowed[0]
+    await runner.run_once()
+    writes, events = len(rec.writes), len(rec.events)
+    allowed[0] = False  # e.g. the API server is away and the Lease cannot be renewed
+    backends[1].stop()
+    await runner.run_once()
+    assert runner.pool.health.of("ep-1").health == "Unhealthy"  # still probing
+    assert (len(rec.writes), len(rec.events)) == (writes, events)  # but nothing written or posted
+    allowed[0] = True
+    await runner.run_once()
+    assert rec.writes[-1]["healthy"] == 1
+    assert "EndpointUnhealthy" in [e[1] for e in rec.events[events:]]  # the held Event, posted now

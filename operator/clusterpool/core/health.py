@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import datetime
+from functools import cached_property
 from typing import Literal
 
 Health = Literal["Unknown", "Healthy", "Degraded", "Unhealthy"]
@@ -62,6 +63,9 @@ class EndpointHealth:
     reason: str | None = None
     message: str | None = None
     last_transition: datetime | None = None
+
+
+_UNKNOWN = EndpointHealth()
 
 
 @dataclass(frozen=True)
@@ -118,8 +122,13 @@ class PoolHealth:
     members: tuple[Endpoint, ...] = ()
     health: tuple[tuple[str, EndpointHealth], ...] = ()
 
+    @cached_property
+    def _by_name(self) -> dict[str, EndpointHealth]:
+        return dict(self.health)
+
     def of(self, name: str) -> EndpointHealth:
-        return dict(self.health).get(name, EndpointHealth())
+        """O(1): the index is built once per (immutable) PoolHealth, not per call."""
+        return self._by_name.get(name, _UNKNOWN)
 
     def with_members(self, members: tuple[Endpoint, ...]) -> PoolHealth:
         """New membership. An endpoint keeps its health while its name, address and port

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from clusterpool.api import CompositeCheck, HealthCheck, HTTPCheck
@@ -279,13 +279,39 @@ def prober_for(check: HealthCheck) -> Prober:
 
 async def probe_all(members: tuple[Endpoint, ...], prober: Check) -> dict[str, ProbeResult]:
     """Probe every endpoint concurrently; a probe that raises counts as a failure."""
-    results = await asyncio.gather(*(prober(ep) for ep in members), return_exceptions=True)
     out: dict[str, ProbeResult] = {}
-    for ep, res in zip(members, results, strict=True):
-        if isinstance(res, ProbeResult):
-            out[ep.name] = res
-        elif isinstance(res, asyncio.CancelledError):
-            raise res
-        else:
-            out[ep.name] = _failure(res, 0.0, f"probe of {ep.address}:{ep.port}")
+    async for batch in probe_batches(members, prober):
+        out.update(batch)
     return out
+
+
+async def probe_batches(
+    members: tuple[Endpoint, ...], prober: Check, gather_for: float = 0.05
+) -> AsyncIterator[dict[str, ProbeResult]]:
+    """Probe every endpoint concurrently and yield the results as they come: the first
+    ones at once (a refused connection is known long before a slow probe times out), then
+    whatever finished within each further `gather_for` seconds, so a round with spread
+    latencies is a few batches, not one per endpoint. A probe that raises is a failure."""
+    tasks: dict[asyncio.Future[ProbeResult], Endpoint] = {asyncio.ensure_future(prober(ep)): ep for ep in members}
+    pending: set[asyncio.Future[ProbeResult]] = set(tasks)
+    try:
+        first = True
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            if not first and pending:
+                await asyncio.sleep(gather_for)
+                more = {t for t in pending if t.done()}
+                done, pending = done | more, pending - more
+            first = False
+            batch: dict[str, ProbeResult] = {}
+            for t in done:
+                ep = tasks[t]
+                exc = t.exception()
+                if exc is None:
+                    batch[ep.name] = t.result()
+                else:
+                    batch[ep.name] = _failure(exc, 0.0, f"probe of {ep.address}:{ep.port}")
+            yield batch
+    finally:
+        for t in pending:
+            t.cancel()

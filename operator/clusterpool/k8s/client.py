@@ -10,15 +10,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
 from clusterpool import api
+from clusterpool.core.status import merge_patch
+from clusterpool.k8s.writes import Lane, WriteQueue
 
 log = logging.getLogger(__name__)
+
+CONNECTIONS = 32  # urllib3's pool: at least the write queue's workers plus the reads
 
 
 def load_config() -> kubernetes.client.ApiClient:
@@ -27,33 +31,55 @@ def load_config() -> kubernetes.client.ApiClient:
         kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
     except kubernetes.config.ConfigException:
         kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
-    return kubernetes.client.ApiClient()
+    config = kubernetes.client.Configuration.get_default_copy()
+    config.connection_pool_maxsize = CONNECTIONS
+    # No silent retries: a write decided while this replica owned a pool must land (or
+    # fail) within a bounded time (WriteQueue.request_timeout); rounds retry instead.
+    config.retries = False
+    return kubernetes.client.ApiClient(config)
 
 
 class StatusWriter:
-    """Merge-patches the status subresource of ClusterPools."""
+    """Merge-patches the status subresource of ClusterPools, on the HEALTH lane.
 
-    def __init__(self, client: kubernetes.client.ApiClient) -> None:
+    Writes of one pool coalesce: the patch is computed when the write is sent, against
+    the status last written, so a write that waited and was replaced loses nothing."""
+
+    def __init__(self, client: kubernetes.client.ApiClient, writes: WriteQueue, field_manager: str) -> None:
         self._api = kubernetes.client.CustomObjectsApi(client)
+        self._writes = writes
+        self._field_manager = field_manager
+        self._written: dict[tuple[str, str], dict[str, Any]] = {}
 
-    async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> bool:
-        """True when written; False when the pool is gone (deleted meanwhile)."""
-        try:
-            await asyncio.to_thread(
-                self._api.patch_namespaced_custom_object_status,
-                api.GROUP,
-                api.VERSION,
-                namespace,
-                api.PLURAL,
-                name,
-                {"status": status},
-                _request_timeout=30,
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise
-        return True
+    async def write(self, namespace: str, name: str, status: dict[str, Any], stored: Mapping[str, Any]) -> bool:
+        """Make the pool's status `status` (`stored`: what the API server had when this
+        writer last knew nothing newer). True when written; False when the pool is gone."""
+        key = (namespace, name)
+
+        def send() -> bool:
+            before = self._written.get(key, stored)
+            try:
+                self._api.patch_namespaced_custom_object_status(
+                    api.GROUP,
+                    api.VERSION,
+                    namespace,
+                    api.PLURAL,
+                    name,
+                    {"status": merge_patch(before, status)},
+                    field_manager=self._field_manager,
+                    _request_timeout=self._writes.request_timeout,
+                )
+            except ApiException as exc:
+                if exc.status == 404:
+                    return False
+                raise
+            self._written[key] = status
+            return True
+
+        return bool(await self._writes.write(Lane.HEALTH, ("ClusterPool/status", namespace, name), key, send))
+
+    def forget(self, namespace: str, name: str) -> None:
+        self._written.pop((namespace, name), None)
 
 
 class SecretReader:

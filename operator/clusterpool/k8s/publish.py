@@ -7,15 +7,16 @@ reported as a PublishConflict and the rest is still published.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
+from functools import partial
 from typing import Any
 
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
 from clusterpool.core.publish import POOL_LABEL, routing_configmap_name
+from clusterpool.k8s.writes import Lane, WriteQueue
 
 FIELD_MANAGER = "clusterpool-operator"
 APPLY = "application/apply-patch+yaml"
@@ -35,10 +36,15 @@ def _digest(obj: dict[str, Any]) -> str:
 
 
 class Publisher:
-    def __init__(self, client: kubernetes.client.ApiClient) -> None:
+    """EndpointSlices and the routing ConfigMap go on the HEALTH lane (clients act on
+    them), the Service on the INFO lane; each object's writes coalesce."""
+
+    def __init__(self, client: kubernetes.client.ApiClient, writes: WriteQueue) -> None:
+        self.writes = writes
         self.core = kubernetes.client.CoreV1Api(client)
         self.discovery = kubernetes.client.DiscoveryV1Api(client)
-        self._applied: dict[tuple[str, str, str], str] = {}  # (kind, namespace, name) -> digest
+        # (namespace, pool) -> {(kind, name): digest of what was applied}
+        self._applied: dict[tuple[str, str], dict[tuple[str, str], str]] = {}
 
     def _apply_sync(self, obj: dict[str, Any]) -> None:
         kind, meta = obj["kind"], obj["metadata"]
@@ -47,7 +53,7 @@ class Publisher:
             "field_manager": FIELD_MANAGER,
             "force": True,
             "_content_type": APPLY,
-            "_request_timeout": 30,
+            "_request_timeout": self.writes.request_timeout,
         }
         if kind == "Service":
             self._check_owner(meta)
@@ -61,7 +67,9 @@ class Publisher:
 
     def _check_owner(self, meta: dict[str, Any]) -> None:
         try:
-            existing = self.core.read_namespaced_service(meta["name"], meta["namespace"], _request_timeout=30)
+            existing = self.core.read_namespaced_service(
+                meta["name"], meta["namespace"], _request_timeout=self.writes.request_timeout
+            )
         except ApiException as exc:
             if exc.status == 404:
                 return
@@ -73,39 +81,50 @@ class Publisher:
             )
 
     async def apply(self, objs: list[dict[str, Any]]) -> list[str]:
-        """Apply the objects that changed since last applied. Returns the problems (the
-        others are still applied)."""
-        problems = []
+        """Apply the objects that changed since last applied, concurrently. Returns the
+        problems (the others are still applied)."""
+        changed = []
         for obj in objs:
-            key = (obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])
+            meta = obj["metadata"]
+            pool = (meta["namespace"], meta["labels"][POOL_LABEL])
+            key = (obj["kind"], meta["name"])
             digest = _digest(obj)
-            if self._applied.get(key) == digest:
-                continue
+            if self._applied.get(pool, {}).get(key) != digest:
+                lane = Lane.INFO if obj["kind"] == "Service" else Lane.HEALTH
+                write = self.writes.submit(lane, (*key, meta["namespace"]), pool, partial(self._apply_sync, obj))
+                changed.append((pool, key, digest, write))
+        problems = []
+        failure: BaseException | None = None
+        for pool, key, digest, done in changed:
             try:
-                await asyncio.to_thread(self._apply_sync, obj)
+                await done
             except PublishConflictError as exc:
                 problems.append(str(exc))
                 continue
-            self._applied[key] = digest
+            except Exception as exc:  # the others still count as applied; the first failure is raised
+                failure = failure or exc
+                continue
+            self._applied.setdefault(pool, {})[key] = digest
+        if failure is not None:
+            raise failure
         return problems
 
     async def prune_slices(self, namespace: str, pool: str, keep: set[str]) -> None:
         def run() -> None:
             slices = self.discovery.list_namespaced_endpoint_slice(
-                namespace, label_selector=f"{POOL_LABEL}={pool}", _request_timeout=30
+                namespace, label_selector=f"{POOL_LABEL}={pool}", _request_timeout=self.writes.request_timeout
             )
             for s in slices.items:
                 name = str(s.metadata.name) if s.metadata else ""
                 if name and name not in keep:
                     self._delete(self.discovery.delete_namespaced_endpoint_slice, name, namespace)
-                    self._applied.pop(("EndpointSlice", namespace, name), None)
+                    self._applied.get((namespace, pool), {}).pop(("EndpointSlice", name), None)
 
-        await asyncio.to_thread(run)
+        await self.writes.write(Lane.HEALTH, ("EndpointSlice/prune", namespace, pool), (namespace, pool), run)
 
-    @staticmethod
-    def _delete(fn: Any, name: str, namespace: str) -> None:
+    def _delete(self, fn: Any, name: str, namespace: str) -> None:
         try:
-            fn(name, namespace, _request_timeout=30)
+            fn(name, namespace, _request_timeout=self.writes.request_timeout)
         except ApiException as exc:
             if exc.status != 404:
                 raise
@@ -117,7 +136,7 @@ class Publisher:
         def run() -> None:
             self._delete(self.core.delete_namespaced_config_map, routing_configmap_name(pool), namespace)
             try:
-                svc = self.core.read_namespaced_service(pool, namespace, _request_timeout=30)
+                svc = self.core.read_namespaced_service(pool, namespace, _request_timeout=self.writes.request_timeout)
             except ApiException as exc:
                 if exc.status == 404:
                     return
@@ -125,6 +144,10 @@ class Publisher:
             if _owned_by(svc, uid):
                 self._delete(self.core.delete_namespaced_service, pool, namespace)
 
-        await asyncio.to_thread(run)
-        for key in [k for k in self._applied if k[1] == namespace and (k[2] == pool or k[2].startswith(pool + "-"))]:
-            self._applied.pop(key, None)
+        await self.writes.write(Lane.INFO, ("ClusterPool/delete", namespace, pool), (namespace, pool), run)
+        self.forget(namespace, pool)
+
+    def forget(self, namespace: str, pool: str) -> None:
+        """Forget what was applied for the pool (it went away, or another replica drives
+        it now and may change its objects): the next apply writes everything again."""
+        self._applied.pop((namespace, pool), None)

@@ -1,0 +1,133 @@
+"""Every Kubernetes write the operator makes, off the event loop, on threads of its own.
+
+The kubernetes client is synchronous. Sending each call to asyncio's default executor
+(cores + 4 threads, shared with everything else) queued a pool's status behind other
+pools' Service applies and Events: at a few hundred pools, detection took several
+intervals. Here instead:
+
+- two lanes with workers of their own: HEALTH (status, EndpointSlices, the routing
+  ConfigMap: what clients act on) and INFO (Events, Services, reads): an informational
+  write never delays a health-changing one;
+- one write in flight per object; a newer write for an object replaces the one still
+  waiting (latest wins), and whoever awaited the replaced write gets the newer result;
+- the backlog is bounded by the number of objects, not by the number of rounds;
+- `fence`, when given, is asked right before each write is sent: a replica that no longer
+  certainly owns a pool sends nothing for it (see k8s/shards.py), and `request_timeout`
+  bounds how long a write that was sent may take.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import enum
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Lane(enum.Enum):
+    HEALTH = "health"
+    INFO = "info"
+
+
+class NotOwnedError(Exception):
+    """The write was not sent: this replica no longer owns the object's pool."""
+
+
+Fence = Callable[[Hashable], bool]  # pool key -> may this replica write for it now
+
+
+@dataclass
+class _Pending:
+    call: Callable[[], Any]
+    pool: Hashable
+    waiters: list[asyncio.Future[Any]] = field(default_factory=list)
+
+
+class WriteQueue:
+    def __init__(
+        self, health_workers: int = 12, info_workers: int = 4, fence: Fence | None = None, request_timeout: float = 5.0
+    ) -> None:
+        self.fence = fence
+        # every write's own timeout: with sharding, under a third of the Lease, so a write
+        # decided while the pool was this replica's cannot land after another took over
+        self.request_timeout = request_timeout
+        self._workers = {Lane.HEALTH: health_workers, Lane.INFO: info_workers}
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=health_workers + info_workers, thread_name_prefix="k8s-write"
+        )
+        self._pending: dict[Hashable, _Pending] = {}
+        self._in_flight: set[Hashable] = set()
+        self._ready: dict[Lane, asyncio.Queue[Hashable]] = {}
+        self._lane_of: dict[Hashable, Lane] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def _start(self) -> None:
+        if self._tasks:
+            return
+        for lane, n in self._workers.items():
+            self._ready[lane] = asyncio.Queue()
+            self._tasks += [asyncio.create_task(self._work(lane), name=f"k8s-{lane.value}-{i}") for i in range(n)]
+
+    def submit(self, lane: Lane, key: Hashable, pool: Hashable, call: Callable[[], Any]) -> asyncio.Future[Any]:
+        """Queue `call` (a blocking client call) as the latest write of object `key`,
+        made on behalf of `pool`. The future resolves with its result, or with that of a
+        newer write of the same object that replaced it."""
+        self._start()
+        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        pending = self._pending.get(key)
+        if pending is not None:
+            pending.call, pending.pool = call, pool
+            pending.waiters.append(waiter)
+            return waiter
+        self._pending[key] = _Pending(call, pool, [waiter])
+        self._lane_of[key] = lane
+        if key not in self._in_flight:
+            self._ready[lane].put_nowait(key)
+        return waiter
+
+    async def write(self, lane: Lane, key: Hashable, pool: Hashable, call: Callable[[], Any]) -> Any:
+        return await self.submit(lane, key, pool, call)
+
+    async def run_blocking(self, call: Callable[[], Any]) -> Any:
+        """A read or any other call that is not a write of one object (no coalescing)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+    def backlog(self) -> int:
+        return len(self._pending)
+
+    async def _work(self, lane: Lane) -> None:
+        loop = asyncio.get_running_loop()
+        queue = self._ready[lane]
+        while True:
+            key = await queue.get()
+            pending = self._pending.pop(key, None)
+            if pending is None:
+                continue
+            self._in_flight.add(key)
+            try:
+                if self.fence is not None and not self.fence(pending.pool):
+                    raise NotOwnedError(f"not sent: {pending.pool} is not certainly this replica's")
+                result = await loop.run_in_executor(self._executor, pending.call)
+            except Exception as exc:
+                for w in pending.waiters:
+                    if not w.done():
+                        w.set_exception(exc)
+            else:
+                for w in pending.waiters:
+                    if not w.done():
+                        w.set_result(result)
+            finally:
+                self._in_flight.discard(key)
+                if key in self._pending:  # written again meanwhile: its turn now
+                    self._ready[self._lane_of[key]].put_nowait(key)
+                else:
+                    self._lane_of.pop(key, None)
+
+    async def close(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        self._executor.shutdown(wait=False, cancel_futures=True)

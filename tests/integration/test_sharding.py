@@ -1,0 +1,169 @@
+"""Several operator processes share the pools through Leases: each pool is driven by one
+replica at a time (status.drivenBy says which), a killed replica's pools move to the
+others once its Lease runs out, and a replica that was frozen past its Lease writes
+nothing for the pools it lost."""
+
+import os
+import signal
+import threading
+import time
+
+import kubernetes
+import pytest
+
+from conftest import OperatorProcess, endpoints_of, wait_for
+
+LEASE = 9.0  # seconds; renewals every LEASE / 5
+INTERVAL = 2
+
+
+class DriverLog:
+    """Every status the API server stores for the namespace's pools, with its drivenBy."""
+
+    def __init__(self, k8s, namespace):
+        self.api = kubernetes.client.CustomObjectsApi(k8s)
+        self.namespace = namespace
+        self.writes: list[tuple[float, str, str]] = []  # (monotonic time, pool, drivenBy)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self):
+        while not self._stop.is_set():
+            w = kubernetes.watch.Watch()
+            try:
+                for ev in w.stream(
+                    self.api.list_namespaced_custom_object,
+                    "clusterpool.dev",
+                    "v1alpha1",
+                    self.namespace,
+                    "clusterpools",
+                    timeout_seconds=5,
+                ):
+                    obj = ev["object"]
+                    by = (obj.get("status") or {}).get("drivenBy")
+                    if by:
+                        self.writes.append((time.monotonic(), obj["metadata"]["name"], by))
+                    if self._stop.is_set():
+                        break
+            except Exception:  # the watch ends and restarts
+                time.sleep(0.2)
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def drivers(self, pool, since=0.0):
+        """The pool's drivers in order, consecutive repeats folded."""
+        out: list[str] = []
+        for t, p, by in self.writes:
+            if p == pool and t >= since and (not out or out[-1] != by):
+                out.append(by)
+        return out
+
+
+@pytest.fixture
+def replicas(operator, cluster, tmp_path):
+    """Replaces the session's operator by operator processes of our own."""
+    operator.stop()
+    started: list[OperatorProcess] = []
+
+    def start(identity):
+        op = OperatorProcess(cluster.kubeconfig, tmp_path, identity=identity, args=("--lease-seconds", str(LEASE)))
+        op.start()
+        started.append(op)
+        return op
+
+    yield start
+    for op in started:
+        if op.proc is not None:
+            os.kill(op.proc.pid, signal.SIGCONT)
+        op.stop()
+    operator.start()
+
+
+def current_drivers(pools, names):
+    return {n: pools.status(n).get("drivenBy") for n in names}
+
+
+def create_pools(pools, backends, names):
+    for n in names:
+        pools.create(
+            n,
+            {
+                "discovery": {"static": {"endpoints": endpoints_of(backends)}},
+                "healthCheck": {"intervalSeconds": INTERVAL, "timeoutSeconds": 1, "unhealthyThreshold": 1, "http": {}},
+            },
+        )
+
+
+def test_three_replicas_share_the_pools_and_a_killed_one_hands_over(replicas, pools, http_backends, k8s):
+    log = DriverLog(k8s, pools.namespace)
+    try:
+        ops = {i: replicas(i) for i in ("rep-a", "rep-b", "rep-c")}
+        backends = http_backends(1)
+        names = [f"p{i}" for i in range(30)]
+        create_pools(pools, backends, names)
+        for n in names:
+            pools.wait_ready(n, healthy=1, timeout=60)
+        wait_for(lambda: None not in current_drivers(pools, names).values(), 30, "every pool driven")
+        settled = time.monotonic()
+        time.sleep(3 * INTERVAL)
+        drivers = current_drivers(pools, names)
+        assert set(drivers.values()) == set(ops), f"every replica drives some pools: {drivers}"
+        for n in names:  # nobody else wrote for a pool once the replicas were all up
+            assert len(log.drivers(n, since=settled)) == 1, (n, log.drivers(n, since=settled))
+
+        victim = "rep-b"
+        moved = [n for n, by in drivers.items() if by == victim]
+        ops[victim].stop(kill=True)
+        killed = time.monotonic()
+        wait_for(
+            lambda: all(pools.status(n).get("drivenBy") not in (None, victim) for n in moved),
+            LEASE + 3 * INTERVAL + 10,
+            "the killed replica's pools taken over",
+        )
+        took = time.monotonic() - killed
+        # and they are really driven: a backend change reaches every moved pool
+        backends[0].stop()
+        for n in moved:
+            wait_for(lambda n=n: pools.status(n).get("healthy") == 0, 4 * INTERVAL + 5, f"{n} follows the backend")
+        stayed = [n for n in names if n not in moved]
+        assert all(pools.status(n)["drivenBy"] == drivers[n] for n in stayed), "pools of live replicas stayed put"
+        print(f"takeover of {len(moved)} pools after SIGKILL: {took:.1f}s (lease {LEASE}s)")
+    finally:
+        log.stop()
+
+
+def test_a_frozen_replica_writes_nothing_for_the_pools_it_lost(replicas, pools, http_backends, k8s):
+    log = DriverLog(k8s, pools.namespace)
+    try:
+        ops = {i: replicas(i) for i in ("rep-a", "rep-b")}
+        backends = http_backends(1)
+        names = [f"q{i}" for i in range(12)]
+        create_pools(pools, backends, names)
+        wait_for(lambda: None not in current_drivers(pools, names).values(), 60, "every pool driven")
+        drivers = current_drivers(pools, names)
+        frozen = "rep-b"
+        lost = [n for n, by in drivers.items() if by == frozen]
+        assert lost, drivers
+        proc = ops[frozen].proc
+        assert proc is not None
+        os.kill(proc.pid, signal.SIGSTOP)  # cut off: no renewals, no writes, but alive
+        wait_for(
+            lambda: all(pools.status(n).get("drivenBy") == "rep-a" for n in lost),
+            LEASE + 3 * INTERVAL + 10,
+            "the frozen replica's pools taken over",
+        )
+        backends[0].stop()  # a change the survivor writes meanwhile
+        for n in lost:
+            wait_for(lambda n=n: pools.status(n).get("healthy") == 0, 4 * INTERVAL + 5, f"{n} down")
+        resumed = time.monotonic()
+        os.kill(proc.pid, signal.SIGCONT)
+        time.sleep(LEASE * 0.8)  # the resumed replica must wait a full Lease before driving anything again
+        late = [(round(t - resumed, 2), p) for t, p, by in log.writes if by == frozen and t >= resumed]
+        assert late == [], f"the frozen replica wrote after it lost its Lease: {late}"
+        for n in lost:
+            assert pools.status(n)["healthy"] == 0, "a stale write overwrote the survivor's status"
+    finally:
+        log.stop()
