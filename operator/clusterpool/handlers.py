@@ -148,42 +148,41 @@ async def pool_daemon(
         return shards.owner_of(namespace, name) in (None, shards.identity)
 
     runners: dict[tuple[str, str], PoolRunner] = memo["runners"]
-    try:
-        while not stopped:
-            if not may_drive():  # another replica's pool, or not yet certainly ours
-                await _first_of(shards.changed(), stopped.wait())
-                continue
-            runner = PoolRunner(
-                body,
-                write_status,
-                emit,
-                logger,
-                publisher=memo["publisher"],
-                slices=slices,
-                secrets=memo["secrets"].read,
-                metrics=metrics,
-                may_drive=may_drive,
-                keeps=keeps,
-                identity=memo.get("identity"),
-            )
-            memo["wake"] = runner.wake
-            runners[(namespace, name)] = runner
-            run = asyncio.create_task(runner.run(), name=f"pool {namespace}/{name}")
-            relay = asyncio.create_task(_stop_when(stopped, runner, run))
-            try:
-                await run  # returns when stopped, or when the pool is no longer ours
-            finally:
-                relay.cancel()
-                if runners.get((namespace, name)) is runner:
-                    del runners[(namespace, name)]
-                # what this replica last wrote may be overwritten by the next one to drive it
-                memo["publisher"].forget(namespace, name)
-                writer.forget(namespace, name)
-                runner.done.set()
-            if not stopped:
-                logger.info("no longer driving the pool here (it belongs to %s now)", shards.owner_of(namespace, name))
-    finally:
-        metrics.forget()
+    while not stopped:
+        if not may_drive():  # another replica's pool, or not yet certainly ours
+            await _first_of(shards.changed(), stopped.wait())
+            continue
+        runner = PoolRunner(
+            body,
+            write_status,
+            emit,
+            logger,
+            publisher=memo["publisher"],
+            slices=slices,
+            secrets=memo["secrets"].read,
+            metrics=metrics,
+            may_drive=may_drive,
+            keeps=keeps,
+            identity=memo.get("identity"),
+        )
+        memo["wake"] = runner.wake
+        runners[(namespace, name)] = runner
+        run = asyncio.create_task(runner.run(), name=f"pool {namespace}/{name}")
+        relay = asyncio.create_task(_stop_when(stopped, runner, run))
+        try:
+            await run  # returns when stopped, or when the pool is no longer ours
+        finally:
+            relay.cancel()
+            if runners.get((namespace, name)) is runner:
+                del runners[(namespace, name)]
+            # what this replica last wrote may be overwritten by the next one to drive it,
+            # and the pool's series are exported by the replica that drives it
+            memo["publisher"].forget(namespace, name)
+            writer.forget(namespace, name)
+            metrics.forget()
+            runner.done.set()
+        if not stopped:
+            logger.info("no longer driving the pool here (it belongs to %s now)", shards.owner_of(namespace, name))
 
 
 async def _stop_when(stopped: kopf.DaemonStopped, runner: PoolRunner, run: asyncio.Task[None]) -> None:
