@@ -186,8 +186,6 @@ class Operator:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"operator {identity} did not come up; log {self.log}")
             time.sleep(0.2)
-        self.lag_max: float | None = None
-        self.lag_seen = False
 
     def _alive(self) -> bool:
         try:
@@ -844,6 +842,7 @@ def run(n: int, args: argparse.Namespace, state: Any, client: Any, work: Path) -
             result["profile_seconds"] = round(profile.stop(), 1)
             result["profile_covers"] = "from all Ready + settle through the steady window and the kill to detection"
             profile = None
+        result["metrics"] = mw.summary()  # before the delete, which removes the pools' series
         result["rss_after_detection_mib"] = {op.identity: proc_rss_mib(op.pid) for op in ops if op.running()}
         with contextlib.suppress(Exception):
             result["events_in_namespace"] = len(core.list_namespaced_event(namespace).items)
@@ -887,7 +886,7 @@ def run(n: int, args: argparse.Namespace, state: Any, client: Any, work: Path) -
             )
             log(f"cycle {c}: {cycles[-1]}")
         result["cycles"] = cycles
-        result["metrics"] = mw.summary()
+        result["metrics"]["event_loop_lag_exported"] = mw.summary()["event_loop_lag_exported"]
         result["watch_events_seen"] = watch.events
         result["loadavg_end"] = loadavg()
         result["operators_exited_early"] = [op.identity for op in ops if not op.running()]
@@ -995,6 +994,26 @@ def plot(results: dict[str, Any]) -> Path | None:
 # --------------------------------------------------------------------------- main
 
 
+def install_crd(client: Any) -> None:
+    """The CRD from crds/, through the API (no kubectl needed), then wait for Established."""
+    import kubernetes
+    import yaml
+
+    ext = kubernetes.client.ApiextensionsV1Api(client)
+    for path in sorted((ROOT / "crds").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and doc.get("kind") == "CustomResourceDefinition":
+                ext.create_custom_resource_definition(doc)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        crd = ext.read_custom_resource_definition(f"{PLURAL}.{GROUP}")
+        conds = (crd.status.conditions if crd.status else None) or []
+        if any(c.type == "Established" and c.status == "True" for c in conds):
+            return
+        time.sleep(0.2)
+    raise SystemExit("the ClusterPool CRD never became Established")
+
+
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "_backends":
         asyncio.run(_serve(sys.argv[3:], int(sys.argv[2])))
@@ -1050,15 +1069,11 @@ def main() -> int:
     runs = []
     try:
         state = controlplane.up(state_dir)
-        kubectl = [str(controlplane.kubectl_path()), "--kubeconfig", state.kubeconfig]
-        subprocess.run([*kubectl, "apply", "-f", str(ROOT / "crds")], check=True, capture_output=True)
-        subprocess.run(
-            [*kubectl, "wait", "--for=condition=Established", f"crd/{PLURAL}.{GROUP}"], check=True, capture_output=True
-        )
         cfg = kubernetes.client.Configuration()
         kubernetes.config.load_kube_config(config_file=state.kubeconfig, client_configuration=cfg)
         cfg.connection_pool_maxsize = args.harness_threads + 8
         client = kubernetes.client.ApiClient(cfg)
+        install_crd(client)
         for n in counts:
             work = state_dir / f"run-{n}"
             work.mkdir()
