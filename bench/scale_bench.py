@@ -685,10 +685,25 @@ def run(n: int, args: argparse.Namespace, state: Any, client: Any, work: Path) -
     def log(msg: str) -> None:
         print(f"[scale {n}] {msg}", file=sys.stderr, flush=True)
 
-    namespace = f"scale-{n}-{int(time.time()) % 100000}"
     core = kubernetes.client.CoreV1Api(client)
     custom = kubernetes.client.CustomObjectsApi(client)
-    core.create_namespace({"metadata": {"name": namespace}})
+    stamp = int(time.time()) % 100000
+
+    class Cur:
+        """The namespace of the current create/delete cycle (a fresh one per cycle, so what
+        one cycle left behind neither counts again nor conflicts with the next) and its watch."""
+
+        namespace = ""
+        watch: PoolWatch
+
+        @classmethod
+        def next(cls, cycle: int) -> None:
+            if cls.namespace:
+                cls.watch.stop()
+            cls.namespace = f"scale-{n}-{stamp}-c{cycle}"
+            core.create_namespace({"metadata": {"name": cls.namespace}})
+            cls.watch = PoolWatch(client, cls.namespace)
+
     prefix = args.address_prefix
     hosts = [f"{prefix}.{2 + i}" for i in range(ENDPOINTS)]
     port = free_port(hosts[0])
@@ -697,39 +712,39 @@ def run(n: int, args: argparse.Namespace, state: Any, client: Any, work: Path) -
     ops: list[Operator] = []
     profile: Profile | None = None
     mw: MetricsWatch | None = None
-    watch = PoolWatch(client, namespace)
+    Cur.next(1)
     names = [f"pool-{i:04d}" for i in range(n)]
     result: dict[str, Any] = {
         "pools": n,
         "replicas": args.replicas,
         "profiled": bool(args.profile),
-        "namespace": namespace,
+        "namespace": Cur.namespace,
         "loadavg_start": loadavg(),
     }
     pool_exec = concurrent.futures.ThreadPoolExecutor(args.harness_threads)
 
     def create(name: str) -> None:
-        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, pool_body(name, hosts, port))
+        custom.create_namespaced_custom_object(GROUP, VERSION, Cur.namespace, PLURAL, pool_body(name, hosts, port))
 
     def delete(name: str) -> None:
         try:
-            custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+            custom.delete_namespaced_custom_object(GROUP, VERSION, Cur.namespace, PLURAL, name)
         except ApiException as exc:
             if exc.status != 404:
                 raise
 
     def create_all() -> tuple[float, float]:
-        with watch.cond:
-            watch.ready_at.clear()
+        with Cur.watch.cond:
+            Cur.watch.ready_at.clear()
         t0 = time.monotonic()
         list(pool_exec.map(create, names))
         t_last = time.monotonic()
         return t0, t_last
 
     def wait_ready(t_last: float) -> dict[str, Any]:
-        ok = watch.wait(lambda: len(watch.ready_at) >= n, args.ready_timeout)
-        with watch.cond:
-            times = sorted(watch.ready_at.values())
+        ok = Cur.watch.wait(lambda: len(Cur.watch.ready_at) >= n, args.ready_timeout)
+        with Cur.watch.cond:
+            times = sorted(Cur.watch.ready_at.values())
         return {
             "all_ready": ok,
             "ready_count": len(times),
@@ -741,14 +756,14 @@ def run(n: int, args: argparse.Namespace, state: Any, client: Any, work: Path) -
         t0 = time.monotonic()
         list(pool_exec.map(delete, names))
         issued = time.monotonic() - t0
-        ok = watch.wait(lambda: not (watch.exists & set(names)), args.delete_timeout)
+        ok = Cur.watch.wait(lambda: not (Cur.watch.exists & set(names)), args.delete_timeout)
         took = time.monotonic() - t0
         time.sleep(2)  # let a straggling apply land, if any would
         return {
             "all_deleted": ok,
             "delete_all_seconds": round(took, 2) if ok else None,
             "harness_delete_requests_seconds": round(issued, 2),
-            "left_behind": leftovers(client, namespace),
+            "left_behind": leftovers(client, Cur.namespace),
         }
 
     try:
@@ -783,8 +798,8 @@ def run(n: int, args: argparse.Namespace, state: Any, client: Any, work: Path) -
         # 3. kill one replica, takeover
         if args.kill_one and len(ops) > 1:
             victim = ops[-1]
-            with watch.cond:
-                before = dict(watch.driven_by)
+            with Cur.watch.cond:
+                before = dict(Cur.watch.driven_by)
             moved = [k for k, v in before.items() if v is not None and victim.identity in v]
             tk = time.monotonic()
             victim.stop(kill=True)
@@ -797,13 +812,16 @@ def run(n: int, args: argparse.Namespace, state: Any, client: Any, work: Path) -
 
                 def moved_away() -> bool:
                     return all(
-                        watch.driven_changed_at.get(k, 0) > tk and victim.identity not in str(watch.driven_by.get(k))
+                        Cur.watch.driven_changed_at.get(k, 0) > tk
+                        and victim.identity not in str(Cur.watch.driven_by.get(k))
                         for k in moved
                     )
 
-                ok = watch.wait(moved_away, args.takeover_timeout)
-                with watch.cond:
-                    times = [watch.driven_changed_at[k] - tk for k in moved if watch.driven_changed_at.get(k, 0) > tk]
+                ok = Cur.watch.wait(moved_away, args.takeover_timeout)
+                with Cur.watch.cond:
+                    times = [
+                        Cur.watch.driven_changed_at[k] - tk for k in moved if Cur.watch.driven_changed_at.get(k, 0) > tk
+                    ]
                 take["takeover_seconds"] = round(max(times), 2) if ok and times else None
                 take["takeover_p50_seconds"] = round(pct(times, 0.5), 2) if times else None
                 take["pools_moved"] = len(times)
@@ -813,18 +831,18 @@ def run(n: int, args: argparse.Namespace, state: Any, client: Any, work: Path) -
 
         # 4. kill the shared backend, detection
         time.sleep(args.random_offset_seconds)
-        with watch.cond:
-            watch.unhealthy_at.clear()
-            watch.armed = time.monotonic()
+        with Cur.watch.cond:
+            Cur.watch.unhealthy_at.clear()
+            Cur.watch.armed = time.monotonic()
         shared.kill()
-        t_kill = watch.armed
+        t_kill = Cur.watch.armed
         assert t_kill is not None
         log("shared backend SIGKILLed; waiting for every pool to show ep-0 Unhealthy")
         lk = loadavg()
-        ok = watch.wait(lambda: len(watch.unhealthy_at) >= n, args.detect_timeout)
-        with watch.cond:
-            det = sorted(t - t_kill for t in watch.unhealthy_at.values())
-            watch.armed = None
+        ok = Cur.watch.wait(lambda: len(Cur.watch.unhealthy_at) >= n, args.detect_timeout)
+        with Cur.watch.cond:
+            det = sorted(t - t_kill for t in Cur.watch.unhealthy_at.values())
+            Cur.watch.armed = None
         result["detection"] = {
             "floor_seconds": FLOOR,
             "detected": len(det),
@@ -845,7 +863,7 @@ def run(n: int, args: argparse.Namespace, state: Any, client: Any, work: Path) -
         result["metrics"] = mw.summary()  # before the delete, which removes the pools' series
         result["rss_after_detection_mib"] = {op.identity: proc_rss_mib(op.pid) for op in ops if op.running()}
         with contextlib.suppress(Exception):
-            result["events_in_namespace"] = len(core.list_namespaced_event(namespace).items)
+            result["events_in_namespace"] = len(core.list_namespaced_event(Cur.namespace).items)
         shared = Backends(hosts[:1], port).start()
 
         # 5. delete all
@@ -866,6 +884,7 @@ def run(n: int, args: argparse.Namespace, state: Any, client: Any, work: Path) -
 
         # 6. more create/delete cycles
         for c in range(2, args.cycles + 1):
+            Cur.next(c)
             t0, t_last = create_all()
             rd = wait_ready(t_last)
             time.sleep(args.settle)
@@ -887,7 +906,7 @@ def run(n: int, args: argparse.Namespace, state: Any, client: Any, work: Path) -
             log(f"cycle {c}: {cycles[-1]}")
         result["cycles"] = cycles
         result["metrics"]["event_loop_lag_exported"] = mw.summary()["event_loop_lag_exported"]
-        result["watch_events_seen"] = watch.events
+        result["watch_events_seen_last_cycle"] = Cur.watch.events
         result["loadavg_end"] = loadavg()
         result["operators_exited_early"] = [op.identity for op in ops if not op.running()]
     finally:
@@ -895,7 +914,7 @@ def run(n: int, args: argparse.Namespace, state: Any, client: Any, work: Path) -
             profile.stop()
         if mw is not None:
             mw.stop()
-        watch.stop()
+        Cur.watch.stop()
         pool_exec.shutdown(wait=False, cancel_futures=True)
         for op in ops:
             op.stop()
