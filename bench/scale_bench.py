@@ -951,22 +951,18 @@ def profile_text(p: dict[str, Any]) -> str:
 
 
 def merge_results(new_runs: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
+    """Append to bench/results/scale.json: every measured run is kept (with its date, commit
+    and load average), so a repeat on a disturbed machine sits next to the first try."""
     path = RESULTS / "scale.json"
     old: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
-
-    def key(r: dict[str, Any]) -> tuple[int, int, bool, bool]:
-        return (r["pools"], r["replicas"], r["profiled"], bool(r.get("kill_one")))
-
-    runs = {key(r): r for r in old.get("runs", [])}
-    for r in new_runs:
-        runs[key(r)] = {**meta, **r}
+    runs = [*old.get("runs", []), *({**meta, **r} for r in new_runs)]
     out = {
         "benchmark": "scale: N pools of 10 static loopback HTTP endpoints, interval 5 s, threshold 2; "
         "one backend shared by every pool SIGKILLed; one or more operator processes",
         "floor_seconds": FLOOR,
-        "note": "each run carries its own date, commit, load average and machine; a profiled run's figures "
-        "are disturbed by the sampler (compare unprofiled runs only)",
-        "runs": sorted(runs.values(), key=lambda r: (r["replicas"], r["profiled"], r["pools"])),
+        "note": "runs are appended in the order measured; each carries its date, commit, load average and "
+        "machine; a profiled run's figures are disturbed by the sampler (compare unprofiled runs only)",
+        "runs": runs,
     }
     RESULTS.mkdir(exist_ok=True)
     path.write_text(json.dumps(out, indent=2) + "\n")
@@ -982,14 +978,13 @@ def plot(results: dict[str, Any]) -> Path | None:
     except ImportError:
         print("matplotlib not installed: no plot (pip install -r bench/requirements.txt)", file=sys.stderr)
         return None
-    runs = [
-        r
-        for r in results["runs"]
-        if r["replicas"] == 1 and not r["profiled"] and (r.get("detection") or {}).get("p50_seconds") is not None
-    ]
-    if not runs:
+    latest: dict[int, dict[str, Any]] = {}  # the latest unprofiled one-replica run per pool count
+    for r in results["runs"]:
+        if r["replicas"] == 1 and not r["profiled"] and (r.get("detection") or {}).get("p50_seconds") is not None:
+            latest[r["pools"]] = r
+    if not latest:
         return None
-    runs.sort(key=lambda r: r["pools"])
+    runs = [latest[k] for k in sorted(latest)]
     xs = [r["pools"] for r in runs]
     fig, ax = plt.subplots(figsize=(6.4, 4))
     for k, label, style in (("p50_seconds", "p50", "o-"), ("p99_seconds", "p99", "s-"), ("max_seconds", "max", "^--")):
