@@ -38,6 +38,7 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -759,11 +760,14 @@ def run(n: int, args: argparse.Namespace, state: Any, client: Any, work: Path) -
         ok = Cur.watch.wait(lambda: not (Cur.watch.exists & set(names)), args.delete_timeout)
         took = time.monotonic() - t0
         time.sleep(2)  # let a straggling apply land, if any would
+        left = leftovers(client, Cur.namespace)
+        time.sleep(args.settle)  # a cleanup that outlived its pool's finalizer may still remove some
         return {
             "all_deleted": ok,
             "delete_all_seconds": round(took, 2) if ok else None,
             "harness_delete_requests_seconds": round(issued, 2),
-            "left_behind": leftovers(client, Cur.namespace),
+            "left_behind": left,
+            f"left_behind_after_{args.settle:g}s_more": leftovers(client, Cur.namespace),
         }
 
     try:
@@ -870,7 +874,6 @@ def run(n: int, args: argparse.Namespace, state: Any, client: Any, work: Path) -
         log("deleting all pools")
         result["delete"] = delete_all()
         log(f"delete: {result['delete']}")
-        time.sleep(args.settle)
         cycles = [
             {
                 "cycle": 1,
@@ -878,6 +881,7 @@ def run(n: int, args: argparse.Namespace, state: Any, client: Any, work: Path) -
                 "all_ready_after_last_create_seconds": ready["all_ready_after_last_create_seconds"],
                 "delete_all_seconds": result["delete"]["delete_all_seconds"],
                 "left_behind": result["delete"]["left_behind"],
+                "left_behind_later": result["delete"][f"left_behind_after_{args.settle:g}s_more"],
             }
         ]
         log(f"cycle 1: {cycles[-1]}")
@@ -890,7 +894,6 @@ def run(n: int, args: argparse.Namespace, state: Any, client: Any, work: Path) -
             time.sleep(args.settle)
             rss_loaded = {op.identity: proc_rss_mib(op.pid) for op in ops if op.running()}
             dl = delete_all()
-            time.sleep(args.settle)
             cycles.append(
                 {
                     "cycle": c,
@@ -899,6 +902,7 @@ def run(n: int, args: argparse.Namespace, state: Any, client: Any, work: Path) -
                     "rss_loaded_mib": rss_loaded,
                     "delete_all_seconds": dl["delete_all_seconds"],
                     "left_behind": dl["left_behind"],
+                    "left_behind_later": dl[f"left_behind_after_{args.settle:g}s_more"],
                     "rss_after_delete_mib": {op.identity: proc_rss_mib(op.pid) for op in ops if op.running()},
                     "loadavg": loadavg(),
                 }
@@ -1069,6 +1073,7 @@ def main() -> int:
     meta = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "git_commit": git_commit(),
+        "bench_script_sha1": hashlib.sha1(Path(__file__).read_bytes()).hexdigest()[:12],
         "cpu_cores": os.cpu_count(),
         "python": sys.version.split()[0],
         "cycles_requested": args.cycles,
