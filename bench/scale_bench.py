@@ -148,6 +148,17 @@ def pct(values: list[float], q: float) -> float:
     return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
+def operator_commit() -> str:
+    """The last commit that changed operator/ (what was measured), dirty or not."""
+    r = subprocess.run(
+        ["git", "-C", str(ROOT), "log", "-1", "--format=%h", "--", "operator"], capture_output=True, text=True
+    )
+    dirty = subprocess.run(
+        ["git", "-C", str(ROOT), "status", "--porcelain", "operator"], capture_output=True, text=True
+    )
+    return r.stdout.strip() + ("+uncommitted" if dirty.stdout.strip() else "")
+
+
 def git_commit() -> str:
     r = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     dirty = subprocess.run(
@@ -999,8 +1010,11 @@ def plot(results: dict[str, Any]) -> Path | None:
     ax.set_ylabel("seconds from kill to status Unhealthy")
     ax.set_xticks(xs)
     ax.set_ylim(bottom=0)
-    commits = sorted({str(r.get("git_commit")) for r in runs})
-    ax.set_title(f"Detection vs pools (commit {', '.join(commits)})", fontsize=10)
+    commits = sorted({str(r.get("operator_commit") or r.get("git_commit")) for r in runs})
+    load = max(max(r["detection"].get("loadavg_at_kill") or [0]) for r in runs)
+    ax.set_title(
+        f"Detection vs pools, operator at {', '.join(commits)} (2 cores, load avg up to {load:.0f})", fontsize=9
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     out = ROOT / "docs" / "scale-detection.png"
@@ -1073,6 +1087,7 @@ def main() -> int:
     meta = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "git_commit": git_commit(),
+        "operator_commit": operator_commit(),
         "bench_script_sha1": hashlib.sha1(Path(__file__).read_bytes()).hexdigest()[:12],
         "cpu_cores": os.cpu_count(),
         "python": sys.version.split()[0],
