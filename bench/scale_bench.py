@@ -274,8 +274,9 @@ class MetricsWatch:
     """Scrapes every operator every few seconds: event-loop lag (if exported) and round
     durations."""
 
-    def __init__(self, ops: list[Operator]) -> None:
+    def __init__(self, ops: list[Operator], every: float) -> None:
         self.ops = ops
+        self.every = every
         self.lag_values: list[float] = []
         self.lag_exported = False
         self.last: dict[str, list[tuple[str, str, float]]] = {}
@@ -284,7 +285,7 @@ class MetricsWatch:
         self.thread.start()
 
     def _run(self) -> None:
-        while not self.stop_.wait(3):
+        while not self.stop_.wait(self.every):
             self.once()
 
     def once(self) -> None:
@@ -587,6 +588,23 @@ def summarize_profile(raw: Path, speedscope: Path) -> dict[str, Any]:
             if any(s in text for s in subs):
                 comp[name] += c
 
+    # Samples whose leaf is a blocking read or select: py-spy counted the thread as active
+    # (runnable: on a loaded machine, woken and waiting for a core or the GIL), but the time
+    # is mostly waiting for the apiserver's answer, not Python work.
+    waiting = sum(
+        c
+        for frames, c in stacks
+        if frames and any(w in key(frames[-1]) for w in ("ssl.py:SSLSocket.read", "selectors.py:", "wait.py:"))
+    )
+    on_cpu: collections.Counter[str] = collections.Counter()
+    for frames, c in stacks:
+        if not frames or any(w in key(frames[-1]) for w in ("ssl.py:SSLSocket.read", "selectors.py:", "wait.py:")):
+            continue
+        joined = "\n".join(f"{f[0]}:{f[1]}" for f in frames)
+        for name, subs in INCLUSIVE:
+            if any(sub in joined for sub in subs):
+                on_cpu[name] += c
+
     def table(counter: collections.Counter[str], n: int) -> list[dict[str, Any]]:
         return [{"frame": k, "samples": v, "percent": round(100 * v / total, 1)} for k, v in counter.most_common(n)]
 
@@ -624,8 +642,14 @@ def summarize_profile(raw: Path, speedscope: Path) -> dict[str, Any]:
             }
         )
     )
+    busy = max(total - waiting, 1)
     return {
         "samples": total,
+        "samples_waiting_in_read_or_select": waiting,
+        "inclusive_components_excluding_waits": [
+            {"frame": k, "samples": v, "percent_of_non_waiting": round(100 * v / busy, 1)}
+            for k, v in on_cpu.most_common(30)
+        ],
         "groups_by_leaf": table(groups, 30),
         "inclusive_components": table(comp, 30),
         "top_self": table(self_, 25),
@@ -786,7 +810,7 @@ def run(n: int, args: argparse.Namespace, state: Any, client: Any, work: Path) -
             ident = f"rep-{r}" if args.replicas > 1 else "rep-0"
             ops.append(Operator(state.kubeconfig, work, ident))
         result["operator_command"] = [Path(ops[0].cmd[0]).name, *ops[0].cmd[1:]]
-        mw = MetricsWatch(ops)
+        mw = MetricsWatch(ops, args.scrape_seconds)
         time.sleep(3)
         result["rss_idle_before_mib"] = {op.identity: proc_rss_mib(op.pid) for op in ops}
 
@@ -950,7 +974,12 @@ def run(n: int, args: argparse.Namespace, state: Any, client: Any, work: Path) -
 
 
 def profile_text(p: dict[str, Any]) -> str:
-    lines = [f"{p['samples']} samples"]
+    lines = [f"{p['samples']} samples; {p['samples_waiting_in_read_or_select']} with a blocking read/select as leaf"]
+    lines += ["", "inclusive components, samples without a blocking read/select leaf (percent of those)"]
+    lines += [
+        f"  {row['percent_of_non_waiting']:5.1f}%  {row['samples']:6d}  {row['frame']}"
+        for row in p["inclusive_components_excluding_waits"]
+    ]
     for title, key in (
         ("groups (each sample to the first library/module found from the leaf up)", "groups_by_leaf"),
         ("inclusive components (a sample counts when any frame matches)", "inclusive_components"),
@@ -1067,6 +1096,13 @@ def main() -> int:
     p.add_argument("--random-offset-seconds", type=float, default=1.3, help="pause before the kill")
     p.add_argument("--harness-threads", type=int, default=16)
     p.add_argument(
+        "--scrape-seconds",
+        type=float,
+        default=30.0,
+        help="how often the operator's /metrics is read (default 30, as a Prometheus would; rendering it "
+        "costs the operator CPU that grows with pools x endpoints)",
+    )
+    p.add_argument(
         "--address-prefix",
         default="127.0.0",
         help="backends on <prefix>.2-11 (default 127.0.0; 198.18.0 inside scripts/netns-run publishes EndpointSlices)",
@@ -1079,6 +1115,14 @@ def main() -> int:
         print("198.18.0.x backends need scripts/netns-run")
         return 2
     counts = [int(x) for x in args.pools.split(",") if x.strip()]
+
+    def interrupted(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    # A background job of a non-interactive shell starts with SIGINT ignored: take both, so
+    # the finally blocks stop the operator, the backends and the control plane.
+    signal.signal(signal.SIGINT, interrupted)
+    signal.signal(signal.SIGTERM, interrupted)
 
     import kubernetes
 
