@@ -62,6 +62,7 @@ INTERVAL, THRESHOLD, ENDPOINTS = 5, 2, 10
 FLOOR = INTERVAL * THRESHOLD
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 RESULTS = ROOT / "bench" / "results"
+SNAPSHOT: Path | None = None  # a copy of this file the backend processes run (edits mid-run do not reach them)
 
 
 # --------------------------------------------------------------------------- backends
@@ -104,7 +105,7 @@ class Backends:
 
     def start(self) -> Backends:
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, "_backends", str(self.port), *self.hosts],
+            [sys.executable, str(SNAPSHOT or __file__), "_backends", str(self.port), *self.hosts],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -519,7 +520,6 @@ INCLUSIVE: list[tuple[str, tuple[str, ...]]] = [
     ("runner.py", ("clusterpool/runner.py",)),
     ("core (status render, step, publish builders)", ("clusterpool/core/",)),
     ("metrics (ours) + prometheus_client", ("clusterpool/metrics.py", "/prometheus_client/")),
-    ("kopf internals (all)", ("/kopf/",)),
     (
         "kopf diff-base / patches / diffs",
         ("/kopf/_cogs/configs/diffbase.py", "/kopf/_cogs/structs/diffs.py", "/kopf/_cogs/structs/patches.py"),
@@ -530,9 +530,66 @@ INCLUSIVE: list[tuple[str, tuple[str, ...]]] = [
     ("copy.deepcopy", ("/copy.py:",)),
     ("json", ("/json/",)),
     ("worker threads (asyncio.to_thread / executor)", ("/concurrent/futures/thread.py",)),
-    ("asyncio event loop machinery", ("/asyncio/base_events.py:_run_once", "/asyncio/events.py")),
     ("logging", ("/logging/",)),
 ]
+
+
+KOPF_PARTS = [
+    (
+        "kopf: diff-base, patches, diffs",
+        (
+            "kopf/_cogs/configs/diffbase.py",
+            "kopf/_cogs/structs/diffs.py",
+            "kopf/_cogs/structs/patches.py",
+            "kopf/_core/actions/application.py",
+        ),
+    ),
+    ("kopf: Event posting", ("kopf/_core/engines/posting.py",)),
+    ("kopf: watch streams, queueing, processing", ("kopf/_cogs/clients/", "kopf/_core/reactor/")),
+    ("kopf: daemons, handler invocation", ("kopf/_core/engines/daemons.py", "kopf/_core/actions/")),
+    ("kopf: other", ("kopf/",)),
+]
+OURS = [
+    ("clusterpool: probes", "clusterpool/health/"),
+    ("clusterpool: core (status render, step, publish builders)", "clusterpool/core/"),
+    ("clusterpool: runner.py (incl. _plain/_same comparisons)", "clusterpool/runner.py"),
+    ("clusterpool: metrics.py", "clusterpool/metrics.py"),
+    ("clusterpool: handlers.py", "clusterpool/handlers.py"),
+    ("clusterpool: cache monitor", "clusterpool/cache"),
+    ("clusterpool: other", "clusterpool/"),
+]
+
+
+def attribute(keys: list[str]) -> str:
+    """Who caused a sample (keys root to leaf): for a worker thread, the call it runs; on the
+    event loop, the innermost clusterpool or kopf frame; the metrics server thread apart."""
+    run = next((i for i, k in enumerate(keys) if k.endswith("concurrent/futures/thread.py:_WorkItem.run")), None)
+    if run is not None:
+        work = keys[run + 1 :]
+        text = "\n".join(work)
+        if "clusterpool/k8s/publish.py" in text:
+            return "API calls in threads: publish (Service, EndpointSlice, ConfigMap applies, owner reads, prunes)"
+        if "patch_namespaced_custom_object_status" in text:
+            return "API calls in threads: status writes (patch_namespaced_custom_object_status)"
+        if "kubernetes/" in text:
+            return "API calls in threads: other (Secrets, the API check)"
+        if "kopf/" in text or "clusterpool/handlers.py" in text:
+            return "kopf sync handlers in threads"
+        return "worker threads: idle or other"
+    if any("wsgiref/" in k or "prometheus_client/" in k for k in keys):
+        return "metrics endpoint (prometheus_client rendering /metrics)"
+    # On the event loop, only frames above the callback being run (asyncio Handle._run) say
+    # whose work it is: below it sit the loop and kopf's `run`, under everything.
+    handle = max((i for i, k in enumerate(keys) if k.endswith("asyncio/events.py:Handle._run")), default=None)
+    if handle is None:
+        return "asyncio event loop (select, dispatch) and other"
+    for k in reversed(keys[handle + 1 :]):
+        for name, sub in OURS:
+            if sub in k:
+                return name
+        if "kopf/" in k:
+            return next(name for name, subs in KOPF_PARTS if any(x in k for x in subs))
+    return "asyncio event loop (select, dispatch) and other"
 
 
 def _frames(stack: str) -> list[tuple[str, str]]:
@@ -642,10 +699,30 @@ def summarize_profile(raw: Path, speedscope: Path) -> dict[str, Any]:
             }
         )
     )
+    by_cause: collections.Counter[str] = collections.Counter()
+    by_cause_busy: collections.Counter[str] = collections.Counter()
+    for frames, c in stacks:
+        if not frames:
+            continue
+        keys = [key(f) for f in frames]
+        cause = attribute(keys)
+        by_cause[cause] += c
+        if not any(w in keys[-1] for w in ("ssl.py:SSLSocket.read", "selectors.py:", "wait.py:")):
+            by_cause_busy[cause] += c
     busy = max(total - waiting, 1)
     return {
         "samples": total,
         "samples_waiting_in_read_or_select": waiting,
+        "by_cause": [
+            {
+                "cause": k,
+                "samples": v,
+                "percent": round(100 * v / total, 1),
+                "samples_not_waiting": by_cause_busy[k],
+                "percent_of_non_waiting": round(100 * by_cause_busy[k] / busy, 1),
+            }
+            for k, v in by_cause.most_common()
+        ],
         "inclusive_components_excluding_waits": [
             {"frame": k, "samples": v, "percent_of_non_waiting": round(100 * v / busy, 1)}
             for k, v in on_cpu.most_common(30)
@@ -975,6 +1052,12 @@ def run(n: int, args: argparse.Namespace, state: Any, client: Any, work: Path) -
 
 def profile_text(p: dict[str, Any]) -> str:
     lines = [f"{p['samples']} samples; {p['samples_waiting_in_read_or_select']} with a blocking read/select as leaf"]
+    lines += ["", "by cause: all samples | samples without a blocking read/select leaf"]
+    lines += [
+        f"  {row['percent']:5.1f}% {row['samples']:6d} | {row['percent_of_non_waiting']:5.1f}% "
+        f"{row['samples_not_waiting']:6d}  {row['cause']}"
+        for row in p["by_cause"]
+    ]
     lines += ["", "inclusive components, samples without a blocking read/select leaf (percent of those)"]
     lines += [
         f"  {row['percent_of_non_waiting']:5.1f}%  {row['samples']:6d}  {row['frame']}"
@@ -1144,6 +1227,9 @@ def main() -> int:
         "quick": args.quick,
     }
     state_dir = Path(tempfile.mkdtemp(prefix="cp-scale-"))
+    global SNAPSHOT
+    SNAPSHOT = state_dir / "scale_bench_snapshot.py"
+    shutil.copy(__file__, SNAPSHOT)
     runs = []
     try:
         state = controlplane.up(state_dir)
