@@ -29,6 +29,7 @@ file is written from the same samples). Results merge into bench/results/scale.j
     python bench/scale_bench.py --pools 300 --profile --cycles 1
     python bench/scale_bench.py --pools 1000 --replicas 3 --kill-one
     python bench/scale_bench.py --quick                 # 50 pools, 1 cycle, short windows
+    python bench/scale_bench.py summarize bench/results/profiles/<run>.raw.txt[.gz]
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import gzip
 import hashlib
 import json
 import os
@@ -1039,13 +1041,15 @@ def run(n: int, args: argparse.Namespace, state: Any, client: Any, work: Path) -
     if args.profile and (work / "profile.raw").exists():
         out_dir = RESULTS / "profiles"
         out_dir.mkdir(parents=True, exist_ok=True)
-        stem = f"scale-{n}"
-        shutil.copy(work / "profile.raw", out_dir / f"{stem}.raw.txt")
+        stem = f"scale-{n}-{time.strftime('%Y%m%dT%H%M', time.gmtime())}"
+        raw = out_dir / f"{stem}.raw.txt.gz"
+        with (work / "profile.raw").open("rb") as src, gzip.open(raw, "wb") as dst:
+            shutil.copyfileobj(src, dst)
         result["profile"] = summarize_profile(work / "profile.raw", out_dir / f"{stem}.speedscope.json")
-        result["profile"]["raw"] = str((out_dir / f"{stem}.raw.txt").relative_to(ROOT))
+        result["profile"]["raw"] = str(raw.relative_to(ROOT))
         result["profile"]["speedscope"] = str((out_dir / f"{stem}.speedscope.json").relative_to(ROOT))
         result["profile"]["rate_hz"] = args.profile_rate
-        result["profile"]["tool"] = "py-spy record --format raw (blocking sampler; idle threads excluded)"
+        result["profile"]["tool"] = "py-spy 0.4.3 record --format raw (blocking sampler; idle threads excluded)"
         (out_dir / f"{stem}.summary.txt").write_text(profile_text(result["profile"]))
     return result
 
@@ -1161,6 +1165,13 @@ def install_crd(client: Any) -> None:
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "_backends":
         asyncio.run(_serve(sys.argv[3:], int(sys.argv[2])))
+        return 0
+    if len(sys.argv) > 2 and sys.argv[1] == "summarize":  # re-read a stored profile
+        src = Path(sys.argv[2])
+        text = gzip.decompress(src.read_bytes()) if src.suffix == ".gz" else src.read_bytes()
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "raw").write_bytes(text)
+            print(profile_text(summarize_profile(Path(tmp) / "raw", Path(tmp) / "speedscope.json")), end="")
         return 0
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pools", default="100,300,1000", help="comma-separated pool counts (default 100,300,1000)")
