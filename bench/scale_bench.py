@@ -29,6 +29,7 @@ file is written from the same samples). Results merge into bench/results/scale.j
     python bench/scale_bench.py --pools 300 --profile --cycles 1
     python bench/scale_bench.py --pools 1000 --replicas 3 --kill-one
     python bench/scale_bench.py --quick                 # 50 pools, 1 cycle, short windows
+    python bench/scale_bench.py --harness-only --pools 300,1000   # the harness's own speed
     python bench/scale_bench.py summarize bench/results/profiles/<run>.raw.txt[.gz]
 """
 
@@ -1086,7 +1087,8 @@ def merge_results(new_runs: list[dict[str, Any]], meta: dict[str, Any]) -> dict[
     and load average), so a repeat on a disturbed machine sits next to the first try."""
     path = RESULTS / "scale.json"
     old: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
-    runs = [*old.get("runs", []), *({**meta, **r} for r in new_runs)]
+    runs = [*old.get("runs", []), *({**meta, **r} for r in new_runs if not r.get("harness_only"))]
+    harness = [*old.get("harness_only", []), *({**meta, **r} for r in new_runs if r.get("harness_only"))]
     out = {
         "benchmark": "scale: N pools of 10 static loopback HTTP endpoints, interval 5 s, threshold 2; "
         "one backend shared by every pool SIGKILLed; one or more operator processes",
@@ -1094,6 +1096,7 @@ def merge_results(new_runs: list[dict[str, Any]], meta: dict[str, Any]) -> dict[
         "note": "runs are appended in the order measured; each carries its date, commit, load average and "
         "machine; a profiled run's figures are disturbed by the sampler (compare unprofiled runs only)",
         "runs": runs,
+        "harness_only": harness,
     }
     RESULTS.mkdir(exist_ok=True)
     path.write_text(json.dumps(out, indent=2) + "\n")
@@ -1140,6 +1143,47 @@ def plot(results: dict[str, Any]) -> Path | None:
 
 
 # --------------------------------------------------------------------------- main
+
+
+def harness_only(n: int, args: argparse.Namespace, client: Any) -> dict[str, Any]:
+    """The harness's own speed: create and delete n pools through the same thread pool with
+    no operator running (no finalizers, no status writes competing for the apiserver)."""
+    import kubernetes
+
+    core = kubernetes.client.CoreV1Api(client)
+    custom = kubernetes.client.CustomObjectsApi(client)
+    namespace = f"harness-{n}-{int(time.time()) % 100000}"
+    core.create_namespace({"metadata": {"name": namespace}})
+    hosts = [f"{args.address_prefix}.{2 + i}" for i in range(ENDPOINTS)]
+    names = [f"pool-{i:04d}" for i in range(n)]
+    with concurrent.futures.ThreadPoolExecutor(args.harness_threads) as ex:
+        t0 = time.monotonic()
+        list(
+            ex.map(
+                lambda name: custom.create_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL, pool_body(name, hosts, 8080)
+                ),
+                names,
+            )
+        )
+        created = time.monotonic() - t0
+        t0 = time.monotonic()
+        list(
+            ex.map(lambda name: custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name), names)
+        )
+        deleted = time.monotonic() - t0
+    out = {
+        "pools": n,
+        "harness_only": True,
+        "threads": args.harness_threads,
+        "create_seconds": round(created, 2),
+        "creates_per_second": round(n / created, 1),
+        "delete_seconds": round(deleted, 2),
+        "deletes_per_second": round(n / deleted, 1),
+        "loadavg": loadavg(),
+    }
+    print(f"[harness {n}] {out}", file=sys.stderr, flush=True)
+    return out
 
 
 def install_crd(client: Any) -> None:
@@ -1201,6 +1245,9 @@ def main() -> int:
         default="127.0.0",
         help="backends on <prefix>.2-11 (default 127.0.0; 198.18.0 inside scripts/netns-run publishes EndpointSlices)",
     )
+    p.add_argument(
+        "--harness-only", action="store_true", help="no operator: how fast the harness alone creates/deletes pools"
+    )
     p.add_argument("--no-save", action="store_true", help="print, do not write bench/results/scale.json")
     args = p.parse_args()
     if args.quick:
@@ -1250,6 +1297,9 @@ def main() -> int:
         client = kubernetes.client.ApiClient(cfg)
         install_crd(client)
         for n in counts:
+            if args.harness_only:
+                runs.append(harness_only(n, args, client))
+                continue
             work = state_dir / f"run-{n}"
             work.mkdir()
             runs.append(run(n, args, state, client, work))
