@@ -1130,9 +1130,10 @@ def plot(results: dict[str, Any]) -> Path | None:
     ax.set_xticks(xs)
     ax.set_ylim(bottom=0)
     commits = sorted({str(r.get("operator_commit") or r.get("git_commit")) for r in runs})
-    load = max(max(r["detection"].get("loadavg_at_kill") or [0]) for r in runs)
+    load = max((r["detection"].get("loadavg_at_kill") or [0])[0] for r in runs)  # 1-minute
     ax.set_title(
-        f"Detection vs pools, operator at {', '.join(commits)} (2 cores, load avg up to {load:.0f})", fontsize=9
+        f"Detection vs pools, operator at {', '.join(commits)} (2 cores, 1-min load avg at the kill <= {load:.1f})",
+        fontsize=9,
     )
     ax.legend(fontsize=8)
     fig.tight_layout()
