@@ -349,6 +349,7 @@ class PoolWatch:
         self.armed: float | None = None
         self.driven_by: dict[str, str | None] = {}
         self.driven_changed_at: dict[str, float] = {}
+        self.driven_changes: collections.Counter[str] = collections.Counter()
         self.events = 0
         self.stopping = False
         self.watch: Any = None
@@ -373,6 +374,8 @@ class PoolWatch:
         if driven is not None and not isinstance(driven, str):
             driven = json.dumps(driven, sort_keys=True)
         if self.driven_by.get(name) != driven:
+            if self.driven_by.get(name) is not None:
+                self.driven_changes[name] += 1  # from one identity to another (or to none)
             self.driven_by[name] = driven
             self.driven_changed_at[name] = now
 
@@ -911,7 +914,17 @@ def run(n: int, args: argparse.Namespace, state: Any, client: Any, work: Path) -
             profile = Profile(ops[0].pid, work / "profile.raw", args.profile_rate)
             time.sleep(1)
         log(f"steady window {args.steady}s")
+        with Cur.watch.cond:
+            changes_before = dict(Cur.watch.driven_changes)
         result["steady"] = cpu_window(ops, args.steady)
+        with Cur.watch.cond:
+            flapped = [k for k, v in Cur.watch.driven_changes.items() if v > changes_before.get(k, 0)]
+            result["driven_by"] = {
+                "pools_showing_drivenBy": sum(v is not None for v in Cur.watch.driven_by.values()),
+                "by_identity": dict(collections.Counter(str(v) for v in Cur.watch.driven_by.values())),
+                # with every replica alive, a pool whose drivenBy changes is driven by two
+                "pools_changing_drivenBy_in_steady_window": len(flapped),
+            }
         log(f"steady: {result['steady']}")
 
         # 3. kill one replica, takeover
