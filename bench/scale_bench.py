@@ -890,7 +890,7 @@ def run(n: int, args: argparse.Namespace, state: Any, client: Any, work: Path) -
 
     try:
         for r in range(args.replicas):
-            ident = f"rep-{r}" if args.replicas > 1 else "rep-0"
+            ident = f"rep-{r}"
             ops.append(Operator(state.kubeconfig, work, ident))
         result["operator_command"] = [Path(ops[0].cmd[0]).name, *ops[0].cmd[1:]]
         mw = MetricsWatch(ops, args.scrape_seconds)
