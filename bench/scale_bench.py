@@ -1127,7 +1127,12 @@ def plot(results: dict[str, Any]) -> Path | None:
         return None
     latest: dict[int, dict[str, Any]] = {}  # the latest unprofiled one-replica run per pool count
     for r in results["runs"]:
-        if r["replicas"] == 1 and not r["profiled"] and (r.get("detection") or {}).get("p50_seconds") is not None:
+        if (
+            r["replicas"] == 1
+            and not r["profiled"]
+            and not r.get("quick")
+            and (r.get("detection") or {}).get("p50_seconds") is not None
+        ):
             latest[r["pools"]] = r
     if not latest:
         return None
