@@ -57,7 +57,7 @@ format: venv
 	$(VENV)/bin/ruff format operator tests scripts bench examples
 
 bench: controlplane
-	@echo "==> installing the bench references: litellm (balancers), cachetools (memory cache)"
+	@echo "==> installing the bench references: litellm (balancers), cachetools (memory cache), matplotlib, py-spy"
 	@# litellm >= 1.105 requires certifi >= 2026.10.19, which the package registry here does not
 	@# serve; the routing code does not depend on it, so litellm goes in without dependencies and
 	@# its runtime dependencies are listed in bench/requirements.txt.
@@ -69,6 +69,9 @@ bench: controlplane
 	$(PY) bench/redis_cache_bench.py
 	scripts/netns-run $(PY) bench/detection_bench.py
 	scripts/netns-run $(PY) bench/discovery_bench.py
+	@# 100, 300 and 1,000 pools, 5 create/delete cycles each: about an hour on 2 cores
+	@# (a quicker look: $(PY) bench/scale_bench.py --quick)
+	$(PY) bench/scale_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
