@@ -1,0 +1,50 @@
+"""Events as Kubernetes' own components post them, against the real API server: repeats
+counted on one Event, new Events bounded per pool, the reporting component named."""
+
+import asyncio
+import uuid
+
+import kubernetes
+
+from clusterpool.k8s.events import BURST, COMPONENT, EventRecorder
+from clusterpool.k8s.writes import WriteQueue
+from conftest import wait_for
+
+
+def events_of(core, ns, name):
+    return core.list_namespaced_event(ns, field_selector=f"involvedObject.name={name}").items
+
+
+async def test_repeats_are_counted_and_new_events_are_bounded_per_pool(k8s):
+    core = kubernetes.client.CoreV1Api(k8s)
+    ns = f"ev-{uuid.uuid4().hex[:6]}"
+    core.create_namespace({"metadata": {"name": ns}})
+    writes = WriteQueue()
+    recorder = EventRecorder(k8s, writes, "replica-1")
+    flapping = {"namespace": ns, "name": "flapping", "uid": str(uuid.uuid4())}
+    calm = {"namespace": ns, "name": "calm", "uid": str(uuid.uuid4())}
+    try:
+        for _ in range(7):
+            assert recorder.post(flapping, "Warning", "EndpointUnhealthy", "ep-0 failed its probes")
+        posted = [recorder.post(flapping, "Normal", "Step", f"step {i}") for i in range(BURST + 10)]
+        assert recorder.post(calm, "Normal", "PoolReady", "1 of 1 endpoints healthy")  # another pool's budget
+        await asyncio.sleep(0)
+        loop = asyncio.get_running_loop()
+
+        def settled():
+            evs = events_of(core, ns, "flapping")
+            repeat = [e for e in evs if e.reason == "EndpointUnhealthy"]
+            return repeat and repeat[0].count == 7 and len(evs) == BURST
+
+        # the writes run in the queue's threads; wait for them without blocking the loop
+        while not await loop.run_in_executor(None, settled):
+            await asyncio.sleep(0.2)
+        evs = events_of(core, ns, "flapping")
+        assert len([e for e in evs if e.reason == "EndpointUnhealthy"]) == 1  # one object, count 7
+        assert posted.count(True) == BURST - 1  # the first repeat took one token, its repeats none
+        assert recorder.suppressed == len(posted) - posted.count(True)
+        assert all(e.reporting_component == COMPONENT and e.reporting_instance == "replica-1" for e in evs)
+        assert wait_for(lambda: events_of(core, ns, "calm"), 10, "the calm pool's Event")
+    finally:
+        await writes.close()
+        core.delete_namespace(ns)
