@@ -37,8 +37,7 @@ async def test_repeats_are_counted_and_new_events_are_bounded_per_pool(k8s):
             return repeat and repeat[0].count == 7 and len(evs) == BURST
 
         # the writes run in the queue's threads; wait for them without blocking the loop
-        while not await loop.run_in_executor(None, settled):
-            await asyncio.sleep(0.2)
+        await loop.run_in_executor(None, lambda: wait_for(settled, 20, "the Events written"))
         evs = events_of(core, ns, "flapping")
         assert len([e for e in evs if e.reason == "EndpointUnhealthy"]) == 1  # one object, count 7
         assert posted.count(True) == BURST - 1  # the first repeat took one token, its repeats none
