@@ -99,7 +99,9 @@ class OperatorProcess:
             for var in ("USER", "LOGNAME", "LNAME", "USERNAME"):
                 env.pop(var, None)
         self.log = self.log_dir / f"operator-{self.starts}.log"
-        as_user = [] if self.uid is None else ["setpriv", f"--reuid={self.uid}", f"--regid={self.uid}", "--clear-groups"]
+        as_user = []
+        if self.uid is not None:
+            as_user = ["setpriv", f"--reuid={self.uid}", f"--regid={self.uid}", "--clear-groups"]
         self.proc = subprocess.Popen(
             [*as_user, sys.executable, "-m", "clusterpool", "--liveness", self.liveness, "--metrics", self.metrics],
             env=env,
