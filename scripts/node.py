@@ -743,7 +743,7 @@ def down(run: Run, quiet: bool = False) -> None:
     for pid in recorded:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 3  # everything goes anyway: no need for a long grace
     while time.monotonic() < deadline and any(controlplane._alive(p) for p in recorded):
         time.sleep(0.1)
     for _ in range(5):
