@@ -27,6 +27,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,6 +48,24 @@ PAUSE_IMAGE = "localhost/clusterpool-pause"
 
 def log(msg: str) -> None:
     print(f"[images] {msg}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def heartbeat(what: str, every: float = 20.0) -> Iterator[None]:
+    """Print a line every `every` seconds while a long step runs."""
+    done = threading.Event()
+    start = time.monotonic()
+
+    def beat() -> None:
+        while not done.wait(every):
+            log(f"  {what}: {time.monotonic() - start:.0f}s so far")
+
+    t = threading.Thread(target=beat, daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        done.set()
 
 
 def images_dir() -> Path:
@@ -132,7 +151,8 @@ def podman(*args: str, check: bool = True, capture: bool = True) -> subprocess.C
         "file",
         *args,
     ]
-    r = subprocess.run(cmd, env=env, text=True, capture_output=capture, check=False)
+    with heartbeat(f"podman {args[0]}"):
+        r = subprocess.run(cmd, env=env, text=True, capture_output=capture, check=False)
     if check and r.returncode != 0:
         out = (r.stdout or "")[-4000:] + (r.stderr or "")[-4000:]
         raise SystemExit(f"podman {' '.join(args[:3])} failed ({r.returncode}):\n{out}")
@@ -175,6 +195,11 @@ def save(ref: str, archive: Path) -> Path:
     tmp.unlink(missing_ok=True)
     podman("save", "--format", "docker-archive", "-o", str(tmp), ref)
     tmp.rename(archive)
+    # Archives of earlier inputs go once an hour old (a parallel run may still import one).
+    kind = archive.name.split("-", 1)[0]
+    for old in images_dir().glob(f"{kind}-*.tar"):
+        if old != archive and time.time() - old.stat().st_mtime > 3600:
+            old.unlink(missing_ok=True)
     return archive
 
 
@@ -206,19 +231,20 @@ def base_image() -> str:
         rootfs.mkdir(parents=True)
         log(f"debootstrap --variant=minbase {SUITE} from {mirror} (about a minute)")
         start = time.monotonic()
-        r = subprocess.run(
-            [
-                "debootstrap",
-                "--variant=minbase",
-                f"--include={','.join(BASE_PACKAGES)}",
-                SUITE,
-                str(rootfs),
-                mirror,
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        with heartbeat("debootstrap"):
+            r = subprocess.run(
+                [
+                    "debootstrap",
+                    "--variant=minbase",
+                    f"--include={','.join(BASE_PACKAGES)}",
+                    SUITE,
+                    str(rootfs),
+                    mirror,
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
         if r.returncode != 0:
             raise SystemExit(f"debootstrap failed ({r.returncode}):\n{r.stdout[-3000:]}{r.stderr[-3000:]}")
         log(f"  rootfs made in {time.monotonic() - start:.0f}s; importing it")
