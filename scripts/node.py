@@ -802,7 +802,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"no node {run.id!r} running: `python scripts/node.py up` first", file=sys.stderr)
             return 1
         print(f"export KUBECONFIG={st['kubeconfig']}")
-        print(f"export PATH={controlplane.assets_dir()}:{node_assets()}:$PATH")
+        dirs = dict.fromkeys(str(d) for d in (controlplane.assets_dir(), node_assets()))
+        print(f"export PATH={':'.join(dirs)}:$PATH")
         print(f"export CLUSTERPOOL_NODE_NETNS={run.netns}")
     elif args.command == "forward":
         port, netns, host, target_port, ready = args.rest
