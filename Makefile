@@ -4,12 +4,14 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: help venv controlplane crd demo demo-down test test-unit test-integration lint format bench clean
+.PHONY: help venv controlplane node-build node-up node-down crd demo demo-down test test-unit test-integration test-e2e lint format bench bench-node clean
 
 help:
 	@echo "make demo        start a local control plane, demo backends and the operator; apply a pool"
 	@echo "make demo-down   stop everything 'make demo' started"
-	@echo "make test        unit and integration tests (builds the control plane on first run)"
+	@echo "make test        unit, integration and end-to-end tests (builds the control plane, the node and images on first run)"
+	@echo "make node-up     a real single-node cluster in a private network namespace (scripts/node.py)"
+	@echo "make node-down   stop it and clean up"
 	@echo "make lint        ruff check, ruff format --check, mypy --strict"
 	@echo "make bench       benchmarks; results under bench/results/"
 
@@ -28,6 +30,16 @@ controlplane: venv
 	@$(PY) scripts/redis_servers.py install
 	@$(PY) scripts/helm.py build >/dev/null
 
+node-build: controlplane
+	@$(PY) scripts/node.py build >/dev/null
+
+node-up: node-build
+	@$(PY) scripts/node.py up >/dev/null
+	@$(PY) scripts/node.py env
+
+node-down: venv
+	@$(PY) scripts/node.py down
+
 crd: venv
 	$(PY) -m clusterpool.crd > crds/clusterpool.dev_clusterpools.yaml
 	cp crds/clusterpool.dev_clusterpools.yaml charts/clusterpool-operator/crds/
@@ -38,7 +50,7 @@ demo: controlplane
 demo-down: venv
 	@$(PY) scripts/demo.py down
 
-test: controlplane
+test: controlplane node-build
 	scripts/netns-run $(PY) -m pytest tests
 
 test-unit: venv
@@ -46,6 +58,12 @@ test-unit: venv
 
 test-integration: controlplane
 	scripts/netns-run $(PY) -m pytest tests/integration
+
+test-e2e: node-build
+	scripts/netns-run $(PY) -m pytest tests/e2e
+
+bench-node: node-build
+	CLUSTERPOOL_RECORD=1 scripts/netns-run $(PY) -m pytest tests/e2e/test_node_cluster.py -s
 
 lint: venv
 	$(VENV)/bin/ruff check operator tests scripts bench examples

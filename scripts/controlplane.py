@@ -185,7 +185,10 @@ def wrapper_gomod(module: str, version: str, local_version: str, upstream: str) 
     return "\n".join(lines)
 
 
-def build_kubernetes(dest: Path) -> None:
+def build_kubernetes(dest: Path, names: tuple[str, ...] = ("kube-apiserver", "kubectl")) -> None:
+    """Build the k8s.io/kubernetes commands `names` into `dest`, skipping those already there."""
+    if all((dest / name).exists() for name in names):
+        return
     work = cache_root() / "src" / f"kubernetes-{KUBERNETES_VERSION}"
     work.mkdir(parents=True, exist_ok=True)
     staging_version = "v0." + KUBERNETES_VERSION.split(".", 1)[1]
@@ -202,7 +205,7 @@ def build_kubernetes(dest: Path) -> None:
             f"-X {pkg}.gitTreeState=clean",
         ]
     ldflags = "-s -w " + " ".join(flags)
-    for name in ("kube-apiserver", "kubectl"):
+    for name in names:
         if (dest / name).exists():
             continue
         log(f"building {name} {KUBERNETES_VERSION} (cold: several minutes on 2 cores)")
@@ -280,8 +283,14 @@ def _pem_key(key: object) -> bytes:
     )
 
 
-def make_certs(cert_dir: Path) -> None:
-    """A CA, an apiserver serving cert, an admin client cert, a service-account key."""
+def make_certs(
+    cert_dir: Path,
+    ips: tuple[str, ...] = ("127.0.0.1", "10.0.0.1"),
+    clients: dict[str, tuple[str, str | None]] | None = None,
+) -> None:
+    """A CA, an apiserver serving cert (for `ips` and the kubernetes names), an admin client
+    cert, a service-account key; and one client cert per `clients` entry
+    (file stem -> (common name, organization))."""
     import datetime
     import ipaddress
 
@@ -332,7 +341,7 @@ def make_certs(cert_dir: Path) -> None:
     sans: list[x509.GeneralName] = [
         x509.DNSName(n) for n in ("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc")
     ]
-    sans += [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.IPAddress(ipaddress.ip_address("10.0.0.1"))]
+    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
     serving_cert, serving_key = leaf(name("kube-apiserver"), ExtendedKeyUsageOID.SERVER_AUTH, sans)
     admin_cert, admin_key = leaf(name("admin", "system:masters"), ExtendedKeyUsageOID.CLIENT_AUTH, [])
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -349,6 +358,8 @@ def make_certs(cert_dir: Path) -> None:
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         ),
     }
+    for stem, (cn, org) in (clients or {}).items():
+        files[f"{stem}.crt"], files[f"{stem}.key"] = leaf(name(cn, org), ExtendedKeyUsageOID.CLIENT_AUTH, [])
     for fname, data in files.items():
         p = cert_dir / fname
         p.write_bytes(data)
