@@ -49,7 +49,7 @@ from clusterpool.core.publish import (
     build_service,
     cache_settings,
 )
-from clusterpool.core.status import ConditionSpec, render_status, restore_state, rfc3339
+from clusterpool.core.status import ConditionSpec, health_view, render_status, restore_state, rfc3339
 from clusterpool.discovery.consul import ConsulError, ConsulWatcher
 from clusterpool.discovery.consul_publish import ConsulPublisher, Instance
 from clusterpool.discovery.kubernetes import members_from_slices, selects
@@ -59,6 +59,7 @@ from clusterpool.metrics import PoolMetrics
 from clusterpool.sinks import SinkTask
 
 WriteStatus = Callable[[dict[str, Any], dict[str, Any]], Awaitable[bool]]  # (status, as stored) -> written
+INFORMATIONAL_EVERY = 30.0  # seconds: the pace of status writes that change no health (counters, messages)
 HELD_EVENTS = 32  # Events kept while the replica may not write (the newest)
 SINK_TIMEOUT = 20.0  # seconds a sink may take before its condition says Timeout
 
@@ -171,6 +172,7 @@ class PoolRunner:
         self.prober: Prober | None = None
         self.pool = PoolState()
         self.last_written: dict[str, Any] | None = None
+        self.informational_due = 0.0  # when a change of informational status fields alone is written
         self.publisher = publisher
         self.slices = slices
         self.secrets = secrets
@@ -540,9 +542,12 @@ class PoolRunner:
         if _same(previous, status):
             self.last_written = status
             return
+        if _same(health_view(previous), health_view(status)) and time.monotonic() < self.informational_due:
+            return  # only counters and messages moved: they go with the next write
         self._emit_ready_change(status)
         if await self.write_status_fn(status, _plain(self.body.get("status") or {})):
             self.last_written = status
+            self.informational_due = time.monotonic() + INFORMATIONAL_EVERY
 
     def _emit_ready_change(self, status: dict[str, Any]) -> None:
         before = _condition(self.last_written or dict(self.body.get("status") or {}), "Ready")

@@ -168,3 +168,17 @@ async def test_while_it_may_not_write_it_keeps_probing_and_holds_its_events(back
     await runner.run_once()
     assert rec.writes[-1]["healthy"] == 1
     assert "EndpointUnhealthy" in [e[1] for e in rec.events[events:]]  # the held Event, posted now
+
+
+async def test_a_change_of_counters_alone_waits_for_the_next_health_change(backends):
+    rec = Recorder()
+    runner = PoolRunner(body_for(backends, unhealthyThreshold=2), rec.write, rec.emit, logging.getLogger("t"))
+    await runner.run_once()
+    writes = len(rec.writes)
+    backends[1].stop()
+    await runner.run_once()  # one failure: only consecutiveFailures and the message moved
+    assert runner.pool.health.of("ep-1").failures == 1
+    assert len(rec.writes) == writes
+    await runner.run_once()  # the second makes it Unhealthy: written, with the counters
+    ep1 = next(e for e in rec.writes[-1]["endpoints"] if e["name"] == "ep-1")
+    assert (ep1["health"], ep1["consecutiveFailures"], ep1["reason"]) == ("Unhealthy", 2, "ConnectionRefused")

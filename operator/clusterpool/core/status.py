@@ -187,6 +187,21 @@ def render_status(
     return out
 
 
+# Fields that say how things are going rather than what clients may use: a change of these
+# alone is written at a slower pace (the runner's INFORMATIONAL_EVERY), not every round.
+# (The cache's figures change at most every 30 s on their own, so they are not among them.)
+INFORMATIONAL_ENDPOINT_FIELDS = ("consecutiveFailures", "lastProbeLatencyMilliseconds", "reason", "message")
+
+
+def health_view(status: Mapping[str, Any]) -> dict[str, Any]:
+    """The status without its informational fields: what a health-changing write changes."""
+    endpoints = status.get("endpoints") or []
+    return {
+        **status,
+        "endpoints": [{k: v for k, v in e.items() if k not in INFORMATIONAL_ENDPOINT_FIELDS} for e in endpoints],
+    }
+
+
 def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
     """A JSON merge patch (RFC 7386) that turns `old` into `new`: a merge patch keeps every
     field it does not mention, so fields gone from `new` are sent as null. Lists are

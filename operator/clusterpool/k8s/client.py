@@ -18,7 +18,7 @@ from kubernetes.client.exceptions import ApiException
 
 from clusterpool import api
 from clusterpool.core.status import merge_patch
-from clusterpool.k8s.writes import Lane, WriteQueue
+from clusterpool.k8s.writes import Lane, WriteQueue, send
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +56,11 @@ class StatusWriter:
         writer last knew nothing newer). True when written; False when the pool is gone."""
         key = (namespace, name)
 
-        def send() -> bool:
+        def patch() -> bool:
             before = self._written.get(key, stored)
             try:
-                self._api.patch_namespaced_custom_object_status(
+                send(
+                    self._api.patch_namespaced_custom_object_status,
                     api.GROUP,
                     api.VERSION,
                     namespace,
@@ -76,7 +77,7 @@ class StatusWriter:
             self._written[key] = status
             return True
 
-        return bool(await self._writes.write(Lane.HEALTH, ("ClusterPool/status", namespace, name), key, send))
+        return bool(await self._writes.write(Lane.HEALTH, ("ClusterPool/status", namespace, name), key, patch))
 
     def forget(self, namespace: str, name: str) -> None:
         self._written.pop((namespace, name), None)

@@ -29,7 +29,7 @@ from kubernetes.client.exceptions import ApiException
 
 from clusterpool import api
 from clusterpool.core.status import rfc3339
-from clusterpool.k8s.writes import Lane, WriteQueue
+from clusterpool.k8s.writes import Lane, WriteQueue, send
 
 log = logging.getLogger(__name__)
 
@@ -142,12 +142,13 @@ class EventRecorder:
 
         def call() -> None:
             if not posted.created:
-                self._core.create_namespaced_event(meta["namespace"], body, _request_timeout=timeout)  # type: ignore[arg-type]
+                send(self._core.create_namespaced_event, meta["namespace"], body, _request_timeout=timeout)
                 posted.created = True
                 return
             patch = {"count": body["count"], "lastTimestamp": body["lastTimestamp"]}
             try:
-                self._core.patch_namespaced_event(meta["name"], meta["namespace"], patch, _request_timeout=timeout)
+                name, namespace = meta["name"], meta["namespace"]
+                send(self._core.patch_namespaced_event, name, namespace, patch, _request_timeout=timeout)
             except ApiException as exc:
                 if exc.status != 404:  # expired (the API server keeps Events for an hour): fine
                     raise

@@ -16,7 +16,7 @@ import kubernetes
 from kubernetes.client.exceptions import ApiException
 
 from clusterpool.core.publish import POOL_LABEL, routing_configmap_name
-from clusterpool.k8s.writes import Lane, WriteQueue
+from clusterpool.k8s.writes import Lane, WriteQueue, send
 
 FIELD_MANAGER = "clusterpool-operator"
 APPLY = "application/apply-patch+yaml"
@@ -57,11 +57,11 @@ class Publisher:
         }
         if kind == "Service":
             self._check_owner(meta)
-            self.core.patch_namespaced_service(*args, **kw)
+            send(self.core.patch_namespaced_service, *args, **kw)
         elif kind == "EndpointSlice":
-            self.discovery.patch_namespaced_endpoint_slice(*args, **kw)
+            send(self.discovery.patch_namespaced_endpoint_slice, *args, **kw)
         elif kind == "ConfigMap":
-            self.core.patch_namespaced_config_map(*args, **kw)
+            send(self.core.patch_namespaced_config_map, *args, **kw)
         else:
             raise ValueError(f"cannot publish a {kind}")
 

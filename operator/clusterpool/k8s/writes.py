@@ -26,6 +26,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+def send(call: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    """Make a write without turning the answer into model objects (the kubernetes client's
+    deserialization was a large share of the operator's CPU); the body is read, so the
+    connection goes back to the pool. Non-2xx answers still raise ApiException."""
+    call(*args, _preload_content=False, **kwargs).read()
+
+
 class Lane(enum.Enum):
     HEALTH = "health"
     INFO = "info"
