@@ -348,50 +348,6 @@ def test_the_garbage_collector_removes_what_the_pool_published(release: Cluster)
     operator_pod(c)
 
 
-def test_two_replicas_share_the_pools_and_one_takes_over_from_a_deleted_pod(release: Cluster) -> None:
-    c = release
-    upgrade = ("upgrade", RELEASE, str(CHART), "-n", OPS, "--reuse-values", "--wait", "--timeout=3m")
-    c.helm(*upgrade, "--set", "replicas=2", "--set", "leaseSeconds=9")
-    pods = {p["metadata"]["name"] for p in c.ready_pods(OPS, OPERATOR_SELECTOR, 2, timeout=180)}
-    names = [f"s{i}" for i in range(16)]  # all on one replica: 2 in 65536
-    for n in names:
-        c.apply(pool_object(APPS, n, INTERVAL, UNHEALTHY))
-
-    def drivers() -> dict[str, str | None]:
-        return {n: c.pool_status(APPS, n).get("drivenBy") for n in names}
-
-    wait_for(lambda: set(drivers().values()) == pods, 120, "both replicas driving some of the pools", interval=1)
-    before = drivers()
-    victim = sorted(pods)[0]
-    moved = [n for n, by in before.items() if by == victim]
-    started = time.monotonic()
-    c.kubectl("delete", "pod", victim, "-n", OPS, "--wait=false")  # as a node drain or a rollout would
-    wait_for(
-        lambda: all(c.pool_status(APPS, n).get("drivenBy") not in (None, victim) for n in moved),
-        60,
-        "the deleted pod's pools driven by the other replica",
-        interval=0.5,
-    )
-    took = round(time.monotonic() - started, 2)
-    stayed = [n for n in names if n not in moved]
-    assert all(c.pool_status(APPS, n)["drivenBy"] == before[n] for n in stayed), "the other pools stayed put"
-    for n in names:
-        wait_for(lambda n=n: c.pool_status(APPS, n).get("healthy") == 3, 60, f"{n} served")
-        c.kubectl("delete", "clusterpool", n, "-n", APPS, "--wait=false")
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    results["two_replicas"] = {
-        "what": "chart with replicas=2, leaseSeconds=9; the pod driving some pools deleted (graceful)",
-        "pools": len(names),
-        "moved": len(moved),
-        "takeover_s": took,
-    }
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"two replicas: {len(moved)} pools moved {took}s after their pod was deleted")
-    wait_for(lambda: not any(c.pool_status(APPS, n) for n in names), 60, "the s* pools deleted")
-    c.helm(*upgrade, "--set", "replicas=1", "--set", "leaseSeconds=15")
-    operator_pod(c)
-
-
 def test_helm_upgrade_rollback_and_uninstall(release: Cluster) -> None:
     c = release
     revisions = len(json.loads(c.helm("history", RELEASE, "-n", OPS, "-o", "json").stdout))
