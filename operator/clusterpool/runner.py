@@ -429,7 +429,10 @@ class PoolRunner:
         """Sink: Redis checked, old versions cleaned; CacheMonitor keeps status.cache."""
         meta = self.body.get("metadata") or {}
         settings = cache_settings(spec, str(meta.get("namespace")), str(meta.get("name")))
+        before = self.cache.status()
         await self.cache.update(spec.cache, settings)
+        if self.cache.status() != before:
+            self.wake.set()  # status.cache changed (a new version, a count): written now, not next interval
         return self.cache.condition()
 
     def api_down(self, exc: BaseException) -> None:

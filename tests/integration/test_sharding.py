@@ -106,7 +106,8 @@ def test_three_replicas_share_the_pools_and_a_killed_one_hands_over(replicas, po
         create_pools(pools, backends, names)
         for n in names:
             pools.wait_ready(n, healthy=1, timeout=60)
-        wait_for(lambda: None not in current_drivers(pools, names).values(), 30, "every pool driven")
+        wait_for(lambda: set(current_drivers(pools, names).values()) == set(ops), 60, "each replica driving its share")
+        time.sleep(2 * INTERVAL)  # the last of the newcomers' pools written
         settled = time.monotonic()
         time.sleep(3 * INTERVAL)
         drivers = current_drivers(pools, names)
@@ -142,7 +143,9 @@ def test_a_frozen_replica_writes_nothing_for_the_pools_it_lost(replicas, pools, 
         backends = http_backends(1)
         names = [f"q{i}" for i in range(12)]
         create_pools(pools, backends, names)
-        wait_for(lambda: None not in current_drivers(pools, names).values(), 60, "every pool driven")
+        # a replica answers its liveness probe before its first Lease renewal: wait until
+        # both have joined and each drives its share
+        wait_for(lambda: set(current_drivers(pools, names).values()) == set(ops), 60, "each replica driving its share")
         drivers = current_drivers(pools, names)
         frozen = "rep-b"
         lost = [n for n, by in drivers.items() if by == frozen]

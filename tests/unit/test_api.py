@@ -90,6 +90,7 @@ def test_crd_has_printer_columns_and_status_subresource():
         "Tier",
         "Panic",
         "Cache",
+        "Driven-By",
     ]
     assert version["subresources"] == {"status": {}}
 
