@@ -285,7 +285,7 @@ def _pem_key(key: object) -> bytes:
 
 def make_certs(
     cert_dir: Path,
-    ips: tuple[str, ...] = ("127.0.0.1", "10.0.0.1"),
+    ips: tuple[str, ...] = ("127.0.0.1", "198.18.128.1"),
     clients: dict[str, tuple[str, str | None]] | None = None,
 ) -> None:
     """A CA, an apiserver serving cert (for `ips` and the kubernetes names), an admin client
@@ -473,7 +473,7 @@ def up(state_dir: Path, timeout: float = 120.0) -> State:
         f"--tls-private-key-file={cert_dir / 'apiserver.key'}",
         f"--client-ca-file={cert_dir / 'ca.crt'}",
         "--authorization-mode=RBAC",
-        "--service-cluster-ip-range=10.0.0.0/24",
+        "--service-cluster-ip-range=198.18.128.0/24",  # benchmark range: never routed, never private
         f"--service-account-issuer={server}/",
         f"--service-account-key-file={cert_dir / 'sa.pub'}",
         f"--service-account-signing-key-file={cert_dir / 'sa.key'}",
