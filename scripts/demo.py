@@ -39,6 +39,20 @@ def kubectl(*args: str, env: dict[str, str], check: bool = True) -> subprocess.C
     )
 
 
+def wait_established(crd: str, env: dict[str, str], timeout: float = 60) -> None:
+    """`kubectl wait` fails at once while a new CRD has no conditions yet: ask until it has."""
+    wanted = "jsonpath={.status.conditions[?(@.type=='Established')].status}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = subprocess.run(
+            [str(controlplane.kubectl_path()), "get", crd, "-o", wanted], env=env, text=True, capture_output=True
+        )
+        if got.stdout == "True":
+            return
+        time.sleep(0.3)
+    raise SystemExit(f"{crd} was not Established after {timeout:g}s")
+
+
 def spawn(name: str, cmd: list[str], env: dict[str, str]) -> None:
     log = (STATE / f"{name}.log").open("wb")
     proc = subprocess.Popen(
@@ -67,7 +81,7 @@ def up() -> int:
         env["KUBECONFIG"] = state.kubeconfig
     say("installing the ClusterPool CRD")
     kubectl("apply", "-f", str(ROOT / "crds"), env=env)
-    kubectl("wait", "--for=condition=Established", "crd/clusterpools.clusterpool.dev", "--timeout=60s", env=env)
+    wait_established("crd/clusterpools.clusterpool.dev", env)
 
     for name, host in BACKENDS.items():
         if (STATE / f"backend-{name}.pid").exists():

@@ -147,6 +147,10 @@ async def pool_daemon(
         one's Lease is uncertain (no one is known to take over) it keeps probing."""
         return shards.owner_of(namespace, name) in (None, shards.identity)
 
+    def forget_written() -> None:
+        memo["publisher"].forget(namespace, name)
+        writer.forget(namespace, name)
+
     runners: dict[tuple[str, str], PoolRunner] = memo["runners"]
     while not stopped:
         if not may_drive():  # another replica's pool, or not yet certainly ours
@@ -164,6 +168,7 @@ async def pool_daemon(
             may_drive=may_drive,
             keeps=keeps,
             identity=memo.get("identity"),
+            forget_written=forget_written,
         )
         memo["wake"] = runner.wake
         runners[(namespace, name)] = runner
@@ -177,8 +182,7 @@ async def pool_daemon(
                 del runners[(namespace, name)]
             # what this replica last wrote may be overwritten by the next one to drive it,
             # and the pool's series are exported by the replica that drives it
-            memo["publisher"].forget(namespace, name)
-            writer.forget(namespace, name)
+            forget_written()
             metrics.forget()
             runner.done.set()
         if not stopped:

@@ -155,6 +155,7 @@ class PoolRunner:
         keeps: Callable[[], bool] = lambda: True,
         sink_timeout: float = SINK_TIMEOUT,
         identity: str | None = None,
+        forget_written: Callable[[], None] = lambda: None,
     ) -> None:
         self.body = body
         self.metrics = metrics  # a live view: kopf updates it as the object changes
@@ -186,6 +187,11 @@ class PoolRunner:
         self.may_drive = may_drive  # may write now (this replica certainly holds the pool)
         self.keeps = keeps  # the pool stays with this replica (while unsure: probe, write nothing)
         self.identity = identity  # the replica driving the pool, written as status.drivenBy
+        # Forgets what the writers below remember having written for the pool: after a
+        # pause another replica may have written it, so the next writes compare with
+        # what the API server holds, not with this runner's last write.
+        self.forget_written = forget_written
+        self.paused = False  # a round found may_drive False since the last write
         self.objects = SinkTask(
             "publishing the Service, EndpointSlices and ConfigMap",
             self.sync_objects,
@@ -577,7 +583,10 @@ class PoolRunner:
         self.refresh_members()
         await self.probe_round()
         if not self.may_drive():  # observe only: nothing is written until this replica may again
+            self.paused = True
             return self.next_delay(time.monotonic() - start)
+        if self.paused:
+            self._resume()
         self._post_held_events()
         await self.write_status()
         self.offer_to_sinks()
@@ -585,6 +594,14 @@ class PoolRunner:
         if self.metrics is not None:
             self.metrics.round(took)
         return self.next_delay(took)
+
+    def _resume(self) -> None:
+        """Writing again after a pause: while this replica's Lease was uncertain or its
+        hand-over wait ran, another replica may have driven the pool and written its
+        status and objects. Compare with what is stored from now on."""
+        self.paused = False
+        self.last_written = None
+        self.forget_written()
 
     def stop(self) -> None:
         """Finish the current round and return from run()."""

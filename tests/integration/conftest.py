@@ -75,7 +75,14 @@ def k8s(cluster: controlplane.State) -> kubernetes.client.ApiClient:
 @pytest.fixture(scope="session")
 def crd(kubectl: Kubectl) -> None:
     kubectl("apply", "-f", str(ROOT / "crds"))
-    kubectl("wait", "--for=condition=Established", f"crd/{api.PLURAL}.{api.GROUP}", "--timeout=60s")
+    # not `kubectl wait`: it fails at once while the CRD has no conditions yet
+    established = "jsonpath={.status.conditions[?(@.type=='Established')].status}"
+    wait_for(
+        lambda: kubectl("get", f"crd/{api.PLURAL}.{api.GROUP}", "-o", established, check=False).stdout == "True",
+        60,
+        "the CRD established",
+        interval=0.2,
+    )
 
 
 def as_uid_without_passwd_entry(uid: int) -> list[str]:

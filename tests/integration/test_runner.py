@@ -170,6 +170,35 @@ async def test_while_it_may_not_write_it_keeps_probing_and_holds_its_events(back
     assert "EndpointUnhealthy" in [e[1] for e in rec.events[events:]]  # the held Event, posted now
 
 
+async def test_after_a_pause_it_compares_with_what_another_replica_wrote(backends):
+    """While this replica may not write, another may drive the pool; when this one drives
+    it again, an unchanged health must still be written (drivenBy, and the objects), not
+    skipped because it equals this runner's own last write."""
+    rec = Recorder()
+    forgotten = []
+    allowed = [True]
+    body = body_for(backends)
+    runner = PoolRunner(
+        body, rec.write, rec.emit, logging.getLogger("t"), identity="me", forget_written=lambda: forgotten.append(1)
+    )
+    runner.may_drive = lambda: allowed[0]
+    await runner.run_once()
+    mine = rec.writes[-1]
+    assert mine["drivenBy"] == "me"
+    allowed[0] = False  # the Lease is uncertain; another replica takes the pool over and writes
+    await runner.run_once()
+    body["status"] = {**mine, "drivenBy": "other"}
+    writes = len(rec.writes)
+    await runner.run_once()
+    assert len(rec.writes) == writes and not forgotten
+    allowed[0] = True
+    await runner.run_once()
+    assert len(rec.writes) == writes + 1 and rec.writes[-1]["drivenBy"] == "me"
+    assert forgotten == [1]  # the status writer and the object publisher compare afresh too
+    await runner.run_once()
+    assert len(rec.writes) == writes + 1 and forgotten == [1]
+
+
 async def test_a_change_of_counters_alone_waits_for_the_next_health_change(backends):
     rec = Recorder()
     runner = PoolRunner(body_for(backends, unhealthyThreshold=2), rec.write, rec.emit, logging.getLogger("t"))

@@ -158,7 +158,7 @@ def test_a_frozen_replica_writes_nothing_for_the_pools_it_lost(replicas, pools, 
             LEASE + 3 * INTERVAL + 10,
             "the frozen replica's pools taken over",
         )
-        backends[0].stop()  # a change the survivor writes meanwhile
+        backends[0].mode = "unavailable"  # a change the survivor writes meanwhile
         for n in lost:
             wait_for(lambda n=n: pools.status(n).get("healthy") == 0, 4 * INTERVAL + 5, f"{n} down")
         resumed = time.monotonic()
@@ -168,5 +168,16 @@ def test_a_frozen_replica_writes_nothing_for_the_pools_it_lost(replicas, pools, 
         assert late == [], f"the frozen replica wrote after it lost its Lease: {late}"
         for n in lost:
             assert pools.status(n)["healthy"] == 0, "a stale write overwrote the survivor's status"
+
+        # Back after its wait, the replica drives its pools again and says so, although
+        # their health is what it last wrote before it froze.
+        backends[0].mode = "ok"
+        wait_for(
+            lambda: all(pools.status(n).get("drivenBy") == frozen for n in lost),
+            LEASE + 3 * INTERVAL + 10,
+            "the resumed replica driving its pools again",
+        )
+        for n in lost:
+            wait_for(lambda n=n: pools.status(n).get("healthy") == 1, 4 * INTERVAL + 5, f"{n} up again")
     finally:
         log.stop()
