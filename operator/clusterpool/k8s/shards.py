@@ -182,7 +182,7 @@ class Shards:
         try:
             while True:
                 started = self._clock()
-                await self._sync(started)
+                await self._sync()
                 self._poke.set()
                 pause = self.renew_seconds * (1 - 0.1 * random.random()) - (self._clock() - started)
                 await asyncio.sleep(max(0.0, pause))
@@ -195,11 +195,11 @@ class Shards:
             await self._release()
             self._executor.shutdown(wait=False)
 
-    async def _sync(self, started: float) -> None:
+    async def _sync(self) -> None:
         try:
-            created = await self._renew()
-            if self._clock() - started > self.request_timeout:
-                raise TimeoutError(f"the renewal took longer than {self.request_timeout}s")
+            created, started, answered = await self._renew()
+            if answered - started > self.request_timeout:
+                raise TimeoutError(f"the renewal took {answered - started:.2f}s, over {self.request_timeout}s")
             leases = await self._list()
         except Exception as exc:  # any failure: the Lease is not renewed this time
             if not self._failing:
@@ -218,8 +218,19 @@ class Shards:
             await self._delete_expired(name, version)
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        call = functools.partial(fn, *args, _request_timeout=self.request_timeout)
-        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+        return (await self._timed_call(fn, *args))[0]
+
+    async def _timed_call(self, fn: Callable[..., Any], *args: Any) -> tuple[Any, float, float]:
+        """fn's answer, with when the request started and when it was answered, both taken
+        in the worker thread: a busy event loop resuming late does not count against the
+        API server (the answer's time is only ever later than the write it reports)."""
+
+        def timed() -> tuple[Any, float, float]:
+            started = self._clock()
+            answer = fn(*args, _request_timeout=self.request_timeout)
+            return answer, started, self._clock()
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, timed)
 
     def _body(self) -> kubernetes.client.V1Lease:
         now = _micro_time()
@@ -240,13 +251,16 @@ class Shards:
             ),
         )
 
-    async def _renew(self) -> bool:
-        """Renew the own Lease; True when, since the last sync, the Lease was found missing
-        or had to be created (a new hold period: someone may have seen it gone)."""
+    async def _renew(self) -> tuple[bool, float, float]:
+        """Renew the own Lease: (whether, since the last sync, the Lease was found missing
+        or had to be created: a new hold period, someone may have seen it gone; when the
+        renewing write started; when it was answered)."""
         if self._version is None:
             self._recreated = True
             try:
-                lease = await self._call(self._api.create_namespaced_lease, self.namespace, self._body())
+                lease, started, answered = await self._timed_call(
+                    self._api.create_namespaced_lease, self.namespace, self._body()
+                )
             except ApiException as exc:
                 if exc.status != 409:
                     raise
@@ -255,16 +269,18 @@ class Shards:
                 self._version = current.metadata.resource_version
             else:
                 self._version = lease.metadata.resource_version
-                return True
+                return True, started, answered
         try:
-            lease = await self._call(self._api.replace_namespaced_lease, self.lease_name, self.namespace, self._body())
+            lease, started, answered = await self._timed_call(
+                self._api.replace_namespaced_lease, self.lease_name, self.namespace, self._body()
+            )
         except ApiException as exc:
             if exc.status in (404, 409):  # deleted, or written by someone else: start over
                 self._version = None
                 self._acquired = None
             raise
         self._version = lease.metadata.resource_version
-        return self._recreated
+        return self._recreated, started, answered
 
     async def _list(self) -> list[LeaseRecord]:
         leases = await self._call(
