@@ -438,13 +438,15 @@ def start_forwarder(run: Run) -> int:
 
 
 def kubectl(run: Run, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run(
-        [binary("kubectl"), f"--kubeconfig={run.dir / 'kubeconfig'}", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    """kubectl against the node; with check=False a kubectl that timed out (a busy machine)
+    is an answer like any failure (returncode 124), for the callers that poll."""
+    cmd = [binary("kubectl"), f"--kubeconfig={run.dir / 'kubeconfig'}", *args]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        if check:
+            raise
+        return subprocess.CompletedProcess(cmd, 124, "", f"timed out after {timeout:g}s")
     if check and r.returncode != 0:
         raise SystemExit(f"kubectl {' '.join(args)} failed: {r.stderr.strip()}")
     return r

@@ -253,18 +253,10 @@ def test_plain_client_failover_through_kube_proxy_is_measured(release: Cluster) 
     print(json.dumps(result, indent=2))
 
 
-def test_an_sdk_app_with_the_routing_configmap_mounted_follows_a_failover(release: Cluster) -> None:
-    """The app GETs through PoolTransport with FileTable on the mounted `p-routing`; a
-    backend fails; the SDK's retries and breakers keep the app's requests answered until the
-    kubelet updates the mounted table, which then no longer lists that backend."""
-    c = release
-    pods = c.ready_pods(APPS, "app=backend", 3)
-    ips = {p["metadata"]["name"]: p["status"]["podIP"] for p in pods}
-    wait_for(lambda: pool_members(c).keys() == ips.keys(), 60, "the pool back to 3 backends")
-    wait_for(lambda: c.slice_addresses(APPS, "clusterpool.dev/pool=p") == set(ips.values()), 60, "3 published")
-    victim = sorted(ips)[0]
-    c.kubectl("create", "configmap", "sdk-app", "-n", APPS, f"--from-file={Path(__file__).parent / 'sdk_app.py'}")
-    name = "sdk-app"
+def start_sdk_app(c: Cluster, name: str, args: list[str]) -> None:
+    """A pod running tests/e2e/sdk_app.py ARGS with pool p's routing ConfigMap mounted."""
+    if c.get("configmap", "sdk-app", "-n", APPS) is None:
+        c.kubectl("create", "configmap", "sdk-app", "-n", APPS, f"--from-file={Path(__file__).parent / 'sdk_app.py'}")
     c.apply(
         {
             "apiVersion": "v1",
@@ -277,10 +269,7 @@ def test_an_sdk_app_with_the_routing_configmap_mounted_follows_a_failover(releas
                         "name": "app",
                         "image": "clusterpool-operator:0.1.0",
                         "imagePullPolicy": "Never",
-                        "command": [
-                            "python", "/app/sdk_app.py", "/etc/clusterpool/routing.json",
-                            f"http://{ips[victim]}:8080/fail", "5", "150", "0.02",
-                        ],
+                        "command": ["python", "/app/sdk_app.py", *args],
                         "volumeMounts": [
                             {"name": "routing", "mountPath": "/etc/clusterpool", "readOnly": True},
                             {"name": "app", "mountPath": "/app", "readOnly": True},
@@ -294,16 +283,35 @@ def test_an_sdk_app_with_the_routing_configmap_mounted_follows_a_failover(releas
                 ],
             },
         }
-    )  # fmt: skip
+    )
+
+
+def sdk_app_result(c: Cluster, name: str, timeout: float) -> Any:
+    """The JSON line the app printed last, once its pod succeeded."""
 
     def done() -> str | None:
         phase = ((c.get("pod", name, "-n", APPS) or {}).get("status") or {}).get("phase")
         return phase if phase in ("Succeeded", "Failed") else None
 
-    phase = wait_for(done, 200, "the SDK app to finish", interval=1)
+    phase = wait_for(done, timeout, f"the SDK app {name} to finish", interval=1)
     out = c.kubectl("logs", "-n", APPS, name).stdout
     assert phase == "Succeeded", out[-3000:]
-    data = json.loads(out.strip().splitlines()[-1])
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_an_sdk_app_with_the_routing_configmap_mounted_follows_a_failover(release: Cluster) -> None:
+    """The app GETs through PoolTransport with FileTable on the mounted `p-routing`; a
+    backend fails; the SDK's retries and breakers keep the app's requests answered until the
+    kubelet updates the mounted table, which then no longer lists that backend."""
+    c = release
+    pods = c.ready_pods(APPS, "app=backend", 3)
+    ips = {p["metadata"]["name"]: p["status"]["podIP"] for p in pods}
+    wait_for(lambda: pool_members(c).keys() == ips.keys(), 60, "the pool back to 3 backends")
+    wait_for(lambda: c.slice_addresses(APPS, "clusterpool.dev/pool=p") == set(ips.values()), 60, "3 published")
+    victim = sorted(ips)[0]
+    name = "sdk-app"
+    start_sdk_app(c, name, ["/etc/clusterpool/routing.json", f"http://{ips[victim]}:8080/fail", "5", "150", "0.02"])
+    data = sdk_app_result(c, name, 200)
     assert data["failed"] == victim
     t_fail, dropped = data["t_fail"], data["table_dropped"]
     assert dropped is not None, "the mounted routing table never dropped the failed backend"
@@ -323,6 +331,48 @@ def test_an_sdk_app_with_the_routing_configmap_mounted_follows_a_failover(releas
     }
     Path(RESULTS).write_text(json.dumps(result, indent=2) + "\n")
     c.kubectl("delete", "pod", name, "-n", APPS, "--wait=false")
+
+
+def test_an_sdk_app_follows_a_cache_version_change_through_the_mounted_table(release: Cluster) -> None:
+    """spec.cache.version bumped: the app's PoolCache (built from the mounted routing
+    table) sees the new version when the kubelet updates the file, and starts empty."""
+    c = release
+
+    def pool_cache(version: int | None) -> None:
+        cache = None if version is None else {"type": "Memory", "version": version}
+        c.kubectl("patch", "clusterpool", "p", "-n", APPS, "--type=merge", "-p", json.dumps({"spec": {"cache": cache}}))
+
+    def table_version() -> Any:
+        data = (c.get("configmap", "p-routing", "-n", APPS) or {}).get("data") or {}
+        return (json.loads(data.get("routing.json") or "{}").get("cache") or {}).get("version")
+
+    pool_cache(1)
+    wait_for(lambda: table_version() == 1, 60, "the routing table with cache version 1")
+    name = "sdk-cache-app"
+    start_sdk_app(c, name, ["cache", "/etc/clusterpool/routing.json", "180"])
+    try:
+
+        def ready() -> Any:
+            out = c.kubectl("logs", "-n", APPS, name, check=False).stdout
+            return next((json.loads(line) for line in out.splitlines() if '"ready"' in line), None)
+
+        first = wait_for(ready, 150, "the cache app ready (the mounted table has version 1)", interval=1)
+        assert first == {"ready": 1, "kept": "hello"}, first
+        pool_cache(2)
+        wait_for(lambda: table_version() == 2, 60, "the routing table with cache version 2")
+        data = sdk_app_result(c, name, 200)
+        assert data["version"] == 2, data
+        assert data["old_entry"] is None, "the entry of version 1 survived the version change"
+        assert data["new_entry"] == "again", data
+        result = json.loads(Path(RESULTS).read_text()) if Path(RESULTS).exists() else {}
+        result["sdk_cache_version"] = {
+            "what": "app pod: PoolCache on the mounted <pool>-routing ConfigMap; spec.cache.version 1 -> 2",
+            "app_saw_new_version_after_start_s": data["changed_after_s"],
+        }
+        Path(RESULTS).write_text(json.dumps(result, indent=2) + "\n")
+    finally:
+        c.kubectl("delete", "pod", name, "-n", APPS, "--wait=false")
+        pool_cache(None)
 
 
 def test_the_garbage_collector_removes_what_the_pool_published(release: Cluster) -> None:
@@ -345,6 +395,54 @@ def test_the_garbage_collector_removes_what_the_pool_published(release: Cluster)
 
     wait_for(collected, 60, "the garbage collector to remove gc's Service, EndpointSlices and ConfigMap")
     c.kubectl("scale", "deployment", FULLNAME, "-n", OPS, "--replicas=1")
+    operator_pod(c)
+
+
+def test_two_replicas_share_the_pools_and_one_takes_over_from_a_deleted_pod(release: Cluster) -> None:
+    c = release
+    upgrade = ("upgrade", RELEASE, str(CHART), "-n", OPS, "--reuse-values", "--wait", "--timeout=3m")
+    c.helm(*upgrade, "--set", "replicas=2", "--set", "leaseSeconds=9")
+    pods = {p["metadata"]["name"] for p in c.ready_pods(OPS, OPERATOR_SELECTOR, 2, timeout=180)}
+    names = [f"s{i}" for i in range(16)]  # all on one replica: 2 in 65536
+    for n in names:
+        c.apply(pool_object(APPS, n, INTERVAL, UNHEALTHY))
+
+    def drivers() -> dict[str, str | None]:
+        return {n: c.pool_status(APPS, n).get("drivenBy") for n in names}
+
+    wait_for(lambda: set(drivers().values()) == pods, 120, "both replicas driving some of the pools", interval=1)
+    before = drivers()
+    victim = sorted(pods)[0]
+    moved = [n for n, by in before.items() if by == victim]
+    started = time.monotonic()
+    c.kubectl("delete", "pod", victim, "-n", OPS, "--wait=false")  # as a node drain or a rollout would
+    wait_for(
+        lambda: all(c.pool_status(APPS, n).get("drivenBy") not in (None, victim) for n in moved),
+        60,
+        "the deleted pod's pools driven by the other replica",
+        interval=0.5,
+    )
+    took = round(time.monotonic() - started, 2)
+    # The Deployment's replacement pod may have joined meanwhile and taken its share; no
+    # pool is left to the deleted pod.
+    assert not [n for n in names if c.pool_status(APPS, n).get("drivenBy") == victim]
+    now = {p["metadata"]["name"] for p in c.ready_pods(OPS, OPERATOR_SELECTOR, 2, timeout=180)}
+    assert victim not in now
+    wait_for(lambda: set(drivers().values()) == now, 120, "the replicas now running each driving a share", interval=1)
+    for n in names:
+        wait_for(lambda n=n: c.pool_status(APPS, n).get("healthy") == 3, 60, f"{n} served")
+        c.kubectl("delete", "clusterpool", n, "-n", APPS, "--wait=false")
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results["two_replicas"] = {
+        "what": "chart with replicas=2, leaseSeconds=9; the pod driving some pools deleted (graceful)",
+        "pools": len(names),
+        "moved": len(moved),
+        "takeover_s": took,
+    }
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"two replicas: {len(moved)} pools moved {took}s after their pod was deleted")
+    wait_for(lambda: not any(c.pool_status(APPS, n) for n in names), 60, "the s* pools deleted")
+    c.helm(*upgrade, "--set", "replicas=1", "--set", "leaseSeconds=15")
     operator_pod(c)
 
 
