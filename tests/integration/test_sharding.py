@@ -181,3 +181,39 @@ def test_a_frozen_replica_writes_nothing_for_the_pools_it_lost(replicas, pools, 
             wait_for(lambda n=n: pools.status(n).get("healthy") == 1, 4 * INTERVAL + 5, f"{n} up again")
     finally:
         log.stop()
+
+
+def test_a_replica_stopped_gracefully_gives_its_pools_up_at_once(replicas, pools, http_backends, k8s):
+    """SIGTERM (a pod deleted, a rollout): the replica stops its pools, deletes its Lease
+    and exits by itself; the other replica takes the pools without waiting for the Lease
+    to run out."""
+    ops = {i: replicas(i) for i in ("rep-a", "rep-b")}
+    backends = http_backends(1)
+    names = [f"g{i}" for i in range(12)]
+    create_pools(pools, backends, names)
+    wait_for(lambda: set(current_drivers(pools, names).values()) == set(ops), 60, "each replica driving its share")
+    leaving = "rep-b"
+    moved = [n for n, by in current_drivers(pools, names).items() if by == leaving]
+    proc = ops[leaving].proc
+    assert proc is not None
+    leases = kubernetes.client.CoordinationV1Api(k8s)
+    lease_names = {lease.metadata.name for lease in leases.list_namespaced_lease("default").items}
+    assert any(leaving in n for n in lease_names), lease_names
+    stopped = time.monotonic()
+    proc.terminate()
+    code = proc.wait(timeout=60)
+    exited = time.monotonic() - stopped
+    ops[leaving].proc = None
+    assert code == 0, f"the replica did not exit cleanly ({code}); log:\n{ops[leaving].log.read_text()[-3000:]}"
+    assert "deleted Lease" in ops[leaving].log.read_text()
+    lease_names = {lease.metadata.name for lease in leases.list_namespaced_lease("default").items}
+    assert not any(leaving in n for n in lease_names), lease_names
+    wait_for(
+        lambda: all(pools.status(n).get("drivenBy") == "rep-a" for n in moved),
+        LEASE + 3 * INTERVAL + 10,
+        "the stopped replica's pools taken over",
+    )
+    took = time.monotonic() - stopped
+    print(
+        f"graceful stop: exited after {exited:.1f}s, {len(moved)} pools taken over after {took:.1f}s (lease {LEASE}s)"
+    )
