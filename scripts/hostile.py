@@ -55,7 +55,7 @@ def _reset(writer: asyncio.StreamWriter) -> None:
 
 
 async def _forever(writer: asyncio.StreamWriter, data: bytes) -> None:
-    while True:
+    while not writer.is_closing():
         writer.write(data)
         await writer.drain()
 

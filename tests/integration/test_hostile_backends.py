@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import json
+import re
 import subprocess
 import sys
 import time
 import tracemalloc
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -20,6 +23,7 @@ from backends import HTTPBackend, free_port
 from clusterpool.api import MAX_ENDPOINTS, HealthCheck, HTTPCheck
 from clusterpool.core.health import Endpoint
 from clusterpool.health.probes import MAX_BODY, Prober, probe_all, probe_http
+from conftest import endpoints_of, wait_for
 from hostile import HostileServer
 
 TIMEOUT = 1.0
@@ -33,8 +37,8 @@ HOST = "127.0.0.7"
 def hostile():
     started: list[HostileServer] = []
 
-    def make(mode: str, tls=None) -> HostileServer:
-        server = HostileServer(mode, HOST, free_port(HOST)).start(tls)
+    def make(mode: str, tls=None, host: str = HOST) -> HostileServer:
+        server = HostileServer(mode, host, free_port(host)).start(tls)
         started.append(server)
         return server
 
@@ -261,3 +265,147 @@ async def test_a_full_pool_of_refused_connections_each_get_their_reason_within_t
     reasons = {r.reason for r in results.values()}
     assert len(results) == MAX_ENDPOINTS and reasons == {"ConnectionRefused"}, reasons
     assert took < TIMEOUT + SLACK, f"{MAX_ENDPOINTS} refused probes took {took:.2f}s"
+
+
+# -- the operator: a healthy pool next to hostile ones ---------------------------------
+
+HEALTHY_INTERVAL = 2
+HOSTILE_TIMEOUT = 5  # the hostile pool's probes each hold out this long (slow drip, silence)
+WINDOW = 20.0  # seconds each phase is watched
+NET_HOST = "198.18.0.252"  # the hostile servers, inside scripts/netns-run
+CLOSED_HOST = "198.18.0.253"  # nothing listens here: every connect is refused
+REFUSED_POOLS, REFUSED_ENDPOINTS = 4, 64  # pools of endpoints on closed ports, probed every 2 s
+
+
+def _sample(text: str, name: str, namespace: str | None = None, pool: str | None = None) -> float | None:
+    labels = "" if namespace is None else f'{{namespace="{namespace}",pool="{pool}"}}'
+    m = re.search(rf"^{re.escape(name + labels)} (\S+)$", text, re.MULTILINE)
+    return float(m.group(1)) if m else None
+
+
+def _metrics(operator) -> str:
+    with urllib.request.urlopen(operator.metrics, timeout=5) as r:
+        return str(r.read().decode())
+
+
+def watch_rounds(operator, pools, name: str, healthy: int, seconds: float) -> dict[str, float]:
+    """Watch one pool's rounds for `seconds` through the operator's round metrics (polled
+    every 0.5 s) and its status (every 2 s): rounds, their mean duration, the longest gap
+    seen between round counts growing, and whether the pool stayed Ready throughout."""
+    count_name, sum_name = "clusterpool_round_duration_seconds_count", "clusterpool_round_duration_seconds_sum"
+    text = _metrics(operator)
+    count0, sum0 = _sample(text, count_name, pools.namespace, name), _sample(text, sum_name, pools.namespace, name)
+    assert count0 is not None and sum0 is not None, f"no round metrics for {name}"
+    last, last_change, max_gap, not_ready = count0, time.monotonic(), 0.0, []
+    start = time.monotonic()
+    next_status = start
+    while (now := time.monotonic()) - start < seconds:
+        count = _sample(_metrics(operator), count_name, pools.namespace, name) or last
+        now = time.monotonic()
+        if count > last:
+            max_gap = max(max_gap, now - last_change)
+            last, last_change = count, now
+        if now >= next_status:
+            status = pools.status(name)
+            if pools.condition(name, "Ready").get("status") != "True" or status.get("healthy") != healthy:
+                not_ready.append(round(now - start, 1))
+            next_status = now + 2.0
+        time.sleep(0.5)
+    max_gap = max(max_gap, time.monotonic() - last_change)
+    text = _metrics(operator)
+    count1, sum1 = _sample(text, count_name, pools.namespace, name), _sample(text, sum_name, pools.namespace, name)
+    assert count1 is not None and sum1 is not None
+    rounds = count1 - count0
+    return {
+        "seconds": round(time.monotonic() - start, 1),
+        "rounds": rounds,
+        "mean_round_s": round((sum1 - sum0) / rounds, 4) if rounds else -1.0,
+        "max_gap_s": round(max_gap, 2),
+        "not_ready_at_s": not_ready,  # type: ignore[dict-item]
+        "loop_lag_max_s": _sample(text, "clusterpool_event_loop_lag_max_seconds") or 0.0,
+    }
+
+
+HOSTILE_MODES = [m for m in ("slowloris", "endless-headers", "oversized-header", "huge-body", "endless-body")]
+HOSTILE_MODES += ["endless-chunked", "garbage", "endless-garbage", "reset-headers", "reset-body", "silent", "close"]
+
+
+def test_a_hostile_neighbour_does_not_delay_a_healthy_pools_rounds(pools, net_backends, hostile, operator):
+    healthy_spec = {
+        "discovery": {"static": {"endpoints": endpoints_of(net_backends(3))}},
+        "healthCheck": {
+            "intervalSeconds": HEALTHY_INTERVAL,
+            "timeoutSeconds": 1,
+            "intervalJitterPercent": 0,
+            "http": {},
+        },
+    }
+    pools.create("healthy", healthy_spec)
+    pools.wait_ready("healthy", 3)
+    alone = watch_rounds(operator, pools, "healthy", 3, WINDOW)
+
+    servers = [hostile(mode, host=NET_HOST) for mode in HOSTILE_MODES]
+    hostile_spec = {
+        "discovery": {
+            "static": {"endpoints": [{"name": f"h-{s.mode}", "address": s.host, "port": s.port} for s in servers]}
+        },
+        "healthCheck": {
+            "intervalSeconds": HOSTILE_TIMEOUT + 1,
+            "timeoutSeconds": HOSTILE_TIMEOUT,
+            "unhealthyThreshold": 1,
+            "http": {"bodyContains": '"status":"ready"'},
+        },
+    }
+    pools.create("hostile", hostile_spec)
+    refused_spec = {  # breakers that stay closed: one Event per endpoint, not a cycle of ejections
+        "healthCheck": {"intervalSeconds": 2, "timeoutSeconds": 1, "unhealthyThreshold": 1, "tcp": {}},
+        "failover": {"circuitBreaker": {"failureThreshold": 100}},
+    }
+    for i in range(REFUSED_POOLS):
+        endpoints = [
+            {"name": f"r-{j}", "address": CLOSED_HOST, "port": 20000 + i * REFUSED_ENDPOINTS + j}
+            for j in range(REFUSED_ENDPOINTS)
+        ]
+        pools.create(f"refused-{i}", {**refused_spec, "discovery": {"static": {"endpoints": endpoints}}})
+
+    def first_round_done(name: str, total: int) -> bool:
+        s = pools.status(name)
+        return s.get("total") == total and len([e for e in s.get("endpoints", []) if e.get("reason")]) == total
+
+    wait_for(lambda: first_round_done("hostile", len(servers)), 60, "the hostile pool's first round in its status")
+    for i in range(REFUSED_POOLS):
+        wait_for(lambda i=i: first_round_done(f"refused-{i}", REFUSED_ENDPOINTS), 60, f"refused-{i}'s first round")
+
+    text = _metrics(operator)
+    refused_before = sum(
+        _sample(text, "clusterpool_round_duration_seconds_count", pools.namespace, f"refused-{i}") or 0
+        for i in range(REFUSED_POOLS)
+    )
+    beside = watch_rounds(operator, pools, "healthy", 3, WINDOW)
+    text = _metrics(operator)
+    refused_rounds = (
+        sum(
+            _sample(text, "clusterpool_round_duration_seconds_count", pools.namespace, f"refused-{i}") or 0
+            for i in range(REFUSED_POOLS)
+        )
+        - refused_before
+    )
+    hostile_round = _sample(text, "clusterpool_round_duration_seconds_sum", pools.namespace, "hostile")
+    reasons = {e["name"]: (e.get("health"), e.get("reason")) for e in pools.status("hostile")["endpoints"]}
+    figures = {
+        "alone": alone,
+        "beside_hostile": beside,
+        "refused_connects_during_window": int(refused_rounds * REFUSED_ENDPOINTS),
+        "hostile_rounds_total_s": hostile_round,
+        "hostile_reasons": reasons,
+    }
+    print("hostile-neighbour figures:", json.dumps(figures))
+
+    # every hostile endpoint is Unhealthy with its own reason, none of them a ProbeError (a bug)
+    assert all(h == "Unhealthy" and r not in (None, "ProbeError") for h, r in reasons.values()), reasons
+    for phase in (alone, beside):
+        assert phase["not_ready_at_s"] == [], f"the healthy pool was not Ready throughout: {phase}"
+        assert phase["rounds"] >= 2, f"the healthy pool's rounds stopped: {phase}"
+        # held up by the hostile probes, a round would wait out their timeout: interval + timeout apart
+        assert phase["max_gap_s"] < HEALTHY_INTERVAL + HOSTILE_TIMEOUT, phase
+        assert phase["mean_round_s"] < HOSTILE_TIMEOUT, phase
