@@ -6,7 +6,13 @@ streams does it: several times faster per probe than a general HTTP client (see
 docs/benchmarks.md) and never blocking the event loop. HTTP probes keep one connection
 per endpoint alive between probes unless told not to; a reused connection that the
 server closed meanwhile is retried once on a fresh one, as browsers do. Every failure
-becomes a ProbeResult with a stable reason and a message without timings.
+becomes a ProbeResult with a stable reason and a message without timings that says what
+the exchange was doing.
+
+A backend cannot hold a probe or its memory: the timeout is a deadline for the whole
+exchange (a byte every 200 ms does not stretch it), the status line and headers are
+capped (MAX_LINE, MAX_HEAD, MAX_HEADERS), and a body is read only as far as the check
+needs, never past MAX_BODY (docs/reliability.md, "Hostile backends").
 """
 
 from __future__ import annotations
