@@ -5,10 +5,12 @@ operator a pool of such backends does not hold up a healthy pool's rounds."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import json
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -22,7 +24,7 @@ import controlplane
 from backends import HTTPBackend, free_port
 from clusterpool.api import MAX_ENDPOINTS, HealthCheck, HTTPCheck
 from clusterpool.core.health import Endpoint
-from clusterpool.health.probes import Prober, probe_all, probe_http
+from clusterpool.health.probes import Prober, probe_all, probe_http, probe_tcp
 from conftest import endpoints_of, wait_for
 from hostile import HostileServer
 
@@ -97,6 +99,34 @@ async def test_a_body_that_has_the_text_passes_however_slowly_it_ends(hostile):
     server.drip = 0.01
     r, _ = await timed_probe(server.host, server.port, BODY_CHECK, 10.0)
     assert r.ok, r
+
+
+async def test_a_listener_that_never_accepts_times_out_while_connecting():
+    """A listener with its backlog full: the kernel drops further SYNs, connects hang."""
+    listener = socket.socket()
+    filler: list[socket.socket] = []
+    try:
+        listener.bind((HOST, 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        for _ in range(3):
+            c = socket.socket()
+            c.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                c.connect((HOST, port))
+            filler.append(c)
+        r, took = await timed_probe(HOST, port)
+        assert (r.ok, r.reason) == (False, "Timeout"), r
+        assert "timed out after 1s while connecting" in r.message, r.message
+        assert took < TIMEOUT + SLACK
+        start = time.monotonic()
+        r = await probe_tcp(HOST, port, TIMEOUT)
+        assert (r.ok, r.reason) == (False, "Timeout") and "while connecting" in r.message, r
+        assert time.monotonic() - start < TIMEOUT + SLACK
+    finally:
+        for c in filler:
+            c.close()
+        listener.close()
 
 
 # -- TLS -----------------------------------------------------------------------------
