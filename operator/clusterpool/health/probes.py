@@ -6,13 +6,18 @@ streams does it: several times faster per probe than a general HTTP client (see
 docs/benchmarks.md) and never blocking the event loop. HTTP probes keep one connection
 per endpoint alive between probes unless told not to; a reused connection that the
 server closed meanwhile is retried once on a fresh one, as browsers do. Every failure
-becomes a ProbeResult with a stable reason and a message without timings.
+becomes a ProbeResult with a stable reason and a message without timings that says what
+the exchange was doing.
+
+A backend cannot hold a probe or its memory: the timeout is a deadline for the whole
+exchange (a byte every 200 ms does not stretch it), the status line and headers are
+capped (MAX_LINE, MAX_HEAD, MAX_HEADERS), and a body is read only as far as the check
+needs, never past MAX_BODY (docs/reliability.md, "Hostile backends").
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,40 +27,54 @@ from clusterpool.api import CompositeCheck, HealthCheck, HTTPCheck
 from clusterpool.core.health import Endpoint, ProbeResult
 
 USER_AGENT = "clusterpool-probe/0.1"
-MAX_LINE = 8192
-MAX_HEADERS = 100
-MAX_BODY = 64 * 1024
+MAX_LINE = 8192  # bytes of one status, header, chunk-size or trailer line
+MAX_HEAD = 32 * 1024  # bytes of the status line and headers together (trailers too)
+MAX_HEADERS = 100  # header lines (trailer lines too)
+MAX_BODY = 64 * 1024  # bytes of a body read (bodyContains looks at this much)
 
 
 class ProtocolError(Exception):
     """The answer is not the HTTP/1.x we can read."""
 
 
-def _failure(exc: BaseException, timeout: float, what: str) -> ProbeResult:
+class Progress:
+    """What an exchange is doing, so that a failure names what it interrupted."""
+
+    def __init__(self) -> None:
+        self.doing = "connecting"
+        self.head_bytes = 0
+
+
+def _failure(exc: BaseException, timeout: float, what: str, doing: str | None = None) -> ProbeResult:
+    """A failed probe as a stable reason and a message without timings or byte counts (so
+    the same fault gives the same message every time)."""
+    during = f" {doing}" if doing is not None else ""
     if isinstance(exc, TimeoutError):
-        return ProbeResult(False, "Timeout", f"{what}: no answer within {timeout:g}s")
+        return ProbeResult(False, "Timeout", f"{what}: timed out after {timeout:g}s{during}")
     if isinstance(exc, ssl.SSLError):
         detail = getattr(exc, "verify_message", None) or exc.reason or exc.__class__.__name__
-        return ProbeResult(False, "TLSError", f"{what}: TLS failed: {detail}")
-    if isinstance(exc, ProtocolError | asyncio.LimitOverrunError):
-        return ProbeResult(False, "ProtocolError", f"{what}: the answer is not HTTP: {exc}")
+        return ProbeResult(False, "TLSError", f"{what}: TLS failed{during}: {detail}")
+    if isinstance(exc, ProtocolError):
+        return ProbeResult(False, "ProtocolError", f"{what}: {exc}")
     if isinstance(exc, ConnectionRefusedError):
         return ProbeResult(False, "ConnectionRefused", f"{what}: connection refused")
-    if isinstance(exc, asyncio.IncompleteReadError | ConnectionResetError | BrokenPipeError):
-        return ProbeResult(False, "ConnectionClosed", f"{what}: connection closed before a full answer")
+    if isinstance(exc, ConnectionResetError):
+        return ProbeResult(False, "ConnectionClosed", f"{what}: connection reset by the backend{during}")
+    if isinstance(exc, asyncio.IncompleteReadError | BrokenPipeError):
+        return ProbeResult(False, "ConnectionClosed", f"{what}: connection closed by the backend{during}")
     if isinstance(exc, OSError):
         detail = exc.strerror or exc.__class__.__name__
-        return ProbeResult(False, "ConnectionFailed", f"{what}: {detail}")
+        return ProbeResult(False, "ConnectionFailed", f"{what}: {detail}{during}")
     return ProbeResult(False, "ProbeError", f"{what}: {exc.__class__.__name__}: {exc}")
 
 
-_ERRORS = (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ProtocolError)
+_ERRORS = (OSError, TimeoutError, asyncio.IncompleteReadError, ProtocolError)
 
 
-async def _close(writer: asyncio.StreamWriter) -> None:
-    writer.close()
-    with contextlib.suppress(OSError, asyncio.TimeoutError, ssl.SSLError):
-        await asyncio.wait_for(writer.wait_closed(), 1.0)
+def _drop(writer: asyncio.StreamWriter) -> None:
+    """Close a connection at once, without waiting for the backend: a graceful TLS close
+    waits for the peer's close_notify, which a misbehaving backend never sends."""
+    writer.transport.abort()
 
 
 async def probe_tcp(host: str, port: int, timeout: float) -> ProbeResult:
@@ -64,9 +83,9 @@ async def probe_tcp(host: str, port: int, timeout: float) -> ProbeResult:
     try:
         async with asyncio.timeout(timeout):
             _, writer = await asyncio.open_connection(host, port)
-            await _close(writer)
+            _drop(writer)
     except _ERRORS as exc:
-        return _failure(exc, timeout, what)
+        return _failure(exc, timeout, what, "while connecting")
     return ProbeResult(True, "ProbeSucceeded", f"{what} accepted", time.perf_counter() - start)
 
 
@@ -83,53 +102,105 @@ class Answer:
     status: int
     body: bytes
     reusable: bool
+    truncated: bool = False  # the body went on past MAX_BODY
 
 
-async def _line(reader: asyncio.StreamReader) -> bytes:
-    return (await reader.readuntil(b"\n")).rstrip(b"\r\n")
+async def _line(reader: asyncio.StreamReader, what: str, progress: Progress | None = None) -> bytes:
+    """One line; with progress, it counts against MAX_HEAD."""
+    try:
+        line = await reader.readuntil(b"\n")
+    except asyncio.LimitOverrunError as exc:
+        raise ProtocolError(f"{what} longer than {MAX_LINE // 1024} KiB") from exc
+    if progress is not None:
+        progress.head_bytes += len(line)
+        if progress.head_bytes > MAX_HEAD:
+            raise ProtocolError(f"status line and headers longer than {MAX_HEAD // 1024} KiB")
+    return line.rstrip(b"\r\n")
 
 
-async def read_answer(reader: asyncio.StreamReader, method: str) -> Answer:
-    """Read one HTTP/1.x answer: status, headers, and up to MAX_BODY of the body."""
-    status_line = await _line(reader)
-    status = parse_status_line(status_line)
-    if status is None:
-        raise ProtocolError(repr(status_line[:40]))
-    headers: dict[str, str] = {}
+async def _fields(reader: asyncio.StreamReader, progress: Progress, what: str) -> dict[str, str]:
+    """Header (or trailer) lines up to the empty line, at most MAX_HEADERS of them."""
+    fields: dict[str, str] = {}
     for _ in range(MAX_HEADERS + 1):
-        line = await _line(reader)
+        line = await _line(reader, f"a {what} line", progress)
         if not line:
-            break
+            return fields
         name, sep, value = line.decode("latin-1").partition(":")
         if not sep:
-            raise ProtocolError(f"bad header line {line[:40]!r}")
-        headers[name.strip().lower()] = value.strip()
-    else:
-        raise ProtocolError("too many headers")
+            raise ProtocolError(f"bad {what} line {line[:40]!r}")
+        fields[name.strip().lower()] = value.strip()
+    raise ProtocolError(f"more than {MAX_HEADERS} {what} lines")
+
+
+async def read_answer(
+    reader: asyncio.StreamReader, method: str, wanted: bytes | None = None, progress: Progress | None = None
+) -> Answer:
+    """Read one HTTP/1.x answer: status and headers (at most MAX_HEAD bytes), and as much
+    of the body as is needed, never more than MAX_BODY: all of a short length-delimited
+    body (so the connection can be reused); of any other body only what a search for
+    `wanted` needs. A body that is not read leaves the connection unusable."""
+    p = progress or Progress()
+    p.doing = "while waiting for the status line"
+    status_line = await _line(reader, "a status line", p)
+    status = parse_status_line(status_line)
+    if status is None:
+        raise ProtocolError(f"the status line is not HTTP/1.x: {status_line[:40]!r}")
+    p.doing = "while reading the headers"
+    headers = await _fields(reader, p, "header")
     reusable = status_line.startswith(b"HTTP/1.1") and headers.get("connection", "").lower() != "close"
     if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
         return Answer(status, b"", reusable)
+    p.doing = "while reading the body"
     if "chunked" in headers.get("transfer-encoding", "").lower():
-        body = bytearray()
-        while True:
-            size = int((await _line(reader)).split(b";")[0] or b"0", 16)
-            if size == 0:
-                while await _line(reader):  # trailers
-                    pass
-                return Answer(status, bytes(body), reusable)
-            if len(body) + size > MAX_BODY:
-                body += await reader.readexactly(MAX_BODY - len(body))
-                return Answer(status, bytes(body), False)
-            body += await reader.readexactly(size)
-            await reader.readexactly(2)
+        return await _chunked(reader, status, reusable, p)
     if "content-length" in headers:
         try:
             length = int(headers["content-length"])
         except ValueError as exc:
-            raise ProtocolError("bad Content-Length") from exc
-        content = await reader.readexactly(min(length, MAX_BODY))
-        return Answer(status, content, reusable and length <= MAX_BODY)
-    return Answer(status, await reader.read(MAX_BODY), False)  # delimited by the close
+            raise ProtocolError(f"bad Content-Length {headers['content-length'][:40]!r}") from exc
+        if length < 0:
+            raise ProtocolError(f"bad Content-Length {length}")
+        if length > MAX_BODY and wanted is None:
+            return Answer(status, b"", False, truncated=True)  # too long to read for reuse, not needed
+        body = await reader.readexactly(min(length, MAX_BODY))
+        return Answer(status, body, reusable and length <= MAX_BODY, truncated=length > MAX_BODY)
+    if wanted is None:
+        return Answer(status, b"", False)  # the body ends with the close: nothing to read it for
+    return await _until_close(reader, status, wanted)
+
+
+async def _chunked(reader: asyncio.StreamReader, status: int, reusable: bool, p: Progress) -> Answer:
+    body = bytearray()
+    while True:
+        size_line = await _line(reader, "a chunk-size line")
+        try:
+            size = int(size_line.split(b";")[0].strip() or b"0", 16)
+        except ValueError as exc:
+            raise ProtocolError(f"bad chunk size {size_line[:40]!r}") from exc
+        if size < 0:
+            raise ProtocolError(f"bad chunk size {size_line[:40]!r}")
+        if size == 0:
+            await _fields(reader, p, "trailer")
+            return Answer(status, bytes(body), reusable)
+        if len(body) + size > MAX_BODY:
+            body += await reader.readexactly(MAX_BODY - len(body))
+            return Answer(status, bytes(body), False, truncated=True)
+        body += await reader.readexactly(size)
+        await reader.readexactly(2)
+
+
+async def _until_close(reader: asyncio.StreamReader, status: int, wanted: bytes) -> Answer:
+    """A body that ends with the close: read until `wanted` is in it, the close, or MAX_BODY."""
+    body = bytearray()
+    while len(body) < MAX_BODY:
+        chunk = await reader.read(MAX_BODY - len(body))
+        if not chunk:
+            return Answer(status, bytes(body), False)
+        searched = max(0, len(body) - len(wanted) + 1)
+        body += chunk
+        if body.find(wanted, searched) >= 0:
+            return Answer(status, bytes(body), False)
+    return Answer(status, bytes(body), False, truncated=True)
 
 
 class HTTPProber:
@@ -160,52 +231,69 @@ class HTTPProber:
         lines += [f"{h.name}: {h.value}" for h in self.check.headers]
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
-    async def _exchange(self, host: str, port: int) -> Answer:
+    async def _exchange(self, host: str, port: int, progress: Progress) -> Answer:
         key = (host, port)
         conn = self._idle.pop(key, None)
         reused = conn is not None
         if conn is None:
-            conn = await asyncio.open_connection(host, port, ssl=self.tls, limit=MAX_LINE)
+            progress.doing = "while connecting"
+            conn = await asyncio.open_connection(host, port, limit=MAX_LINE)
+            if self.tls is not None:
+                progress.doing = "in the TLS handshake"
+                try:
+                    await conn[1].start_tls(self.tls, server_hostname=host)
+                except BaseException:
+                    _drop(conn[1])
+                    raise
         reader, writer = conn
+        wanted = self.check.body_contains.encode() if self.check.body_contains is not None else None
         try:
+            progress.doing = "while sending the request"
+            progress.head_bytes = 0
             writer.write(self._request(host, port))
             await writer.drain()
-            answer = await read_answer(reader, self.check.method)
+            answer = await read_answer(reader, self.check.method, wanted, progress)
         except (asyncio.IncompleteReadError, ConnectionResetError, BrokenPipeError):
-            await _close(writer)
+            _drop(writer)
             if reused:  # the server closed the idle connection meanwhile: once more, fresh
-                return await self._exchange(host, port)
+                return await self._exchange(host, port, progress)
             raise
         except BaseException:
-            await _close(writer)
+            _drop(writer)
             raise
         if answer.reusable and self.check.keep_alive and key not in self._idle:
             self._idle[key] = conn
         else:
-            await _close(writer)
+            _drop(writer)
         return answer
 
     async def probe(self, host: str, port: int) -> ProbeResult:
+        """One request and its answer, all of it within the timeout (a deadline for the
+        whole exchange, not for each read: a backend dripping bytes cannot stretch it)."""
         what = f"{self.check.method} {self.check.path} on {host}:{port}"
         start = time.perf_counter()
+        progress = Progress()
         try:
             async with asyncio.timeout(self.timeout):
-                answer = await self._exchange(host, port)
+                answer = await self._exchange(host, port, progress)
         except _ERRORS as exc:
-            return _failure(exc, self.timeout, what)
+            return _failure(exc, self.timeout, what, progress.doing)
         latency = time.perf_counter() - start
         if not self.check.accepts(answer.status):
             expected = ", ".join(self.check.expected_statuses)
             return ProbeResult(False, "UnexpectedStatus", f"{what}: HTTP {answer.status}, expected {expected}", latency)
         wanted = self.check.body_contains
         if wanted is not None and wanted.encode() not in answer.body:
-            return ProbeResult(False, "UnexpectedBody", f"{what}: HTTP {answer.status}, body lacks {wanted!r}", latency)
+            within = f" in its first {MAX_BODY // 1024} KiB" if answer.truncated else ""
+            return ProbeResult(
+                False, "UnexpectedBody", f"{what}: HTTP {answer.status}, body lacks {wanted!r}{within}", latency
+            )
         return ProbeResult(True, "ProbeSucceeded", f"{what}: HTTP {answer.status}", latency)
 
     async def close(self) -> None:
         idle, self._idle = self._idle, {}
         for _, writer in idle.values():
-            await _close(writer)
+            _drop(writer)
 
 
 async def probe_http(host: str, port: int, check: HTTPCheck, timeout: float) -> ProbeResult:
