@@ -14,15 +14,20 @@ from functools import reduce
 
 import xxhash
 
+from clusterpool.core.labels import Labels
+
 
 @dataclass(frozen=True)
 class Target:
-    """An endpoint a client may send a request to, with its current weight."""
+    """An endpoint a client may send a request to, with its current weight, its labels
+    and its capacity (most requests in flight; None: no limit)."""
 
     name: str
     address: str
     port: int
     weight: int = 1
+    labels: Labels = ()
+    capacity: int | None = None
 
 
 class NoEndpointError(LookupError):
@@ -33,28 +38,37 @@ class Balancer:
     """The common part: the target snapshot, in-flight counts and the lease protocol.
 
     In-flight counts live in a list aligned with the targets (`_loads[i]` for
-    `_targets[i]`), so strategies can scan them at C speed."""
+    `_targets[i]`), so strategies can scan them at C speed. `_caps[i]` is what
+    LeastConnections and Adaptive divide the in-flight count by: the target's capacity, or
+    for a target without one the mean of the declared capacities; None when no target
+    declares one (then the plain counts are compared)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._targets: tuple[Target, ...] = ()
         self._index: dict[str, int] = {}
         self._loads: list[int] = []
+        self._caps: list[float] | None = None
         self._total = 0  # sum of _loads, kept as requests start and finish
 
     @property
     def targets(self) -> tuple[Target, ...]:
         return self._targets
 
-    def update(self, targets: Sequence[Target]) -> None:
+    def update(self, targets: Sequence[Target], inflight: Callable[[str], int] | None = None) -> None:
         """Replace the targets (e.g. a new routing table). In-flight counts of targets that
-        stay are kept."""
+        stay are kept, or taken from `inflight` (a balancer that counted them) when given."""
         with self._lock:
-            old = {t.name: self._loads[i] for t, i in zip(self._targets, range(len(self._targets)), strict=True)}
+            if inflight is None:
+                old = {t.name: self._loads[i] for t, i in zip(self._targets, range(len(self._targets)), strict=True)}
+                inflight = lambda name: old.get(name, 0)  # noqa: E731
             self._targets = tuple(targets)
             self._index = {t.name: i for i, t in enumerate(self._targets)}
-            self._loads = [old.get(t.name, 0) for t in self._targets]
+            self._loads = [inflight(t.name) for t in self._targets]
             self._total = sum(self._loads)
+            declared = [t.capacity for t in self._targets if t.capacity is not None]
+            mean = sum(declared) / len(declared) if declared else 0.0
+            self._caps = [float(t.capacity or mean) for t in self._targets] if declared else None
             self._rebuild()
 
     def _rebuild(self) -> None:
@@ -168,9 +182,14 @@ class LeastConnections(Balancer):
     a rotating start, so equal targets share evenly. The scan is two C calls (min and
     list.index) over the in-flight list, so it stays well under a microsecond up to
     hundreds of targets; above 256 targets two random ones are compared instead (power of
-    two choices, Envoy's least-request), which keeps a pick O(1)."""
+    two choices, Envoy's least-request), which keeps a pick O(1).
+
+    When targets declare a capacity, the fullest share is compared instead of the count:
+    (in flight + 1) / capacity, i.e. the share this request would bring it to, exactly up
+    to 32 targets and by power of two choices above."""
 
     EXACT_UP_TO = 256
+    EXACT_WITH_CAPACITY_UP_TO = 32
 
     def __init__(self, rng: random.Random | None = None) -> None:
         super().__init__()
@@ -178,10 +197,12 @@ class LeastConnections(Balancer):
         self._rotor = itertools.count()
 
     def pick(self, key: str | None = None) -> Target:
-        targets, loads = self._targets, self._loads
+        targets, loads, caps = self._targets, self._loads, self._caps
         n = len(targets)
         if n == 0:
             raise self._empty()
+        if caps is not None:
+            return self._pick_by_share(targets, loads, caps)
         if n <= self.EXACT_UP_TO:
             least = min(loads)
             start = next(self._rotor) % n
@@ -192,6 +213,20 @@ class LeastConnections(Balancer):
         i = int(self._rng.random() * n)
         j = int(self._rng.random() * n)
         return targets[i] if loads[i] <= loads[j] else targets[j]
+
+    def _pick_by_share(self, targets: Sequence[Target], loads: list[int], caps: list[float]) -> Target:
+        n = len(targets)
+        if n <= self.EXACT_WITH_CAPACITY_UP_TO:
+            shares = [(load + 1) / cap for load, cap in zip(loads, caps, strict=True)]
+            least = min(shares)
+            start = next(self._rotor) % n
+            try:
+                return targets[shares.index(least, start)]
+            except ValueError:
+                return targets[shares.index(least)]
+        i = int(self._rng.random() * n)
+        j = int(self._rng.random() * n)
+        return targets[i] if (loads[i] + 1) / caps[i] <= (loads[j] + 1) / caps[j] else targets[j]
 
 
 def stable_hash(key: str) -> int:
@@ -285,7 +320,9 @@ class Adaptive(Balancer):
     and Linkerd do. A slower answer than the average raises the EWMA at once (peak);
     faster ones pull it down with a time constant `decay_s`; and while a target gets no
     traffic its EWMA decays towards zero, so a target that was slow is tried again
-    within seconds and wins traffic back once it is fast."""
+    within seconds and wins traffic back once it is fast. When targets declare a capacity,
+    (in-flight + 1) is divided by it: a target that takes twice the requests at once costs
+    half as much at the same load and latency."""
 
     def __init__(
         self, decay_s: float = 10.0, rng: random.Random | None = None, clock: Callable[[], float] = time.monotonic
@@ -299,10 +336,11 @@ class Adaptive(Balancer):
     def _rebuild(self) -> None:
         self._ewma = {t.name: self._ewma[t.name] for t in self._targets if t.name in self._ewma}
 
-    def _cost(self, name: str, now: float) -> float:
-        ewma, at = self._ewma.get(name, (0.0, now))
+    def _cost(self, target: Target, cap: float | None, now: float) -> float:
+        ewma, at = self._ewma.get(target.name, (0.0, now))
         decayed = ewma * math.exp(-(now - at) / self.decay_s)
-        return decayed * (self.inflight(name) + 1)
+        load = self.inflight(target.name) + 1
+        return decayed * (load if cap is None else load / cap)
 
     def pick(self, key: str | None = None) -> Target:
         targets = self._targets
@@ -315,9 +353,11 @@ class Adaptive(Balancer):
         j = int(self._rng.random() * (n - 1))
         if j >= i:
             j += 1
-        a, b = targets[i], targets[j]
         now = self._clock()
-        return a if self._cost(a.name, now) <= self._cost(b.name, now) else b
+        a, b = targets[i], targets[j]
+        caps = self._caps
+        cap_a, cap_b = (caps[i], caps[j]) if caps is not None and len(caps) == n else (None, None)
+        return a if self._cost(a, cap_a, now) <= self._cost(b, cap_b, now) else b
 
     def finished(self, target: Target, latency_s: float, ok: bool = True) -> None:
         now = self._clock()
