@@ -3,16 +3,20 @@ Meta (a real `consul agent -dev`) and from EndpointSlices (the real apiserver), 
 the operator into the status and the routing ConfigMap, and followed by the SDK against
 real HTTP backends."""
 
+import importlib.util
+import json
 import threading
 
 import httpx
 import kubernetes
+import openai
 import pytest
 from test_consul import consul_agent  # noqa: F401  (the module's real agent, shared)
 from test_discovery import make_slice
 
-from clusterpool.client import CapacityError, ConfigMapTable, PoolClient, PoolTransport
-from conftest import endpoints_of, wait_for
+from backends import HTTPBackend, free_port
+from clusterpool.client import CapacityError, ConfigMapTable, FileTable, PoolClient, PoolTransport
+from conftest import ROOT, endpoints_of, wait_for
 
 PROMPT = 5
 
@@ -173,3 +177,41 @@ def test_endpointslice_labels_and_zones_reach_the_status(pools, net_backends, k8
     }
     assert pools.endpoint("p", "vllm-0")["capacity"] == 6
     assert pools.endpoint("p", "vllm-1")["labels"] == {"model": "llama"}
+
+
+def test_the_models_by_label_example_sends_each_model_to_its_endpoints(tmp_path):
+    spec = importlib.util.spec_from_file_location("models_by_label", ROOT / "examples" / "models_by_label.py")
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    port = free_port()
+    servers = [HTTPBackend(f"127.0.2.{i + 1}", port, name=f"s{i}").start() for i in range(3)]
+    try:
+        models = ["llama-3-8b", "org_qwen-2", "llama-3-8b"]
+        table = {
+            "schemaVersion": 1,
+            "revision": "r1",
+            "strategy": "RoundRobin",
+            "circuitBreaker": {},
+            "endpoints": [
+                {"name": s.name, "address": s.host, "port": s.port, "eligible": True, "labels": {"model": m}}
+                for s, m in zip(servers, models, strict=True)
+            ],
+        }
+        (tmp_path / "routing.json").write_text(json.dumps(table))
+        pool = PoolClient(FileTable(tmp_path / "routing.json"))
+        client = openai.OpenAI(
+            base_url="http://pool/v1",
+            api_key="x",
+            max_retries=0,
+            http_client=httpx.Client(transport=PoolTransport(pool, selector=example.by_model)),
+        )
+        for _ in range(4):
+            client.chat.completions.create(model="org/qwen-2", messages=[{"role": "user", "content": "hi"}])
+        assert [s.requests for s in servers] == [0, 4, 0]
+        for _ in range(4):
+            client.chat.completions.create(model="llama-3-8b", messages=[{"role": "user", "content": "hi"}])
+        assert [s.requests for s in servers] == [2, 4, 2]
+    finally:
+        for s in servers:
+            s.stop()
