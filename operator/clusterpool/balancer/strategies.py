@@ -38,17 +38,19 @@ class Balancer:
     """The common part: the target snapshot, in-flight counts and the lease protocol.
 
     In-flight counts live in a list aligned with the targets (`_loads[i]` for
-    `_targets[i]`), so strategies can scan them at C speed. `_caps[i]` is what
-    LeastConnections and Adaptive divide the in-flight count by: the target's capacity, or
-    for a target without one the mean of the declared capacities; None when no target
-    declares one (then the plain counts are compared)."""
+    `_targets[i]`), so strategies can scan them at C speed. When targets declare a
+    capacity, `_shares[i]` is kept beside them: (in flight + 1) / capacity, the share of
+    its capacity a target would carry with one more request, which LeastConnections and
+    Adaptive compare instead of the count. A target without a capacity counts as the mean
+    of the declared ones; with none declared `_shares` is None."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._targets: tuple[Target, ...] = ()
         self._index: dict[str, int] = {}
         self._loads: list[int] = []
-        self._caps: list[float] | None = None
+        self._caps: list[float] = []
+        self._shares: list[float] | None = None
         self._total = 0  # sum of _loads, kept as requests start and finish
 
     @property
@@ -68,7 +70,8 @@ class Balancer:
             self._total = sum(self._loads)
             declared = [t.capacity for t in self._targets if t.capacity is not None]
             mean = sum(declared) / len(declared) if declared else 0.0
-            self._caps = [float(t.capacity or mean) for t in self._targets] if declared else None
+            self._caps = [float(t.capacity or mean) for t in self._targets] if declared else []
+            self._shares = [(n + 1) / c for n, c in zip(self._loads, self._caps, strict=True)] if declared else None
             self._rebuild()
 
     def _rebuild(self) -> None:
@@ -85,15 +88,20 @@ class Balancer:
         with self._lock:
             i = self._index.get(target.name)
             if i is not None:
-                self._loads[i] += 1
-                self._total += 1
+                self._count(i, 1)
+
+    def _count(self, i: int, delta: int) -> None:
+        """Change target i's in-flight count; called with the lock held."""
+        self._loads[i] += delta
+        self._total += delta
+        if self._shares is not None:
+            self._shares[i] = (self._loads[i] + 1) / self._caps[i]
 
     def finished(self, target: Target, latency_s: float, ok: bool = True) -> None:
         with self._lock:
             i = self._index.get(target.name)
             if i is not None and self._loads[i] > 0:
-                self._loads[i] -= 1
-                self._total -= 1
+                self._count(i, -1)
 
     @contextmanager
     def lease(self, key: str | None = None) -> Iterator[Target]:
@@ -184,12 +192,10 @@ class LeastConnections(Balancer):
     hundreds of targets; above 256 targets two random ones are compared instead (power of
     two choices, Envoy's least-request), which keeps a pick O(1).
 
-    When targets declare a capacity, the fullest share is compared instead of the count:
-    (in flight + 1) / capacity, i.e. the share this request would bring it to, exactly up
-    to 32 targets and by power of two choices above."""
+    When targets declare a capacity, the same is done over the shares of their capacity
+    (in flight + 1) / capacity, kept as requests start and finish, so it costs the same."""
 
     EXACT_UP_TO = 256
-    EXACT_WITH_CAPACITY_UP_TO = 32
 
     def __init__(self, rng: random.Random | None = None) -> None:
         super().__init__()
@@ -197,12 +203,11 @@ class LeastConnections(Balancer):
         self._rotor = itertools.count()
 
     def pick(self, key: str | None = None) -> Target:
-        targets, loads, caps = self._targets, self._loads, self._caps
+        targets = self._targets
+        loads: Sequence[float] = self._shares if self._shares is not None else self._loads
         n = len(targets)
         if n == 0:
             raise self._empty()
-        if caps is not None:
-            return self._pick_by_share(targets, loads, caps)
         if n <= self.EXACT_UP_TO:
             least = min(loads)
             start = next(self._rotor) % n
@@ -213,20 +218,6 @@ class LeastConnections(Balancer):
         i = int(self._rng.random() * n)
         j = int(self._rng.random() * n)
         return targets[i] if loads[i] <= loads[j] else targets[j]
-
-    def _pick_by_share(self, targets: Sequence[Target], loads: list[int], caps: list[float]) -> Target:
-        n = len(targets)
-        if n <= self.EXACT_WITH_CAPACITY_UP_TO:
-            shares = [(load + 1) / cap for load, cap in zip(loads, caps, strict=True)]
-            least = min(shares)
-            start = next(self._rotor) % n
-            try:
-                return targets[shares.index(least, start)]
-            except ValueError:
-                return targets[shares.index(least)]
-        i = int(self._rng.random() * n)
-        j = int(self._rng.random() * n)
-        return targets[i] if (loads[i] + 1) / caps[i] <= (loads[j] + 1) / caps[j] else targets[j]
 
 
 def stable_hash(key: str) -> int:
@@ -336,11 +327,14 @@ class Adaptive(Balancer):
     def _rebuild(self) -> None:
         self._ewma = {t.name: self._ewma[t.name] for t in self._targets if t.name in self._ewma}
 
-    def _cost(self, target: Target, cap: float | None, now: float) -> float:
-        ewma, at = self._ewma.get(target.name, (0.0, now))
+    def _cost(self, name: str, now: float) -> float:
+        ewma, at = self._ewma.get(name, (0.0, now))
         decayed = ewma * math.exp(-(now - at) / self.decay_s)
-        load = self.inflight(target.name) + 1
-        return decayed * (load if cap is None else load / cap)
+        i = self._index.get(name)
+        if i is None:
+            return decayed
+        shares = self._shares
+        return decayed * (shares[i] if shares is not None else self._loads[i] + 1)
 
     def pick(self, key: str | None = None) -> Target:
         targets = self._targets
@@ -353,11 +347,9 @@ class Adaptive(Balancer):
         j = int(self._rng.random() * (n - 1))
         if j >= i:
             j += 1
-        now = self._clock()
         a, b = targets[i], targets[j]
-        caps = self._caps
-        cap_a, cap_b = (caps[i], caps[j]) if caps is not None and len(caps) == n else (None, None)
-        return a if self._cost(a, cap_a, now) <= self._cost(b, cap_b, now) else b
+        now = self._clock()
+        return a if self._cost(a.name, now) <= self._cost(b.name, now) else b
 
     def finished(self, target: Target, latency_s: float, ok: bool = True) -> None:
         now = self._clock()
@@ -366,8 +358,7 @@ class Adaptive(Balancer):
         with self._lock:
             i = self._index.get(target.name)
             if i is not None and self._loads[i] > 0:
-                self._loads[i] -= 1
-                self._total -= 1
+                self._count(i, -1)
             ewma, at = self._ewma.get(target.name, (latency_s, now))
             decayed = ewma * math.exp(-(now - at) / self.decay_s)
             if latency_s > decayed:

@@ -89,6 +89,7 @@ class PoolClient:
         self._strategy: str | None = None
         self._balancer: Balancer | None = None
         self._subsets: dict[Selector, Balancer] = {}
+        self._holding: dict[str, tuple[Balancer, ...]] = {}  # endpoint -> the subsets it is in
         self._breakers: dict[str, Breaker] = {}
         self._trials: dict[str, int] = {}
         self._cfg = BreakerConfig()
@@ -120,6 +121,7 @@ class PoolClient:
             self._balancer.update(table.targets)
         for selector, subset in self._subsets.items():
             subset.update([t for t in table.targets if matches(t.labels, selector)])
+        self._index_subsets()
         b = table.breaker
         self._cfg = BreakerConfig(
             b.failure_threshold, b.open_seconds, b.max_open_seconds, b.half_open_max_probes, b.success_threshold
@@ -154,7 +156,16 @@ class PoolClient:
                 if len(self._subsets) >= MAX_SELECTORS:
                     del self._subsets[next(iter(self._subsets))]
                 self._subsets[selector] = subset
+                self._index_subsets()
             return subset
+
+    def _index_subsets(self) -> None:
+        """Which subsets hold each endpoint, so a request's count goes only where it counts."""
+        holding: dict[str, list[Balancer]] = {}
+        for subset in self._subsets.values():
+            for t in subset.targets:
+                holding.setdefault(t.name, []).append(subset)
+        self._holding = {name: tuple(subsets) for name, subsets in holding.items()}
 
     # -- breakers ----------------------------------------------------------------------------
 
@@ -283,14 +294,14 @@ class PoolClient:
     def started(self, target: Target) -> None:
         with self._lock:
             self._sync().started(target)
-            for subset in self._subsets.values():
+            for subset in self._holding.get(target.name, ()):
                 subset.started(target)
 
     def finished(self, target: Target, latency_s: float, ok: bool) -> None:
         with self._room:
             self.record(target, ok)
             self._sync().finished(target, latency_s, ok)
-            for subset in self._subsets.values():
+            for subset in self._holding.get(target.name, ()):
                 subset.finished(target, latency_s, ok)
             self._room.notify_all()
 
