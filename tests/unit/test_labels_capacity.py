@@ -300,10 +300,10 @@ def test_least_connections_without_capacity_compares_counts():
 
 def test_an_endpoint_without_capacity_counts_as_the_mean_of_the_declared_ones():
     b = LeastConnections()
-    b.update([Target("declared", "h", 1, capacity=4), Target("unset", "h", 2)])
-    for _ in range(8):
+    b.update([Target("two", "h", 1, capacity=2), Target("six", "h", 2, capacity=6), Target("unset", "h", 3)])
+    for _ in range(12):
         b.started(b.pick())
-    assert b.inflight("declared") == 4 and b.inflight("unset") == 4
+    assert [b.inflight(n) for n in ("two", "six", "unset")] == [2, 6, 4]  # unset counts as 4
 
 
 def test_adaptive_weighs_in_flight_against_capacity():
