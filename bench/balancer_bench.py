@@ -1,6 +1,8 @@
 """Balancer benchmark: time per pick of each strategy at 10 and 1,000 endpoints, side by
 side with LiteLLM's Router (its comparable routing strategies, same run) and bare-Python
-references; plus distribution quality. Results: bench/results/balancer.json.
+references; plus distribution quality, and the cost of a label selector: a request through
+the SDK's PoolClient without and with a selector, and picks weighed against capacity.
+Results: bench/results/balancer.json.
 
     LITELLM_LOCAL_MODEL_COST_MAP=True python bench/balancer_bench.py   # make bench does this
 
@@ -22,7 +24,9 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from clusterpool.balancer import Adaptive, ConsistentHash, LeastConnections, RoundRobin, Target, Weighted
+from clusterpool.balancer import STRATEGIES, Adaptive, ConsistentHash, LeastConnections, RoundRobin, Target, Weighted
+from clusterpool.client import PoolClient, RoutingTable, StaticTable
+from clusterpool.core.failover import BreakerConfig
 
 HERE = Path(__file__).resolve().parent
 REPEATS = 5
@@ -36,6 +40,19 @@ def per_pick_ns(fn: Callable[[], object], n: int) -> float:
             fn()
         runs.append((time.perf_counter() - start) / n * 1e9)
     return statistics.median(runs)
+
+
+def paired_ns(a: Callable[[], object], b: Callable[[], object], n: int) -> tuple[float, float]:
+    """per_pick_ns of two loops, their repeats alternating, so load that comes and goes on
+    a shared machine hits both alike."""
+    runs: tuple[list[float], list[float]] = ([], [])
+    for _ in range(REPEATS):
+        for fn, out in ((a, runs[0]), (b, runs[1])):
+            start = time.perf_counter()
+            for _ in range(n):
+                fn()
+            out.append((time.perf_counter() - start) / n * 1e9)
+    return statistics.median(runs[0]), statistics.median(runs[1])
 
 
 def targets(n: int, weighted: bool = False) -> list[Target]:
@@ -74,6 +91,45 @@ def ours(n: int) -> dict[str, float]:
             pass
 
     out["Adaptive lease (pick+report)"] = per_pick_ns(lease, 100_000)
+    return out
+
+
+def labelled(n: int, capacity: int | None = None) -> list[Target]:
+    """Targets of two models, alternating: a selector on one matches half of them."""
+    return [
+        Target(t.name, t.address, t.port, labels=(("model", f"m{i % 2}"),), capacity=capacity)
+        for i, t in enumerate(targets(n))
+    ]
+
+
+def filtered(n: int) -> dict[str, float]:
+    """One request through PoolClient (acquire: select, pick, breaker, in flight; then
+    finished), without a selector and with one matching half the endpoints; and a bare
+    pick of LeastConnections and Adaptive when every endpoint declares a capacity."""
+    out = {}
+    keys = itertools.cycle([f"session-{i}" for i in range(4096)])
+    for strategy in STRATEGIES:
+        loops = []
+        for selector in (None, {"model": "m0"}):
+            pool = PoolClient(StaticTable(RoutingTable("r", strategy, tuple(labelled(n)), BreakerConfig())))
+
+            def request(pool: PoolClient = pool, selector: dict[str, str] | None = selector) -> None:
+                t = pool.acquire(next(keys), selector=selector)
+                pool.finished(t, 0.001, True)
+
+            loops.append(request)
+        plain, selected = paired_ns(loops[0], loops[1], 20_000)
+        out[f"PoolClient request, {strategy}, no selector"] = plain
+        out[f"PoolClient request, {strategy}, selector model=m0 (half the endpoints)"] = selected
+    lc = LeastConnections()
+    lc.update(labelled(n, capacity=100))
+    out["LeastConnections pick, every endpoint with a capacity"] = per_pick_ns(lc.pick, 100_000)
+    ad = Adaptive()
+    ad.update(labelled(n, capacity=100))
+    for t in ad.targets:
+        ad.started(t)
+        ad.finished(t, random.uniform(0.01, 0.05))
+    out["Adaptive pick, every endpoint with a capacity"] = per_pick_ns(ad.pick, 100_000)
     return out
 
 
@@ -183,9 +239,10 @@ def main() -> int:
     }
     for n in (10, 1000):
         print(f"{n} endpoints", flush=True)
-        o, r, ll = ours(n), references(n), litellm_router(n)
+        o, r, ll, f = ours(n), references(n), litellm_router(n), filtered(n)
         result[f"{n}_endpoints"] = {
             "clusterpool_ns": {k: round(v) for k, v in o.items()},
+            "selector_and_capacity_ns": {k: round(v) for k, v in f.items()},
             "python_reference_ns": {k: round(v) for k, v in r.items()},
             "litellm_router_ns": {k: round(v) for k, v in ll.items()},
             "speedup_over_litellm": {

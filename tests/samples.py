@@ -51,6 +51,28 @@ VALID: dict[str, dict[str, Any]] = {
             "tiers": {"failoverPercent": 60, "failbackPercent": 90},
         }
     ),
+    "labels-and-capacity": static(
+        [
+            {
+                "name": "a",
+                "address": "127.0.0.2",
+                "port": 8080,
+                "labels": {"model": "llama-3-8b", "example.com/zone": "eu-1a", "role": "", "gpu_type": "A100.80GB"},
+                "capacity": 8,
+            },
+            {"name": "b", "address": "127.0.0.3", "port": 8080, "labels": {}, "capacity": 1000000},
+        ]
+    ),
+    "labels-longest": static(
+        [
+            {
+                "name": "a",
+                "address": "127.0.0.2",
+                "port": 8080,
+                "labels": {f"{'p' * 253}/{'n' * 63}": "v" * 63, **{f"k{i}": str(i) for i in range(15)}},
+            }
+        ]
+    ),
     "cache-memory": static(cache={"type": "Memory", "policy": "LFU", "maxEntries": 500, "maxMegabytes": 64}),
     "cache-layered-write-back": static(
         cache={
@@ -141,5 +163,27 @@ INVALID: dict[str, dict[str, Any]] = {
     "cache-ca-without-tls": static(
         cache={"type": "Redis", "redis": {"address": "redis:6379", "caSecretRef": {"name": "ca", "key": "ca.crt"}}}
     ),
+    "label-key-with-space": static([{"name": "a", "address": "127.0.0.2", "port": 1, "labels": {"my model": "x"}}]),
+    "label-key-empty": static([{"name": "a", "address": "127.0.0.2", "port": 1, "labels": {"": "x"}}]),
+    "label-key-two-slashes": static([{"name": "a", "address": "127.0.0.2", "port": 1, "labels": {"a/b/c": "x"}}]),
+    "label-key-uppercase-prefix": static(
+        [{"name": "a", "address": "127.0.0.2", "port": 1, "labels": {"Example.com/zone": "x"}}]
+    ),
+    "label-name-too-long": static([{"name": "a", "address": "127.0.0.2", "port": 1, "labels": {"n" * 64: "x"}}]),
+    "label-prefix-too-long": static(
+        [{"name": "a", "address": "127.0.0.2", "port": 1, "labels": {f"{'p' * 254}/zone": "x"}}]
+    ),
+    "label-value-too-long": static([{"name": "a", "address": "127.0.0.2", "port": 1, "labels": {"model": "v" * 64}}]),
+    "label-value-bad-character": static(
+        [{"name": "a", "address": "127.0.0.2", "port": 1, "labels": {"model": "llama/3"}}]
+    ),
+    "label-value-ends-with-dash": static(
+        [{"name": "a", "address": "127.0.0.2", "port": 1, "labels": {"model": "llama-"}}]
+    ),
+    "labels-too-many": static(
+        [{"name": "a", "address": "127.0.0.2", "port": 1, "labels": {f"k{i}": "v" for i in range(17)}}]
+    ),
+    "capacity-zero": static([{"name": "a", "address": "127.0.0.2", "port": 1, "capacity": 0}]),
+    "capacity-too-big": static([{"name": "a", "address": "127.0.0.2", "port": 1, "capacity": 1000001}]),
     "cache-bad-prefix": static(cache={"type": "Memory", "keyPrefix": "has space"}),
 }

@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
+from clusterpool.core import labels as label_rules
+
 GROUP = "clusterpool.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -46,6 +48,26 @@ Strategy = Literal["RoundRobin", "LeastConnections", "Weighted", "ConsistentHash
 Source = Literal["Static", "Kubernetes", "Consul"]
 
 
+# Endpoint labels: Kubernetes label syntax. The values' pattern is plain OpenAPI; the keys'
+# rules (no propertyNames in a structural schema) are a CEL rule; both also in Python.
+_LABEL_KEYS = (
+    f"self.all(k, k.matches(r'{label_rules.LABEL_KEY}') && k.indexOf('/') <= 253)",
+    label_rules.KEY_RULE,
+)
+EndpointLabels = dict[
+    Annotated[str, Field(max_length=label_rules.KEY_MAX)],
+    Annotated[str, Field(max_length=63, pattern=label_rules.LABEL_VALUE)],
+]
+
+
+def _labels_field(description: str) -> Any:
+    return Field(
+        default=None,
+        description=description,
+        json_schema_extra={"maxProperties": label_rules.MAX_LABELS, **_cel(_LABEL_KEYS)},
+    )
+
+
 class StaticEndpoint(Model):
     """One backend of a static list."""
 
@@ -69,6 +91,24 @@ class StaticEndpoint(Model):
         description="Priority tier (0-9, default 0). Tier 0 serves; lower tiers take over when it is not healthy "
         "enough (see spec.failover.tiers).",
     )
+    labels: EndpointLabels | None = _labels_field(
+        f"Labels clients select endpoints by (e.g. model: llama-3-8b, zone: a), at most {label_rules.MAX_LABELS}, "
+        "with Kubernetes label syntax."
+    )
+    capacity: int | None = Field(
+        default=None,
+        ge=1,
+        le=label_rules.MAX_CAPACITY,
+        description="Most requests in flight a client sends it at once (default: no limit). LeastConnections "
+        "and Adaptive weigh in-flight requests against it.",
+    )
+
+    @model_validator(mode="after")
+    def _label_rules(self) -> StaticEndpoint:
+        problems = label_rules.label_errors(self.labels or {})
+        if problems:
+            raise ValueError(f"labels of endpoint {self.name}: {'; '.join(problems)}")
+        return self
 
 
 _UNIQUE_ADDRESS = (
@@ -795,6 +835,14 @@ class EndpointStatus(Model):
     port: int = Field(ge=1, le=65535, description="The endpoint's port.")
     tier: int = Field(default=0, ge=0, le=9, description="The endpoint's priority tier.")
     weight: int = Field(ge=0, le=1000, description="The endpoint's configured weight.")
+    labels: dict[str, str] | None = Field(
+        default=None,
+        description="The endpoint's labels (declared, or from its discovery source).",
+        json_schema_extra={"maxProperties": label_rules.MAX_LABELS},
+    )
+    capacity: int | None = Field(
+        default=None, ge=1, description="Most requests in flight a client sends it (absent: no limit)."
+    )
     effective_weight: int = Field(
         default=0, ge=0, le=1000, description="The weight clients use now: 0 when not eligible, ramped in slow start."
     )

@@ -41,6 +41,7 @@ from clusterpool import api
 from clusterpool.cache_monitor import CacheMonitor
 from clusterpool.core.failover import BreakerConfig, FailoverConfig
 from clusterpool.core.health import Endpoint, Thresholds
+from clusterpool.core.labels import as_labels, parse_capacity
 from clusterpool.core.pool import PoolState, step
 from clusterpool.core.publish import (
     build_endpoint_slices,
@@ -108,6 +109,8 @@ def members_from_status(status: Mapping[str, Any]) -> tuple[Endpoint, ...]:
                     int(e.get("tier") or 0),
                     source_ready=e.get("sourceState") != "NotReady",
                     source_warning=e.get("sourceState") == "Warning",
+                    labels=as_labels({str(k): str(v) for k, v in (e.get("labels") or {}).items()}),
+                    capacity=parse_capacity(e["capacity"]) if e.get("capacity") is not None else None,
                 )
             )
         except (KeyError, TypeError, ValueError):

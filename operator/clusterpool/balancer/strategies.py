@@ -14,15 +14,20 @@ from functools import reduce
 
 import xxhash
 
+from clusterpool.core.labels import Labels
+
 
 @dataclass(frozen=True)
 class Target:
-    """An endpoint a client may send a request to, with its current weight."""
+    """An endpoint a client may send a request to, with its current weight, its labels
+    and its capacity (most requests in flight; None: no limit)."""
 
     name: str
     address: str
     port: int
     weight: int = 1
+    labels: Labels = ()
+    capacity: int | None = None
 
 
 class NoEndpointError(LookupError):
@@ -33,28 +38,40 @@ class Balancer:
     """The common part: the target snapshot, in-flight counts and the lease protocol.
 
     In-flight counts live in a list aligned with the targets (`_loads[i]` for
-    `_targets[i]`), so strategies can scan them at C speed."""
+    `_targets[i]`), so strategies can scan them at C speed. When targets declare a
+    capacity, `_shares[i]` is kept beside them: (in flight + 1) / capacity, the share of
+    its capacity a target would carry with one more request, which LeastConnections and
+    Adaptive compare instead of the count. A target without a capacity counts as the mean
+    of the declared ones; with none declared `_shares` is None."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._targets: tuple[Target, ...] = ()
         self._index: dict[str, int] = {}
         self._loads: list[int] = []
+        self._caps: list[float] = []
+        self._shares: list[float] | None = None
         self._total = 0  # sum of _loads, kept as requests start and finish
 
     @property
     def targets(self) -> tuple[Target, ...]:
         return self._targets
 
-    def update(self, targets: Sequence[Target]) -> None:
+    def update(self, targets: Sequence[Target], inflight: Callable[[str], int] | None = None) -> None:
         """Replace the targets (e.g. a new routing table). In-flight counts of targets that
-        stay are kept."""
+        stay are kept, or taken from `inflight` (a balancer that counted them) when given."""
         with self._lock:
-            old = {t.name: self._loads[i] for t, i in zip(self._targets, range(len(self._targets)), strict=True)}
+            if inflight is None:
+                old = {t.name: self._loads[i] for t, i in zip(self._targets, range(len(self._targets)), strict=True)}
+                inflight = lambda name: old.get(name, 0)  # noqa: E731
             self._targets = tuple(targets)
             self._index = {t.name: i for i, t in enumerate(self._targets)}
-            self._loads = [old.get(t.name, 0) for t in self._targets]
+            self._loads = [inflight(t.name) for t in self._targets]
             self._total = sum(self._loads)
+            declared = [t.capacity for t in self._targets if t.capacity is not None]
+            mean = sum(declared) / len(declared) if declared else 0.0
+            self._caps = [float(t.capacity or mean) for t in self._targets] if declared else []
+            self._shares = [(n + 1) / c for n, c in zip(self._loads, self._caps, strict=True)] if declared else None
             self._rebuild()
 
     def _rebuild(self) -> None:
@@ -71,15 +88,20 @@ class Balancer:
         with self._lock:
             i = self._index.get(target.name)
             if i is not None:
-                self._loads[i] += 1
-                self._total += 1
+                self._count(i, 1)
+
+    def _count(self, i: int, delta: int) -> None:
+        """Change target i's in-flight count; called with the lock held."""
+        self._loads[i] += delta
+        self._total += delta
+        if self._shares is not None:
+            self._shares[i] = (self._loads[i] + 1) / self._caps[i]
 
     def finished(self, target: Target, latency_s: float, ok: bool = True) -> None:
         with self._lock:
             i = self._index.get(target.name)
             if i is not None and self._loads[i] > 0:
-                self._loads[i] -= 1
-                self._total -= 1
+                self._count(i, -1)
 
     @contextmanager
     def lease(self, key: str | None = None) -> Iterator[Target]:
@@ -168,7 +190,10 @@ class LeastConnections(Balancer):
     a rotating start, so equal targets share evenly. The scan is two C calls (min and
     list.index) over the in-flight list, so it stays well under a microsecond up to
     hundreds of targets; above 256 targets two random ones are compared instead (power of
-    two choices, Envoy's least-request), which keeps a pick O(1)."""
+    two choices, Envoy's least-request), which keeps a pick O(1).
+
+    When targets declare a capacity, the same is done over the shares of their capacity
+    (in flight + 1) / capacity, kept as requests start and finish, so it costs the same."""
 
     EXACT_UP_TO = 256
 
@@ -178,7 +203,8 @@ class LeastConnections(Balancer):
         self._rotor = itertools.count()
 
     def pick(self, key: str | None = None) -> Target:
-        targets, loads = self._targets, self._loads
+        targets = self._targets
+        loads: Sequence[float] = self._shares if self._shares is not None else self._loads
         n = len(targets)
         if n == 0:
             raise self._empty()
@@ -285,7 +311,9 @@ class Adaptive(Balancer):
     and Linkerd do. A slower answer than the average raises the EWMA at once (peak);
     faster ones pull it down with a time constant `decay_s`; and while a target gets no
     traffic its EWMA decays towards zero, so a target that was slow is tried again
-    within seconds and wins traffic back once it is fast."""
+    within seconds and wins traffic back once it is fast. When targets declare a capacity,
+    (in-flight + 1) is divided by it: a target that takes twice the requests at once costs
+    half as much at the same load and latency."""
 
     def __init__(
         self, decay_s: float = 10.0, rng: random.Random | None = None, clock: Callable[[], float] = time.monotonic
@@ -302,7 +330,11 @@ class Adaptive(Balancer):
     def _cost(self, name: str, now: float) -> float:
         ewma, at = self._ewma.get(name, (0.0, now))
         decayed = ewma * math.exp(-(now - at) / self.decay_s)
-        return decayed * (self.inflight(name) + 1)
+        i = self._index.get(name)
+        if i is None:
+            return decayed
+        shares = self._shares
+        return decayed * (shares[i] if shares is not None else self._loads[i] + 1)
 
     def pick(self, key: str | None = None) -> Target:
         targets = self._targets
@@ -326,8 +358,7 @@ class Adaptive(Balancer):
         with self._lock:
             i = self._index.get(target.name)
             if i is not None and self._loads[i] > 0:
-                self._loads[i] -= 1
-                self._total -= 1
+                self._count(i, -1)
             ewma, at = self._ewma.get(target.name, (latency_s, now))
             decayed = ewma * math.exp(-(now - at) / self.decay_s)
             if latency_s > decayed:

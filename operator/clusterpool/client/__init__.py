@@ -8,7 +8,7 @@ See docs/sdk.md. Imports no kopf; the Kubernetes client only for ConfigMapTable.
 """
 
 from clusterpool.client.cache import PoolCache, secret_from_api
-from clusterpool.client.pool import PoolClient, RetryBudget
+from clusterpool.client.pool import CapacityError, PoolClient, RetryBudget
 from clusterpool.client.routing import (
     ConfigMapTable,
     FileTable,
@@ -21,6 +21,7 @@ from clusterpool.client.transport import AsyncPoolTransport, PoolTransport
 
 __all__ = [
     "AsyncPoolTransport",
+    "CapacityError",
     "ConfigMapTable",
     "FileTable",
     "PoolCache",

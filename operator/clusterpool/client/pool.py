@@ -5,19 +5,41 @@ directly:
     pool = PoolClient(FileTable("/etc/clusterpool/routing.json"))
     with pool.request(key="session-42") as target:
         ...  # call http://{target.address}:{target.port}; an exception counts as a failure
+    with pool.request(selector={"model": "llama-3-8b"}, wait=2.0) as target:
+        ...  # only endpoints labelled model=llama-3-8b; wait up to 2 s for one with room
+
+Labels and capacity (docs/labels.md): a selector keeps the pick among the endpoints whose
+labels carry all of its key=value pairs; each selector gets a balancer of its own (the
+strategy over that subset), fed with the in-flight counts of every request, so strategies
+see all of this client's traffic whichever selector sent it. An endpoint with a capacity
+takes at most that many of this client's requests at once: a request that finds every
+matching endpoint full waits up to `wait` seconds for room (the client's `capacity_wait`
+by default, 0: fail at once) and then raises CapacityError.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
 from clusterpool.balancer import Balancer, NoEndpointError, Target, make_balancer
 from clusterpool.client.routing import RoutingTable, TableSource
 from clusterpool.core.failover import Breaker, BreakerConfig, on_probe, tick
+from clusterpool.core.labels import Selector, as_selector, describe, matches
+
+MAX_SELECTORS = 64  # balancers kept for distinct selectors; the oldest goes beyond this
+CAPACITY_POLL = 0.01  # seconds between checks while an async request waits for room
+
+SelectorArg = Mapping[str, str] | str | Selector | None
+
+
+class CapacityError(NoEndpointError):
+    """Every endpoint that matches the request is at its capacity, and the wait (if any)
+    ran out."""
 
 
 class RetryBudget:
@@ -51,16 +73,23 @@ class PoolClient:
         budget: RetryBudget | None = None,
         strategy: str | None = None,
         clock: Callable[[], datetime] | None = None,
+        capacity_wait: float = 0.0,
     ) -> None:
         self.source = source
         self.retries = retries
         self.budget = budget or RetryBudget()
         self.strategy_override = strategy
+        self.capacity_wait = capacity_wait  # seconds a request waits for room by default (0: fail at once)
         self._clock = clock or (lambda: datetime.now(UTC))
-        self._lock = threading.Lock()
+        # One re-entrant lock for the table, the breakers and the in-flight counts, so a
+        # request takes an endpoint's room in one step; `_room` wakes requests waiting for it.
+        self._lock = threading.RLock()
+        self._room = threading.Condition(self._lock)
         self._revision: str | None = None
         self._strategy: str | None = None
         self._balancer: Balancer | None = None
+        self._subsets: dict[Selector, Balancer] = {}
+        self._holding: dict[str, tuple[Balancer, ...]] = {}  # endpoint -> the subsets it is in
         self._breakers: dict[str, Breaker] = {}
         self._trials: dict[str, int] = {}
         self._cfg = BreakerConfig()
@@ -83,9 +112,16 @@ class PoolClient:
     def _apply(self, table: RoutingTable) -> None:
         strategy = self.strategy_override or table.strategy
         if self._balancer is None or strategy != self._strategy:
+            old = self._balancer
             self._balancer = make_balancer(strategy)
+            self._balancer.update(table.targets, old.inflight if old is not None else None)
             self._strategy = strategy
-        self._balancer.update(table.targets)
+            self._subsets = {}
+        else:
+            self._balancer.update(table.targets)
+        for selector, subset in self._subsets.items():
+            subset.update([t for t in table.targets if matches(t.labels, selector)])
+        self._index_subsets()
         b = table.breaker
         self._cfg = BreakerConfig(
             b.failure_threshold, b.open_seconds, b.max_open_seconds, b.half_open_max_probes, b.success_threshold
@@ -98,6 +134,38 @@ class PoolClient:
     @property
     def balancer(self) -> Balancer:
         return self._sync()
+
+    def balancer_for(self, selector: SelectorArg = None) -> Balancer:
+        """The balancer over the endpoints that match `selector` (all of them without one)."""
+        return self._subset(as_selector(selector))
+
+    def _subset(self, selector: Selector) -> Balancer:
+        main = self._sync()
+        if not selector:
+            return main
+        subset = self._subsets.get(selector)
+        if subset is not None:
+            return subset
+        with self._lock:
+            main = self._sync()
+            subset = self._subsets.get(selector)
+            if subset is None:
+                assert self._strategy is not None
+                subset = make_balancer(self._strategy)
+                subset.update([t for t in main.targets if matches(t.labels, selector)], main.inflight)
+                if len(self._subsets) >= MAX_SELECTORS:
+                    del self._subsets[next(iter(self._subsets))]
+                self._subsets[selector] = subset
+                self._index_subsets()
+            return subset
+
+    def _index_subsets(self) -> None:
+        """Which subsets hold each endpoint, so a request's count goes only where it counts."""
+        holding: dict[str, list[Balancer]] = {}
+        for subset in self._subsets.values():
+            for t in subset.targets:
+                holding.setdefault(t.name, []).append(subset)
+        self._holding = {name: tuple(subsets) for name, subsets in holding.items()}
 
     # -- breakers ----------------------------------------------------------------------------
 
@@ -126,34 +194,122 @@ class PoolClient:
 
     # -- choosing ----------------------------------------------------------------------------
 
-    def choose(self, key: str | None = None, exclude: set[str] | frozenset[str] = frozenset()) -> Target:
-        """An eligible endpoint whose breaker admits a request, not in `exclude`. If every
-        breaker is open, fail open: any eligible endpoint not excluded (better a request
-        that may fail than none)."""
-        balancer = self._sync()
+    def _has_room(self, target: Target) -> bool:
+        return target.capacity is None or self._sync().inflight(target.name) < target.capacity
+
+    def _choose_in(
+        self, balancer: Balancer, selector: Selector, key: str | None, exclude: set[str] | frozenset[str]
+    ) -> Target | None:
+        """An eligible endpoint matching the selector, with room, whose breaker admits a
+        request, not in `exclude`. If every breaker is open, fail open: any such endpoint
+        with room (better a request that may fail than none). None when every candidate is
+        at its capacity."""
         targets = balancer.targets
         if not targets:
-            raise NoEndpointError(f"the pool has no eligible endpoint (routing table {self._revision})")
+            which = f" matching {describe(selector)}" if selector else ""
+            raise NoEndpointError(f"the pool has no eligible endpoint{which} (routing table {self._revision})")
         for _ in range(2 * len(targets)):
             t = balancer.pick(key)
-            if t.name not in exclude and self._admit(t.name):
+            if t.name not in exclude and self._has_room(t) and self._admit(t.name):
                 return t
         rest = [t for t in targets if t.name not in exclude]
         if not rest:
             raise NoEndpointError("every eligible endpoint was tried")
-        return rest[0]
+        return next((t for t in rest if self._has_room(t)), None)
+
+    def _full(self, selector: Selector, wait: float) -> CapacityError:
+        which = f"matching {describe(selector)} " if selector else ""
+        waited = f" after waiting {wait:g}s" if wait > 0 else " (no wait asked)"
+        return CapacityError(
+            f"every eligible endpoint {which}is at its capacity{waited}: retry later, raise the endpoints' "
+            "capacity, or pass a longer wait"
+        )
+
+    def choose(
+        self, key: str | None = None, exclude: set[str] | frozenset[str] = frozenset(), selector: SelectorArg = None
+    ) -> Target:
+        """An endpoint for one request, without counting it in flight (see acquire). Raises
+        NoEndpointError when none is eligible, CapacityError when all are full."""
+        sel = as_selector(selector)
+        with self._lock:
+            t = self._choose_in(self._subset(sel), sel, key, exclude)
+        if t is None:
+            raise self._full(sel, 0)
+        return t
+
+    def _try_acquire(self, sel: Selector, key: str | None, exclude: set[str] | frozenset[str]) -> Target | None:
+        with self._lock:
+            t = self._choose_in(self._subset(sel), sel, key, exclude)
+            if t is not None:
+                self.started(t)
+            return t
+
+    def acquire(
+        self,
+        key: str | None = None,
+        exclude: set[str] | frozenset[str] = frozenset(),
+        selector: SelectorArg = None,
+        wait: float | None = None,
+    ) -> Target:
+        """choose and started in one step, so no other request takes the endpoint's last
+        room in between. When every matching endpoint is full, waits up to `wait` seconds
+        (default: capacity_wait) for a request to finish, then raises CapacityError."""
+        sel = as_selector(selector)
+        wait = self.capacity_wait if wait is None else wait
+        deadline = time.monotonic() + wait
+        with self._room:
+            while True:
+                t = self._try_acquire(sel, key, exclude)
+                if t is not None:
+                    return t
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise self._full(sel, wait)
+                self._room.wait(min(left, 1.0))  # a finished request wakes it; a new table within 1 s
+
+    async def acquire_async(
+        self,
+        key: str | None = None,
+        exclude: set[str] | frozenset[str] = frozenset(),
+        selector: SelectorArg = None,
+        wait: float | None = None,
+    ) -> Target:
+        """acquire for asyncio: waits for room without blocking the event loop."""
+        sel = as_selector(selector)
+        wait = self.capacity_wait if wait is None else wait
+        deadline = time.monotonic() + wait
+        while True:
+            t = self._try_acquire(sel, key, exclude)
+            if t is not None:
+                return t
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise self._full(sel, wait)
+            await asyncio.sleep(min(left, CAPACITY_POLL))
+
+    def matching(self, selector: SelectorArg = None) -> int:
+        """How many eligible endpoints match the selector."""
+        return len(self._subset(as_selector(selector)).targets)
 
     def started(self, target: Target) -> None:
-        self._sync().started(target)
+        with self._lock:
+            self._sync().started(target)
+            for subset in self._holding.get(target.name, ()):
+                subset.started(target)
 
     def finished(self, target: Target, latency_s: float, ok: bool) -> None:
-        self.record(target, ok)
-        self._sync().finished(target, latency_s, ok)
+        with self._room:
+            self.record(target, ok)
+            self._sync().finished(target, latency_s, ok)
+            for subset in self._holding.get(target.name, ()):
+                subset.finished(target, latency_s, ok)
+            self._room.notify_all()
 
     @contextmanager
-    def request(self, key: str | None = None) -> Iterator[Target]:
-        target = self.choose(key)
-        self.started(target)
+    def request(
+        self, key: str | None = None, selector: SelectorArg = None, wait: float | None = None
+    ) -> Iterator[Target]:
+        target = self.acquire(key, selector=selector, wait=wait)
         start = time.perf_counter()
         ok = False
         try:

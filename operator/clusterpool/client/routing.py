@@ -16,6 +16,7 @@ from typing import Any
 from clusterpool.balancer import Target
 from clusterpool.core.cache_settings import CacheSettings
 from clusterpool.core.failover import BreakerConfig
+from clusterpool.core.labels import as_labels
 
 log = logging.getLogger(__name__)
 SUPPORTED_SCHEMA = 1
@@ -49,11 +50,7 @@ class RoutingTable:
                 f"{SUPPORTED_SCHEMA}); upgrade the clusterpool package"
             )
         try:
-            targets = tuple(
-                Target(e["name"], e["address"], int(e["port"]), max(1, int(e.get("effectiveWeight") or 1)))
-                for e in raw["endpoints"]
-                if e.get("eligible")
-            )
+            targets = tuple(_target(e) for e in raw["endpoints"] if e.get("eligible"))
             cb = raw.get("circuitBreaker") or {}
             breaker = BreakerConfig(
                 failure_threshold=int(cb.get("failureThreshold", 3)),
@@ -68,6 +65,23 @@ class RoutingTable:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise RoutingTableError(f"the routing table is malformed: {exc!r}") from exc
+
+
+def _target(e: dict[str, Any]) -> Target:
+    """An eligible endpoint. `labels` and `capacity` came later within schema 1: a table
+    without them means no labels and no limit."""
+    labels = e.get("labels") or {}
+    if not isinstance(labels, dict):
+        raise TypeError(f"endpoint {e.get('name')}: labels must be an object")
+    capacity = e.get("capacity")
+    return Target(
+        e["name"],
+        e["address"],
+        int(e["port"]),
+        max(1, int(e.get("effectiveWeight") or 1)),
+        labels=as_labels({str(k): str(v) for k, v in labels.items()}),
+        capacity=max(1, int(capacity)) if capacity is not None else None,
+    )
 
 
 class TableSource:

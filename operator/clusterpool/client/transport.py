@@ -11,29 +11,40 @@ request that could not connect is retried on another endpoint whatever its metho
 retried after a read error or a 502/503/504. Retries are bounded by `PoolClient.retries`
 and its RetryBudget. The endpoint counts as in flight until the response is closed, so
 LeastConnections and Adaptive see streaming answers for as long as they stream. The
-header `X-ClusterPool-Key` (or the `key` function) feeds ConsistentHash.
+header `X-ClusterPool-Key` (or the `key` function) feeds ConsistentHash. The header
+`X-ClusterPool-Selector: model=llama-3-8b,zone=a` (or the `selector` function) keeps the
+request on the endpoints with those labels; when all of them are at capacity the request
+waits up to the PoolClient's `capacity_wait`, then raises CapacityError. Both headers are
+removed before the request leaves.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 
 import httpx
 
 from clusterpool.balancer import Target
 from clusterpool.client.pool import PoolClient
+from clusterpool.core.labels import Selector, as_selector
 
 KEY_HEADER = "x-clusterpool-key"
+SELECTOR_HEADER = "x-clusterpool-selector"
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 RETRY_STATUSES = frozenset({502, 503, 504})
 CONNECT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout)
 
 KeyFn = Callable[[httpx.Request], str | None]
+SelectorFn = Callable[[httpx.Request], Mapping[str, str] | None]
 
 
 def _key(request: httpx.Request, fn: KeyFn | None) -> str | None:
     return fn(request) if fn is not None else request.headers.get(KEY_HEADER)
+
+
+def _selector(request: httpx.Request, fn: SelectorFn | None) -> Selector:
+    return as_selector(fn(request) if fn is not None else request.headers.get(SELECTOR_HEADER))
 
 
 def _to(request: httpx.Request, target: Target, scheme: str) -> httpx.Request:
@@ -41,6 +52,7 @@ def _to(request: httpx.Request, target: Target, scheme: str) -> httpx.Request:
     headers = httpx.Headers(request.headers)
     headers["host"] = url.netloc.decode("ascii")
     headers.pop(KEY_HEADER, None)
+    headers.pop(SELECTOR_HEADER, None)
     return httpx.Request(request.method, url, headers=headers, stream=request.stream, extensions=request.extensions)
 
 
@@ -89,8 +101,9 @@ class _AsyncTrackedStream(httpx.AsyncByteStream):
 class _Attempts:
     """The retry decisions, shared by the sync and async transports."""
 
-    def __init__(self, pool: PoolClient, request: httpx.Request) -> None:
+    def __init__(self, pool: PoolClient, request: httpx.Request, selector: Selector) -> None:
         self.pool = pool
+        self.selector = selector
         self.idempotent = request.method in IDEMPOTENT
         self.tried: set[str] = set()
         self.retries = 0
@@ -99,7 +112,7 @@ class _Attempts:
     def may_retry(self, connect_failed: bool) -> bool:
         if not (connect_failed or self.idempotent):
             return False
-        if self.retries >= self.pool.retries or len(self.tried) >= len(self.pool.balancer.targets):
+        if self.retries >= self.pool.retries or len(self.tried) >= self.pool.matching(self.selector):
             return False
         if not self.pool.budget.withdraw():
             return False
@@ -115,19 +128,21 @@ class PoolTransport(httpx.BaseTransport):
         *,
         scheme: str = "http",
         key: KeyFn | None = None,
+        selector: SelectorFn | None = None,
     ) -> None:
         self.pool = pool
         self.inner = transport or httpx.HTTPTransport()
         self.scheme = scheme
         self.key = key
+        self.selector = selector
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        attempts = _Attempts(self.pool, request)
+        selector = _selector(request, self.selector)
+        attempts = _Attempts(self.pool, request, selector)
         key = _key(request, self.key)
         while True:
-            target = self.pool.choose(key, attempts.tried)
+            target = self.pool.acquire(key, attempts.tried, selector)
             attempts.tried.add(target.name)
-            self.pool.started(target)
             start = time.perf_counter()
             try:
                 response = self.inner.handle_request(_to(request, target, self.scheme))
@@ -162,19 +177,21 @@ class AsyncPoolTransport(httpx.AsyncBaseTransport):
         *,
         scheme: str = "http",
         key: KeyFn | None = None,
+        selector: SelectorFn | None = None,
     ) -> None:
         self.pool = pool
         self.inner = transport or httpx.AsyncHTTPTransport()
         self.scheme = scheme
         self.key = key
+        self.selector = selector
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        attempts = _Attempts(self.pool, request)
+        selector = _selector(request, self.selector)
+        attempts = _Attempts(self.pool, request, selector)
         key = _key(request, self.key)
         while True:
-            target = self.pool.choose(key, attempts.tried)
+            target = await self.pool.acquire_async(key, attempts.tried, selector)
             attempts.tried.add(target.name)
-            self.pool.started(target)
             start = time.perf_counter()
             try:
                 response = await self.inner.handle_async_request(_to(request, target, self.scheme))

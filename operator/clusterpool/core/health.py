@@ -17,6 +17,8 @@ from datetime import datetime
 from functools import cached_property
 from typing import Literal
 
+from clusterpool.core.labels import Labels
+
 Health = Literal["Unknown", "Healthy", "Degraded", "Unhealthy"]
 SERVING: tuple[Health, ...] = ("Healthy", "Degraded")
 
@@ -33,6 +35,8 @@ class Endpoint:
     source_ready: bool = True  # what discovery says; a not-ready endpoint is never eligible
     terminating: bool = False  # discovery says it is shutting down (used only as a fallback)
     source_warning: bool = False  # discovery says it is degraded (Consul: a check warns)
+    labels: Labels = ()  # sorted (key, value) pairs: model, zone, role, ... (core.labels)
+    capacity: int | None = None  # most requests in flight a client may send it; None: no limit
 
 
 @dataclass(frozen=True)

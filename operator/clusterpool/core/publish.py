@@ -153,6 +153,8 @@ def build_routing_table(pool: Mapping[str, Any], spec: api.ClusterPoolSpec, stat
                 "eligible": decisions[ep.name].eligible if ep.name in decisions else False,
                 "health": state.health.of(ep.name).health,
                 "breaker": state.breaker(ep.name).state,
+                "labels": dict(ep.labels),
+                "capacity": ep.capacity,
             }
             for ep in state.members
         ],

@@ -123,6 +123,10 @@ def endpoint_status(
         "ejections": b.ejections,
         "consecutiveFailures": min(h.failures, failure_cap),
     }
+    if ep.labels:
+        out["labels"] = dict(ep.labels)
+    if ep.capacity is not None:
+        out["capacity"] = ep.capacity
     if d is not None and d.ejection_limited:
         out["ejectionLimited"] = True
     if b.open_until is not None:

@@ -5,6 +5,10 @@
 X-Consul-Index as `index` with a `wait`; a return does not mean a change, so compare;
 if the index goes backwards, start over from 0. While Consul cannot be reached the last
 membership stays, and the watcher reports the outage until it recovers.
+
+Labels and capacity (docs/labels.md): an instance's Service.Meta entries are its labels,
+except the key `capacity`, which is its capacity; its tags of the form `key=value` add
+labels that Meta does not set. Entries that are not valid Kubernetes labels are left out.
 """
 
 from __future__ import annotations
@@ -21,10 +25,12 @@ import httpx
 
 from clusterpool.api import ConsulConnection, ConsulDiscovery
 from clusterpool.core.health import Endpoint
+from clusterpool.core.labels import Labels, parse_capacity, valid_labels
 from clusterpool.discovery.kubernetes import member_name
 
 log = logging.getLogger(__name__)
 RANK = {"passing": 0, "warning": 1, "critical": 2, "maintenance": 2}
+CAPACITY_META = "capacity"
 
 
 def aggregate(checks: Iterable[Mapping[str, Any]]) -> str:
@@ -34,6 +40,16 @@ def aggregate(checks: Iterable[Mapping[str, Any]]) -> str:
         if RANK.get(status, 2) > RANK[worst]:
             worst = "critical" if status == "maintenance" else status
     return worst
+
+
+def consul_labels(service: Mapping[str, Any]) -> tuple[Labels, int | None]:
+    """An instance's labels (its Meta, then its `key=value` tags) and capacity (Meta `capacity`)."""
+    meta = {str(k): str(v) for k, v in (service.get("Meta") or {}).items()}
+    capacity = parse_capacity(meta.pop(CAPACITY_META)) if CAPACITY_META in meta else None
+    tags = (str(t).partition("=") for t in service.get("Tags") or [])
+    tagged = {k: v for k, eq, v in tags if eq}
+    labels, _ = valid_labels({**tagged, **meta})
+    return labels, capacity
 
 
 def members_from_consul(entries: Iterable[Mapping[str, Any]], only_passing: bool) -> tuple[Endpoint, ...]:
@@ -51,6 +67,7 @@ def members_from_consul(entries: Iterable[Mapping[str, Any]], only_passing: bool
         name = member_name({}, str(svc.get("ID") or f"{address}-{port}"))
         weights = svc.get("Weights") or {}
         weight = int(weights.get("Warning" if state == "warning" else "Passing") or 1)
+        labels, capacity = consul_labels(svc)
         members[name] = Endpoint(
             name,
             str(address),
@@ -58,6 +75,8 @@ def members_from_consul(entries: Iterable[Mapping[str, Any]], only_passing: bool
             max(1, min(weight, 1000)),
             source_ready=state != "critical",
             source_warning=state == "warning",
+            labels=labels,
+            capacity=capacity,
         )
     return tuple(members[n] for n in sorted(members))
 

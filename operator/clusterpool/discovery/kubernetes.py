@@ -8,7 +8,14 @@ Rules, as kube-proxy reads slices:
 - an endpoint is a member when `ready` is not false ("source-ready"); a not-ready one is
   listed but never eligible; terminating endpoints are left out unless no endpoint is
   ready, then those still `serving` are used (kube-proxy's terminating fallback);
-- each address is one member, named after its Pod (targetRef) or its address.
+- each address is one member, named after its Pod (targetRef) or its address;
+- labels (docs/labels.md): the slice's own labels, which the EndpointSlice
+  controller copies from the Service's, without the machinery's (`kubernetes.io/...`,
+  `endpointslice.kubernetes.io/...`, `service.kubernetes.io/...`), plus what each endpoint
+  says of itself: `topology.kubernetes.io/zone` (its zone), `clusterpool.dev/node` (its
+  nodeName) and `clusterpool.dev/hostname` (its hostname); the slice label
+  `clusterpool.dev/capacity` is the capacity of each of its endpoints. Pod labels are not
+  read: that would take pods get/list/watch, which the operator does not have.
 """
 
 from __future__ import annotations
@@ -20,10 +27,16 @@ from typing import Any
 
 from clusterpool.api import KubernetesDiscovery
 from clusterpool.core.health import Endpoint
+from clusterpool.core.labels import Labels, parse_capacity, valid_labels
 from clusterpool.core.publish import MANAGED_BY
 
 SERVICE_LABEL = "kubernetes.io/service-name"
 MANAGED_BY_LABEL = "endpointslice.kubernetes.io/managed-by"
+CAPACITY_LABEL = "clusterpool.dev/capacity"
+ZONE_LABEL = "topology.kubernetes.io/zone"
+NODE_LABEL = "clusterpool.dev/node"
+HOSTNAME_LABEL = "clusterpool.dev/hostname"
+MACHINERY_PREFIXES = ("kubernetes.io/", "endpointslice.kubernetes.io/", "service.kubernetes.io/")
 
 
 def selects(spec: KubernetesDiscovery, labels: Mapping[str, str]) -> bool:
@@ -57,6 +70,23 @@ def member_name(endpoint: Mapping[str, Any], address: str) -> str:
     return name
 
 
+def slice_labels(labels: Mapping[str, str]) -> dict[str, str]:
+    """The labels a slice gives each of its endpoints: its own, without the machinery's."""
+    return {
+        k: v for k, v in labels.items() if k != CAPACITY_LABEL and not any(k.startswith(p) for p in MACHINERY_PREFIXES)
+    }
+
+
+def endpoint_labels(common: Mapping[str, str], endpoint: Mapping[str, Any]) -> Labels:
+    own = {
+        ZONE_LABEL: endpoint.get("zone"),
+        NODE_LABEL: endpoint.get("nodeName"),
+        HOSTNAME_LABEL: endpoint.get("hostname"),
+    }
+    labels, _ = valid_labels({**common, **{k: str(v) for k, v in own.items() if v}})
+    return labels
+
+
 def members_from_slices(spec: KubernetesDiscovery, slices: Iterable[Mapping[str, Any]]) -> tuple[Endpoint, ...]:
     ready: dict[str, Endpoint] = {}
     not_ready: dict[str, Endpoint] = {}
@@ -68,19 +98,24 @@ def members_from_slices(spec: KubernetesDiscovery, slices: Iterable[Mapping[str,
         port = _port(s, spec.port)
         if port is None:
             continue
+        common = slice_labels(labels)
+        capacity = parse_capacity(labels[CAPACITY_LABEL]) if CAPACITY_LABEL in labels else None
         for ep in s.get("endpoints") or []:
             cond = ep.get("conditions") or {}
+            own = endpoint_labels(common, ep)
             for address in ep.get("addresses") or []:
                 name = member_name(ep, address)
                 if len(ep.get("addresses") or []) > 1:
                     name = member_name({}, f"{name}-{address}")
                 if cond.get("terminating"):
                     if cond.get("serving", cond.get("ready")) is not False:
-                        terminating[name] = Endpoint(name, address, port, terminating=True)
+                        terminating[name] = Endpoint(
+                            name, address, port, terminating=True, labels=own, capacity=capacity
+                        )
                 elif cond.get("ready") is False:
-                    not_ready[name] = Endpoint(name, address, port, source_ready=False)
+                    not_ready[name] = Endpoint(name, address, port, source_ready=False, labels=own, capacity=capacity)
                 else:
-                    ready[name] = Endpoint(name, address, port)
+                    ready[name] = Endpoint(name, address, port, labels=own, capacity=capacity)
     chosen = ready if ready else terminating
     members = {**not_ready, **chosen}
     return tuple(members[n] for n in sorted(members))
