@@ -75,7 +75,9 @@ def k8s(cluster: controlplane.State) -> kubernetes.client.ApiClient:
 @pytest.fixture(scope="session")
 def crd(kubectl: Kubectl) -> None:
     kubectl("apply", "-f", str(ROOT / "crds"))
-    kubectl("wait", "--for=condition=Established", f"crd/{api.PLURAL}.{api.GROUP}", "--timeout=60s")
+    # `kubectl wait` fails at once while the CRD has no conditions yet (compiling its CEL takes a moment)
+    established = ("wait", "--for=condition=Established", f"crd/{api.PLURAL}.{api.GROUP}", "--timeout=60s")
+    wait_for(lambda: kubectl(*established, check=False).returncode == 0, 90, "the CRD to be Established", 0.5)
 
 
 def as_uid_without_passwd_entry(uid: int) -> list[str]:
