@@ -460,6 +460,12 @@ _TLS_ONLY = (
 )
 
 
+_UNIQUE_HEADERS = (
+    "self.all(a, self.exists_one(b, b.name.lowerAscii() == a.name.lowerAscii()))",
+    "header names must be unique in spec.healthCheck.http.headers, ignoring case (HTTP does)",
+)
+
+
 class HTTPCheck(Model):
     """An HTTP request to each endpoint; healthy when the answer's status is expected
     (and its body contains bodyContains, when set)."""
@@ -486,7 +492,7 @@ class HTTPCheck(Model):
         default_factory=list,
         max_length=16,
         description="Extra request headers, e.g. an Authorization for a model API.",
-        json_schema_extra={**_list_map("name"), "default": []},
+        json_schema_extra={**_list_map("name"), **cel(_UNIQUE_HEADERS), "default": []},
     )
     expected_statuses: list[Annotated[str, Field(max_length=7, pattern=STATUS_RANGE)]] = Field(
         default=["200-299"],
@@ -517,7 +523,7 @@ class HTTPCheck(Model):
             raise ValueError(_TLS_ONLY[1])
         names = [h.name.lower() for h in self.headers]
         if len(set(names)) != len(names):
-            raise ValueError("header names must be unique in spec.healthCheck.http.headers")
+            raise ValueError(_UNIQUE_HEADERS[1])
         return self
 
     def accepts(self, status: int) -> bool:
