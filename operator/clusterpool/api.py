@@ -131,14 +131,12 @@ class _Text:
         return out
 
 
-Host = Annotated[
-    str,
-    _Text(
-        HOST,
-        f"must be {HOST_FIX}; the port goes in `port`; e.g. 198.18.0.7, fd00::7 or llm-a.models.svc",
-        ("!self.contains(':') || isIP(self)", lambda v: ":" not in v or is_ip(v)),
-    ),
-]
+HOST_RULE = _Text(
+    HOST,
+    f"must be {HOST_FIX}; the port goes in `port`; e.g. 198.18.0.7, fd00::7 or llm-a.models.svc",
+    ("!self.contains(':') || isIP(self)", lambda v: ":" not in v or is_ip(v)),
+)
+Host = Annotated[str, HOST_RULE]
 HostPort = Annotated[
     str,
     _Text(

@@ -250,8 +250,10 @@ class PoolRunner:
         self.generation = generation
         try:
             spec = api.parse_spec(dict(self.body.get("spec") or {}))
+            self.spec_error = api.pool_name_error(str((self.body.get("metadata") or {}).get("name")))
         except ValidationError as exc:
             self.spec_error = api.spec_errors(exc)
+        if self.spec_error is not None:
             self.log.warning("invalid spec (generation %s): %s", generation, self.spec_error)
             self.emit(
                 "Warning",
@@ -260,7 +262,6 @@ class PoolRunner:
                 + ("the last valid spec stays in use" if self.spec else "nothing runs until it is fixed"),
             )
             return
-        self.spec_error = None
         await self._follow_consul(spec, first)
         await self._publish_to_consul(spec)
         members = members_of(spec, self.slices, self.consul_members)
