@@ -521,8 +521,8 @@ class PoolRunner:
                     "Published",
                     "True",
                     "SomeAddressesUnpublishable",
-                    f"{', '.join(refused)}: loopback or link-local addresses are not allowed in an EndpointSlice; "
-                    "they are in the routing table only",
+                    f"{', '.join(refused)}: loopback or link-local addresses and one-label DNS names are not "
+                    "allowed in an EndpointSlice; they are in the routing table only",
                 )
             else:
                 published = ConditionSpec(

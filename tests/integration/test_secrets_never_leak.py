@@ -156,6 +156,13 @@ def test_the_canary_in_every_secret_never_leaks(
         },
     )
     pools.create(
+        "consul-missing-token",
+        {
+            "discovery": {"consul": {**consul, "tokenSecretRef": ref("not-there"), "service": "leak"}},
+            "healthCheck": {"intervalSeconds": 2, "timeoutSeconds": 1, "tcp": {}},
+        },
+    )
+    pools.create(
         "consul-bad-ca",
         spec(
             backends,
@@ -185,6 +192,8 @@ def test_the_canary_in_every_secret_never_leaks(
     condition(pools, "consul-bad-ca", "PublishedToConsul", "False")
     denied = condition(pools, "consul-wrong-token", "DiscoveryDegraded", "True")
     assert "403" in denied["message"], denied  # Consul refused the token: an auth failure's message
+    missing = condition(pools, "consul-missing-token", "DiscoveryDegraded", "True")
+    assert "Secret not-there (key v) named by tokenSecretRef cannot be read" in missing["message"], missing
 
     # the SDK reads the same Secrets through the API and talks to Redis with them
     sdk_errors = []

@@ -36,11 +36,12 @@ def routing_configmap_name(pool: str) -> str:
 
 def address_type(address: str) -> str | None:
     """IPv4, IPv6 or FQDN; None for addresses Kubernetes refuses in an EndpointSlice
-    (loopback, link-local, unspecified, multicast)."""
+    (loopback, link-local, unspecified, multicast, and a DNS name of one label: an FQDN
+    needs at least two)."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
-        return "FQDN"
+        return "FQDN" if "." in address.strip(".") else None
     if ip.is_loopback or ip.is_link_local or ip.is_unspecified or ip.is_multicast:
         return None
     return "IPv4" if ip.version == 4 else "IPv6"
