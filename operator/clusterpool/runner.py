@@ -521,8 +521,9 @@ class PoolRunner:
                     "Published",
                     "True",
                     "SomeAddressesUnpublishable",
-                    f"{', '.join(refused)}: loopback or link-local addresses and one-label DNS names are not "
-                    "allowed in an EndpointSlice; they are in the routing table only",
+                    f"{', '.join(refused)}: loopback or link-local addresses and names that are not lowercase "
+                    "DNS names of two labels or more are not allowed in an EndpointSlice; they are in the "
+                    "routing table only",
                 )
             else:
                 published = ConditionSpec(

@@ -12,7 +12,8 @@ from kubernetes.client.exceptions import ApiException
 from clusterpool.api import is_ip
 from clusterpool.core.publish import address_type
 
-# Every one is a valid spec.discovery.static.endpoints[].address (the CRD accepts it).
+# Valid spec.discovery.static.endpoints[].address values, and (last) what Consul's
+# catalog may hold although the CRD would refuse it.
 ADDRESSES = [
     "198.18.0.7",
     "fd00::7",
@@ -26,6 +27,10 @@ ADDRESSES = [
     "fe80::1",
     "0.0.0.0",
     "224.0.0.1",
+    "LLM-A.models",
+    "llm_a.models",
+    "llm a.models",
+    "llm-a.models.",
 ]
 
 
