@@ -97,10 +97,15 @@ class Agent:
 
 
 def up(
-    state_dir: Path, timeout: float = 60.0, http_port: int | None = None, tls: tuple[str, str, str] | None = None
+    state_dir: Path,
+    timeout: float = 60.0,
+    http_port: int | None = None,
+    tls: tuple[str, str, str] | None = None,
+    acl_token: str | None = None,
 ) -> Agent:
     """With `tls` (certificate, key and CA files) the agent serves its API over https on a
-    port of its own as well."""
+    port of its own as well. With `acl_token` it enforces ACLs (default deny) and that token
+    is the management token."""
     binary = build()
     state_dir.mkdir(parents=True, exist_ok=True)
     port = http_port or free_port()
@@ -118,6 +123,8 @@ def up(
         ports["https"] = free_port()
         cert, key, ca = tls
         config["tls"] = {"defaults": {"cert_file": cert, "key_file": key, "ca_file": ca, "verify_incoming": False}}
+    if acl_token is not None:
+        config["acl"] = {"enabled": True, "default_policy": "deny", "tokens": {"initial_management": acl_token}}
     cfg = state_dir / "ports.json"
     cfg.write_text(json.dumps(config))
     out = (state_dir / "consul.log").open("wb")

@@ -91,8 +91,106 @@ VALID: dict[str, dict[str, Any]] = {
         }
     ),
     "cache-redis-cluster": static(
-        cache={"type": "Redis", "ttlSeconds": 60, "redis": {"clusterNodes": ["10.0.0.1:7000", "10.0.0.2:7000"]}}
+        cache={"type": "Redis", "ttlSeconds": 60, "redis": {"clusterNodes": ["198.18.0.1:7000", "198.18.0.2:7000"]}}
     ),
+    "addresses-ipv6-and-dns": static(
+        [
+            {"name": "a", "address": "fd00::7", "port": 8080},
+            {"name": "b", "address": "llm-b.models.svc.cluster.local", "port": 65535},
+            {"name": "c", "address": "vllm", "port": 1},
+        ]
+    ),
+    "kubernetes-selector-and-port-name": {
+        "discovery": {
+            "kubernetes": {
+                "selector": {"matchLabels": {"app.kubernetes.io/name": "vLLM_1.x", "tier": ""}},
+                "port": "http-2",
+            }
+        }
+    },
+    "kubernetes-port-number": {"discovery": {"kubernetes": {"service": "vllm", "port": 8000}}},
+    "consul-ipv6-and-names": {
+        "discovery": {
+            "consul": {
+                "address": "https://[fd00::8]:8501",
+                "service": "vLLM_chat.v1",
+                "datacenter": "dc-1",
+                "tags": ["team a", "gpu=h100"],
+                "tokenSecretRef": {"name": "consul.token", "key": "token_v1.txt"},
+                "caSecretRef": {"name": "consul-ca", "key": "ca.crt"},
+            }
+        }
+    },
+    "probe-headers-and-query": static(
+        healthCheck={
+            "http": {
+                "path": "/v1/models?limit=1&x=%20",
+                "headers": [{"name": "X-Api-Key", "value": "Bearer a b/c=="}, {"name": "User-Agent", "value": "me"}],
+            }
+        }
+    ),
+    "redis-bracketed-ipv6": static(
+        cache={"type": "Redis", "redis": {"address": "[fd00::9]:6379", "username": "app-user"}}
+    ),
+}
+
+
+def redis(**redis_spec: Any) -> dict[str, Any]:
+    return static(cache={"type": "Redis", "redis": redis_spec})
+
+
+def consul(**consul_spec: Any) -> dict[str, Any]:
+    return {"discovery": {"consul": {"address": "http://consul:8500", "service": "vllm", **consul_spec}}}
+
+
+def http(**check: Any) -> dict[str, Any]:
+    return static(healthCheck={"http": check})
+
+
+# Values that are not an IP address or a lowercase DNS name.
+ADDRESSES = {
+    "url": "http://llm-a.example",
+    "with-port": "llm-a.example:8080",
+    "ipv4-with-port": "198.18.0.7:8080",
+    "with-space": "llm a",
+    "with-path": "llm-a/v1",
+    "uppercase": "LLM-A.example",
+    "underscore": "llm_a",
+    "trailing-dot": "llm-a.",
+    "leading-dash": "-llm",
+    "bracketed-ipv6": "[fd00::7]",
+    "ipv6-bad": "fd00:::7:::",
+    "ipv6-zone": "fe80::1%eth0",
+    "ipv4-mapped-ipv6": "::ffff:198.18.0.7",
+    "crlf": "llm\r\nx",
+    "empty": "",
+}
+HOST_PORTS = {
+    "port-zero": "redis:0",
+    "port-too-big": "redis:65536",
+    "port-five-nines": "redis:99999",
+    "url": "redis://redis:6379",
+    "ipv6-unbracketed": "fd00::9:6379",
+    "ipv6-bracket-bad": "[fd00:::9::]:6379",
+    "space": "red is:6379",
+    "with-path": "redis/0:6379",
+}
+CONSUL_URLS = {
+    "no-scheme": "consul:8500",
+    "with-path": "http://consul:8500/v1",
+    "with-query": "http://consul:8500?token=x",
+    "port-too-big": "http://consul:85000",
+    "userinfo": "http://user:pw@consul:8500",
+    "other-scheme": "ftp://consul:8500",
+    "crlf": "http://consul:8500\r\nX: y",
+}
+
+# metadata.name values a pool cannot have: its Service and ConfigMap are named after it.
+INVALID_NAMES = {
+    "dotted": "llm.pool",
+    "leading-digit": "1pool",
+    "too-long-for-a-service": "p" * 64,
+    "uppercase": "LLMPool",
 }
 
 
@@ -186,4 +284,67 @@ INVALID: dict[str, dict[str, Any]] = {
     "capacity-zero": static([{"name": "a", "address": "127.0.0.2", "port": 1, "capacity": 0}]),
     "capacity-too-big": static([{"name": "a", "address": "127.0.0.2", "port": 1, "capacity": 1000001}]),
     "cache-bad-prefix": static(cache={"type": "Memory", "keyPrefix": "has space"}),
+    # --- strings the operator turns into sockets, URLs, request lines and object names
+    **{f"address-{k}": static([{"name": "a", "address": v, "port": 80}]) for k, v in ADDRESSES.items()},
+    **{f"redis-address-{k}": redis(address=v) for k, v in HOST_PORTS.items()},
+    "redis-cluster-node-port-zero": redis(clusterNodes=["redis-0:7000", "redis-1:0"]),
+    "redis-cluster-node-url": redis(clusterNodes=["redis://redis-0:7000"]),
+    "redis-username-with-space": redis(address="redis:6379", username="app user"),
+    "redis-password-secret-bad-name": redis(
+        address="redis:6379", passwordSecretRef={"name": "Redis_Auth", "key": "password"}
+    ),
+    "redis-password-secret-bad-key": redis(
+        address="redis:6379", passwordSecretRef={"name": "redis", "key": "pass/word"}
+    ),
+    "redis-ca-secret-empty-key": redis(address="redis:6379", tls=True, caSecretRef={"name": "ca", "key": ""}),
+    **{f"consul-address-{k}": consul(address=v) for k, v in CONSUL_URLS.items()},
+    "consul-service-with-slash": consul(service="vllm/../../v1/acl"),
+    "consul-service-with-query": consul(service="vllm?dc=other"),
+    "consul-datacenter-with-space": consul(datacenter="dc 1"),
+    "consul-namespace-with-slash": consul(namespace="team/a"),
+    "consul-partition-leading-dash": consul(partition="-p"),
+    "consul-tag-with-newline": consul(tags=["a\nb"]),
+    "consul-token-secret-bad-name": consul(tokenSecretRef={"name": "Consul Token", "key": "token"}),
+    "consul-token-secret-bad-key": consul(tokenSecretRef={"name": "consul", "key": "to ken"}),
+    "consul-publish-bad-service": static(publish={"consul": {"address": "http://consul:8500", "service": "a b"}}),
+    "consul-publish-bad-address": static(publish={"consul": {"address": "consul:8500"}}),
+    "kubernetes-service-leading-digit": {"discovery": {"kubernetes": {"service": "1vllm"}}},
+    "kubernetes-service-dotted": {"discovery": {"kubernetes": {"service": "vllm.models"}}},
+    "kubernetes-port-zero": {"discovery": {"kubernetes": {"service": "vllm", "port": 0}}},
+    "kubernetes-port-too-big": {"discovery": {"kubernetes": {"service": "vllm", "port": 65536}}},
+    "kubernetes-port-name-too-long": {"discovery": {"kubernetes": {"service": "vllm", "port": "http-metrics-api"}}},
+    "kubernetes-port-name-digits-only": {"discovery": {"kubernetes": {"service": "vllm", "port": "8080"}}},
+    "kubernetes-port-name-double-dash": {"discovery": {"kubernetes": {"service": "vllm", "port": "http--api"}}},
+    "kubernetes-port-name-upper": {"discovery": {"kubernetes": {"service": "vllm", "port": "HTTP"}}},
+    "kubernetes-label-key-with-space": {"discovery": {"kubernetes": {"selector": {"matchLabels": {"a b": "x"}}}}},
+    "kubernetes-label-key-bad-prefix": {
+        "discovery": {"kubernetes": {"selector": {"matchLabels": {"Example.com/app": "x"}}}}
+    },
+    "kubernetes-label-value-with-comma": {"discovery": {"kubernetes": {"selector": {"matchLabels": {"app": "a,b=c"}}}}},
+    "kubernetes-label-value-too-long": {"discovery": {"kubernetes": {"selector": {"matchLabels": {"app": "a" * 64}}}}},
+    "probe-path-with-crlf": http(path="/health\r\nX-Injected: 1"),
+    "probe-path-with-tab": http(path="/health\tx"),
+    "probe-path-non-ascii": http(path="/gesundheit\u00e4"),
+    "probe-path-absolute-url": http(path="http://evil.example/health"),
+    "probe-header-value-crlf": http(headers=[{"name": "X-A", "value": "ok\r\nX-Injected: 1"}]),
+    "probe-header-value-lf": http(headers=[{"name": "X-A", "value": "ok\nmore"}]),
+    "probe-header-value-nul": http(headers=[{"name": "X-A", "value": "a\u0000b"}]),
+    "probe-header-name-colon": http(headers=[{"name": "X-A:", "value": "x"}]),
+    "probe-header-name-crlf": http(headers=[{"name": "X-A\r\nX-B", "value": "x"}]),
+    "probe-header-host": http(headers=[{"name": "Host", "value": "other"}]),
+    "probe-header-content-length": http(headers=[{"name": "content-length", "value": "5"}]),
+    "probe-header-transfer-encoding": http(headers=[{"name": "Transfer-Encoding", "value": "chunked"}]),
+    "probe-header-duplicate": http(headers=[{"name": "X-A", "value": "1"}, {"name": "x-a", "value": "2"}]),
+    "probe-port-too-big": http(port=70000),
+    "composite-header-crlf": static(
+        healthCheck={
+            "composite": {
+                "checks": [
+                    {"name": "a", "http": {"headers": [{"name": "X-A", "value": "\r\n"}]}},
+                    {"name": "b", "tcp": {}},
+                ]
+            }
+        }
+    ),
+    "tcp-port-zero": static(healthCheck={"tcp": {"port": 0}}),
 }

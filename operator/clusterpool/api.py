@@ -8,10 +8,23 @@ stored under an older schema is caught when the operator re-validates it.
 
 from __future__ import annotations
 
+import ipaddress
+import re
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    ValidationError,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, core_schema
 
 from clusterpool.core import labels as label_rules
 
@@ -28,16 +41,179 @@ MAX_ENDPOINTS = 256
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 STATUS_RANGE = r"^[1-5][0-9]{2}(-[1-5][0-9]{2})?$"
 
+# Strings the operator turns into socket addresses, URLs, request lines or object names.
+# Each is a regex both engines read alike (pydantic's Rust regex, the apiserver's Go RE2);
+# what a regex cannot say (is this an IPv6 address?) is CEL `isIP`, mirrored by `is_ip`.
+_DNS_NAME = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+_IPV6ISH = r"[0-9A-Fa-f]*:[0-9A-Fa-f:.]*"
+_PORT = r"([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+HOST = rf"^({_DNS_NAME}|{_IPV6ISH})$"
+HOST_PORT = rf"^({_DNS_NAME}|\[{_IPV6ISH}\]):{_PORT}$"
+HTTP_URL = rf"^https?://({_DNS_NAME}|\[{_IPV6ISH}\])(:{_PORT})?$"
+DNS_1035 = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN = rf"^{_DNS_NAME}$"
+SECRET_KEY = r"^[-._a-zA-Z0-9]+$"
+PRINTABLE = r"^[ -~]*$"  # printable ASCII and spaces: nothing that ends a line or a header
+CONSUL_NAME = r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+IANA_SVC_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"  # and a letter, no `--`, at most 15
+HOST_FIX = "an IP address or a lowercase DNS name, nothing else (no scheme, port, path or spaces)"
+PORT_FIX = "a port 1-65535"
+# Names the operator derives from the pool's name: the Service `<name>` (a DNS-1035 label,
+# 63 at most), the ConfigMap `<name>-routing`, EndpointSlices `<name>-ipv6-65535` and the
+# label value `clusterpool.dev/pool: <name>` all fit when the name is a DNS-1035 label.
+POOL_NAME_MAX = 63
+POOL_NAME_RULE = (
+    f"self.metadata.name.size() <= {POOL_NAME_MAX} && self.metadata.name.matches('{DNS_1035}')",
+    f"metadata.name must be a DNS-1035 label (lowercase letters, digits and '-', starting with a letter, "
+    f"at most {POOL_NAME_MAX}): the pool's Service is named after it; pick a name like `llm-pool`",
+)
+
+
+def is_ip(text: str) -> bool:
+    """What CEL's isIP() accepts: an IPv4 or IPv6 address, without a zone and not IPv4-mapped."""
+    if "%" in text:
+        return False
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return not (isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None)
+
+
+def _bracketed_ip_ok(text: str) -> bool:
+    """An IPv6 literal in brackets ([::1]:6379, http://[::1]:8500) must be a real address."""
+    if "[" not in text:
+        return True
+    return is_ip(text[text.index("[") + 1 : text.index("]")])
+
+
+def pool_name_error(name: str) -> str | None:
+    """Why a pool cannot have this name (its Service and ConfigMap are named after it), or None."""
+    if len(name) <= POOL_NAME_MAX and re.fullmatch(DNS_1035[1:-1], name):
+        return None
+    return f"{POOL_NAME_RULE[1]} (got {name!r})"
+
+
 # CEL rules: (rule, message). The same rule is enforced in Python by the model's validator.
 CEL = "x-kubernetes-validations"
 
 
-def _cel(*rules: tuple[str, str]) -> dict[str, Any]:
+def cel(*rules: tuple[str, str]) -> dict[str, Any]:
     return {CEL: [{"rule": r, "message": m} for r, m in rules]}
 
 
 def _list_map(*keys: str) -> dict[str, Any]:
     return {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": list(keys)}
+
+
+class _Text:
+    """A string rule, once: CEL for the apiserver (matches, plus `also` where a regex cannot
+    say it) and the same check in the models, both with `message` (what is allowed, e.g.)."""
+
+    def __init__(self, pattern: str, message: str, also: tuple[str, Callable[[str], bool]] | None = None) -> None:
+        self.pattern, self.message, self.also = pattern, message, also
+        self.rule = f'self.matches(r"{pattern}")' + (f" && ({also[0]})" if also else "")
+
+    def check(self, value: str) -> str:
+        if re.fullmatch(self.pattern, value) is None or (self.also is not None and not self.also[1](value)):
+            raise ValueError(f"{self.message} (got {value!r})")
+        return value
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return core_schema.no_info_after_validator_function(self.check, handler(source))
+
+    def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        out = handler(schema)
+        out[CEL] = [{"rule": self.rule, "message": self.message}]
+        return out
+
+
+HOST_RULE = _Text(
+    HOST,
+    f"must be {HOST_FIX}; the port goes in `port`; e.g. 198.18.0.7, fd00::7 or llm-a.models.svc",
+    ("!self.contains(':') || isIP(self)", lambda v: ":" not in v or is_ip(v)),
+)
+Host = Annotated[str, HOST_RULE]
+HostPort = Annotated[
+    str,
+    _Text(
+        HOST_PORT,
+        f"must be host:port, the host {HOST_FIX} (IPv6 in brackets) and {PORT_FIX}; e.g. redis.cache:6379",
+        ("!self.startsWith('[') || isIP(self.substring(1, self.indexOf(']')))", _bracketed_ip_ok),
+    ),
+]
+HttpURL = Annotated[
+    str,
+    _Text(
+        HTTP_URL,
+        f"must be http:// or https:// and host[:port] only: the host {HOST_FIX}, {PORT_FIX}, no path or query; "
+        "e.g. http://consul-server.consul:8500",
+        ("!self.contains('[') || isIP(self.substring(self.indexOf('[') + 1, self.indexOf(']')))", _bracketed_ip_ok),
+    ),
+]
+ObjectName = Annotated[
+    str,
+    _Text(
+        DNS_SUBDOMAIN,
+        "must be a Kubernetes object name: a lowercase DNS subdomain (a-z, 0-9, '-', '.'); e.g. redis-auth",
+    ),
+]
+SecretKey = Annotated[
+    str, _Text(SECRET_KEY, "must be a Secret key: letters, digits, '-', '_' and '.' only; e.g. password")
+]
+ServiceName = Annotated[
+    str,
+    _Text(DNS_1035, "must be a Service name: a DNS-1035 label (a-z, 0-9 and '-', starting with a letter); e.g. vllm"),
+]
+HTTPPath = Annotated[
+    str,
+    _Text(
+        r"^/[!-~]*$",
+        "must start with '/' and hold only printable ASCII, no spaces or control characters "
+        "(percent-encode the rest); e.g. /v1/models?limit=1",
+    ),
+]
+HeaderValue = Annotated[
+    str, _Text(PRINTABLE, "must be printable ASCII and spaces only (no CR, LF, tab or other control characters)")
+]
+PROBER_HEADERS = ("host", "content-length", "transfer-encoding", "connection")
+HeaderName = Annotated[
+    str,
+    _Text(
+        r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$",
+        "must be an HTTP token (letters, digits and !#$%&'*+.^_`|~-) and not one the prober sets itself "
+        "(Host, Content-Length, Transfer-Encoding, Connection); e.g. Authorization",
+        (f"!(self.lowerAscii() in {list(PROBER_HEADERS)})", lambda v: v.lower() not in PROBER_HEADERS),
+    ),
+]
+ConsulName = Annotated[
+    str,
+    _Text(
+        CONSUL_NAME, "must be letters, digits, '-', '_' and '.', starting and ending with a letter or digit; e.g. vllm"
+    ),
+]
+PrintableText = Annotated[str, _Text(PRINTABLE, "must be printable ASCII and spaces only (no control characters)")]
+RedisUser = Annotated[str, _Text(r"^[!-~]+$", "must be printable ASCII without spaces; e.g. app")]
+LabelValue = Annotated[
+    str, _Text(label_rules.LABEL_VALUE, "must be a label value: at most 63 of a-z, A-Z, 0-9, '-', '_', '.'; e.g. vllm")
+]
+
+
+def _port_name_ok(v: str) -> bool:
+    return (
+        len(v) <= 15
+        and re.fullmatch(IANA_SVC_NAME, v) is not None
+        and re.search("[a-z]", v) is not None
+        and ("--" not in v)
+    )
+
+
+_K8S_PORT = (
+    "type(self) == int ? (self >= 1 && self <= 65535) : (self.size() <= 15 "
+    f"&& self.matches(r'{IANA_SVC_NAME}') && self.matches('[a-z]') && !self.contains('--'))",
+    f"spec.discovery.kubernetes.port must be {PORT_FIX} or a port name (at most 15 of a-z, 0-9 and '-', "
+    "with a letter, no '--'), as in the Service; e.g. http or 8000",
+)
 
 
 class Model(BaseModel):
@@ -64,7 +240,7 @@ def _labels_field(description: str) -> Any:
     return Field(
         default=None,
         description=description,
-        json_schema_extra={"maxProperties": label_rules.MAX_LABELS, **_cel(_LABEL_KEYS)},
+        json_schema_extra={"maxProperties": label_rules.MAX_LABELS, **cel(_LABEL_KEYS)},
     )
 
 
@@ -77,8 +253,11 @@ class StaticEndpoint(Model):
         pattern=DNS_LABEL,
         description="Unique name of the endpoint within the pool (a DNS label, e.g. `llm-a`).",
     )
-    address: str = Field(
-        min_length=1, max_length=253, description="IP address or DNS name the endpoint listens on, e.g. `10.1.2.3`."
+    address: Host = Field(
+        min_length=1,
+        max_length=253,
+        description="IP address or lowercase DNS name the endpoint listens on, nothing else (the port goes in "
+        "`port`), e.g. `198.18.0.7` or `llm-a.models.svc`.",
     )
     port: int = Field(ge=1, le=65535, description="TCP port of the endpoint's service.")
     weight: int = Field(
@@ -124,7 +303,7 @@ class StaticDiscovery(Model):
         min_length=1,
         max_length=MAX_ENDPOINTS,
         description=f"The endpoints of the pool, 1 to {MAX_ENDPOINTS}, each with a unique name and address:port.",
-        json_schema_extra={**_list_map("name"), **_cel(_UNIQUE_ADDRESS)},
+        json_schema_extra={**_list_map("name"), **cel(_UNIQUE_ADDRESS)},
     )
 
     @model_validator(mode="after")
@@ -149,12 +328,19 @@ _ONE_K8S = (
 class LabelSelector(Model):
     """Labels that select EndpointSlices (all must match)."""
 
-    match_labels: dict[Annotated[str, Field(max_length=317)], Annotated[str, Field(max_length=63)]] = Field(
+    match_labels: dict[Annotated[str, Field(max_length=317)], Annotated[LabelValue, Field(max_length=63)]] = Field(
         min_length=1,
         max_length=16,
         description="Label keys and values that an EndpointSlice must all carry.",
-        json_schema_extra={"maxProperties": 16, "minProperties": 1},
+        json_schema_extra={"maxProperties": 16, "minProperties": 1, **cel(_LABEL_KEYS)},
     )
+
+    @model_validator(mode="after")
+    def _keys(self) -> LabelSelector:
+        bad = [k for k in self.match_labels if label_rules.key_error(k) is not None]
+        if bad:
+            raise ValueError(f"{label_rules.KEY_RULE} (got {bad[0]!r})")
+        return self
 
 
 class KubernetesDiscovery(Model):
@@ -162,13 +348,12 @@ class KubernetesDiscovery(Model):
     namespace, followed by a watch. Ready endpoints are members; not-ready ones are shown
     but never eligible; terminating ones only when nothing else serves."""
 
-    model_config = ConfigDict(json_schema_extra=_cel(_ONE_K8S))
+    model_config = ConfigDict(json_schema_extra=cel(_ONE_K8S))
 
-    service: str | None = Field(
+    service: ServiceName | None = Field(
         default=None,
         min_length=1,
         max_length=63,
-        pattern=DNS_LABEL,
         description="Name of a Service in the pool's namespace whose EndpointSlices to follow.",
     )
     selector: LabelSelector | None = Field(
@@ -178,23 +363,24 @@ class KubernetesDiscovery(Model):
         default=None,
         description="The backends' port: a port name (as in the Service) or number (the target port). "
         "May be left out when the slices have exactly one port.",
-        json_schema_extra={"x-kubernetes-int-or-string": True},
+        json_schema_extra={"x-kubernetes-int-or-string": True, **cel(_K8S_PORT)},
     )
 
     @model_validator(mode="after")
     def _one(self) -> KubernetesDiscovery:
         if (self.service is None) == (self.selector is None):
             raise ValueError(_ONE_K8S[1])
-        if isinstance(self.port, int) and not 1 <= self.port <= 65535:
-            raise ValueError("spec.discovery.kubernetes.port must be 1-65535 or a port name")
+        bad_number = isinstance(self.port, int) and not 1 <= self.port <= 65535
+        if bad_number or (isinstance(self.port, str) and not _port_name_ok(self.port)):
+            raise ValueError(f"{_K8S_PORT[1]} (got {self.port!r})")
         return self
 
 
 class SecretKeyRef(Model):
     """A key of a Secret in the pool's namespace."""
 
-    name: str = Field(min_length=1, max_length=253, description="The Secret's name.")
-    key: str = Field(min_length=1, max_length=253, description="The key within the Secret.")
+    name: ObjectName = Field(min_length=1, max_length=253, description="The Secret's name.")
+    key: SecretKey = Field(min_length=1, max_length=253, description="The key within the Secret.")
 
 
 _CA_HTTPS = (
@@ -206,13 +392,12 @@ _CA_HTTPS = (
 class ConsulConnection(Model):
     """How to reach Consul."""
 
-    model_config = ConfigDict(json_schema_extra=_cel(_CA_HTTPS))
+    model_config = ConfigDict(json_schema_extra=cel(_CA_HTTPS))
 
-    address: str = Field(
+    address: HttpURL = Field(
         min_length=1,
-        max_length=253,
-        pattern=r"^https?://[^\s/]+$",
-        description="Consul's HTTP API, e.g. http://consul-server.consul:8500.",
+        max_length=271,
+        description="Consul's HTTP API, scheme and host[:port] only, e.g. http://consul-server.consul:8500.",
     )
     token_secret_ref: SecretKeyRef | None = Field(
         default=None, description="The ACL token, from a Secret in the pool's namespace (never logged)."
@@ -223,7 +408,7 @@ class ConsulConnection(Model):
         description="With https, the CA bundle (PEM) that signed Consul's certificate, from a Secret in the "
         "pool's namespace (default: the system's trusted CAs).",
     )
-    tags: list[Annotated[str, Field(max_length=128)]] = Field(
+    tags: list[Annotated[PrintableText, Field(max_length=128)]] = Field(
         default_factory=list,
         max_length=16,
         description="Service tags: to match (discovery: all of them) or to set (publish).",
@@ -242,10 +427,12 @@ class ConsulDiscovery(ConsulConnection):
     members; warning ones are members marked Warning (unless onlyPassing); critical ones are
     listed but never eligible."""
 
-    service: str = Field(min_length=1, max_length=128, description="The Consul service name.")
-    datacenter: str | None = Field(default=None, max_length=128, description="Datacenter (default: the agent's).")
-    namespace: str | None = Field(default=None, max_length=128, description="Consul Enterprise namespace.")
-    partition: str | None = Field(default=None, max_length=128, description="Consul Enterprise admin partition.")
+    service: ConsulName = Field(min_length=1, max_length=128, description="The Consul service name.")
+    datacenter: ConsulName | None = Field(
+        default=None, max_length=128, description="Datacenter (default: the agent's)."
+    )
+    namespace: ConsulName | None = Field(default=None, max_length=128, description="Consul Enterprise namespace.")
+    partition: ConsulName | None = Field(default=None, max_length=128, description="Consul Enterprise admin partition.")
     only_passing: bool = Field(default=False, description="Only instances whose checks all pass (Consul's ?passing).")
     wait_seconds: int = Field(
         default=60, ge=1, le=600, description="How long one blocking query may wait for a change (default 60)."
@@ -261,7 +448,7 @@ _ONE_SOURCE = (
 class Discovery(Model):
     """Where the pool's endpoints come from. Exactly one source must be set."""
 
-    model_config = ConfigDict(json_schema_extra=_cel(_ONE_SOURCE))
+    model_config = ConfigDict(json_schema_extra=cel(_ONE_SOURCE))
 
     static: StaticDiscovery | None = Field(default=None, description="A fixed list of endpoints.")
     kubernetes: KubernetesDiscovery | None = Field(
@@ -291,10 +478,8 @@ _RANGE_ORDER = (
 class HTTPHeader(Model):
     """A request header sent with every probe."""
 
-    name: str = Field(
-        min_length=1, max_length=128, pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$", description="Header name."
-    )
-    value: str = Field(max_length=1024, description="Header value.")
+    name: HeaderName = Field(min_length=1, max_length=128, description="Header name.")
+    value: HeaderValue = Field(max_length=1024, description="Header value (printable ASCII, no CR/LF).")
 
 
 _TLS_ONLY = (
@@ -303,21 +488,26 @@ _TLS_ONLY = (
 )
 
 
+_UNIQUE_HEADERS = (
+    "self.all(a, self.exists_one(b, b.name.lowerAscii() == a.name.lowerAscii()))",
+    "header names must be unique in spec.healthCheck.http.headers, ignoring case (HTTP does)",
+)
+
+
 class HTTPCheck(Model):
     """An HTTP request to each endpoint; healthy when the answer's status is expected
     (and its body contains bodyContains, when set)."""
 
-    model_config = ConfigDict(json_schema_extra=_cel(_TLS_ONLY))
+    model_config = ConfigDict(json_schema_extra=cel(_TLS_ONLY))
 
     method: Literal["GET", "HEAD", "POST", "OPTIONS"] = Field(
         default="GET", description="Request method: GET (default), HEAD, POST or OPTIONS."
     )
-    path: str = Field(
+    path: HTTPPath = Field(
         default="/health",
         min_length=1,
         max_length=1024,
-        pattern=r"^/[^\s]*$",
-        description="Path to request, starting with `/`, no spaces (default `/health`).",
+        description="Path to request, starting with `/`, printable ASCII without spaces (default `/health`).",
     )
     port: int | None = Field(
         default=None, ge=1, le=65535, description="Port to probe; defaults to the endpoint's port."
@@ -330,7 +520,7 @@ class HTTPCheck(Model):
         default_factory=list,
         max_length=16,
         description="Extra request headers, e.g. an Authorization for a model API.",
-        json_schema_extra={**_list_map("name"), "default": []},
+        json_schema_extra={**_list_map("name"), **cel(_UNIQUE_HEADERS), "default": []},
     )
     expected_statuses: list[Annotated[str, Field(max_length=7, pattern=STATUS_RANGE)]] = Field(
         default=["200-299"],
@@ -338,7 +528,7 @@ class HTTPCheck(Model):
         max_length=16,
         description="Status codes that mean healthy: single codes (`204`) or inclusive ranges "
         "(`200-299`, the default).",
-        json_schema_extra=_cel(_RANGE_ORDER),
+        json_schema_extra=cel(_RANGE_ORDER),
     )
     body_contains: str | None = Field(
         default=None,
@@ -361,7 +551,7 @@ class HTTPCheck(Model):
             raise ValueError(_TLS_ONLY[1])
         names = [h.name.lower() for h in self.headers]
         if len(set(names)) != len(names):
-            raise ValueError("header names must be unique in spec.healthCheck.http.headers")
+            raise ValueError(_UNIQUE_HEADERS[1])
         return self
 
     def accepts(self, status: int) -> bool:
@@ -393,7 +583,7 @@ _ONE_SUBCHECK = (
 class NamedCheck(Model):
     """One check of a composite."""
 
-    model_config = ConfigDict(json_schema_extra=_cel(_ONE_SUBCHECK))
+    model_config = ConfigDict(json_schema_extra=cel(_ONE_SUBCHECK))
 
     name: str = Field(min_length=1, max_length=63, pattern=DNS_LABEL, description="Name of this check.")
     http: HTTPCheck | None = Field(default=None, description="Probe with an HTTP request.")
@@ -429,7 +619,7 @@ _TIMEOUT_BELOW_INTERVAL = (
 class HealthCheck(Model):
     """Active health probing of every endpoint (Envoy's vocabulary)."""
 
-    model_config = ConfigDict(json_schema_extra=_cel(_ONE_CHECK, _TIMEOUT_BELOW_INTERVAL))
+    model_config = ConfigDict(json_schema_extra=cel(_ONE_CHECK, _TIMEOUT_BELOW_INTERVAL))
 
     interval_seconds: int = Field(
         default=10, ge=1, le=3600, description="Seconds between probes of one endpoint (default 10)."
@@ -493,7 +683,7 @@ _OPEN_CAP = (
 class CircuitBreaker(Model):
     """Per-endpoint circuit breaker: Closed, Open (ejected), HalfOpen (trial probes)."""
 
-    model_config = ConfigDict(json_schema_extra=_cel(_OPEN_CAP))
+    model_config = ConfigDict(json_schema_extra=cel(_OPEN_CAP))
 
     failure_threshold: int | None = Field(
         default=None,
@@ -536,7 +726,7 @@ _HYSTERESIS = (
 class Tiers(Model):
     """When traffic moves between priority tiers."""
 
-    model_config = ConfigDict(json_schema_extra=_cel(_HYSTERESIS))
+    model_config = ConfigDict(json_schema_extra=cel(_HYSTERESIS))
 
     failover_percent: int = Field(
         default=50,
@@ -599,7 +789,7 @@ class ConsulPublish(ConsulConnection):
     """Register the pool's endpoints in Consul, with checks that carry the operator's probe
     results (TTL checks refreshed every interval), and deregister them with the pool."""
 
-    service: str | None = Field(
+    service: ConsulName | None = Field(
         default=None, max_length=128, description="The service name in Consul (default: the pool's name)."
     )
 
@@ -612,7 +802,6 @@ class Publish(Model):
 
 
 CacheType = Literal["None", "Memory", "Redis", "Layered"]
-HOST_PORT = r"^[^\s/]+:[0-9]{1,5}$"
 
 _ONE_REDIS = (
     "has(self.address) != has(self.clusterNodes)",
@@ -632,19 +821,19 @@ _REDIS_TLS_ONLY = (
 class RedisSpec(Model):
     """How to reach Redis: one server or a Redis Cluster."""
 
-    model_config = ConfigDict(json_schema_extra=_cel(_ONE_REDIS, _CLUSTER_DB, _REDIS_TLS_ONLY))
+    model_config = ConfigDict(json_schema_extra=cel(_ONE_REDIS, _CLUSTER_DB, _REDIS_TLS_ONLY))
 
-    address: str | None = Field(
-        default=None, max_length=261, pattern=HOST_PORT, description="One Redis server, host:port (e.g. redis:6379)."
+    address: HostPort | None = Field(
+        default=None, max_length=261, description="One Redis server, host:port (e.g. redis:6379)."
     )
-    cluster_nodes: list[Annotated[str, Field(max_length=261, pattern=HOST_PORT)]] | None = Field(
+    cluster_nodes: list[Annotated[HostPort, Field(max_length=261)]] | None = Field(
         default=None,
         min_length=1,
         max_length=16,
         description="Some nodes of a Redis Cluster, host:port; the rest are found from them.",
     )
     database: int = Field(default=0, ge=0, le=15, description="Database number (default 0; only 0 on a cluster).")
-    username: str | None = Field(default=None, max_length=128, description="ACL user name (Redis 6+).")
+    username: RedisUser | None = Field(default=None, max_length=128, description="ACL user name (Redis 6+).")
     password_secret_ref: SecretKeyRef | None = Field(
         default=None,
         description="The password, from a Secret in the pool's namespace. Clients read the Secret "
@@ -735,7 +924,7 @@ class CacheSpec(Model):
     """The pool's response cache, used by the client SDK: in memory, in Redis, or a local
     memory layer in front of Redis."""
 
-    model_config = ConfigDict(json_schema_extra=_cel(_REDIS_NEEDED, _WRITE_BACK_LAYERED, _WARM_FROM_OTHER))
+    model_config = ConfigDict(json_schema_extra=cel(_REDIS_NEEDED, _WRITE_BACK_LAYERED, _WARM_FROM_OTHER))
 
     type: CacheType = Field(
         description="None (no cache), Memory (each client process its own), Redis (shared), or Layered "

@@ -119,6 +119,7 @@ def build_crd() -> dict[str, Any]:
                             "description": "A pool of LLM backends: discovered, health-checked and published for "
                             "clients to balance across.",
                             "required": ["spec"],
+                            **api.cel(api.POOL_NAME_RULE),
                             "properties": {
                                 "apiVersion": {"type": "string", "description": "APIVersion of this object."},
                                 "kind": {"type": "string", "description": "Kind of this object."},

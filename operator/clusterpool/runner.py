@@ -259,8 +259,10 @@ class PoolRunner:
         self.generation = generation
         try:
             spec = api.parse_spec(dict(self.body.get("spec") or {}))
+            self.spec_error = api.pool_name_error(str((self.body.get("metadata") or {}).get("name")))
         except ValidationError as exc:
             self.spec_error = api.spec_errors(exc)
+        if self.spec_error is not None:
             self.log.warning("invalid spec (generation %s): %s", generation, self.spec_error)
             self.emit(
                 "Warning",
@@ -269,7 +271,6 @@ class PoolRunner:
                 + ("the last valid spec stays in use" if self.spec else "nothing runs until it is fixed"),
             )
             return
-        self.spec_error = None
         await self._follow_consul(spec, first)
         await self._publish_to_consul(spec)
         members = members_of(spec, self.slices, self.consul_members)
@@ -529,8 +530,9 @@ class PoolRunner:
                     "Published",
                     "True",
                     "SomeAddressesUnpublishable",
-                    f"{', '.join(refused)}: loopback or link-local addresses are not allowed in an EndpointSlice; "
-                    "they are in the routing table only",
+                    f"{', '.join(refused)}: loopback or link-local addresses and names that are not lowercase "
+                    "DNS names of two labels or more are not allowed in an EndpointSlice; they are in the "
+                    "routing table only",
                 )
             else:
                 published = ConditionSpec(

@@ -79,7 +79,7 @@ def crd(kubectl: Kubectl) -> None:
     established = "jsonpath={.status.conditions[?(@.type=='Established')].status}"
     wait_for(
         lambda: kubectl("get", f"crd/{api.PLURAL}.{api.GROUP}", "-o", established, check=False).stdout == "True",
-        60,
+        90,
         "the CRD established",
         interval=0.2,
     )

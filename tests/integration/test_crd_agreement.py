@@ -1,6 +1,8 @@
 """The CRD (checked by the real apiserver, OpenAPI and CEL) and the pydantic models
 accept and reject the same specs, and default them the same way."""
 
+import json
+
 import pytest
 import yaml
 from kubernetes.client.exceptions import ApiException
@@ -8,13 +10,13 @@ from pydantic import ValidationError
 
 from clusterpool import api
 from conftest import ROOT
-from samples import INVALID, VALID
+from samples import INVALID, INVALID_NAMES, VALID
 
 MANIFEST_SAMPLES = sorted((ROOT / "manifests" / "samples").glob("*.yaml")) + sorted((ROOT / "examples").rglob("*.yaml"))
 
 
-def server_dry_run(pools, spec):
-    body = {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": "dry"}, "spec": spec}
+def server_dry_run(pools, spec, name="dry"):
+    body = {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": name}, "spec": spec}
     return pools.api.create_namespaced_custom_object(
         api.GROUP, api.VERSION, pools.namespace, api.PLURAL, body, dry_run="All"
     )
@@ -44,6 +46,45 @@ def test_invalid_samples_are_rejected_by_both(pools, name):
     with pytest.raises(ApiException) as exc:
         server_dry_run(pools, INVALID[name])
     assert exc.value.status == 422, exc.value.body
+
+
+@pytest.mark.parametrize("name", sorted(INVALID_NAMES))
+def test_pool_names_that_cannot_name_a_service_are_rejected_by_both(pools, name):
+    assert api.pool_name_error(INVALID_NAMES[name]) is not None
+    with pytest.raises(ApiException) as exc:
+        server_dry_run(pools, VALID["minimal"], INVALID_NAMES[name])
+    assert exc.value.status == 422, exc.value.body
+    assert "metadata.name must be a DNS-1035 label" in exc.value.body
+
+
+def test_the_longest_service_name_is_a_valid_pool_name(pools):
+    name = "p" * 63
+    assert api.pool_name_error(name) is None
+    assert server_dry_run(pools, VALID["minimal"], name)["metadata"]["name"] == name
+
+
+@pytest.mark.parametrize(
+    ("sample", "field"),
+    [
+        ("address-url", "spec.discovery.static.endpoints[0].address"),
+        ("redis-address-port-too-big", "spec.cache.redis.address"),
+        ("consul-address-with-path", "spec.discovery.consul.address"),
+        ("probe-header-value-crlf", "spec.healthCheck.http.headers[0].value"),
+        ("probe-header-host", "spec.healthCheck.http.headers[0].name"),
+        ("probe-path-with-crlf", "spec.healthCheck.http.path"),
+        ("redis-password-secret-bad-name", "spec.cache.redis.passwordSecretRef.name"),
+        ("kubernetes-port-zero", "spec.discovery.kubernetes.port"),
+    ],
+)
+def test_the_apiserver_and_the_models_give_the_same_message(pools, sample, field):
+    """The apiserver names the field; both name the rule and the fix in the same words."""
+    with pytest.raises(ValidationError) as model_exc:
+        api.parse_spec(INVALID[sample])
+    model_message = api.spec_errors(model_exc.value).split(": ", 1)[1].split(" (got ")[0]
+    with pytest.raises(ApiException) as exc:
+        server_dry_run(pools, INVALID[sample])
+    causes = json.loads(exc.value.body)["details"]["causes"]
+    assert any(c["field"] == field and model_message in c["message"] for c in causes), causes
 
 
 def test_cel_messages_reach_the_user(kubectl, pools):

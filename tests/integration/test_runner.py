@@ -84,6 +84,22 @@ async def test_a_pool_that_never_had_a_valid_spec_is_not_ready(backends):
     assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec")
 
 
+async def test_a_pool_whose_name_cannot_name_its_service_runs_nothing(backends):
+    """Stored before the CRD checked metadata.name: refused by the operator, never Ready."""
+    rec = Recorder()
+    body = body_for(backends)
+    body["metadata"]["name"] = "llm.pool"
+    runner = PoolRunner(body, rec.write, rec.emit, logging.getLogger("t"))
+    await runner.run_once()
+    conditions = {c["type"]: c for c in rec.writes[-1]["conditions"]}
+    assert (conditions["Ready"]["status"], conditions["Ready"]["reason"]) == ("False", "InvalidSpec")
+    assert conditions["SpecValid"]["status"] == "False"
+    assert "metadata.name must be a DNS-1035 label" in conditions["SpecValid"]["message"]
+    assert "'llm.pool'" in conditions["SpecValid"]["message"]
+    assert rec.writes[-1]["total"] == 0  # nothing probed, nothing published
+    assert any(e[:2] == ("Warning", "InvalidSpec") and "metadata.name" in e[2] for e in rec.events)
+
+
 async def test_jitter_stretches_the_interval_within_its_bound(backends):
     rec = Recorder()
     runner = PoolRunner(

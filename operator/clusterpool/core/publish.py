@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import re
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any
@@ -36,11 +37,13 @@ def routing_configmap_name(pool: str) -> str:
 
 def address_type(address: str) -> str | None:
     """IPv4, IPv6 or FQDN; None for addresses Kubernetes refuses in an EndpointSlice
-    (loopback, link-local, unspecified, multicast)."""
+    (loopback, link-local, unspecified, multicast; a name that is not a lowercase DNS name
+    of at least two labels, as one from Consul's catalog may be)."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
-        return "FQDN"
+        name = address.removesuffix(".")  # a fully qualified name may end in a dot
+        return "FQDN" if "." in name and re.fullmatch(api.DNS_SUBDOMAIN, name) else None
     if ip.is_loopback or ip.is_link_local or ip.is_unspecified or ip.is_multicast:
         return None
     return "IPv4" if ip.version == 4 else "IPv6"

@@ -101,6 +101,17 @@ async def consul_client(spec: ConsulConnection, ca: SecretValue | None, **kw: An
     return httpx.AsyncClient(verify=verify, **kw)
 
 
+async def token_headers(spec: ConsulConnection, token: SecretValue, required: bool = True) -> dict[str, str]:
+    """The X-Consul-Token header from tokenSecretRef. A Secret that cannot be read raises
+    (unless not `required`): without it Consul would answer 403 or, with ACLs off, hide
+    the missing Secret altogether."""
+    value = await token()
+    ref = spec.token_secret_ref
+    if ref is not None and not value and required:
+        raise ConsulError(f"Secret {ref.name} (key {ref.key}) named by tokenSecretRef cannot be read")
+    return {"X-Consul-Token": value} if value else {}
+
+
 class ConsulWatcher:
     def __init__(
         self,
@@ -151,8 +162,7 @@ class ConsulWatcher:
                 try:
                     if http is None:
                         http = await consul_client(self.spec, self.ca, timeout=timeout)
-                    token = await self.token()
-                    headers = {"X-Consul-Token": token} if token else {}
+                    headers = await token_headers(self.spec, self.token)
                     r = await http.get(url, params=self._params(index), headers=headers)
                     if r.status_code != 200:
                         raise ConsulError(f"Consul answered {r.status_code}: {r.text[:200]}")

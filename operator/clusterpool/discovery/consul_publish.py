@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import httpx
 
 from clusterpool.api import ConsulPublish
-from clusterpool.discovery.consul import SecretValue, consul_client
+from clusterpool.discovery.consul import SecretValue, consul_client, token_headers
 
 _ID = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -51,9 +51,8 @@ class ConsulPublisher:
             self._http = await consul_client(self.spec, self.ca, base_url=self.spec.address, timeout=10.0)
         return self._http
 
-    async def _headers(self) -> dict[str, str]:
-        token = await self.token()
-        return {"X-Consul-Token": token} if token else {}
+    async def _headers(self, required: bool = True) -> dict[str, str]:
+        return await token_headers(self.spec, self.token, required)
 
     async def _existing(self, headers: dict[str, str]) -> list[str]:
         """This pool's instances on the agent (also those registered before a restart)."""
@@ -112,7 +111,7 @@ class ConsulPublisher:
         self.registered.pop(iid, None)
 
     async def deregister_all(self) -> None:
-        headers = await self._headers()
+        headers = await self._headers(required=False)  # a pool whose Secret is gone can still be deleted
         for iid in set(self.registered) | set(await self._existing(headers)):
             await self._deregister(iid, headers)
 

@@ -23,7 +23,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
-from clusterpool.api import CompositeCheck, HealthCheck, HTTPCheck
+from clusterpool.api import HOST_RULE, CompositeCheck, HealthCheck, HTTPCheck
 from clusterpool.core.health import Endpoint, ProbeResult
 
 USER_AGENT = "clusterpool-probe/0.1"
@@ -204,9 +204,16 @@ async def _until_close(reader: asyncio.StreamReader, status: int, wanted: bytes)
 
 
 class HTTPProber:
-    """Probes endpoints with one HTTPCheck, keeping a connection per endpoint alive."""
+    """Probes endpoints with one HTTPCheck, keeping a connection per endpoint alive.
+
+    It sends only what it validated: the check is validated again when the prober is
+    built (a model can be constructed or copied past its validators), so a method, path
+    or header with CR/LF or other control characters raises ValueError here and never
+    reaches the wire; an endpoint address that is not an IP or DNS name fails its probe
+    with InvalidAddress instead of going into the Host header."""
 
     def __init__(self, check: HTTPCheck, timeout: float) -> None:
+        HTTPCheck.model_validate(check.model_dump())  # raises ValueError naming the field
         self.check = check
         self.timeout = timeout
         self.tls: ssl.SSLContext | None = None
@@ -270,6 +277,14 @@ class HTTPProber:
     async def probe(self, host: str, port: int) -> ProbeResult:
         """One request and its answer, all of it within the timeout (a deadline for the
         whole exchange, not for each read: a backend dripping bytes cannot stretch it)."""
+        try:
+            HOST_RULE.check(host)
+        except ValueError as exc:
+            return ProbeResult(
+                False,
+                "InvalidAddress",
+                f"{self.check.method} {self.check.path} on {host!r}:{port}: not probed: the address {exc}",
+            )
         what = f"{self.check.method} {self.check.path} on {host}:{port}"
         start = time.perf_counter()
         progress = Progress()
