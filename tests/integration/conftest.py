@@ -77,7 +77,18 @@ def k8s(cluster: controlplane.State) -> kubernetes.client.ApiClient:
 @pytest.fixture(scope="session")
 def crd(kubectl: Kubectl) -> None:
     kubectl("apply", "-f", str(ROOT / "crds"))
-    kubectl("wait", "--for=condition=Established", f"crd/{api.PLURAL}.{api.GROUP}", "--timeout=60s")
+    # `kubectl wait` errors out instead of waiting while the new CRD has no conditions yet
+    wait_for(
+        lambda: (
+            kubectl(
+                "wait", "--for=condition=Established", f"crd/{api.PLURAL}.{api.GROUP}", "--timeout=10s", check=False
+            ).returncode
+            == 0
+        ),
+        60,
+        "the CRD to be Established",
+        interval=0.5,
+    )
 
 
 def as_uid_without_passwd_entry(uid: int) -> list[str]:
