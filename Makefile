@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: help venv controlplane node-build node-up node-down crd demo demo-down test test-unit test-integration test-e2e lint format bench bench-node clean
+.PHONY: help venv controlplane redis consul helm promtool test-tools node-build node-up node-down crd demo demo-down test test-unit test-integration test-e2e lint format bench bench-node clean
 
 help:
 	@echo "make demo        start a local control plane, demo backends and the operator; apply a pool"
@@ -24,11 +24,24 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-controlplane: venv
+# Each target builds only what it uses; the Go builds print their progress and are cached
+# in ~/.cache/clusterpool (scripts/controlplane.py).
+controlplane: venv  # kube-apiserver, etcd, kubectl: the demo and the integration tests
 	@$(PY) scripts/controlplane.py build >/dev/null
-	@$(PY) scripts/consul.py build >/dev/null
+
+redis: venv  # redis-server from the distribution's packages, when missing
 	@$(PY) scripts/redis_servers.py install
+
+consul: venv  # the Consul discovery tests and bench
+	@$(PY) scripts/consul.py build >/dev/null
+
+helm: venv  # the chart's tests (integration and end-to-end)
 	@$(PY) scripts/helm.py build >/dev/null
+
+promtool: venv  # the chart's alert tests
+	@$(PY) scripts/promtool.py build >/dev/null
+
+test-tools: controlplane redis consul helm promtool  # everything the integration tests run
 
 node-build: controlplane
 	@$(PY) scripts/node.py build >/dev/null
@@ -44,25 +57,25 @@ crd: venv
 	$(PY) -m clusterpool.crd > crds/clusterpool.dev_clusterpools.yaml
 	cp crds/clusterpool.dev_clusterpools.yaml charts/clusterpool-operator/crds/
 
-demo: controlplane
+demo: controlplane redis
 	@$(PY) scripts/demo.py up
 
 demo-down: venv
 	@$(PY) scripts/demo.py down
 
-test: controlplane node-build
+test: test-tools node-build
 	scripts/netns-run $(PY) -m pytest tests
 
 test-unit: venv
 	$(PY) -m pytest tests/unit
 
-test-integration: controlplane
+test-integration: test-tools
 	scripts/netns-run $(PY) -m pytest tests/integration
 
-test-e2e: node-build
+test-e2e: node-build helm
 	scripts/netns-run $(PY) -m pytest tests/e2e
 
-bench-node: node-build
+bench-node: node-build helm
 	CLUSTERPOOL_RECORD=1 scripts/netns-run $(PY) -m pytest tests/e2e/test_node_cluster.py -s
 
 lint: venv
@@ -74,7 +87,7 @@ format: venv
 	$(VENV)/bin/ruff check --fix operator tests scripts bench examples
 	$(VENV)/bin/ruff format operator tests scripts bench examples
 
-bench: controlplane
+bench: controlplane redis consul
 	@echo "==> installing the bench references: litellm (balancers), cachetools (memory cache), matplotlib, py-spy"
 	@# litellm >= 1.105 requires certifi >= 2026.10.19, which the package registry here does not
 	@# serve; the routing code does not depend on it, so litellm goes in without dependencies and

@@ -92,13 +92,13 @@ def run_with_progress(cmd: list[str], cwd: Path, what: str, logfile: Path) -> No
     log(f"  {what}: done in {elapsed:.0f}s")
 
 
-def go_build(work: Path, package: str, dest: Path, ldflags: str, what: str) -> None:
+def go_build(work: Path, package: str, dest: Path, ldflags: str, what: str, tags: str = "") -> None:
     """`go build` one package of the module in `work` into `dest` (through a temporary file,
     so an interrupted build never leaves a binary that looks cached)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f".{dest.name}.tmp"
     run_with_progress(
-        ["go", "build", "-v", "-trimpath", "-ldflags", ldflags, "-o", str(tmp), package],
+        ["go", "build", "-v", "-trimpath", "-tags", tags, "-ldflags", ldflags, "-o", str(tmp), package],
         work,
         f"build {what}",
         work / f"build-{what}.log",

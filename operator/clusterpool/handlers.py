@@ -20,7 +20,7 @@ from clusterpool import api
 from clusterpool.core.publish import MANAGED_BY
 from clusterpool.discovery.kubernetes import MANAGED_BY_LABEL
 from clusterpool.k8s.client import SecretReader, StatusWriter, load_config, watch_api
-from clusterpool.k8s.events import EventRecorder
+from clusterpool.k8s.events import COMPONENT, EventRecorder
 from clusterpool.k8s.publish import FIELD_MANAGER, Publisher
 from clusterpool.k8s.shards import Shards
 from clusterpool.k8s.writes import WriteQueue
@@ -53,12 +53,16 @@ def configure_settings(settings: kopf.OperatorSettings) -> None:
     # Handler log lines stay in the log (kopf's default); Events are posted explicitly,
     # by the runner, on transitions.
     settings.posting.loggers = False
+    # Should kopf post an Event of its own (kopf.event(), or loggers turned on), it names the
+    # operator as the reporter, as EventRecorder does, not "kopf".
+    settings.posting.reporting_component = COMPONENT
 
 
 @kopf.on.startup(id="configure")
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     configure_settings(settings)
     identity = str(memo.get("identity") or "clusterpool-operator")
+    settings.posting.reporting_instance = identity
     client = load_config()
     lease_seconds = float(memo.get("lease_seconds") or 15)
     writes = WriteQueue(request_timeout=lease_seconds / 4)
@@ -78,6 +82,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         lease_seconds=lease_seconds,
         renew_seconds=lease_seconds / 6,
         request_timeout=lease_seconds / 10,  # 1.5 s at the default: a busy API server may be slow
+        on_members=METRICS.shards_changed,
     )
     memo["shards"] = shards
     writes.fence = lambda pool: shards.may_drive(*pool)  # type: ignore[misc]

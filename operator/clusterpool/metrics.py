@@ -7,6 +7,7 @@ deleted pool's series are removed, and so are those of endpoints that leave a po
     clusterpool_pool_ready{namespace,pool}                       1 when Ready=True
     clusterpool_pool_endpoints{namespace,pool,state}             total | healthy | eligible | ejected
     clusterpool_pool_panic{namespace,pool}                       1 in panic mode
+    clusterpool_pool_discovery_degraded{namespace,pool}          1 while DiscoveryDegraded is True
     clusterpool_pool_active_tier{namespace,pool}
     clusterpool_endpoint_healthy{namespace,pool,endpoint}        1 Healthy or Degraded, 0 otherwise
     clusterpool_endpoint_eligible{namespace,pool,endpoint}       1 when clients may use it
@@ -19,6 +20,8 @@ deleted pool's series are removed, and so are those of endpoints that leave a po
     clusterpool_round_duration_seconds{namespace,pool}           one round: probe, publish, status
     clusterpool_kubernetes_api_reachable                         the operator-wide API check
     clusterpool_event_loop_lag_seconds                           how late the event loop runs timers
+    clusterpool_shard_members                                    live replicas in this replica's view
+    clusterpool_shard_membership_changes_total                   changes of that set (pools handed over)
 """
 
 from __future__ import annotations
@@ -47,6 +50,9 @@ class Metrics:
         self.ready = gauge("clusterpool_pool_ready", "1 when the pool's Ready condition is True")
         self.endpoints = gauge("clusterpool_pool_endpoints", "Endpoints of the pool by state", (*POOL, "state"))
         self.panic = gauge("clusterpool_pool_panic", "1 while the pool routes to every endpoint of its tier")
+        self.discovery_degraded = gauge(
+            "clusterpool_pool_discovery_degraded", "1 while the pool's DiscoveryDegraded condition is True"
+        )
         self.tier = gauge("clusterpool_pool_active_tier", "The priority tier that serves")
         self.healthy = gauge("clusterpool_endpoint_healthy", "1 when the endpoint's probes pass", ENDPOINT)
         self.eligible = gauge("clusterpool_endpoint_eligible", "1 when clients may use the endpoint", ENDPOINT)
@@ -82,6 +88,14 @@ class Metrics:
         self.loop_lag_max = Gauge(
             "clusterpool_event_loop_lag_max_seconds", "The largest lag of the last 10 s", registry=registry
         )
+        self.shard_members = Gauge(
+            "clusterpool_shard_members", "Live operator replicas in this replica's view", registry=registry
+        )
+        self.shard_changes = Counter(
+            "clusterpool_shard_membership_changes",
+            "Changes of the live replicas in this replica's view: each one hands pools over",
+            registry=registry,
+        )
 
     async def watch_loop_lag(self, every: float = 0.25, window: float = 10.0) -> None:
         """Sample the event loop's lag: everything the operator does shares this loop, so
@@ -96,6 +110,11 @@ class Metrics:
             if time.monotonic() - started >= window:
                 self.loop_lag_max.set(worst)
                 worst, started = 0.0, time.monotonic()
+
+    def shards_changed(self, members: tuple[str, ...]) -> None:
+        """The live replicas changed (Shards calls this): pools move to or from this one."""
+        self.shard_members.set(len(members))
+        self.shard_changes.inc()
 
     def pool(self, namespace: str, name: str) -> PoolMetrics:
         return PoolMetrics(self, namespace, name)
@@ -119,8 +138,9 @@ class PoolMetrics:
 
     def status(self, status: Mapping[str, Any]) -> None:
         m, key = self.m, self.key
-        ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
-        m.ready.labels(*key).set(1 if ready and ready.get("status") == "True" else 0)
+        conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
+        m.ready.labels(*key).set(1 if conditions.get("Ready") == "True" else 0)
+        m.discovery_degraded.labels(*key).set(1 if conditions.get("DiscoveryDegraded") == "True" else 0)
         for state in ("total", "healthy", "eligible", "ejected"):
             m.endpoints.labels(*key, state).set(int(status.get(state) or 0))
         m.panic.labels(*key).set(1 if status.get("panic") else 0)
@@ -172,7 +192,7 @@ class PoolMetrics:
         m, key = self.m, self.key
         for name in self.endpoints:
             self._remove_endpoint(name)
-        for g in (m.ready, m.panic, m.tier, m.cache_up, m.cache_latency, m.cache_keys, m.rounds):
+        for g in (m.ready, m.panic, m.discovery_degraded, m.tier, m.cache_up, m.cache_latency, m.cache_keys, m.rounds):
             _remove(g, key)
         for state in ("total", "healthy", "eligible", "ejected"):
             _remove(m.endpoints, (*key, state))

@@ -20,9 +20,11 @@ from typing import Any
 
 import kubernetes
 import pytest
+import yaml
 from kubernetes.client.exceptions import ApiException
 
 import controlplane
+import helm
 from backends import HTTPBackend, TCPBackend, free_port
 from clusterpool import api
 from redis_servers import RedisCluster, RedisServer
@@ -347,3 +349,32 @@ def redis_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
         yield cluster.start()
     finally:
         cluster.stop(kill=True)
+
+
+# -- helm --------------------------------------------------------------------------
+
+CHART = ROOT / "charts" / "clusterpool-operator"
+
+
+@pytest.fixture(scope="session")
+def helm_bin() -> str:
+    """The real helm (scripts/helm.py builds it once and caches it)."""
+    return str(helm.build())
+
+
+def helm_run(
+    helm_bin: str, *args: str, kubeconfig: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HELM_CACHE_HOME": "/tmp/clusterpool-helm/cache", "HELM_CONFIG_HOME": "/tmp/clusterpool-helm"}
+    if kubeconfig:
+        env["KUBECONFIG"] = kubeconfig
+    r = subprocess.run([helm_bin, *args], env=env, capture_output=True, text=True, timeout=120)
+    if check and r.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed ({r.returncode}): {r.stderr}{r.stdout}")
+    return r
+
+
+def helm_rendered(helm_bin: str, *sets: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """`helm template` of the chart as release "rel" in namespace "ops": objects by (kind, name)."""
+    out = helm_run(helm_bin, "template", "rel", str(CHART), "--namespace", "ops", *sets).stdout
+    return {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(out) if d}

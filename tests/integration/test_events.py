@@ -4,11 +4,13 @@ counted on one Event, new Events bounded per pool, the reporting component named
 import asyncio
 import uuid
 
+import kopf
 import kubernetes
 
+from clusterpool.handlers import configure_settings
 from clusterpool.k8s.events import BURST, COMPONENT, EventRecorder
 from clusterpool.k8s.writes import WriteQueue
-from conftest import wait_for
+from conftest import endpoints_of, wait_for
 
 
 def events_of(core, ns, name):
@@ -47,3 +49,28 @@ async def test_repeats_are_counted_and_new_events_are_bounded_per_pool(k8s):
     finally:
         await writes.close()
         core.delete_namespace(ns)
+
+
+def test_every_event_of_a_running_operator_names_the_operator_as_reporter(pools, http_backends, operator):
+    """All Events in the pool's namespace, whoever posted them (the EventRecorder, or kopf
+    should it post any of its own), name the operator and the replica, never "kopf"."""
+    backends = http_backends(2)
+    spec = {
+        "discovery": {"static": {"endpoints": endpoints_of(backends)}},
+        "healthCheck": {"intervalSeconds": 2, "timeoutSeconds": 1, "unhealthyThreshold": 1, "http": {}},
+    }
+    pools.create("who", spec)
+    pools.wait_ready("who", 2)
+    backends[0].stop()
+    wait_for(lambda: pools.events("who", "EndpointUnhealthy"), 20, "an EndpointUnhealthy Event")
+    events = pools.core.list_namespaced_event(pools.namespace).items
+    assert {e.reason for e in events} >= {"EndpointUnhealthy"}
+    reporters = {(e.reporting_component, e.source.component, e.reporting_instance) for e in events}
+    assert reporters == {(COMPONENT, COMPONENT, operator.identity)}
+
+
+def test_kopf_would_post_its_own_events_in_the_operators_name():
+    settings = kopf.OperatorSettings()
+    assert settings.posting.reporting_component == "kopf"  # kopf's default, which the operator replaces
+    configure_settings(settings)
+    assert settings.posting.reporting_component == COMPONENT

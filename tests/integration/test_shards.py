@@ -48,10 +48,20 @@ class Fleet:
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.samples: list[tuple[float, dict[str, frozenset[tuple[str, str]]]]] = []
         self.violations: list[str] = []
+        self.membership: dict[str, list[tuple[str, ...]]] = {}  # what each one's on_members heard
 
     def start(self, identity: str) -> Shards:
         client = kubernetes.config.new_client_from_config(config_file=self.cluster.kubeconfig)
-        shards = Shards(client, identity, self.namespace, lease_seconds=L, renew_seconds=R, request_timeout=T)
+        heard = self.membership.setdefault(identity, [])
+        shards = Shards(
+            client,
+            identity,
+            self.namespace,
+            lease_seconds=L,
+            renew_seconds=R,
+            request_timeout=T,
+            on_members=heard.append,
+        )
         self.shards[identity] = shards
         self.tasks[identity] = asyncio.create_task(shards.run())
         return shards
@@ -152,6 +162,14 @@ async def test_two_then_three_replicas_share_300_pools_and_a_graceful_leave_hand
     took = await fleet.wait_settled({"a", "c"}, timeout=3)
     assert time.monotonic() - stopped < 2 * R + 2 * T + 0.2, f"survivors took b's pools {took:.2f}s after it left"
     assert fleet.violations == []
+    # each change of the members was told (the operator counts them as hand-overs in its metrics)
+    # (told from the change notifier, a moment after may_drive already answers from the view)
+    heard = fleet.membership["a"]
+    for _ in range(100):
+        if heard[-1] == ("a", "c"):
+            break
+        await asyncio.sleep(0.05)
+    assert heard[0] == ("a",) and ("a", "b", "c") in heard and heard[-1] == ("a", "c"), heard
 
 
 class SilentPort:

@@ -15,7 +15,7 @@ STATUS = {
         {"name": "a", "health": "Healthy", "eligible": True, "breaker": "Closed", "lastProbeLatencyMilliseconds": 12},
         {"name": "b", "health": "Unhealthy", "eligible": False, "breaker": "Open"},
     ],
-    "conditions": [{"type": "Ready", "status": "True"}],
+    "conditions": [{"type": "Ready", "status": "True"}, {"type": "DiscoveryDegraded", "status": "True"}],
     "cache": {"type": "Redis", "version": 1, "reachable": True, "latencyMicroseconds": 250, "keys": 7},
 }
 
@@ -33,6 +33,7 @@ def test_series_follow_the_status_and_go_with_the_pool():
     p.event("Warning", "EndpointEjected")
     p.round(0.02)
     assert v("clusterpool_pool_ready") == 1 and v("clusterpool_pool_endpoints", state="ejected") == 1
+    assert v("clusterpool_pool_discovery_degraded") == 1
     assert (
         v("clusterpool_endpoint_healthy", endpoint="b") == 0
         and v("clusterpool_endpoint_breaker_open", endpoint="b") == 1
@@ -47,9 +48,12 @@ def test_series_follow_the_status_and_go_with_the_pool():
     p.status({**STATUS, "endpoints": STATUS["endpoints"][:1], "cache": None})
     assert v("clusterpool_endpoint_healthy", endpoint="b") is None
     assert v("clusterpool_cache_reachable") is None
+    p.status({**STATUS, "conditions": [{"type": "DiscoveryDegraded", "status": "False"}]})
+    assert v("clusterpool_pool_discovery_degraded") == 0 and v("clusterpool_pool_ready") == 0
 
     p.forget()
     assert v("clusterpool_pool_ready") is None and v("clusterpool_endpoint_healthy", endpoint="a") is None
+    assert v("clusterpool_pool_discovery_degraded") is None
     assert v("clusterpool_events_total", type="Warning", reason="EndpointEjected") is None
     assert v("clusterpool_round_duration_seconds_count") is None
 
@@ -62,3 +66,13 @@ def test_the_api_check_sets_the_api_gauge():
     assert reg.get_sample_value("clusterpool_kubernetes_api_reachable") == 0
     m.api_up()
     assert reg.get_sample_value("clusterpool_kubernetes_api_reachable") == 1
+
+
+def test_shard_membership_changes_are_counted():
+    reg = CollectorRegistry()
+    m = Metrics(reg)
+    m.shards_changed(("a",))
+    m.shards_changed(("a", "b", "c"))
+    m.shards_changed(("a", "c"))
+    assert reg.get_sample_value("clusterpool_shard_members") == 2
+    assert reg.get_sample_value("clusterpool_shard_membership_changes_total") == 3

@@ -114,7 +114,9 @@ class Shards:
         renew_seconds: float = 2,
         clock: Callable[[], float] = time.monotonic,
         request_timeout: float | None = None,
+        on_members: Callable[[tuple[str, ...]], None] | None = None,
     ) -> None:
+        """`on_members` is called with the live members each time they change (metrics)."""
         timeout = min(1.0, renew_seconds / 2) if request_timeout is None else request_timeout
         if renew_seconds <= 0 or timeout <= 0:
             raise ValueError(f"renew_seconds ({renew_seconds}) and request_timeout ({timeout}) must be positive")
@@ -136,6 +138,7 @@ class Shards:
         self.request_timeout = timeout
         self.view = ShardView(identity, lease_seconds, timeout)
         self._clock = clock
+        self._on_members = on_members
         # A client of its own: renewals never wait for a connection the operator's other
         # calls hold, and are never retried by urllib3 behind the timeout's back (a
         # replaced Lease retried after a lost answer would conflict with itself).
@@ -343,6 +346,8 @@ class Shards:
         members, holds, waited = state
         role = "does not hold its Lease" if not holds else "drives its share" if waited else "waits for the hand-over"
         log.info("shard members: %s (%s %s)", ", ".join(members) or "none", self.identity, role)
+        if members != self._state[0] and self._on_members is not None:
+            self._on_members(members)
         self._state = state
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
