@@ -106,6 +106,21 @@ def go_build(work: Path, package: str, dest: Path, ldflags: str, what: str, tags
     tmp.rename(dest)
 
 
+def build_released_command(
+    what: str, module: str, version: str, package: str, dest: Path, ldflags: str, tags: str = ""
+) -> None:
+    """Build `package` of `module` at a released `version` into `dest`. The module's go.mod
+    has no replace directives, so requiring it is enough: minimal version selection then
+    picks exactly the dependency versions it was released with."""
+    work = cache_root() / "src" / f"{what}-{version}"
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "go.mod").write_text(f"module clusterpool.dev/{what}-build\n\ngo 1.26\n\nrequire {module} {version}\n")
+    log(f"downloading {module}@{version}")
+    subprocess.run(["go", "mod", "download", f"{module}@{version}"], cwd=work, env=go_env(), check=True)
+    log(f"building {what} {version} (cold: a few minutes on 2 cores)")
+    go_build(work, package, dest, ldflags, what, tags=tags)
+
+
 def cached_or_built(path: Path, env_var: str, what: str, build: Callable[[], None]) -> Path:
     """The binary at `path` if there is one; else an error when $env_var named it, or when
     there is no Go toolchain; else `build()` makes it."""

@@ -10,12 +10,11 @@ $HELM_BIN, when set, names an existing binary and wins.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from controlplane import cache_root, cached_or_built, go_build, go_env
+from controlplane import build_released_command, cache_root, cached_or_built
 
 
 def log(msg: str) -> None:
@@ -38,17 +37,8 @@ def build() -> Path:
 
 
 def _build() -> None:
-    work = cache_root() / "src" / f"helm-{HELM_VERSION}"
-    work.mkdir(parents=True, exist_ok=True)
-    # helm's own go.mod has no replace directives, so requiring it is enough: minimal version
-    # selection then picks exactly the dependency versions it was released with.
-    (work / "go.mod").write_text(
-        f"module clusterpool.dev/helm-build\n\ngo 1.26\n\nrequire {HELM_MODULE} {HELM_VERSION}\n"
-    )
-    subprocess.run(["go", "mod", "download", f"{HELM_MODULE}@{HELM_VERSION}"], cwd=work, env=go_env(), check=True)
-    log(f"building helm {HELM_VERSION} (cold: a few minutes on 2 cores)")
     ldflags = f"-s -w -X helm.sh/helm/v3/internal/version.version={HELM_VERSION}"
-    go_build(work, f"{HELM_MODULE}/cmd/helm", binary_path(), ldflags, "helm")
+    build_released_command("helm", HELM_MODULE, HELM_VERSION, f"{HELM_MODULE}/cmd/helm", binary_path(), ldflags)
 
 
 def main() -> None:
