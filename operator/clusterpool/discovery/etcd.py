@@ -275,6 +275,16 @@ class EtcdWatcher:
         self._publish()
         return True
 
+    def _problem(self, exc: BaseException) -> str:
+        text = str(exc).strip()
+        if text:
+            return f"{type(exc).__name__}: {text}"
+        base = self.spec.endpoints[self._endpoint % len(self.spec.endpoints)]
+        hint = ""
+        if base.startswith("https://") and self.spec.cert_secret_ref is None:
+            hint = " (if etcd runs with --client-cert-auth, set certSecretRef and keySecretRef)"
+        return f"{type(exc).__name__}: {base} closed the connection{hint}"
+
     async def _run(self) -> None:
         backoff = 0.5
         timeout = httpx.Timeout(10.0, read=None)  # a watch is quiet while nothing changes
@@ -297,7 +307,7 @@ class EtcdWatcher:
                 except TimeoutError:
                     continue  # the stream's time is up: reopen it, resuming
                 except (httpx.HTTPError, EtcdError, ValueError, KeyError, ssl.SSLError, OSError) as exc:
-                    self.on_health(f"{type(exc).__name__}: {exc}"[:300])
+                    self.on_health(self._problem(exc)[:300])
                     if http is not None:
                         await http.aclose()
                         http = None
@@ -324,7 +334,7 @@ def _answer(r: httpx.Response) -> str:
         message = str(r.json().get("message") or r.text)
     except ValueError:
         message = r.text
-    return f"etcd answered {r.status_code} to {r.request.url.path}: {message[:200]}"
+    return f"etcd answered {r.status_code} to {r.request.url.path}: {message.strip()[:200]}"
 
 
 def invalid_keys(invalid: Mapping[str, str]) -> Iterable[str]:
