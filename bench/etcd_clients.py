@@ -26,7 +26,8 @@ import httpx
 KEYS = 1000
 READS = 20
 PUTS = 50
-PREFIX = "/bench/pool/"
+PREFIX = "/bench/pool/"  # the 1,000 keys read
+WATCHED = "/bench/watch/"  # the keys put while watching
 
 
 def b64(s: str | bytes) -> str:
@@ -57,7 +58,7 @@ async def timed(n: int, fn: Callable[[], Awaitable[int]]) -> tuple[float, int]:
 async def watch_latency(put: Callable[[str], Awaitable[None]], seen: asyncio.Queue[str]) -> float:
     times = []
     for i in range(PUTS):
-        key = f"{PREFIX}w-{i}"
+        key = f"{WATCHED}w-{i}"
         start = time.perf_counter()
         await put(key)
         while await asyncio.wait_for(seen.get(), 10) != key:
@@ -80,7 +81,7 @@ async def bench_gateway(url: str) -> dict[str, Any]:
         seen: asyncio.Queue[str] = asyncio.Queue()
 
         async def follow() -> None:
-            body = {"create_request": {"key": b64(PREFIX), "range_end": b64(prefix_end(PREFIX.encode()))}}
+            body = {"create_request": {"key": b64(WATCHED), "range_end": b64(prefix_end(WATCHED.encode()))}}
             async with http.stream("POST", "/v3/watch", json=body) as r:
                 async for line in r.aiter_lines():
                     for ev in json.loads(line).get("result", {}).get("events") or []:
@@ -109,7 +110,7 @@ async def bench_aetcd(url: str) -> dict[str, Any]:
 
         ms, count = await timed(READS, read)
         seen: asyncio.Queue[str] = asyncio.Queue()
-        watch = await c.watch_prefix(PREFIX.encode())
+        watch = await c.watch_prefix(WATCHED.encode())
 
         async def follow() -> None:
             async for ev in watch:
@@ -140,7 +141,7 @@ async def bench_etcd_client_py(url: str) -> dict[str, Any]:
         seen: asyncio.Queue[str] = asyncio.Queue()
 
         async def follow() -> None:
-            async for ev in c.watch_prefix(PREFIX.encode()):
+            async for ev in c.watch_prefix(WATCHED.encode()):
                 seen.put_nowait(bytes(ev.key).decode())
 
         task = asyncio.create_task(follow())

@@ -12,7 +12,9 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -20,7 +22,7 @@ import pytest
 
 import controlplane
 from backends import free_port
-from conftest import wait_for
+from conftest import ROOT, wait_for
 
 PROMPT = 10  # a change reaches the pool within a round trip of the watch; generous for a loaded machine
 
@@ -256,6 +258,39 @@ def test_a_watch_behind_a_compaction_reads_everything_again(pools, http_backends
         wait_for(lambda: member_names(pools, "p") == ["vllm-0", "vllm-1", "vllm-2"], PROMPT, "watching again")
     finally:
         relay.close()
+
+
+def registrar(server, prefix, name, backend, ttl):
+    """examples/register_in_etcd.py, running: the key lives as long as its lease."""
+    cmd = [sys.executable, str(ROOT / "examples" / "register_in_etcd.py"), server.url, prefix, name]
+    proc = subprocess.Popen(
+        [*cmd, backend.host, str(backend.port), "--ttl", str(ttl), "--label", "model=llama"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stdout.readline().startswith("registered"), "the registrar did not start"
+    return proc
+
+
+def test_the_example_registrar_comes_and_goes_with_its_lease(pools, http_backends, etcd):
+    prefix, ttl = "/services/lease/", 3
+    backends = http_backends(2)
+    stays, dies = (registrar(etcd, prefix, f"lease-{i}", b, ttl) for i, b in enumerate(backends))
+    try:
+        pools.create("p", spec(etcd.url, prefix))
+        pools.wait_ready("p", healthy=2)
+        dies.kill()  # no revoke: the lease runs out
+        dies.wait(10)
+        wait_for(lambda: member_names(pools, "p") == ["lease-0"], ttl + PROMPT, "the expired key dropped")
+        time.sleep(ttl)  # the survivor's lease is renewed meanwhile
+        assert member_names(pools, "p") == ["lease-0"]
+        stays.terminate()  # revokes its lease: the key goes at once
+        stays.wait(10)
+        wait_for(lambda: member_names(pools, "p") == [], PROMPT, "the revoked key dropped")
+    finally:
+        for proc in (stays, dies):
+            if proc.poll() is None:
+                proc.kill()
 
 
 @pytest.fixture(scope="module")
