@@ -15,10 +15,12 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 import controlplane
 from backends import free_port
@@ -230,6 +232,45 @@ def test_an_etcd_outage_keeps_the_last_membership_then_converges(pools, http_bac
         wait_for(lambda: member_names(pools, "p") == ["vllm-1", "vllm-2"], PROMPT, "the changes followed")
         wait_for(lambda: pools.events("p", "DiscoveryRecovered"), 5, "a DiscoveryRecovered Event")
         assert not pools.events("p", "DiscoveryResynced")  # resumed from its revision: no full read needed
+    finally:
+        server.close()
+
+
+def rounds_done(operator, namespace, pool):
+    """Rounds the (new) operator process has finished for the pool, from its metrics."""
+    with urllib.request.urlopen(operator.metrics, timeout=5) as r:
+        text = r.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "clusterpool_round_duration_seconds_count" and sample.labels == {
+                "namespace": namespace,
+                "pool": pool,
+            }:
+                return sample.value
+    return 0
+
+
+def test_an_operator_restart_while_etcd_is_down_starts_from_the_membership_in_status(
+    pools, http_backends, operator, tmp_path
+):
+    prefix = "/services/restart/"
+    server = Etcd(tmp_path / "data").start()
+    try:
+        backends = http_backends(2)
+        for i, b in enumerate(backends):
+            register(server, prefix, f"vllm-{i}", b)
+        pools.create("p", spec(server.url, prefix))
+        pools.wait_ready("p", healthy=2)
+        server.kill()
+        wait_for(lambda: pools.condition("p", "DiscoveryDegraded").get("status") == "True", PROMPT, "the outage seen")
+        operator.restart(kill=True)
+        wait_for(lambda: rounds_done(operator, pools.namespace, "p") >= 2, 30, "two rounds of the new operator")
+        assert member_names(pools, "p") == ["vllm-0", "vllm-1"]
+        assert pools.condition("p", "Ready")["status"] == "True"
+        assert pools.condition("p", "DiscoveryDegraded")["status"] == "True"
+        server.start()
+        wait_for(lambda: pools.condition("p", "DiscoveryDegraded").get("status") == "False", 40, "recovery")
+        assert member_names(pools, "p") == ["vllm-0", "vllm-1"]
     finally:
         server.close()
 
