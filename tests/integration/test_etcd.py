@@ -164,9 +164,10 @@ def etcd(tmp_path_factory):
     server.close()
 
 
-def spec(endpoint, prefix, **extra):
+def spec(endpoints, prefix, **extra):
+    endpoints = endpoints if isinstance(endpoints, list) else [endpoints]
     return {
-        "discovery": {"etcd": {"endpoints": [endpoint], "prefix": prefix, **extra}},
+        "discovery": {"etcd": {"endpoints": endpoints, "prefix": prefix, **extra}},
         "healthCheck": {"intervalSeconds": 30, "timeoutSeconds": 1, "http": {}},
     }
 
@@ -185,7 +186,8 @@ def test_etcd_keys_reach_the_pool_and_bad_values_are_named(pools, http_backends,
     register(etcd, prefix, "vllm-0", backends[0], weight=3, labels={"model": "llama"})
     register(etcd, prefix, "vllm-1", backends[1])
     etcd.put("/services/reachable/other", {"address": "127.0.0.9", "port": 1})  # a sibling prefix: not ours
-    pools.create("p", spec(etcd.url, prefix))
+    down = f"http://127.0.0.1:{free_port()}"  # an endpoint that does not answer: the next one is used
+    pools.create("p", spec([down, etcd.url], prefix))
     status = pools.wait_ready("p", healthy=2)
     assert status["source"] == "Etcd" and pools.condition("p", "DiscoveryDegraded")["status"] == "False"
     assert pools.endpoint("p", "vllm-0")["weight"] == 3
@@ -204,6 +206,7 @@ def test_etcd_keys_reach_the_pool_and_bad_values_are_named(pools, http_backends,
     wait_for(lambda: member_names(pools, "p") == ["vllm-1", "vllm-2"], PROMPT, "vllm-0 gone")
     etcd.delete(f"{prefix}broken")
     wait_for(lambda: pools.condition("p", "DiscoveryDegraded").get("status") == "False", PROMPT, "no bad value left")
+    assert not pools.events("p", "DiscoveryDegraded")  # one endpoint down is no outage while another answers
 
 
 def test_an_etcd_outage_keeps_the_last_membership_then_converges(pools, http_backends, tmp_path):

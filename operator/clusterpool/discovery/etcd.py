@@ -163,7 +163,9 @@ class EtcdWatcher:
         self._told_invalid: dict[str, str] = {}
         self.members: tuple[Endpoint, ...] | None = None
         self.revision: int | None = None  # every change up to here is known; None: read everything
-        self._endpoint = 0
+        self._endpoint = 0  # the endpoint in use (modulo their number)
+        self._failures = 0  # in a row, over all endpoints
+        self._backoff = 0.5
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -263,7 +265,7 @@ class EtcdWatcher:
                 self.revision = None
                 self.on_resync(why)
                 return False
-            self.on_health(None)
+            self._reachable()
             return True
         events = result.get("events") or []
         for ev in events:
@@ -285,8 +287,11 @@ class EtcdWatcher:
             hint = " (if etcd runs with --client-cert-auth, set certSecretRef and keySecretRef)"
         return f"{type(exc).__name__}: {base} closed the connection{hint}"
 
+    def _reachable(self) -> None:
+        self._failures, self._backoff = 0, 0.5
+        self.on_health(None)
+
     async def _run(self) -> None:
-        backoff = 0.5
         timeout = httpx.Timeout(10.0, read=None)  # a watch is quiet while nothing changes
         http: httpx.AsyncClient | None = None
         try:
@@ -299,21 +304,24 @@ class EtcdWatcher:
                     headers = await self._headers(http)
                     if self.revision is None:
                         await self._read_all(http, headers)
-                        self.on_health(None)
+                        self._reachable()
                     await self._watch(http, headers)
-                    backoff = 0.5
                 except asyncio.CancelledError:
                     raise
                 except TimeoutError:
                     continue  # the stream's time is up: reopen it, resuming
                 except (httpx.HTTPError, EtcdError, ValueError, KeyError, ssl.SSLError, OSError) as exc:
-                    self.on_health(self._problem(exc)[:300])
+                    problem = self._problem(exc)[:300]
                     if http is not None:
                         await http.aclose()
                         http = None
-                    self._endpoint += 1  # the next endpoint, if there are several
-                    await asyncio.sleep(backoff * (0.5 + random.random()))
-                    backoff = min(backoff * 2, self.max_backoff)
+                    self._endpoint += 1
+                    self._failures += 1
+                    if self._failures % len(self.spec.endpoints):
+                        continue  # the next endpoint at once; an outage is when none answers
+                    self.on_health(problem)
+                    await asyncio.sleep(self._backoff * (0.5 + random.random()))
+                    self._backoff = min(self._backoff * 2, self.max_backoff)
         finally:
             if http is not None:
                 await http.aclose()
