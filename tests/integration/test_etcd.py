@@ -364,7 +364,7 @@ def etcd_tls(tmp_path_factory):
 
 def test_tls_client_certificate_and_etcd_user_from_secrets(pools, http_backends, etcd_tls):
     server, prefix, certs = etcd_tls, etcd_tls.prefix, etcd_tls.certs
-    backends = http_backends(1)
+    backends = http_backends(2)
     register(server, prefix, "secure-0", backends[0])
     data = {
         "ca.crt": (certs / "ca.crt").read_text(),
@@ -413,3 +413,11 @@ def test_tls_client_certificate_and_etcd_user_from_secrets(pools, http_backends,
         assert text in cond["message"], (name, cond)
         assert "s3cret" not in cond["message"] and "guess" not in cond["message"]
         assert pools.status(name).get("total", 0) == 0
+
+    # a restarted etcd has forgotten every auth token: the trusted pool asks for a new one
+    server.kill()
+    server.start()
+    server.token = None
+    server.token = str(server.call("/v3/auth/authenticate", {"name": "root", "password": "root-password"})["token"])
+    register(server, prefix, "secure-1", backends[1])
+    wait_for(lambda: member_names(pools, "trusted") == ["secure-0", "secure-1"], 40, "the trusted pool after a restart")

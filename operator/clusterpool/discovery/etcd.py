@@ -166,6 +166,7 @@ class EtcdWatcher:
         self._endpoint = 0  # the endpoint in use (modulo their number)
         self._failures = 0  # in a row, over all endpoints
         self._backoff = 0.5
+        self._token: str | None = None  # etcd's auth token, kept while it works (asking costs etcd a bcrypt)
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -201,15 +202,17 @@ class EtcdWatcher:
     # -- talking to etcd ------------------------------------------------------------------
 
     async def _headers(self, http: httpx.AsyncClient) -> dict[str, str]:
-        """An auth token when a user is set (asked for on every connection: tokens expire)."""
+        """The auth token when a user is set: asked for once, again after a failure."""
         if self.spec.username is None or self.spec.password_secret_ref is None:
             return {}
-        ref = self.spec.password_secret_ref
-        password = await self.read_secret(ref)
-        if password is None:
-            raise EtcdError(f"Secret {ref.name} (key {ref.key}) named by passwordSecretRef cannot be read")
-        body = await _call(http, "/v3/auth/authenticate", {"name": self.spec.username, "password": password})
-        return {"Authorization": str(body.get("token", ""))}
+        if self._token is None:
+            ref = self.spec.password_secret_ref
+            password = await self.read_secret(ref)
+            if password is None:
+                raise EtcdError(f"Secret {ref.name} (key {ref.key}) named by passwordSecretRef cannot be read")
+            body = await _call(http, "/v3/auth/authenticate", {"name": self.spec.username, "password": password})
+            self._token = str(body.get("token", ""))
+        return {"Authorization": self._token}
 
     async def _read_all(self, http: httpx.AsyncClient, headers: dict[str, str]) -> None:
         body = await _call(
@@ -311,6 +314,7 @@ class EtcdWatcher:
                 except TimeoutError:
                     continue  # the stream's time is up: reopen it, resuming
                 except (httpx.HTTPError, EtcdError, ValueError, KeyError, ssl.SSLError, OSError) as exc:
+                    self._token = None  # expired, or etcd restarted: the next connection asks again
                     problem = self._problem(exc)[:300]
                     if http is not None:
                         await http.aclose()
