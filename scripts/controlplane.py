@@ -302,10 +302,12 @@ def make_certs(
     cert_dir: Path,
     ips: tuple[str, ...] = ("127.0.0.1", "198.18.128.1"),
     clients: dict[str, tuple[str, str | None]] | None = None,
+    serving_cert_for_clients_too: bool = False,
 ) -> None:
     """A CA, an apiserver serving cert (for `ips` and the kubernetes names), an admin client
     cert, a service-account key; and one client cert per `clients` entry
-    (file stem -> (common name, organization))."""
+    (file stem -> (common name, organization); an empty common name is left out). With serving_cert_for_clients_too the
+    serving cert may also act as a client (etcd's gateway dials its own server with it)."""
     import datetime
     import ipaddress
 
@@ -318,7 +320,7 @@ def make_certs(
     validity = datetime.timedelta(days=365)
 
     def name(cn: str, org: str | None = None) -> x509.Name:
-        attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+        attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)] if cn else []
         if org:
             attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
         return x509.Name(attrs)
@@ -337,7 +339,9 @@ def make_certs(
         .sign(ca_key, hashes.SHA256())
     )
 
-    def leaf(subject: x509.Name, usage: x509.ObjectIdentifier, sans: list[x509.GeneralName]) -> tuple[bytes, bytes]:
+    def leaf(
+        subject: x509.Name, usages: list[x509.ObjectIdentifier], sans: list[x509.GeneralName]
+    ) -> tuple[bytes, bytes]:
         key = ec.generate_private_key(ec.SECP256R1())
         b = (
             x509.CertificateBuilder()
@@ -347,7 +351,7 @@ def make_certs(
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + validity)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         )
         if sans:
             b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
@@ -357,8 +361,11 @@ def make_certs(
         x509.DNSName(n) for n in ("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc")
     ]
     sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
-    serving_cert, serving_key = leaf(name("kube-apiserver"), ExtendedKeyUsageOID.SERVER_AUTH, sans)
-    admin_cert, admin_key = leaf(name("admin", "system:masters"), ExtendedKeyUsageOID.CLIENT_AUTH, [])
+    serving_usages = [ExtendedKeyUsageOID.SERVER_AUTH]
+    if serving_cert_for_clients_too:
+        serving_usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
+    serving_cert, serving_key = leaf(name("kube-apiserver"), serving_usages, sans)
+    admin_cert, admin_key = leaf(name("admin", "system:masters"), [ExtendedKeyUsageOID.CLIENT_AUTH], [])
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
     files = {
@@ -374,7 +381,7 @@ def make_certs(
         ),
     }
     for stem, (cn, org) in (clients or {}).items():
-        files[f"{stem}.crt"], files[f"{stem}.key"] = leaf(name(cn, org), ExtendedKeyUsageOID.CLIENT_AUTH, [])
+        files[f"{stem}.crt"], files[f"{stem}.key"] = leaf(name(cn, org), [ExtendedKeyUsageOID.CLIENT_AUTH], [])
     for fname, data in files.items():
         p = cert_dir / fname
         p.write_bytes(data)

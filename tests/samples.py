@@ -10,6 +10,10 @@ def static(endpoints: list[dict[str, Any]] | None = None, **extra: Any) -> dict[
     return {"discovery": {"static": {"endpoints": endpoints if endpoints is not None else EP}}, **extra}
 
 
+def etcd(**fields: Any) -> dict[str, Any]:
+    return {"discovery": {"etcd": {"endpoints": ["http://etcd:2379"], "prefix": "/services/vllm/", **fields}}}
+
+
 VALID: dict[str, dict[str, Any]] = {
     "minimal": static(),
     "http-check": static(healthCheck={"intervalSeconds": 5, "timeoutSeconds": 1, "http": {"path": "/v1/models"}}),
@@ -132,6 +136,16 @@ VALID: dict[str, dict[str, Any]] = {
     "redis-bracketed-ipv6": static(
         cache={"type": "Redis", "redis": {"address": "[fd00::9]:6379", "username": "app-user"}}
     ),
+    "etcd-minimal": etcd(),
+    "etcd-tls-and-user": etcd(
+        endpoints=["https://etcd-0.etcd:2379", "https://etcd-1.etcd:2379"],
+        username="clusterpool",
+        passwordSecretRef={"name": "etcd-user", "key": "password"},
+        caSecretRef={"name": "etcd-tls", "key": "ca.crt"},
+        certSecretRef={"name": "etcd-tls", "key": "tls.crt"},
+        keySecretRef={"name": "etcd-tls", "key": "tls.key"},
+    ),
+    "etcd-skip-verify": etcd(endpoints=["https://etcd:2379"], insecureSkipVerify=True),
 }
 
 
@@ -347,4 +361,25 @@ INVALID: dict[str, dict[str, Any]] = {
         }
     ),
     "tcp-port-zero": static(healthCheck={"tcp": {"port": 0}}),
+    "etcd-no-endpoints": etcd(endpoints=[]),
+    "etcd-endpoint-with-path": etcd(endpoints=["http://etcd:2379/v3"]),
+    "etcd-endpoint-without-scheme": etcd(endpoints=["etcd:2379"]),
+    "etcd-no-prefix": {"discovery": {"etcd": {"endpoints": ["http://etcd:2379"]}}},
+    "etcd-root-prefix": etcd(prefix="/"),
+    "etcd-ca-without-https": etcd(caSecretRef={"name": "etcd-tls", "key": "ca.crt"}),
+    "etcd-one-endpoint-not-https": etcd(
+        endpoints=["https://etcd-0.etcd:2379", "http://etcd-1.etcd:2379"], caSecretRef={"name": "c", "key": "ca.crt"}
+    ),
+    "etcd-skip-verify-without-https": etcd(insecureSkipVerify=True),
+    "etcd-cert-without-key": etcd(
+        endpoints=["https://etcd:2379"], certSecretRef={"name": "etcd-tls", "key": "tls.crt"}
+    ),
+    "etcd-user-without-password": etcd(username="clusterpool"),
+    "etcd-password-without-user": etcd(passwordSecretRef={"name": "etcd-user", "key": "password"}),
+    "etcd-and-consul": {
+        "discovery": {
+            "etcd": {"endpoints": ["http://etcd:2379"], "prefix": "/services/vllm/"},
+            "consul": {"address": "http://consul:8500", "service": "vllm"},
+        }
+    },
 }

@@ -221,7 +221,7 @@ class Model(BaseModel):
 
 
 Strategy = Literal["RoundRobin", "LeastConnections", "Weighted", "ConsistentHash", "Adaptive"]
-Source = Literal["Static", "Kubernetes", "Consul"]
+Source = Literal["Static", "Kubernetes", "Consul", "Etcd"]
 
 
 # Endpoint labels: Kubernetes label syntax. The values' pattern is plain OpenAPI; the keys'
@@ -439,9 +439,82 @@ class ConsulDiscovery(ConsulConnection):
     )
 
 
+_ETCD_TLS_HTTPS = (
+    "(!has(self.caSecretRef) && !has(self.certSecretRef)"
+    " && !(has(self.insecureSkipVerify) && self.insecureSkipVerify))"
+    " || self.endpoints.all(e, e.startsWith('https://'))",
+    "caSecretRef, certSecretRef and insecureSkipVerify apply only when every etcd endpoint is https://",
+)
+_ETCD_CERT_KEY = (
+    "has(self.certSecretRef) == has(self.keySecretRef)",
+    "certSecretRef and keySecretRef go together (the client certificate and its key)",
+)
+_ETCD_USER_PASSWORD = (
+    "has(self.username) == has(self.passwordSecretRef)",
+    "username and passwordSecretRef go together (etcd's user and its password)",
+)
+_ETCD_PREFIX = (
+    "self.prefix != '/'",
+    "prefix `/` would take every key of etcd: name the folder the endpoints register under, e.g. /services/vllm/",
+)
+
+
+class EtcdDiscovery(Model):
+    """Endpoints registered in etcd (v3 API) as keys under a prefix, each value a JSON object
+    `{"address": ..., "port": ..., "weight": ..., "tier": ..., "labels": {...}}` (weight, tier and
+    labels optional), followed by a watch that resumes from the last revision it saw."""
+
+    model_config = ConfigDict(json_schema_extra=cel(_ETCD_TLS_HTTPS, _ETCD_CERT_KEY, _ETCD_USER_PASSWORD, _ETCD_PREFIX))
+
+    endpoints: list[Annotated[str, Field(max_length=253, pattern=r"^https?://[^\s/]+$")]] = Field(
+        min_length=1,
+        max_length=8,
+        description="etcd's client URLs, e.g. https://etcd-0.etcd:2379; tried in turn when one cannot be reached.",
+    )
+    prefix: str = Field(
+        min_length=1,
+        max_length=512,
+        description="The key prefix the endpoints register under, e.g. /services/vllm/ (each key one endpoint; "
+        "the rest of the key after the prefix names it).",
+    )
+    username: str | None = Field(
+        default=None, min_length=1, max_length=128, description="etcd user (with auth enabled in etcd)."
+    )
+    password_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="The user's password, from a Secret in the pool's namespace (never logged)."
+    )
+    ca_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="With https, the CA bundle (PEM) that signed etcd's certificate, from a Secret in the pool's "
+        "namespace (default: the system's trusted CAs).",
+    )
+    cert_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="With https, a client certificate (PEM) for etcd's --client-cert-auth."
+    )
+    key_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="The client certificate's private key (PEM), with certSecretRef."
+    )
+    insecure_skip_verify: bool = Field(default=False, description="With https, accept any certificate.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EtcdDiscovery:
+        tls = self.ca_secret_ref is not None or self.cert_secret_ref is not None or self.insecure_skip_verify
+        if tls and not all(e.startswith("https://") for e in self.endpoints):
+            raise ValueError(_ETCD_TLS_HTTPS[1])
+        for rule, ok in (
+            (_ETCD_CERT_KEY, (self.cert_secret_ref is None) == (self.key_secret_ref is None)),
+            (_ETCD_USER_PASSWORD, (self.username is None) == (self.password_secret_ref is None)),
+            (_ETCD_PREFIX, self.prefix != "/"),
+        ):
+            if not ok:
+                raise ValueError(rule[1])
+        return self
+
+
 _ONE_SOURCE = (
-    "(has(self.static) ? 1 : 0) + (has(self.kubernetes) ? 1 : 0) + (has(self.consul) ? 1 : 0) == 1",
-    "spec.discovery needs exactly one source: `static`, `kubernetes` or `consul`",
+    "(has(self.static) ? 1 : 0) + (has(self.kubernetes) ? 1 : 0) + (has(self.consul) ? 1 : 0)"
+    " + (has(self.etcd) ? 1 : 0) == 1",
+    "spec.discovery needs exactly one source: `static`, `kubernetes`, `consul` or `etcd`",
 )
 
 
@@ -455,10 +528,11 @@ class Discovery(Model):
         default=None, description="Endpoints from EndpointSlices, followed live."
     )
     consul: ConsulDiscovery | None = Field(default=None, description="Endpoints from Consul, followed live.")
+    etcd: EtcdDiscovery | None = Field(default=None, description="Endpoints registered in etcd, followed live.")
 
     @model_validator(mode="after")
     def _one_source(self) -> Discovery:
-        if sum(x is not None for x in (self.static, self.kubernetes, self.consul)) != 1:
+        if sum(x is not None for x in (self.static, self.kubernetes, self.consul, self.etcd)) != 1:
             raise ValueError(_ONE_SOURCE[1])
         return self
 
@@ -466,7 +540,9 @@ class Discovery(Model):
     def source(self) -> Source:
         if self.static is not None:
             return "Static"
-        return "Kubernetes" if self.kubernetes is not None else "Consul"
+        if self.kubernetes is not None:
+            return "Kubernetes"
+        return "Consul" if self.consul is not None else "Etcd"
 
 
 _RANGE_ORDER = (

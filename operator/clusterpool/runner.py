@@ -6,7 +6,7 @@ round:
 
 1. spec: re-validated when its generation changed; a bad spec is reported (SpecValid=False
    and a Warning Event) and the last valid spec stays in use;
-2. source: the members (static, the EndpointSlices kopf keeps, or the Consul watcher);
+2. source: the members (static, the EndpointSlices kopf keeps, or the Consul or etcd watcher);
 3. probes and the pure core: every endpoint probed concurrently, folded into PoolState,
    an Event per transition;
 4. status: written (on the write queue's HEALTH lane) when it differs from the last one;
@@ -53,6 +53,7 @@ from clusterpool.core.publish import (
 from clusterpool.core.status import ConditionSpec, health_view, render_status, restore_state, rfc3339
 from clusterpool.discovery.consul import ConsulError, ConsulWatcher
 from clusterpool.discovery.consul_publish import ConsulPublisher, Instance
+from clusterpool.discovery.etcd import EtcdWatcher, invalid_keys
 from clusterpool.discovery.kubernetes import members_from_slices, selects
 from clusterpool.discovery.static import static_members
 from clusterpool.health.probes import Prober, probe_batches, prober_for
@@ -83,14 +84,15 @@ SecretReader = Callable[[str, str, str], Awaitable[str | None]]  # (namespace, n
 
 
 def members_of(
-    spec: api.ClusterPoolSpec, slices: SliceSource | None = None, consul: tuple[Endpoint, ...] | None = None
+    spec: api.ClusterPoolSpec, slices: SliceSource | None = None, watched: tuple[Endpoint, ...] | None = None
 ) -> tuple[Endpoint, ...]:
+    """The members the source says exist; `watched` is what a Consul or etcd watcher last said."""
     if spec.discovery.static is not None:
         return static_members(spec.discovery.static)
     if spec.discovery.kubernetes is not None and slices is not None:
         return members_from_slices(spec.discovery.kubernetes, slices())
-    if spec.discovery.consul is not None:
-        return consul or ()
+    if spec.discovery.consul is not None or spec.discovery.etcd is not None:
+        return watched or ()
     return ()
 
 
@@ -180,8 +182,8 @@ class PoolRunner:
         self.publisher = publisher
         self.slices = slices
         self.secrets = secrets
-        self.consul: ConsulWatcher | None = None
-        self.consul_members: tuple[Endpoint, ...] | None = None
+        self.watcher: ConsulWatcher | EtcdWatcher | None = None  # the watched source (Consul, etcd)
+        self.watched_members: tuple[Endpoint, ...] | None = None
         self.discovery_problem: str | None = None
         self.consul_publisher: ConsulPublisher | None = None
         self.api_down_since: datetime | None = None
@@ -271,9 +273,9 @@ class PoolRunner:
                 + ("the last valid spec stays in use" if self.spec else "nothing runs until it is fixed"),
             )
             return
-        await self._follow_consul(spec, first)
+        await self._follow_watched_source(spec, first)
         await self._publish_to_consul(spec)
-        members = members_of(spec, self.slices, self.consul_members)
+        members = members_of(spec, self.slices, self.watched_members)
         if first:
             self.pool = restore_state(members, self.body.get("status") or {})
         else:
@@ -283,24 +285,33 @@ class PoolRunner:
         if old is not None:
             await old.close()
 
-    async def _follow_consul(self, spec: api.ClusterPoolSpec, first: bool) -> None:
-        want = spec.discovery.consul
-        if self.consul is not None and (want is None or want != self.consul.spec):
-            await self.consul.stop()
-            self.consul = None
-        if want is None or self.consul is not None:
+    async def _follow_watched_source(self, spec: api.ClusterPoolSpec, first: bool) -> None:
+        """Start (or restart on a change) the watcher of a Consul or etcd source."""
+        want = spec.discovery.consul or spec.discovery.etcd
+        if self.watcher is not None and (want is None or want != self.watcher.spec):
+            await self.watcher.stop()
+            self.watcher = None
+        if want is None or self.watcher is not None:
             return
         status = self.body.get("status") or {}
-        if first and status.get("source") == "Consul" and self.consul_members is None:
-            self.consul_members = members_from_status(status)  # until Consul answers
-        self.consul = ConsulWatcher(
-            want,
-            self._secret_reader(want.token_secret_ref),
-            self._consul_changed,
-            self._consul_health,
-            ca=self._secret_reader(want.ca_secret_ref),
-        )
-        self.consul.start()
+        if first and status.get("source") == spec.discovery.source and self.watched_members is None:
+            self.watched_members = members_from_status(status)  # until the source answers
+        if isinstance(want, api.ConsulDiscovery):
+            self.watcher = ConsulWatcher(
+                want,
+                self._secret_reader(want.token_secret_ref),
+                self._watched_changed,
+                self._watched_health,
+                ca=self._secret_reader(want.ca_secret_ref),
+            )
+        else:
+            self.watcher = EtcdWatcher(
+                want, self._read_secret, self._watched_changed, self._watched_health, self._watched_resync
+            )
+        self.watcher.start()
+
+    async def _read_secret(self, ref: api.SecretKeyRef) -> str | None:
+        return await self._secret_reader(ref)()
 
     def _secret_reader(self, ref: api.SecretKeyRef | None) -> Callable[[], Awaitable[str | None]]:
         return secret_reader(self.secrets, str((self.body.get("metadata") or {}).get("namespace")), ref)
@@ -359,11 +370,17 @@ class PoolRunner:
             f"{len(instances)} instances of {publisher.spec.service or meta_name(self.body)} in Consul",
         )
 
-    def _consul_changed(self, members: tuple[Endpoint, ...]) -> None:
-        self.consul_members = members
+    def _watched_changed(self, members: tuple[Endpoint, ...]) -> None:
+        self.watched_members = members
         self.wake.set()
 
-    def _consul_health(self, problem: str | None) -> None:
+    def _watched_resync(self, why: str) -> None:
+        self.emit("Normal", "DiscoveryResynced", why)
+
+    def _watched_source_name(self) -> str:
+        return "etcd" if isinstance(self.watcher, EtcdWatcher) else "Consul"
+
+    def _watched_health(self, problem: str | None) -> None:
         if (problem is None) == (self.discovery_problem is None):
             self.discovery_problem = problem
             return
@@ -372,18 +389,18 @@ class PoolRunner:
             self.emit(
                 "Warning",
                 "DiscoveryDegraded",
-                f"Consul cannot be read ({problem}); keeping the last known {len(self.pool.members)} "
-                "endpoints and retrying",
+                f"{self._watched_source_name()} cannot be read ({problem}); keeping the last known "
+                f"{len(self.pool.members)} endpoints and retrying",
             )
         else:
-            self.emit("Normal", "DiscoveryRecovered", "Consul answers again; following its catalog")
+            self.emit("Normal", "DiscoveryRecovered", f"{self._watched_source_name()} answers again; following it")
         self.wake.set()
 
     def refresh_members(self) -> None:
         """Discovered membership changes between spec changes: follow it."""
         if self.spec is None or self.spec.discovery.static is not None:
             return
-        members = members_of(self.spec, self.slices, self.consul_members)
+        members = members_of(self.spec, self.slices, self.watched_members)
         if members != self.pool.members:
             self.pool = self.pool.with_members(members)
 
@@ -485,19 +502,27 @@ class PoolRunner:
                 )
         if self.cache_sink.condition is not None:
             out.append(self.cache_sink.condition)
-        if self.spec is not None and self.spec.discovery.consul is not None:
-            if self.discovery_problem is not None:
-                out.append(
-                    ConditionSpec(
-                        "DiscoveryDegraded",
-                        "True",
-                        "SourceUnreachable",
-                        f"{self.discovery_problem}; the last known endpoints stay in use",
-                    )
-                )
-            else:
-                out.append(ConditionSpec("DiscoveryDegraded", "False", "SourceReachable", "Consul answers"))
+        if self.spec is not None and (self.spec.discovery.consul or self.spec.discovery.etcd) is not None:
+            out.append(self._watched_source_condition())
         return out
+
+    def _watched_source_condition(self) -> ConditionSpec:
+        if self.discovery_problem is not None:
+            return ConditionSpec(
+                "DiscoveryDegraded",
+                "True",
+                "SourceUnreachable",
+                f"{self.discovery_problem}; the last known endpoints stay in use",
+            )
+        if isinstance(self.watcher, EtcdWatcher) and self.watcher.invalid:
+            bad = self.watcher.invalid
+            message = (
+                f"etcd answers, but {len(bad)} key(s) under {self.watcher.spec.prefix} are left out: "
+                f"{'; '.join(invalid_keys(bad))}; each value must be JSON with address and port "
+                "(weight, tier and labels optional)"
+            )
+            return ConditionSpec("DiscoveryDegraded", "True", "InvalidRegistrations", message[:1000])
+        return ConditionSpec("DiscoveryDegraded", "False", "SourceReachable", f"{self._watched_source_name()} answers")
 
     async def sync_objects(self, snapshot: tuple[api.ClusterPoolSpec, PoolState]) -> ConditionSpec | None:
         """Sink: the Service, the EndpointSlices of eligible endpoints and the routing ConfigMap."""
@@ -621,8 +646,8 @@ class PoolRunner:
                 await sink.close()
             if self.prober is not None:
                 await self.prober.close()
-            if self.consul is not None:
-                await self.consul.stop()
+            if self.watcher is not None:
+                await self.watcher.stop()
             await self.cache.close()
 
     async def _loop(self) -> None:

@@ -1,4 +1,9 @@
-from clusterpool.api import KubernetesDiscovery
+import base64
+
+import pytest
+
+from clusterpool.api import EtcdDiscovery, KubernetesDiscovery
+from clusterpool.discovery.etcd import EtcdWatcher, members_from_registrations, parse_registration, range_end
 from clusterpool.discovery.kubernetes import member_name, members_from_slices
 
 
@@ -106,3 +111,72 @@ def test_consul_states_map_to_members():
     ]
     assert [m.name for m in members_from_consul(entries, True)] == ["vllm-1", "vllm-4"]
     assert aggregate([{"Status": "maintenance"}]) == "critical" and aggregate([]) == "passing"
+
+
+def b64(text):
+    return base64.b64encode(text.encode()).decode()
+
+
+def etcd_watcher():
+    spec = EtcdDiscovery(endpoints=["http://127.0.0.1:1"], prefix="/svc/llm/")
+    changes, resyncs = [], []
+
+    async def no_secret(ref):
+        return None
+
+    w = EtcdWatcher(spec, no_secret, changes.append, lambda problem: None, resyncs.append)
+    return w, changes, resyncs
+
+
+def put(key, value, rev):
+    return {"kv": {"key": b64(key), "value": b64(value), "mod_revision": str(rev)}}
+
+
+def test_etcd_values_parse_with_optional_fields_and_say_what_is_wrong():
+    reg = parse_registration(b'{"address": "127.0.0.2", "port": 8000, "labels": {"model": "llama"}, "id": "x"}')
+    assert (reg.address, reg.port, reg.weight, reg.tier, reg.labels) == ("127.0.0.2", 8000, 1, 0, {"model": "llama"})
+    with pytest.raises(ValueError, match="port"):
+        parse_registration(b'{"address": "127.0.0.2", "port": 70000}')
+    with pytest.raises(ValueError, match=r"labels\.zone"):
+        parse_registration(b'{"address": "127.0.0.2", "port": 1, "labels": {"zone": 3}}')
+    with pytest.raises(ValueError, match="JSON"):
+        parse_registration(b"127.0.0.2:8000")
+
+
+def test_etcd_members_are_named_after_the_rest_of_their_key():
+    regs = {
+        "/svc/llm/GPU_0": parse_registration(b'{"address": "127.0.0.2", "port": 1, "weight": 5, "tier": 1}'),
+        "/svc/llm/gpu-0": parse_registration(b'{"address": "127.0.0.3", "port": 1}'),
+    }
+    members = members_from_registrations("/svc/llm/", regs)
+    assert [(m.address, m.weight, m.tier) for m in members if m.name == "gpu-0"] == [("127.0.0.2", 5, 1)]
+    assert len({m.name for m in members}) == 2  # the second "gpu-0" gets a hash of its key
+
+
+def test_etcd_range_end_is_the_prefix_plus_one():
+    assert range_end(b"/svc/") == b"/svc0"
+    assert range_end(b"a\xff") == b"b"
+    assert range_end(b"\xff") == b"\0"
+
+
+def test_etcd_watch_messages_fold_into_members_and_the_revision():
+    w, changes, _ = etcd_watcher()
+    w.revision = 10
+    assert w._follow({"result": {"header": {"revision": "10"}, "created": True}})
+    w._follow({"result": {"events": [put("/svc/llm/a", '{"address": "127.0.0.2", "port": 1}', 11)]}})
+    w._follow({"result": {"events": [put("/svc/llm/b", '{"port": 1}', 12)]}})
+    assert [m.name for m in changes[-1]] == ["a"] and "address" in w.invalid["/svc/llm/b"]
+    w._follow({"result": {"events": [{"type": "DELETE", "kv": {"key": b64("/svc/llm/a"), "mod_revision": "13"}}]}})
+    assert changes[-1] == () and w.revision == 13
+    w._follow({"result": {"header": {"revision": "40"}}})  # a progress notification
+    assert w.revision == 40
+
+
+def test_etcd_compaction_or_a_revision_gone_back_means_reading_everything_again():
+    w, _, resyncs = etcd_watcher()
+    w.revision = 10
+    assert not w._follow({"result": {"canceled": True, "compact_revision": "25"}})
+    assert w.revision is None and "compacted" in resyncs[-1]
+    w.revision = 10
+    assert not w._follow({"result": {"header": {"revision": "3"}, "created": True}})
+    assert w.revision is None and "went back" in resyncs[-1]
