@@ -80,6 +80,19 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         request_timeout=lease_seconds / 10,  # 1.5 s at the default: a busy API server may be slow
     )
     memo["shards"] = shards
+    status_writer: StatusWriter = memo["status_writer"]
+    publisher: Publisher = memo["publisher"]
+    events: EventRecorder = memo["events"]
+    METRICS.count_remembered(  # what the operator keeps per pool: all 0 once every pool is gone
+        lambda: {
+            "runners": len(runners),
+            "status_writer": status_writer.remembered(),
+            "publisher": publisher.remembered(),
+            "events": events.remembered(),
+            "write_queue": writes.remembered(),
+            "pool_series": METRICS.pools_exported(),
+        }
+    )
     writes.fence = lambda pool: shards.may_drive(*pool)  # type: ignore[misc]
     memo["shards_task"] = asyncio.create_task(shards.run(), name="shards")
     memo["shards_relay"] = asyncio.create_task(_wake_on_shard_changes(shards, runners), name="shards-relay")
