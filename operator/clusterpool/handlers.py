@@ -24,6 +24,7 @@ from clusterpool.k8s.events import EventRecorder
 from clusterpool.k8s.publish import FIELD_MANAGER, Publisher
 from clusterpool.k8s.shards import Shards
 from clusterpool.k8s.writes import WriteQueue
+from clusterpool.memory import FreedMemory
 from clusterpool.metrics import Metrics
 from clusterpool.runner import PoolRunner, remove_published
 
@@ -67,6 +68,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo["publisher"] = Publisher(client, writes)
     memo["events"] = EventRecorder(client, writes, identity)
     memo["secrets"] = SecretReader(client)
+    memo["freed_memory"] = FreedMemory()
     memo["runners"] = {}  # (namespace, name) -> PoolRunner; shared: per-object memos copy this dict's reference
     runners: dict[tuple[str, str], PoolRunner] = memo["runners"]
     memo["api_watch"] = asyncio.create_task(watch_api(client, lambda: [*runners.values(), METRICS]), name="api-watch")
@@ -248,6 +250,7 @@ async def remove_pool_objects(
             f"removing what the pool published failed ({type(exc).__name__}: {exc}); retrying", delay=5
         ) from exc
     memo["events"].forget(namespace, name)
+    memo["freed_memory"].pools_gone()
     logger.info("removed what the pool published")
 
 
