@@ -175,16 +175,20 @@ def git_commit() -> str:
 
 
 class Operator:
-    def __init__(self, kubeconfig: str, log_dir: Path, identity: str) -> None:
+    def __init__(self, kubeconfig: str, log_dir: Path, identity: str, memtrace: Path | None = None) -> None:
         from backends import free_port
 
         self.identity = identity
         self.liveness = f"http://127.0.0.1:{free_port()}/healthz"
         self.metrics = f"http://127.0.0.1:{free_port()}/metrics"
+        # with --memtrace, the operator runs under bench/memtrace.py (tracemalloc, dumps on SIGUSR1)
+        self.memtrace = memtrace
+        launch = ["-m", "clusterpool"]
+        if memtrace is not None:
+            launch = [str(ROOT / "bench" / "memtrace.py"), str(memtrace), "--"]
         self.cmd = [
             sys.executable,
-            "-m",
-            "clusterpool",
+            *launch,
             "--liveness",
             self.liveness,
             "--metrics",
@@ -223,6 +227,23 @@ class Operator:
                 return str(r.read().decode())
         except OSError:
             return ""
+
+    def memory_dump(self, sig: int = signal.SIGUSR1, timeout: float = 300.0) -> dict[str, Any] | None:
+        """Ask a --memtrace operator for a snapshot (SIGUSR1) or a malloc_trim (SIGUSR2);
+        returns the line it wrote about itself."""
+        if self.memtrace is None or not self.running():
+            return None
+        lines = self.memtrace / "memtrace.jsonl"
+        before = len(lines.read_text().splitlines()) if lines.exists() else 0
+        self.proc.send_signal(sig)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = lines.read_text().splitlines() if lines.exists() else []
+            if len(got) > before:
+                facts: dict[str, Any] = json.loads(got[before])
+                return {k: v for k, v in facts.items() if k not in ("types", "tasks")}
+            time.sleep(0.5)
+        return None
 
     def stop(self, kill: bool = False) -> None:
         if self.proc.poll() is not None:
@@ -891,11 +912,14 @@ def run(n: int, args: argparse.Namespace, state: Any, client: Any, work: Path) -
     try:
         for r in range(args.replicas):
             ident = f"rep-{r}"
-            ops.append(Operator(state.kubeconfig, work, ident))
+            mt = Path(args.memtrace) / f"{n}-{ident}" if args.memtrace else None
+            ops.append(Operator(state.kubeconfig, work, ident, mt))
         result["operator_command"] = [Path(ops[0].cmd[0]).name, *ops[0].cmd[1:]]
         mw = MetricsWatch(ops, args.scrape_seconds)
         time.sleep(3)
         result["rss_idle_before_mib"] = {op.identity: proc_rss_mib(op.pid) for op in ops}
+        if args.memtrace:
+            result["memtrace_idle"] = ops[0].memory_dump()
 
         # 1. create, all Ready
         log(f"creating {n} pools")
@@ -1012,6 +1036,8 @@ def run(n: int, args: argparse.Namespace, state: Any, client: Any, work: Path) -
                 "left_behind_later": result["delete"][f"left_behind_after_{args.settle:g}s_more"],
             }
         ]
+        if args.memtrace:
+            cycles[-1]["memtrace"] = ops[0].memory_dump()
         log(f"cycle 1: {cycles[-1]}")
 
         # 6. more create/delete cycles
@@ -1035,8 +1061,12 @@ def run(n: int, args: argparse.Namespace, state: Any, client: Any, work: Path) -
                     "loadavg": loadavg(),
                 }
             )
+            if args.memtrace:
+                cycles[-1]["memtrace"] = ops[0].memory_dump()
             log(f"cycle {c}: {cycles[-1]}")
         result["cycles"] = cycles
+        if args.memtrace:  # would glibc give memory back if asked? (evidence for malloc_trim, or not)
+            result["memtrace_trim"] = ops[0].memory_dump(signal.SIGUSR2)
         result["metrics"]["event_loop_lag_exported"] = mw.summary()["event_loop_lag_exported"]
         result["watch_events_seen_last_cycle"] = Cur.watch.events
         result["loadavg_end"] = loadavg()
@@ -1268,6 +1298,13 @@ def main() -> int:
         "--harness-only", action="store_true", help="no operator: how fast the harness alone creates/deletes pools"
     )
     p.add_argument("--no-save", action="store_true", help="print, do not write bench/results/scale.json")
+    p.add_argument(
+        "--memtrace",
+        metavar="DIR",
+        help="run the (first) operator under bench/memtrace.py: tracemalloc snapshots into DIR/<pools>-rep-0/ "
+        "when idle and after each cycle's delete + settle (compare them with `memtrace.py compare A B`); "
+        "slows the operator: for memory figures only",
+    )
     args = p.parse_args()
     if args.quick:
         args.pools, args.cycles, args.steady, args.settle = "50", 1, 10.0, 3.0

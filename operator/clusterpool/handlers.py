@@ -24,6 +24,7 @@ from clusterpool.k8s.events import COMPONENT, EventRecorder
 from clusterpool.k8s.publish import FIELD_MANAGER, Publisher
 from clusterpool.k8s.shards import Shards
 from clusterpool.k8s.writes import WriteQueue
+from clusterpool.memory import FreedMemory
 from clusterpool.metrics import Metrics
 from clusterpool.runner import PoolRunner, remove_published
 
@@ -71,6 +72,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo["publisher"] = Publisher(client, writes)
     memo["events"] = EventRecorder(client, writes, identity)
     memo["secrets"] = SecretReader(client)
+    memo["freed_memory"] = FreedMemory()
     memo["runners"] = {}  # (namespace, name) -> PoolRunner; shared: per-object memos copy this dict's reference
     runners: dict[tuple[str, str], PoolRunner] = memo["runners"]
     memo["api_watch"] = asyncio.create_task(watch_api(client, lambda: [*runners.values(), METRICS]), name="api-watch")
@@ -85,6 +87,19 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         on_members=METRICS.shards_changed,
     )
     memo["shards"] = shards
+    status_writer: StatusWriter = memo["status_writer"]
+    publisher: Publisher = memo["publisher"]
+    events: EventRecorder = memo["events"]
+    METRICS.count_remembered(  # what the operator keeps per pool: all 0 once every pool is gone
+        lambda: {
+            "runners": len(runners),
+            "status_writer": status_writer.remembered(),
+            "publisher": publisher.remembered(),
+            "events": events.remembered(),
+            "write_queue": writes.remembered(),
+            "pool_series": METRICS.pools_exported(),
+        }
+    )
     writes.fence = lambda pool: shards.may_drive(*pool)  # type: ignore[misc]
     memo["shards_task"] = asyncio.create_task(shards.run(), name="shards")
     memo["shards_relay"] = asyncio.create_task(_wake_on_shard_changes(shards, runners), name="shards-relay")
@@ -240,6 +255,7 @@ async def remove_pool_objects(
             f"removing what the pool published failed ({type(exc).__name__}: {exc}); retrying", delay=5
         ) from exc
     memo["events"].forget(namespace, name)
+    memo["freed_memory"].pools_gone()
     logger.info("removed what the pool published")
 
 

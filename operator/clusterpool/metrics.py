@@ -22,6 +22,8 @@ deleted pool's series are removed, and so are those of endpoints that leave a po
     clusterpool_event_loop_lag_seconds                           how late the event loop runs timers
     clusterpool_shard_members                                    live replicas in this replica's view
     clusterpool_shard_membership_changes_total                   changes of that set (pools handed over)
+    clusterpool_operator_remembered{holder}                      pools (or their objects) each part of the
+                                                                 operator keeps state for: 0 once all are gone
 """
 
 from __future__ import annotations
@@ -29,11 +31,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 __all__ = ["REGISTRY", "Metrics", "PoolMetrics", "serve"]
 
@@ -96,6 +100,9 @@ class Metrics:
             "Changes of the live replicas in this replica's view: each one hands pools over",
             registry=registry,
         )
+        self._remembered = _Remembered()
+        registry.register(self._remembered)
+        self._exported: set[tuple[str, str]] = set()  # pools with series (PoolMetrics adds, forget removes)
 
     async def watch_loop_lag(self, every: float = 0.25, window: float = 10.0) -> None:
         """Sample the event loop's lag: everything the operator does shares this loop, so
@@ -116,8 +123,17 @@ class Metrics:
         self.shard_members.set(len(members))
         self.shard_changes.inc()
 
+    def count_remembered(self, sizes: Callable[[], Mapping[str, int]]) -> None:
+        """Export `sizes()` (holder -> how many pools or pool objects it keeps state for)
+        as clusterpool_operator_remembered{holder}, read at each scrape."""
+        self._remembered.sizes = sizes
+
     def pool(self, namespace: str, name: str) -> PoolMetrics:
         return PoolMetrics(self, namespace, name)
+
+    def pools_exported(self) -> int:
+        """Pools that have series."""
+        return len(self._exported)
 
     # the operator-wide API check calls these (k8s.client.watch_api)
     def api_down(self, exc: BaseException) -> None:
@@ -138,6 +154,7 @@ class PoolMetrics:
 
     def status(self, status: Mapping[str, Any]) -> None:
         m, key = self.m, self.key
+        m._exported.add(key)
         conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
         m.ready.labels(*key).set(1 if conditions.get("Ready") == "True" else 0)
         m.discovery_degraded.labels(*key).set(1 if conditions.get("DiscoveryDegraded") == "True" else 0)
@@ -177,10 +194,12 @@ class PoolMetrics:
             m.cache_keys.labels(*key).set(cache["keys"])
 
     def event(self, type_: str, reason: str) -> None:
+        self.m._exported.add(self.key)
         self.m.events.labels(*self.key, type_, reason).inc()
         self.events.add((type_, reason))
 
     def round(self, seconds: float) -> None:
+        self.m._exported.add(self.key)
         self.m.rounds.labels(*self.key).observe(seconds)
 
     def _remove_endpoint(self, name: str) -> None:
@@ -199,6 +218,22 @@ class PoolMetrics:
         for type_, reason in self.events:
             _remove(m.events, (*key, type_, reason))
         self.endpoints, self.events = set(), set()
+        m._exported.discard(key)
+
+
+class _Remembered(Collector):
+    def __init__(self) -> None:
+        self.sizes: Callable[[], Mapping[str, int]] = dict
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "clusterpool_operator_remembered",
+            "Pools (or their objects) the operator keeps state for, by holder; 0 once every pool is gone",
+            labels=["holder"],
+        )
+        for holder, n in self.sizes().items():
+            family.add_metric([holder], n)
+        yield family
 
 
 def _remove(metric: Gauge | Counter | Histogram, labels: tuple[str, ...]) -> None:

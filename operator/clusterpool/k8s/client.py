@@ -82,6 +82,10 @@ class StatusWriter:
     def forget(self, namespace: str, name: str) -> None:
         self._written.pop((namespace, name), None)
 
+    def remembered(self) -> int:
+        """Pools whose last written status is kept."""
+        return len(self._written)
+
 
 class SecretReader:
     """Reads one key of a Secret (credentials are only ever taken from Secrets). Values are

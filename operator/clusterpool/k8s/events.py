@@ -121,6 +121,11 @@ class EventRecorder:
             del self._posted[key]
         self._buckets.pop((namespace, name), None)
 
+    def remembered(self) -> int:
+        """Pools with remembered Events or an Event budget (read from the metrics thread:
+        the keys are copied in one step before they are looked at)."""
+        return len({k[:2] for k in list(self._posted)} | set(list(self._buckets)))
+
     def _take_token(self, pool: tuple[str, str], now: float) -> bool:
         b = self._buckets.get(pool)
         if b is None:

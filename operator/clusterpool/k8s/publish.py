@@ -151,3 +151,7 @@ class Publisher:
         """Forget what was applied for the pool (it went away, or another replica drives
         it now and may change its objects): the next apply writes everything again."""
         self._applied.pop((namespace, pool), None)
+
+    def remembered(self) -> int:
+        """Pools whose applied objects' digests are kept."""
+        return len(self._applied)

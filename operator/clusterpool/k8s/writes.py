@@ -104,6 +104,10 @@ class WriteQueue:
     def backlog(self) -> int:
         return len(self._pending)
 
+    def remembered(self) -> int:
+        """Objects with a write waiting or in flight."""
+        return len(self._pending.keys() | self._in_flight)
+
     async def _work(self, lane: Lane) -> None:
         loop = asyncio.get_running_loop()
         queue = self._ready[lane]

@@ -1,0 +1,43 @@
+"""After a burst of pool deletes, freed memory is handed back to the system once."""
+
+import asyncio
+import threading
+
+from clusterpool.memory import MALLOC_TRIM, FreedMemory
+
+
+async def test_a_burst_of_deletes_gives_memory_back_once_after_the_last():
+    calls: list[int] = []
+    done = threading.Event()
+
+    def trim(pad: int) -> int:
+        calls.append(pad)
+        done.set()
+        return 1
+
+    freed = FreedMemory(delay=0.2, trim=trim)
+    for _ in range(5):
+        freed.pools_gone()
+        await asyncio.sleep(0.05)
+    assert calls == []  # still within the burst
+    assert await asyncio.to_thread(done.wait, 10)
+    await asyncio.sleep(0.3)
+    assert calls == [0]
+    assert freed.trims == 1
+
+
+async def test_the_real_malloc_trim_runs_where_the_c_library_has_it():
+    freed = FreedMemory(delay=0.0)
+    freed.pools_gone()
+    for _ in range(500):
+        if MALLOC_TRIM is None or freed.trims:
+            break
+        await asyncio.sleep(0.01)
+    assert freed.trims == (0 if MALLOC_TRIM is None else 1)
+
+
+async def test_nothing_is_scheduled_without_malloc_trim():
+    freed = FreedMemory(delay=0.0, trim=None)
+    freed.pools_gone()
+    await asyncio.sleep(0.05)
+    assert freed.trims == 0
