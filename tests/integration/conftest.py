@@ -75,7 +75,14 @@ def k8s(cluster: controlplane.State) -> kubernetes.client.ApiClient:
 @pytest.fixture(scope="session")
 def crd(kubectl: Kubectl) -> None:
     kubectl("apply", "-f", str(ROOT / "crds"))
-    kubectl("wait", "--for=condition=Established", f"crd/{api.PLURAL}.{api.GROUP}", "--timeout=60s")
+    # not `kubectl wait`: it fails outright when asked before the CRD has any status
+    established = '{.status.conditions[?(@.type=="Established")].status}'
+    wait_for(
+        lambda: kubectl("get", f"crd/{api.PLURAL}.{api.GROUP}", "-o", f"jsonpath={established}").stdout == "True",
+        60,
+        "the CRD Established",
+        interval=0.2,
+    )
 
 
 def as_uid_without_passwd_entry(uid: int) -> list[str]:
