@@ -90,8 +90,10 @@ def assert_converged(pools, k8s, name, healthy, slices=1, agent=None):
     if agent is not None:
         total = len(pools.status(name)["endpoints"])
         wait_for(
-            lambda: pools.condition(name, "PublishedToConsul").get("status") == "True"
-            and len([r for r in consul_registrations(agent, pools.namespace) if f"-{name}-" in r]) == total,
+            lambda: (
+                pools.condition(name, "PublishedToConsul").get("status") == "True"
+                and len([r for r in consul_registrations(agent, pools.namespace) if f"-{name}-" in r]) == total
+            ),
             BACK,
             f"{name}'s {total} Consul registrations",
         )
@@ -173,8 +175,10 @@ def test_the_operator_killed_mid_delete_leaves_nothing_behind(
         pools.delete(name)
     # kill once the cleanups are under way and before they are done
     wait_for(
-        lambda: len(published_objects(k8s, pools.namespace)) + len(consul_registrations(consul_agent, pools.namespace))
-        < before,
+        lambda: (
+            len(published_objects(k8s, pools.namespace)) + len(consul_registrations(consul_agent, pools.namespace))
+            < before
+        ),
         30,
         "some cleanup done",
         interval=0.02,
