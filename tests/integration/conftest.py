@@ -75,10 +75,14 @@ def k8s(cluster: controlplane.State) -> kubernetes.client.ApiClient:
 @pytest.fixture(scope="session")
 def crd(kubectl: Kubectl) -> None:
     kubectl("apply", "-f", str(ROOT / "crds"))
-    # not `kubectl wait`: it fails outright when asked before the CRD has any status
+    # not `kubectl wait`: it fails outright when asked before the CRD has any status (and
+    # so does this jsonpath; hence check=False)
     established = '{.status.conditions[?(@.type=="Established")].status}'
     wait_for(
-        lambda: kubectl("get", f"crd/{api.PLURAL}.{api.GROUP}", "-o", f"jsonpath={established}").stdout == "True",
+        lambda: (
+            kubectl("get", f"crd/{api.PLURAL}.{api.GROUP}", "-o", f"jsonpath={established}", check=False).stdout
+            == "True"
+        ),
         60,
         "the CRD Established",
         interval=0.2,
