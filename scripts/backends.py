@@ -22,7 +22,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
-Mode = Literal["ok", "fail", "unavailable", "hang", "garbage", "slow"]
+Mode = Literal["ok", "fail", "unavailable", "hang", "garbage", "slow", "flap"]
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -98,6 +98,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         code = {"fail": 500, "unavailable": 503}.get(mode, 200)
+        if mode == "flap":  # every other request fails
+            code = 500 if backend.requests % 2 == 0 else 200
         body = backend.body or self._answer(code)
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
@@ -115,7 +117,8 @@ class _Server(ThreadingHTTPServer):
 
 class HTTPBackend:
     """An HTTP(S) server answering every request: 200 (ok), 500 (fail), 200 after `delay`
-    seconds (slow), nothing (hang) or a line that is not HTTP (garbage). It records the
+    seconds (slow), nothing (hang), a line that is not HTTP (garbage), or 200 and 500 in
+    turn (flap). It records the
     last method and headers and counts connections. `stop()` closes the listener:
     connects are refused."""
 

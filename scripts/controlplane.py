@@ -431,6 +431,7 @@ class State:
     apiserver_pid: int
     assets: str
     apiserver_cmd: list[str] | None = None
+    etcd_cmd: list[str] | None = None
 
 
 def _start(cmd: list[str], logfile: Path) -> subprocess.Popen[bytes]:
@@ -469,20 +470,18 @@ def up(state_dir: Path, timeout: float = 120.0) -> State:
     make_certs(cert_dir)
     etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
     etcd_url = f"http://127.0.0.1:{etcd_port}"
-    etcd = _start(
-        [
-            str(assets / "etcd"),
-            f"--data-dir={state_dir / 'etcd'}",
-            f"--listen-client-urls={etcd_url}",
-            f"--advertise-client-urls={etcd_url}",
-            f"--listen-peer-urls=http://127.0.0.1:{peer_port}",
-            f"--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}",
-            f"--initial-cluster=default=http://127.0.0.1:{peer_port}",
-            "--unsafe-no-fsync=true",
-            "--log-level=warn",
-        ],
-        state_dir / "etcd.log",
-    )
+    etcd_cmd = [
+        str(assets / "etcd"),
+        f"--data-dir={state_dir / 'etcd'}",
+        f"--listen-client-urls={etcd_url}",
+        f"--advertise-client-urls={etcd_url}",
+        f"--listen-peer-urls=http://127.0.0.1:{peer_port}",
+        f"--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}",
+        f"--initial-cluster=default=http://127.0.0.1:{peer_port}",
+        "--unsafe-no-fsync=true",
+        "--log-level=warn",
+    ]
+    etcd = _start(etcd_cmd, state_dir / "etcd.log")
     server = f"https://127.0.0.1:{api_port}"
     apiserver_cmd = [
         str(assets / "kube-apiserver"),
@@ -508,7 +507,7 @@ def up(state_dir: Path, timeout: float = 120.0) -> State:
     kc = state_dir / "kubeconfig"
     kc.write_text(kubeconfig(server, cert_dir))
     kc.chmod(0o600)
-    state = State(str(state_dir), server, str(kc), etcd.pid, apiserver.pid, str(assets), apiserver_cmd)
+    state = State(str(state_dir), server, str(kc), etcd.pid, apiserver.pid, str(assets), apiserver_cmd, etcd_cmd)
     (state_dir / "state.json").write_text(json.dumps(asdict(state), indent=2))
     log(f"starting etcd (:{etcd_port}) and kube-apiserver ({server})")
     start = time.monotonic()
@@ -549,6 +548,28 @@ def start_apiserver(state_dir: Path, timeout: float = 60.0) -> State:
             return state
         time.sleep(0.3)
     raise SystemExit("kube-apiserver not ready again")
+
+
+def restart_etcd(state_dir: Path, down_seconds: float = 0.0, timeout: float = 60.0) -> State:
+    """Stop etcd (SIGTERM, its data directory kept), wait `down_seconds`, start it again on
+    the same ports, and wait until kube-apiserver serves again: an etcd outage, for fault
+    tests. kube-apiserver keeps running throughout and reconnects by itself."""
+    state = load_state(state_dir)
+    if state is None or not state.etcd_cmd:
+        raise SystemExit(f"no control plane state with an etcd command in {state_dir}")
+    stop_pid(state.etcd_pid)
+    time.sleep(down_seconds)
+    proc = _start(state.etcd_cmd, state_dir / "etcd.log")
+    state.etcd_pid = proc.pid
+    (state_dir / "state.json").write_text(json.dumps(asdict(state), indent=2))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"etcd exited with {proc.returncode}; see {state_dir / 'etcd.log'}")
+        if _ready(state.server, state_dir / "certs"):
+            return state
+        time.sleep(0.3)
+    raise SystemExit("kube-apiserver not ready again after the etcd restart")
 
 
 def load_state(state_dir: Path) -> State | None:

@@ -654,8 +654,7 @@ class PoolRunner:
         while not self.stopping and self.keeps():
             self.wake.clear()  # before the round, so a change during it wakes the next one
             try:
-                delay = await self.run_once()
-                self.api_up()
+                delay = await self.run_once()  # (a round that wrote nothing says nothing of the API: see watch_api)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a failed write or a bug in one round must not stop probing

@@ -62,7 +62,16 @@ class ConsulPublisher:
         return list(r.json())
 
     async def sync(self, instances: list[Instance]) -> None:
-        """Register new and moved instances, refresh every TTL check, deregister the gone."""
+        """Register new and moved instances, refresh every TTL check, deregister the gone.
+        After a failure, what the agent holds is asked again: an agent that restarted
+        without its state (a -dev agent, a lost data directory) gets everything again."""
+        try:
+            await self._sync(instances)
+        except Exception:
+            self.registered.clear()
+            raise
+
+    async def _sync(self, instances: list[Instance]) -> None:
         headers = await self._headers()
         if not self.registered:
             for iid in await self._existing(headers):

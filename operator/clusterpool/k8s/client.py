@@ -114,13 +114,26 @@ class APIReachable(Protocol):
 async def watch_api(
     client: kubernetes.client.ApiClient, listeners: Callable[[], Iterable[APIReachable]], interval: float = 2.0
 ) -> None:
-    """Ask the API server for its version every `interval` seconds and tell the listeners
-    (the pools' runners) when it stops and starts answering. A pool with nothing to write
-    would not notice an outage otherwise."""
-    version = kubernetes.client.VersionApi(client)
+    """Ask the API server whether it is ready every `interval` seconds and tell the
+    listeners (the pools' runners) when it stops and starts being so. A pool with nothing
+    to write would not notice an outage otherwise.
+
+    This is the one place that says the API is back: /readyz covers etcd (the version
+    endpoint answers without it), and a round that happened to write nothing proves
+    nothing, so each outage is one APIServerUnreachable and one APIServerReachable Event."""
+
+    def ready() -> None:
+        method, url, headers, _, _ = client.param_serialize(
+            "GET", "/readyz", header_params={"Accept": "text/plain"}, auth_settings=["BearerToken"]
+        )
+        answer = client.call_api(method, url, headers, _request_timeout=3)
+        answer.read()  # type: ignore[no-untyped-call]
+        if answer.status != 200:
+            raise ApiException(status=answer.status, reason=answer.reason)
+
     while True:
         try:
-            await asyncio.to_thread(version.get_code, _request_timeout=3)
+            await asyncio.to_thread(ready)
         except Exception as exc:  # any failure to answer is an outage here
             for listener in listeners():
                 listener.api_down(exc)

@@ -4,9 +4,12 @@
   updates the existing Event's `count` and `lastTimestamp` instead of creating another
   object (client-go's EventCorrelator does the same); count updates of one Event coalesce
   in the write queue, so a burst of repeats is one write.
-- New Events are bounded per pool by a token bucket (`BURST`, then one per
-  `REFILL_SECONDS`): a fleet of pools flapping together cannot flood the API server.
-  What the bucket refuses is counted, logged at debug level, and left out.
+- Every Event write of a pool, a new Event or a count update, takes a token of the pool's
+  bucket (`BURST`, then one per `REFILL_SECONDS`), as client-go's spam filter charges
+  every Event: a fleet of pools flapping together cannot flood the API server, whatever
+  the flap rate. A new Event the bucket refuses is counted, logged at debug level, and
+  left out; a count update it refuses is not lost: the count goes on growing and is
+  written with the next token (at the latest `REFILL_SECONDS` later).
 - `reportingComponent` is the operator's own name, `reportingInstance` the replica.
 
 Posting never blocks the caller: Events go through the INFO lane of the write queue, so
@@ -15,6 +18,7 @@ they never delay a status or EndpointSlice write.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -45,6 +49,7 @@ class _Posted:
     body: dict[str, Any]
     last_seen: float
     created: bool = False  # set by the writing thread once the API server has it
+    unsent: bool = False  # a count newer than the last one sent, waiting for a token
 
 
 @dataclass
@@ -67,6 +72,7 @@ class EventRecorder:
         self._clock = clock
         self._posted: OrderedDict[tuple[str, ...], _Posted] = OrderedDict()
         self._buckets: dict[tuple[str, str], _Bucket] = {}
+        self._flush_due: set[tuple[str, ...]] = set()  # Events with a count waiting for a token
         self.suppressed = 0
 
     def post(self, pool: Mapping[str, Any], type_: str, reason: str, message: str) -> bool:
@@ -81,7 +87,8 @@ class EventRecorder:
             seen.body["lastTimestamp"] = stamp
             seen.last_seen = now
             self._posted.move_to_end(key)
-            self._send(seen, (ns, name))
+            seen.unsent = True
+            self._send_count(key)
             return True
         if not self._take_token((ns, name), now):
             self.suppressed += 1
@@ -114,6 +121,30 @@ class EventRecorder:
             self._posted.popitem(last=False)
         self._send(posted, (ns, name))
         return True
+
+    def _send_count(self, key: tuple[str, ...]) -> None:
+        """Write the Event's newest count if the pool's bucket has a token; else try again
+        when one has come."""
+        posted = self._posted.get(key)
+        if posted is None or not posted.unsent:
+            return
+        if self._take_token((key[0], key[1]), self._clock()):
+            posted.unsent = False
+            self._send(posted, (key[0], key[1]))
+            return
+        if key in self._flush_due:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop to wait on: the next repeat carries the count
+            return
+        self._flush_due.add(key)
+
+        def retry() -> None:
+            self._flush_due.discard(key)
+            self._send_count(key)
+
+        loop.call_later(REFILL_SECONDS, retry)
 
     def forget(self, namespace: str, name: str) -> None:
         """The pool is gone: drop what was remembered of it."""
