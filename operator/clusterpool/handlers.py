@@ -248,6 +248,8 @@ async def remove_pool_objects(
             await asyncio.wait_for(runner.done.wait(), 15)
         except TimeoutError:
             raise kopf.TemporaryError("the pool's loop has not stopped yet", delay=2) from None
+    # a write the stopped loop queued (an EndpointSlice apply) must not land after the removal
+    await memo["writes"].settle((namespace, name))
     try:
         await remove_published(body, memo["publisher"], memo["secrets"].read)
     except Exception as exc:

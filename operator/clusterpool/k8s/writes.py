@@ -65,7 +65,7 @@ class WriteQueue:
             max_workers=health_workers + info_workers, thread_name_prefix="k8s-write"
         )
         self._pending: dict[Hashable, _Pending] = {}
-        self._in_flight: set[Hashable] = set()
+        self._in_flight: dict[Hashable, Hashable] = {}  # object key -> the pool it was sent for
         self._ready: dict[Lane, asyncio.Queue[Hashable]] = {}
         self._lane_of: dict[Hashable, Lane] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -101,12 +101,27 @@ class WriteQueue:
         """A read or any other call that is not a write of one object (no coalescing)."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
+    async def settle(self, pool: Hashable, poll: float = 0.05) -> None:
+        """Drop the pool's writes still waiting and wait for the ones already sent: once
+        this returns nothing more is written for the pool unless it is submitted anew
+        (the delete handler calls it before removing what the pool published, so a late
+        apply cannot bring an object back)."""
+        for key, pending in list(self._pending.items()):
+            if pending.pool == pool:
+                del self._pending[key]
+                if key not in self._in_flight:
+                    self._lane_of.pop(key, None)
+                for w in pending.waiters:
+                    w.cancel()
+        while pool in self._in_flight.values():
+            await asyncio.sleep(poll)
+
     def backlog(self) -> int:
         return len(self._pending)
 
     def remembered(self) -> int:
         """Objects with a write waiting or in flight."""
-        return len(self._pending.keys() | self._in_flight)
+        return len(self._pending.keys() | self._in_flight.keys())
 
     async def _work(self, lane: Lane) -> None:
         loop = asyncio.get_running_loop()
@@ -116,7 +131,7 @@ class WriteQueue:
             pending = self._pending.pop(key, None)
             if pending is None:
                 continue
-            self._in_flight.add(key)
+            self._in_flight[key] = pending.pool
             try:
                 if self.fence is not None and not self.fence(pending.pool):
                     raise NotOwnedError(f"not sent: {pending.pool} is not certainly this replica's")
@@ -130,7 +145,7 @@ class WriteQueue:
                     if not w.done():
                         w.set_result(result)
             finally:
-                self._in_flight.discard(key)
+                self._in_flight.pop(key, None)
                 if key in self._pending:  # written again meanwhile: its turn now
                     self._ready[self._lane_of[key]].put_nowait(key)
                 else:
