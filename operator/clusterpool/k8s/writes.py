@@ -66,6 +66,7 @@ class WriteQueue:
         )
         self._pending: dict[Hashable, _Pending] = {}
         self._in_flight: dict[Hashable, Hashable] = {}  # object key -> the pool it was sent for
+        self._landed = asyncio.Condition()  # notified whenever a sent write has returned
         self._ready: dict[Lane, asyncio.Queue[Hashable]] = {}
         self._lane_of: dict[Hashable, Lane] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -101,7 +102,7 @@ class WriteQueue:
         """A read or any other call that is not a write of one object (no coalescing)."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
-    async def settle(self, pool: Hashable, poll: float = 0.05) -> None:
+    async def settle(self, pool: Hashable) -> None:
         """Drop the pool's writes still waiting and wait for the ones already sent: once
         this returns nothing more is written for the pool unless it is submitted anew
         (the delete handler calls it before removing what the pool published, so a late
@@ -113,8 +114,8 @@ class WriteQueue:
                     self._lane_of.pop(key, None)
                 for w in pending.waiters:
                     w.cancel()
-        while pool in self._in_flight.values():
-            await asyncio.sleep(poll)
+        async with self._landed:
+            await self._landed.wait_for(lambda: pool not in self._in_flight.values())
 
     def backlog(self) -> int:
         return len(self._pending)
@@ -146,6 +147,8 @@ class WriteQueue:
                         w.set_result(result)
             finally:
                 self._in_flight.pop(key, None)
+                async with self._landed:
+                    self._landed.notify_all()
                 if key in self._pending:  # written again meanwhile: its turn now
                     self._ready[self._lane_of[key]].put_nowait(key)
                 else:
