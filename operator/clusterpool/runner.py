@@ -178,7 +178,9 @@ class PoolRunner:
         self.prober: Prober | None = None
         self.pool = PoolState()
         self.last_written: dict[str, Any] | None = None
-        self.informational_due = 0.0  # when a change of informational status fields alone is written
+        # when a change of informational status fields alone is written: not at once after a
+        # start either (a restarted operator finds latencies and messages moved, nothing else)
+        self.informational_due = time.monotonic() + INFORMATIONAL_EVERY
         self.publisher = publisher
         self.slices = slices
         self.secrets = secrets
