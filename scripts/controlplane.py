@@ -539,15 +539,7 @@ def start_apiserver(state_dir: Path, timeout: float = 60.0) -> State:
         raise SystemExit(f"no control plane state in {state_dir}")
     proc = _start(state.apiserver_cmd, state_dir / "kube-apiserver.log")
     state.apiserver_pid = proc.pid
-    (state_dir / "state.json").write_text(json.dumps(asdict(state), indent=2))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"kube-apiserver exited with {proc.returncode}")
-        if _ready(state.server, state_dir / "certs"):
-            return state
-        time.sleep(0.3)
-    raise SystemExit("kube-apiserver not ready again")
+    return _saved_once_serving(state, state_dir, proc, "kube-apiserver", timeout)
 
 
 def restart_etcd(state_dir: Path, down_seconds: float = 0.0, timeout: float = 60.0) -> State:
@@ -561,15 +553,22 @@ def restart_etcd(state_dir: Path, down_seconds: float = 0.0, timeout: float = 60
     time.sleep(down_seconds)
     proc = _start(state.etcd_cmd, state_dir / "etcd.log")
     state.etcd_pid = proc.pid
+    return _saved_once_serving(state, state_dir, proc, "etcd", timeout)
+
+
+def _saved_once_serving(
+    state: State, state_dir: Path, proc: subprocess.Popen[bytes], what: str, timeout: float
+) -> State:
+    """Save `state` (with the restarted process `what`), then wait until kube-apiserver serves again."""
     (state_dir / "state.json").write_text(json.dumps(asdict(state), indent=2))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"etcd exited with {proc.returncode}; see {state_dir / 'etcd.log'}")
+            raise SystemExit(f"{what} exited with {proc.returncode}; see its log in {state_dir}")
         if _ready(state.server, state_dir / "certs"):
             return state
         time.sleep(0.3)
-    raise SystemExit("kube-apiserver not ready again after the etcd restart")
+    raise SystemExit(f"kube-apiserver not ready again after restarting {what}")
 
 
 def load_state(state_dir: Path) -> State | None:
