@@ -209,7 +209,15 @@ def test_the_operator_killed_mid_cache_cleanup_finishes_it_after_the_restart(
     watch = SliceWatch(k8s, pools.namespace, "c")
     try:
         pools.patch_spec("c", {"cache": {**cache, "version": 2}})
-        wait_for(lambda: 0 < r.dbsize() < 200_000, 60, "the cleanup under way", interval=0.01)
+        # Killed once the new version is recorded in status: a kill between the
+        # CacheVersionChanged Event and that write would make the restarted operator post
+        # the Event again (Events are at least once; see docs/reliability.md).
+        wait_for(
+            lambda: 0 < r.dbsize() < 200_000 and pools.status("c").get("cache", {}).get("version") == 2,
+            60,
+            "the cleanup under way, the new version recorded",
+            interval=0.01,
+        )
         operator.restart(kill=True)
         left = r.dbsize()
         assert left > 1, "the cleanup was done before the kill: the test killed too late"
