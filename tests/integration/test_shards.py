@@ -22,7 +22,7 @@ from clusterpool.k8s.shards import SHARD_LABEL, Shards, lease_name
 # lease, renew period, request timeout: R + T < L/3, 3T < L/3; a hold period survives
 # syncs up to L/3 - T = 1.37 s apart, so a loaded machine delaying a sync by 0.8 s is fine
 L, R, T = 5.0, 0.5, 0.3
-DEADLINE = L / 2
+DEADLINE = L * 2 / 3
 KEYS = [(f"team-{i % 3}", f"pool-{i}") for i in range(300)]
 SAMPLE = 0.05
 

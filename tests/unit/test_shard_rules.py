@@ -21,7 +21,7 @@ from clusterpool.core.ring import HashRing
 from clusterpool.core.shards import LeaseRecord, ShardView
 from clusterpool.k8s.shards import Shards, lease_name
 
-L, T = 3.0, 0.2  # renew_deadline 1.5, a hold period's gap under 1.3
+L, T = 3.0, 0.2  # renew_deadline 2.0, a hold period's gap under 0.8
 KEYS = [f"ns/pool-{i}" for i in range(40)]
 
 
@@ -49,10 +49,10 @@ def test_a_replica_alone_drives_every_pool_after_its_first_sync():
 def test_the_lease_is_held_until_renew_deadline_after_the_last_sync_start():
     v = ShardView("me", L, T)
     v.synced(10.0, 10.1, [])
-    assert v.holds_lease(11.49) and driven(v, 11.49) == KEYS
-    assert not v.holds_lease(11.5) and driven(v, 11.5) == []
-    assert v.members(11.5) == ()
-    assert v.lease_valid_until() == pytest.approx(11.5)
+    assert v.holds_lease(11.99) and driven(v, 11.99) == KEYS
+    assert not v.holds_lease(12.0) and driven(v, 12.0) == []
+    assert v.members(12.0) == ()
+    assert v.lease_valid_until() == pytest.approx(12.0)
 
 
 def test_a_replica_joining_a_live_member_waits_lease_seconds_before_driving():
@@ -112,11 +112,11 @@ def test_syncs_too_far_apart_start_a_new_hold_period_with_its_wait():
     v.synced(0.0, 0.1, [])
     v.synced(0.5, 0.6, [lease("a", "1")])
     mine = keys_of("me", ["me", "a"])
-    v.synced(1.79, 1.85, [lease("a", "2")])  # 1.29 after the last start: still the same hold
-    assert driven(v, 1.85) == mine
-    v.synced(3.1, 3.15, [lease("a", "3")])  # 1.31 after it: others may have expired us
-    assert driven(v, 3.15) == [] and v.holds_lease(3.15)
-    assert v.drivable_from() == pytest.approx(6.15)
+    v.synced(1.29, 1.35, [lease("a", "2")])  # 0.79 after the last start: still the same hold
+    assert driven(v, 1.35) == mine
+    v.synced(2.1, 2.15, [lease("a", "3")])  # 0.81 after it: others may have expired us
+    assert driven(v, 2.15) == [] and v.holds_lease(2.15)
+    assert v.drivable_from() == pytest.approx(5.15)
 
 
 def test_a_gap_while_alone_costs_no_wait():
@@ -146,10 +146,10 @@ def test_a_stopped_replica_drives_nothing_and_ignores_syncs():
 def test_next_change_is_the_earliest_of_deadline_wait_and_expiry():
     v = ShardView("me", L, T)
     v.synced(0.0, 0.1, [lease("a", "1")])
-    assert v.next_change(0.1) == pytest.approx(1.5)  # own deadline, before a's expiry and the wait
+    assert v.next_change(0.1) == pytest.approx(2.0)  # own deadline, before a's expiry and the wait
     v.synced(1.0, 1.1, [lease("a", "1")])
-    assert v.next_change(1.1) == pytest.approx(2.5)  # own deadline 2.5; a expires at 3.1
-    assert v.next_change(2.5) == pytest.approx(3.1)
+    assert v.next_change(1.1) == pytest.approx(3.0)  # own deadline 3.0; a expires at 3.1
+    assert v.next_change(3.0) == pytest.approx(3.1)
 
 
 def test_leases_expired_for_another_lease_duration_are_offered_for_deletion():
@@ -302,11 +302,10 @@ def test_no_key_ever_has_two_drivers_in_a_simulated_fleet(seed, renew):
 
 
 def two_replicas(seed: int, continuity: float | None) -> list[str]:
-    """Replica "a" is cut off for 1.4 s (its syncs end up more than a hold period's gap
-    apart, about renew_deadline), then "b" is cut off right after a's renewal landed: b's
-    view stays as old as allowed."""
+    """Replica "a" is cut off for 1.6 s (less than renew_deadline: it never loses its Lease), then
+    "b" is cut off right after a's renewal landed: b's view stays as old as allowed."""
     world = World(random.Random(seed), 0.5)
-    a = Replica("a", ShardView("a", L, T), start=0.0, partitions=[(5.0, 6.4, False)])
+    a = Replica("a", ShardView("a", L, T), start=0.0, partitions=[(5.0, 6.6, False)])
     b = Replica("b", ShardView("b", L, T), start=0.01, partitions=[(6.5, 10.0, False)])
     for r in (a, b):
         if continuity is not None:
@@ -316,9 +315,9 @@ def two_replicas(seed: int, continuity: float | None) -> list[str]:
 
 
 def test_the_simulation_catches_double_driving_without_the_hold_period_gap_rule():
-    # The checks can fail: if a gap between syncs never began a new hold period, "a"
-    # would go on driving what "b" took over.
-    assert [s for s in range(20) if two_replicas(s, continuity=float("inf"))] != []
+    # The checks can fail: if a new hold period began only when the Lease had lapsed
+    # (continuity = renew_deadline), "a" would go on driving what "b" took over.
+    assert [s for s in range(20) if two_replicas(s, continuity=2.0)] != []
     assert [s for s in range(20) if two_replicas(s, continuity=None)] == []
     # And with no gap rule at all, the random fleet finds it too.
     assert [s for s in range(10) if scenario(s, 0.5, continuity=float("inf")).run(until=24.0, step=0.02)] != []
@@ -347,4 +346,4 @@ def test_shards_refuse_timings_a_healthy_replica_could_not_keep(lease, renew, ti
 def test_shards_defaults_are_lease_15_renew_2_timeout_1():
     s = Shards(kubernetes.client.ApiClient(), "me", "ns")
     assert (s.lease_seconds, s.renew_seconds, s.request_timeout) == (15, 2, 1.0)
-    assert s.view.renew_deadline == 7.5 and not s.holds_lease() and s.members == ()
+    assert s.view.renew_deadline == 10 and not s.holds_lease() and s.members == ()

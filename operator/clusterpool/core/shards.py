@@ -9,13 +9,13 @@ Why the rules never let two replicas drive one pool: see clusterpool.k8s.shards.
 The rules, with L = lease_seconds, T = request_timeout:
 - A sync is a renewal of the own Lease that answered within T of its start, followed by
   a successful list of all shard Leases. `holds_lease(now)` is now < start of the last
-  sync + renew_deadline (L/2).
+  sync + renew_deadline (2/3 L).
 - Another member is live until this replica's clock passes the instant it *first saw*
   the member's current Lease version (resourceVersion) + max(its leaseDurationSeconds,
   L). Wall clocks are never compared. A Lease missing from the list is gone at once
   (a holder deletes its Lease only after it stopped driving; others delete one only
   when expired_leases offers it, with its version as precondition).
-- A hold period is a run of syncs whose starts are less than L/2 - T apart. A new one
+- A hold period is a run of syncs whose starts are less than L/3 - T apart. A new one
   starts at the first sync, when the renewal had to create the Lease, and after any
   longer gap. During the first max(L, the others' durations) of a hold period nothing
   is drivable, unless the sync that began it saw no other live member. (With
@@ -64,11 +64,11 @@ class ShardView:
             )
         self.identity = identity
         self.lease_seconds = lease_seconds
-        self.renew_deadline = lease_seconds / 2
+        self.renew_deadline = lease_seconds * 2 / 3
         # Two syncs whose starts are this far apart end a hold period: another member
         # may by then have judged this one expired on a view as old as its own
         # renew_deadline (see the argument in k8s/shards.py).
-        self.continuity = lease_seconds - self.renew_deadline - request_timeout
+        self.continuity = lease_seconds / 3 - request_timeout
         self._vnodes = vnodes
         self._seen: dict[str, _Seen] = {}
         self._synced_at: float | None = None  # start of the last sync

@@ -6,7 +6,7 @@ it lists all shard Leases. Pools go to the live members by a consistent hash of
 "namespace/name" (core/ring.py). The rules (core/shards.py) are kube-controller-manager's
 leader election applied per member: liveness of others is judged by when *this* process
 saw their Lease change (local monotonic clock, never wall clocks), and a replica acts
-only while its own last renewal is younger than renew_deadline = lease_seconds/2
+only while its own last renewal is younger than renew_deadline = 2/3 lease_seconds
 (self-fencing), as in client-go's leaderelection. As in timebertt's controller sharding,
 a member that stops gracefully first stops acting, then deletes its Lease, so the
 survivors take its pools at once; a member that dies or is cut off is taken over when
@@ -14,10 +14,9 @@ its Lease expires in the survivors' eyes. A Lease left expired for another
 lease_seconds (a replica killed without a goodbye) is deleted by the survivors.
 
 Why no pool is driven by two replicas at once. L = lease_seconds, T = request_timeout,
-D = L/2, C = L - D - T (the longest gap within a hold period). Assumptions: monotonic
-clocks of all replicas run at the same rate (drift is far below L/3); a replica's
-renewal counts only if it answered within T of its start (measured here, not trusted to
-the HTTP client); a Lease is deleted only by its holder
+D = 2L/3. Assumptions: monotonic clocks of all replicas run at the same rate (drift is
+far below L/3); a replica's renewal counts only if it answered within T of its start
+(measured here, not trusted to the HTTP client); a Lease is deleted only by its holder
 after it stopped driving, or by another member with its resourceVersion as precondition
 once expired for another L (its holder's last renewal predates that version, so it has
 held nothing since; coming back it finds the Lease gone and begins a new hold period);
@@ -25,7 +24,7 @@ all replicas use the same identity-to-key hash.
 Definitions: X *drives* p at t when may_drive(p) is true at t; a *sync* of X starts at
 s, renews (stored in etcd at some st with s <= st <= s+T), then lists (read at r >= st).
 X drives at t only if its last sync started after t - D, in a hold period (syncs less
-than C apart) whose first sync ended at e_b with t >= e_b + L, unless that sync
+than L/3 - T apart) whose first sync ended at e_b with t >= e_b + L, unless that sync
 saw no other live member.
 1. If X drives at t and Y holds its Lease at t, Y sees X as live at t. Y's last list
    was read at r_Y > t - D. (a) If X's hold period began with a store after r_Y, X's
@@ -35,7 +34,7 @@ saw no other live member.
    period stored by r_Y. Y's read returned that version or a later one (a renewal whose
    answer was lost), first seen at obs >= s_k. If k is X's last sync, s_k > t - D and
    obs + L > t. If not, sync k+1 was stored after r_Y, so s_(k+1) > r_Y - T > t - D - T,
-   and the hold period's rule s_(k+1) - s_k < C = L - D - T gives obs >= s_k > t - L: live.
+   and the hold period's rule s_(k+1) - s_k < L/3 - T gives obs >= s_k > t - L: live.
 2. So if X and Y both drive p at t, each is live in the other's view; the ring of X's
    view gives p to X, which is in the intersection S of both views, so the ring of S
    gives p to X (core/ring.py); the same for Y: X = Y.
