@@ -61,6 +61,7 @@ from clusterpool.metrics import PoolMetrics
 from clusterpool.sinks import SinkTask
 
 WriteStatus = Callable[[dict[str, Any], dict[str, Any]], Awaitable[bool]]  # (status, as stored) -> written
+_NEVER = object()
 INFORMATIONAL_EVERY = 30.0  # seconds: the pace of status writes that change no health (counters, messages)
 HELD_EVENTS = 32  # Events kept while the replica may not write (the newest)
 SINK_TIMEOUT = 20.0  # seconds a sink may take before its condition says Timeout
@@ -199,6 +200,7 @@ class PoolRunner:
         # what the API server holds, not with this runner's last write.
         self.forget_written = forget_written
         self.paused = False  # a round found may_drive False since the last write
+        self.foreign_version_seen: object = _NEVER  # resourceVersion of the last status another replica wrote
         self.objects = SinkTask(
             "publishing the Service, EndpointSlices and ConfigMap",
             self.sync_objects,
@@ -617,7 +619,7 @@ class PoolRunner:
         if not self.may_drive():  # observe only: nothing is written until this replica may again
             self.paused = True
             return self.next_delay(time.monotonic() - start)
-        if self.paused:
+        if self.paused or self._another_replica_wrote():
             self._resume()
         self._post_held_events()
         await self.write_status()
@@ -627,12 +629,21 @@ class PoolRunner:
             self.metrics.round(took)
         return self.next_delay(took)
 
+    def _another_replica_wrote(self) -> bool:
+        """The stored status names another driver, in a version not seen here before: the
+        rounds may have missed the pause (one round longer than the hand-over)."""
+        stored_by = (self.body.get("status") or {}).get("drivenBy")
+        if self.last_written is None or stored_by in (None, self.identity):
+            return False
+        return (self.body.get("metadata") or {}).get("resourceVersion") != self.foreign_version_seen
+
     def _resume(self) -> None:
         """Writing again after a pause: while this replica's Lease was uncertain or its
         hand-over wait ran, another replica may have driven the pool and written its
         status and objects. Compare with what is stored from now on."""
         self.paused = False
         self.last_written = None
+        self.foreign_version_seen = (self.body.get("metadata") or {}).get("resourceVersion")
         self.forget_written()
 
     def stop(self) -> None:

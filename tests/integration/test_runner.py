@@ -215,6 +215,20 @@ async def test_after_a_pause_it_compares_with_what_another_replica_wrote(backend
     assert len(rec.writes) == writes + 1 and forgotten == [1]
 
 
+async def test_a_status_another_replica_wrote_is_compared_afresh_even_without_a_pause_seen(backends):
+    """The rounds may miss the time this replica could not write (a round longer than the
+    hand-over); the stored status naming another driver is enough to compare afresh."""
+    rec = Recorder()
+    body = body_for(backends)
+    runner = PoolRunner(body, rec.write, rec.emit, logging.getLogger("t"), identity="me")
+    await runner.run_once()
+    mine = rec.writes[-1]
+    body["status"] = {**mine, "drivenBy": "other"}
+    writes = len(rec.writes)
+    await runner.run_once()
+    assert len(rec.writes) == writes + 1 and rec.writes[-1]["drivenBy"] == "me"
+
+
 async def test_a_change_of_counters_alone_waits_for_the_next_health_change(backends):
     rec = Recorder()
     runner = PoolRunner(body_for(backends, unhealthyThreshold=2), rec.write, rec.emit, logging.getLogger("t"))
