@@ -60,8 +60,8 @@ def test_static_labels_and_capacity_reach_status_and_the_routing_table_and_survi
             "discovery": {
                 "static": {
                     "endpoints": [
-                        {"name": "a", "address": "10.1.0.1", "port": 80, "labels": {"model": "m1"}, "capacity": 4},
-                        {"name": "b", "address": "10.1.0.2", "port": 80},
+                        {"name": "a", "address": "198.18.1.1", "port": 80, "labels": {"model": "m1"}, "capacity": 4},
+                        {"name": "b", "address": "198.18.1.2", "port": 80},
                     ]
                 }
             }
@@ -105,14 +105,14 @@ def test_endpointslice_labels_zone_node_and_capacity():
             "ports": [{"port": 8000}],
             "endpoints": [
                 {
-                    "addresses": ["10.2.0.1"],
+                    "addresses": ["198.18.2.1"],
                     "conditions": {"ready": True},
                     "zone": "eu-1a",
                     "nodeName": "node-1",
                     "hostname": "vllm-0",
                     "targetRef": {"kind": "Pod", "name": "vllm-0"},
                 },
-                {"addresses": ["10.2.0.2"], "conditions": {"ready": True}},
+                {"addresses": ["198.18.2.2"], "conditions": {"ready": True}},
             ],
         }
     ]
@@ -133,14 +133,14 @@ def test_consul_meta_and_key_value_tags_become_labels_and_capacity():
         {
             "Service": {
                 "ID": "vllm-1",
-                "Address": "10.3.0.1",
+                "Address": "198.18.3.1",
                 "Port": 8000,
                 "Meta": {"model": "llama-3-8b", "capacity": "12", "note": "not a label value!"},
                 "Tags": ["zone=b", "model=overridden-by-meta", "primary"],
             },
             "Checks": [{"Status": "passing"}],
         },
-        {"Service": {"ID": "vllm-2", "Address": "10.3.0.2", "Port": 8000, "Meta": {"capacity": "none"}}},
+        {"Service": {"ID": "vllm-2", "Address": "198.18.3.2", "Port": 8000, "Meta": {"capacity": "none"}}},
     ]
     one, two = members_from_consul(entries, only_passing=False)
     assert dict(one.labels) == {"model": "llama-3-8b", "zone": "b"}

@@ -18,8 +18,8 @@ POOL = {"metadata": {"name": "llm", "namespace": "ns", "uid": "u-1", "generation
 OK = ProbeResult(True, "ProbeSucceeded", "ok")
 BAD = ProbeResult(False, "Timeout", "no answer")
 EPS = (
-    Endpoint("a", "10.1.0.1", 8000),
-    Endpoint("b", "10.1.0.2", 8000),
+    Endpoint("a", "198.18.1.1", 8000),
+    Endpoint("b", "198.18.1.2", 8000),
     Endpoint("c", "fd00::3", 8000),
     Endpoint("d", "llm-d.example.com", 9000),
     Endpoint("e", "127.0.0.5", 8000),
@@ -53,7 +53,7 @@ def test_slices_hold_only_eligible_endpoints_grouped_by_type_and_port():
         for sl in slices
     }
     assert got == {
-        "llm-ipv4-8000": ("IPv4", 8000, ["10.1.0.1"]),
+        "llm-ipv4-8000": ("IPv4", 8000, ["198.18.1.1"]),
         "llm-ipv6-8000": ("IPv6", 8000, ["fd00::3"]),
         "llm-fqdn-9000": ("FQDN", 9000, ["llm-d.example.com"]),
     }
