@@ -239,7 +239,7 @@ INVALID: dict[str, dict[str, Any]] = {
     "composite-and-tcp": static(
         healthCheck={"tcp": {}, "composite": {"checks": [{"name": "a", "tcp": {}}, {"name": "b", "tcp": {}}]}}
     ),
-    "tier-too-high": static([{"name": "a", "address": "10.0.0.1", "port": 1, "tier": 10}]),
+    "tier-too-high": static([{"name": "a", "address": "198.18.0.1", "port": 1, "tier": 10}]),
     "open-cap-below-open": static(failover={"circuitBreaker": {"openSeconds": 60, "maxOpenSeconds": 30}}),
     "failback-below-failover": static(failover={"tiers": {"failoverPercent": 70, "failbackPercent": 50}}),
     "ejection-over-100": static(failover={"maxEjectionPercent": 101}),

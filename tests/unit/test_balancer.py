@@ -20,7 +20,7 @@ from clusterpool.balancer.strategies import smooth_schedule
 
 
 def targets(n, weights=None):
-    return [Target(f"t{i}", f"10.0.0.{i}", 8000, (weights or [1] * n)[i]) for i in range(n)]
+    return [Target(f"t{i}", f"198.18.0.{i}", 8000, (weights or [1] * n)[i]) for i in range(n)]
 
 
 @pytest.mark.parametrize("name", ["RoundRobin", "LeastConnections", "Weighted", "ConsistentHash", "Adaptive"])
@@ -130,7 +130,7 @@ def test_the_running_in_flight_total_matches_the_counts(ops):
     for b in (ConsistentHash(load_factor=1.25), Adaptive(), LeastConnections()):
         b.update(targets(4))
         for op, n in ops:
-            t = Target(f"t{n}", "10.0.0.9", 8000)  # t4 and t5 are not (or no longer) targets
+            t = Target(f"t{n}", "198.18.0.9", 8000)  # t4 and t5 are not (or no longer) targets
             if op == "start":
                 b.started(t)
             elif op == "finish":

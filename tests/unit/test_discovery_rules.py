@@ -32,29 +32,33 @@ def names(members):
 def test_service_slices_with_a_named_port_and_conditions():
     slices = [
         slice_(
-            "llm-a", SVC, PORTS, eps(("10.0.0.1", {"ready": True}, "llm-0"), ("10.0.0.2", {"ready": False}, "llm-1"))
+            "llm-a",
+            SVC,
+            PORTS,
+            eps(("198.18.0.1", {"ready": True}, "llm-0"), ("198.18.0.2", {"ready": False}, "llm-1")),
         ),
         slice_(
             "llm-b",
             SVC,
             PORTS,
             eps(
-                ("10.0.0.3", {}, "llm-2"), ("10.0.0.4", {"ready": False, "serving": True, "terminating": True}, "llm-3")
+                ("198.18.0.3", {}, "llm-2"),
+                ("198.18.0.4", {"ready": False, "serving": True, "terminating": True}, "llm-3"),
             ),
         ),
-        slice_("other", {"kubernetes.io/service-name": "db"}, PORTS, eps(("10.0.9.9", {"ready": True}, "db-0"))),
+        slice_("other", {"kubernetes.io/service-name": "db"}, PORTS, eps(("198.18.9.9", {"ready": True}, "db-0"))),
         slice_(
             "ours",
             {**SVC, "endpointslice.kubernetes.io/managed-by": "clusterpool.dev"},
             PORTS,
-            eps(("10.0.7.7", {"ready": True}, None)),
+            eps(("198.18.7.7", {"ready": True}, None)),
         ),
     ]
     spec = KubernetesDiscovery(service="llm", port="http")
     assert names(members_from_slices(spec, slices)) == [
-        ("llm-0", "10.0.0.1", 8000, True, False),
-        ("llm-1", "10.0.0.2", 8000, False, False),
-        ("llm-2", "10.0.0.3", 8000, True, False),
+        ("llm-0", "198.18.0.1", 8000, True, False),
+        ("llm-1", "198.18.0.2", 8000, False, False),
+        ("llm-2", "198.18.0.3", 8000, True, False),
     ]
     assert [m.port for m in members_from_slices(KubernetesDiscovery(service="llm", port=9090), slices)] == [9090] * 3
     assert members_from_slices(KubernetesDiscovery(service="llm", port="grpc"), slices) == ()
@@ -68,46 +72,48 @@ def test_terminating_endpoints_are_a_fallback_only():
             SVC,
             [{"port": 80}],
             eps(
-                ("10.0.0.1", {"ready": False, "serving": True, "terminating": True}, "a"),
-                ("10.0.0.2", {"ready": False, "serving": False, "terminating": True}, "b"),
+                ("198.18.0.1", {"ready": False, "serving": True, "terminating": True}, "a"),
+                ("198.18.0.2", {"ready": False, "serving": False, "terminating": True}, "b"),
             ),
         )
     ]
-    assert names(members_from_slices(KubernetesDiscovery(service="llm"), slices)) == [("a", "10.0.0.1", 80, True, True)]
+    assert names(members_from_slices(KubernetesDiscovery(service="llm"), slices)) == [
+        ("a", "198.18.0.1", 80, True, True)
+    ]
 
 
 def test_selector_and_names_without_pods():
     slices = [
         slice_("x", {"app": "vllm", "tier": "gpu"}, [{"port": 8000}], eps(("fd00::1", {}, None))),
-        slice_("y", {"app": "vllm"}, [{"port": 8000}], eps(("10.0.0.5", {}, None))),
+        slice_("y", {"app": "vllm"}, [{"port": 8000}], eps(("198.18.0.5", {}, None))),
     ]
     spec = KubernetesDiscovery(selector={"matchLabels": {"app": "vllm", "tier": "gpu"}})
     assert names(members_from_slices(spec, slices)) == [("fd00-1", "fd00::1", 8000, True, False)]
-    long = member_name({"targetRef": {"kind": "Pod", "name": "x" * 100}}, "10.0.0.1")
+    long = member_name({"targetRef": {"kind": "Pod", "name": "x" * 100}}, "198.18.0.1")
     assert len(long) <= 63 and long.startswith("xxxx")
 
 
 def test_consul_states_map_to_members():
     from clusterpool.discovery.consul import aggregate, members_from_consul
 
-    def entry(sid, addr, checks, node_addr="10.9.9.9", weights=None):
+    def entry(sid, addr, checks, node_addr="198.18.9.9", weights=None):
         svc = {"ID": sid, "Address": addr, "Port": 8000}
         if weights:
             svc["Weights"] = weights
         return {"Node": {"Address": node_addr}, "Service": svc, "Checks": [{"Status": c} for c in checks]}
 
     entries = [
-        entry("vllm-1", "10.0.0.1", ["passing", "passing"]),
-        entry("vllm-2", "10.0.0.2", ["passing", "warning"], weights={"Passing": 3, "Warning": 1}),
-        entry("vllm-3", "10.0.0.3", ["critical", "passing"]),
-        entry("vllm-4", "", ["passing"], node_addr="10.0.0.4"),
+        entry("vllm-1", "198.18.0.1", ["passing", "passing"]),
+        entry("vllm-2", "198.18.0.2", ["passing", "warning"], weights={"Passing": 3, "Warning": 1}),
+        entry("vllm-3", "198.18.0.3", ["critical", "passing"]),
+        entry("vllm-4", "", ["passing"], node_addr="198.18.0.4"),
     ]
     got = [(m.name, m.address, m.weight, m.source_ready, m.source_warning) for m in members_from_consul(entries, False)]
     assert got == [
-        ("vllm-1", "10.0.0.1", 1, True, False),
-        ("vllm-2", "10.0.0.2", 1, True, True),
-        ("vllm-3", "10.0.0.3", 1, False, False),
-        ("vllm-4", "10.0.0.4", 1, True, False),
+        ("vllm-1", "198.18.0.1", 1, True, False),
+        ("vllm-2", "198.18.0.2", 1, True, True),
+        ("vllm-3", "198.18.0.3", 1, False, False),
+        ("vllm-4", "198.18.0.4", 1, True, False),
     ]
     assert [m.name for m in members_from_consul(entries, True)] == ["vllm-1", "vllm-4"]
     assert aggregate([{"Status": "maintenance"}]) == "critical" and aggregate([]) == "passing"

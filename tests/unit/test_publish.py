@@ -37,7 +37,7 @@ def state(results):
 
 def test_address_types():
     assert [
-        address_type(a) for a in ("10.0.0.1", "fd00::1", "a.example", "127.0.0.1", "::1", "169.254.1.1", "0.0.0.0")
+        address_type(a) for a in ("198.18.0.1", "fd00::1", "a.example", "127.0.0.1", "::1", "169.254.1.1", "0.0.0.0")
     ] == ["IPv4", "IPv6", "FQDN", None, None, None, None]
 
 

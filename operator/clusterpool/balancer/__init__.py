@@ -1,7 +1,7 @@
 """Load-balancing strategies: pure Python, importable without kopf or a cluster.
 
     b = make_balancer("Weighted")
-    b.update([Target("a", "10.0.0.1", 8000, weight=3), Target("b", "10.0.0.2", 8000)])
+    b.update([Target("a", "198.18.0.1", 8000, weight=3), Target("b", "198.18.0.2", 8000)])
     t = b.pick()                      # or b.pick(key) for ConsistentHash
     with b.lease(key) as t: ...       # counts in-flight requests, feeds latency to Adaptive
 

@@ -1,6 +1,6 @@
 """A cache in Redis or Redis Cluster, on redis-py (sync: RedisCache; asyncio: AsyncRedisCache).
 
-    cache = RedisCache.connect(RedisConnection(address="10.0.0.5:6379"), prefix="clusterpool:ns/pool:")
+    cache = RedisCache.connect(RedisConnection(address="198.18.0.5:6379"), prefix="clusterpool:ns/pool:")
     cache.set("k", b"v", ttl_seconds=600)
     cache.get_many(["k", "other"])      # one pipelined round trip
 
