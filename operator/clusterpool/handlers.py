@@ -82,7 +82,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         identity,
         str(memo.get("lease_namespace") or "default"),
         lease_seconds=lease_seconds,
-        renew_seconds=lease_seconds / 6,
+        renew_seconds=lease_seconds / 10,  # one failed renewal keeps the hold period (gap < L/3 - T)
         request_timeout=lease_seconds / 10,  # 1.5 s at the default: a busy API server may be slow
         on_members=METRICS.shards_changed,
     )
@@ -90,6 +90,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     status_writer: StatusWriter = memo["status_writer"]
     publisher: Publisher = memo["publisher"]
     events: EventRecorder = memo["events"]
+    METRICS.count_writes(
+        lambda: {lane.value: n for lane, n in writes.sent.items()},
+        lambda: {lane.value: n for lane, n in writes.backlog_by_lane().items()},
+    )
     METRICS.count_remembered(  # what the operator keeps per pool: all 0 once every pool is gone
         lambda: {
             "runners": len(runners),
@@ -200,11 +204,16 @@ async def pool_daemon(
             relay.cancel()
             if runners.get((namespace, name)) is runner:
                 del runners[(namespace, name)]
-            # what this replica last wrote may be overwritten by the next one to drive it,
-            # and the pool's series are exported by the replica that drives it
-            forget_written()
-            metrics.forget()
-            runner.done.set()
+            try:
+                # a write sent before the runner ended may still land: wait for it, so that
+                # what it records is forgotten too
+                await memo["writes"].settle((namespace, name))
+            finally:
+                # what this replica last wrote may be overwritten by the next one to drive
+                # it, and the pool's series are exported by the replica that drives it
+                forget_written()
+                metrics.forget()
+                runner.done.set()
         if not stopped:
             logger.info("no longer driving the pool here (it belongs to %s now)", shards.owner_of(namespace, name))
 

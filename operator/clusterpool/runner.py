@@ -57,6 +57,7 @@ from clusterpool.discovery.etcd import EtcdWatcher, invalid_keys
 from clusterpool.discovery.kubernetes import members_from_slices, selects
 from clusterpool.discovery.static import static_members
 from clusterpool.health.probes import Prober, probe_batches, prober_for
+from clusterpool.k8s.writes import NotOwnedError
 from clusterpool.metrics import PoolMetrics
 from clusterpool.sinks import SinkTask
 
@@ -670,6 +671,10 @@ class PoolRunner:
                 delay = await self.run_once()  # (a round that wrote nothing says nothing of the API: see watch_api)
             except asyncio.CancelledError:
                 raise
+            except NotOwnedError:  # the Lease became uncertain between the decision and the send
+                self.log.debug("status not written: the pool is no longer certainly this replica's")
+                self.paused = True  # another replica may write it meanwhile: compare afresh later
+                delay = self.next_delay(0.0)
             except Exception as exc:  # a failed write or a bug in one round must not stop probing
                 if api_unreachable(exc):
                     self.api_down(exc)

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from clusterpool.core.status import ConditionSpec
+from clusterpool.k8s.writes import NotOwnedError
 
 Sink = Callable[[Any], Awaitable[ConditionSpec | None]]
 
@@ -54,6 +55,9 @@ class SinkTask:
             state = self._latest
             try:
                 condition = await asyncio.wait_for(self.sink(state), self.timeout)
+            except NotOwnedError:  # the replica lost the pool meanwhile: nothing to report, it writes nothing
+                self.log.debug("%s: not sent, the pool is no longer certainly this replica's", self.name)
+                continue
             except TimeoutError:
                 condition = ConditionSpec(
                     self.condition_type,

@@ -7,6 +7,7 @@ import socket
 import pytest
 
 from backends import HTTPBackend, free_port
+from clusterpool.k8s.writes import NotOwnedError
 from clusterpool.runner import PoolRunner
 
 
@@ -227,6 +228,39 @@ async def test_a_status_another_replica_wrote_is_compared_afresh_even_without_a_
     writes = len(rec.writes)
     await runner.run_once()
     assert len(rec.writes) == writes + 1 and rec.writes[-1]["drivenBy"] == "me"
+
+
+async def test_a_status_write_the_fence_refused_is_no_error_and_is_compared_afresh(backends, caplog):
+    """The Lease became uncertain between the round's decision and the send: the write
+    queue refuses it (NotOwnedError). That is not a failed round; the next write compares
+    with what is stored, as after any pause."""
+    rec = Recorder()
+    refused, forgotten = [], []
+
+    async def write(status, stored):
+        if not refused:
+            refused.append(status)
+            raise NotOwnedError("not sent")
+        return await rec.write(status, stored)
+
+    caplog.set_level(logging.DEBUG)
+    runner = PoolRunner(
+        body_for(backends), write, rec.emit, logging.getLogger("t"), forget_written=lambda: forgotten.append(1)
+    )
+    task = asyncio.create_task(runner.run())
+    for _ in range(200):
+        if refused:
+            break
+        await asyncio.sleep(0.05)
+    runner.wake.set()
+    for _ in range(200):
+        if rec.writes:
+            break
+        await asyncio.sleep(0.05)
+    runner.stop()
+    await task
+    assert refused and rec.writes and forgotten == [1]
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 async def test_a_change_of_counters_alone_waits_for_the_next_health_change(backends):

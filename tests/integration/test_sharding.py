@@ -208,11 +208,16 @@ def test_a_replica_stopped_gracefully_gives_its_pools_up_at_once(replicas, pools
     assert "deleted Lease" in ops[leaving].log.read_text()
     lease_names = {lease.metadata.name for lease in leases.list_namespaced_lease("default").items}
     assert not any(leaving in n for n in lease_names), lease_names
-    wait_for(
-        lambda: all(pools.status(n).get("drivenBy") == "rep-a" for n in moved),
-        LEASE + 3 * INTERVAL + 10,
-        "the stopped replica's pools taken over",
-    )
+    try:
+        wait_for(
+            lambda: all(pools.status(n).get("drivenBy") == "rep-a" for n in moved),
+            LEASE + 3 * INTERVAL + 10,
+            "the stopped replica's pools taken over",
+        )
+    except AssertionError as exc:
+        left = {n: pools.status(n).get("drivenBy") for n in moved}
+        logs = {r: ops[r].log.read_text()[-8000:] for r in ops}
+        raise AssertionError(f"{exc}; drivenBy now {left}; logs: {logs['rep-a']}\n---\n{logs[leaving]}") from exc
     took = time.monotonic() - stopped
     print(
         f"graceful stop: exited after {exited:.1f}s, {len(moved)} pools taken over after {took:.1f}s (lease {LEASE}s)"
