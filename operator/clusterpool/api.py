@@ -102,6 +102,19 @@ def cel(*rules: tuple[str, str]) -> dict[str, Any]:
     return {CEL: [{"rule": r, "message": m} for r, m in rules]}
 
 
+def cel_when_changed(*rules: tuple[str, str]) -> dict[str, Any]:
+    """Rules checked when the value is new or changed. The API server evaluates a CRD's
+    rules on every write of the object, status writes included; a rule over every element
+    of a list (or every pair) then costs each status write as much as it costs the spec
+    change it is there for. An unchanged value passed it when it was written."""
+    return {
+        CEL: [
+            {"rule": f"(oldSelf.hasValue() && oldSelf.value() == self) || ({r})", "message": m, "optionalOldSelf": True}
+            for r, m in rules
+        ]
+    }
+
+
 def _list_map(*keys: str) -> dict[str, Any]:
     return {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": list(keys)}
 
@@ -240,7 +253,7 @@ def _labels_field(description: str) -> Any:
     return Field(
         default=None,
         description=description,
-        json_schema_extra={"maxProperties": label_rules.MAX_LABELS, **cel(_LABEL_KEYS)},
+        json_schema_extra={"maxProperties": label_rules.MAX_LABELS, **cel_when_changed(_LABEL_KEYS)},
     )
 
 
@@ -303,7 +316,7 @@ class StaticDiscovery(Model):
         min_length=1,
         max_length=MAX_ENDPOINTS,
         description=f"The endpoints of the pool, 1 to {MAX_ENDPOINTS}, each with a unique name and address:port.",
-        json_schema_extra={**_list_map("name"), **cel(_UNIQUE_ADDRESS)},
+        json_schema_extra={**_list_map("name"), **cel_when_changed(_UNIQUE_ADDRESS)},
     )
 
     @model_validator(mode="after")
@@ -332,7 +345,7 @@ class LabelSelector(Model):
         min_length=1,
         max_length=16,
         description="Label keys and values that an EndpointSlice must all carry.",
-        json_schema_extra={"maxProperties": 16, "minProperties": 1, **cel(_LABEL_KEYS)},
+        json_schema_extra={"maxProperties": 16, "minProperties": 1, **cel_when_changed(_LABEL_KEYS)},
     )
 
     @model_validator(mode="after")
@@ -596,7 +609,7 @@ class HTTPCheck(Model):
         default_factory=list,
         max_length=16,
         description="Extra request headers, e.g. an Authorization for a model API.",
-        json_schema_extra={**_list_map("name"), **cel(_UNIQUE_HEADERS), "default": []},
+        json_schema_extra={**_list_map("name"), **cel_when_changed(_UNIQUE_HEADERS), "default": []},
     )
     expected_statuses: list[Annotated[str, Field(max_length=7, pattern=STATUS_RANGE)]] = Field(
         default=["200-299"],

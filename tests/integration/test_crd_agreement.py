@@ -104,3 +104,32 @@ spec:
 def test_kubectl_explain_documents_the_fields(kubectl, crd):
     out = kubectl("explain", "clusterpool.spec.healthCheck.unhealthyThreshold").stdout
     assert "Consecutive failures that turn a healthy endpoint unhealthy" in out
+
+
+def test_rules_checked_on_change_still_refuse_a_spec_changed_to_break_them(pools):
+    """Some CEL rules run only when their value is new or changed (so status writes do not
+    pay for them): an update that introduces the problem is refused all the same."""
+    eps = [{"name": "a", "address": "127.0.0.1", "port": 9}, {"name": "b", "address": "127.0.0.1", "port": 19}]
+    spec = {"discovery": {"static": {"endpoints": eps}}, "healthCheck": {"http": {}}}
+    body = {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": "on-change"}, "spec": spec}
+    pools.api.create_namespaced_custom_object(api.GROUP, api.VERSION, pools.namespace, api.PLURAL, body)
+    changes = {
+        "each address:port may appear only once": {
+            "discovery": {"static": {"endpoints": [eps[0], {**eps[1], "port": 9}]}}
+        },
+        "header names must be unique": {
+            "healthCheck": {"http": {"headers": [{"name": "X-A", "value": "1"}, {"name": "x-a", "value": "2"}]}}
+        },
+        "a label key is": {"discovery": {"static": {"endpoints": [{**eps[0], "labels": {"-bad": "x"}}, eps[1]]}}},
+    }
+    for message, change in changes.items():
+        with pytest.raises(ApiException) as exc:
+            pools.api.patch_namespaced_custom_object(
+                api.GROUP, api.VERSION, pools.namespace, api.PLURAL, "on-change", {"spec": change}
+            )
+        assert exc.value.status == 422 and message in exc.value.body, exc.value.body
+    stored = pools.api.get_namespaced_custom_object(api.GROUP, api.VERSION, pools.namespace, api.PLURAL, "on-change")
+    kept = stored["spec"]["discovery"]["static"]["endpoints"]
+    assert [(e["name"], e["address"], e["port"], e.get("labels")) for e in kept] == [
+        (e["name"], e["address"], e["port"], None) for e in eps
+    ]
