@@ -9,11 +9,14 @@ unhealthyThreshold 2 (detection floor 10 s). For each N in --pools:
 
   1. create N pools (a thread pool; the harness's own time is recorded), time from the
      last create to all Ready (seen through a watch on clusterpools);
-  2. steady CPU (% of one core, /proc/<pid>/stat over --steady seconds) and RSS;
+  2. wait (up to --drain-timeout) until no write waits in the operators' write queues
+     (clusterpool_kubernetes_write_backlog: the creation's Events, Services and statuses
+     all sent), so the kill meets a fleet in steady state, not the tail of its creation;
+     then steady CPU (% of one core, /proc/<pid>/stat over --steady seconds) and RSS;
   3. with --replicas > 1 and --kill-one: SIGKILL one replica, takeover time = until every
      pool it drove shows another status.drivenBy (absent before sharding: recorded null);
   4. SIGKILL the shared backend; per pool, the time until the watch shows ep-0 Unhealthy:
-     p50/p99/max next to the floor;
+     p50/p99/max next to the floor; the operators' writes sent meanwhile, by lane;
   5. delete all pools: time until the last is gone; Services, EndpointSlices and ConfigMaps
      labelled clusterpool.dev/pool and ClusterPools left behind;
   6. RSS after each of --cycles create/delete cycles (cycles after the first: create,
@@ -293,6 +296,40 @@ def histogram_quantile(samples: list[tuple[str, str, float]], name: str, q: floa
         if buckets[b] >= q * total:
             return b
     return bounds[-1]
+
+
+def write_counters(ops: list[Operator]) -> dict[str, dict[str, float]]:
+    """Writes sent and writes waiting, per lane, summed over the running operators."""
+    sent: dict[str, float] = collections.defaultdict(float)
+    waiting: dict[str, float] = collections.defaultdict(float)
+    for op in ops:
+        if not op.running():
+            continue
+        with contextlib.suppress(Exception):
+            for name, labels, v in parse_metrics(op.scrape()):
+                lane = re.search(r'lane="([^"]+)"', labels)
+                if lane and name == "clusterpool_kubernetes_writes_total":
+                    sent[lane.group(1)] += v
+                elif lane and name == "clusterpool_kubernetes_write_backlog":
+                    waiting[lane.group(1)] += v
+    return {"sent": dict(sent), "waiting": dict(waiting)}
+
+
+def writes_between(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]) -> dict[str, float]:
+    return {lane: after["sent"].get(lane, 0) - n for lane, n in before["sent"].items()}
+
+
+def drain_writes(ops: list[Operator], timeout: float) -> dict[str, Any]:
+    """Wait until no write waits in any operator (the creation's Events, Services and
+    statuses are all sent): the API server is then as busy as a steady fleet keeps it."""
+    t0 = time.monotonic()
+    while True:
+        counts = write_counters(ops)
+        if counts["sent"] and not any(counts["waiting"].values()):
+            return {"drained": True, "seconds": round(time.monotonic() - t0, 1), "sent": counts["sent"]}
+        if time.monotonic() - t0 > timeout:
+            return {"drained": False, "seconds": round(time.monotonic() - t0, 1), **counts}
+        time.sleep(2)
 
 
 class MetricsWatch:
@@ -934,6 +971,9 @@ def run(n: int, args: argparse.Namespace, state: Any, client: Any, work: Path) -
 
         # 2. steady CPU and RSS
         time.sleep(args.settle)
+        if args.drain_timeout > 0:
+            result["writes_drained_after_settle"] = drain_writes(ops, args.drain_timeout)
+            log(f"write backlog: {result['writes_drained_after_settle']}")
         if args.profile:
             profile = Profile(ops[0].pid, work / "profile.raw", args.profile_rate)
             time.sleep(1)
@@ -990,6 +1030,7 @@ def run(n: int, args: argparse.Namespace, state: Any, client: Any, work: Path) -
         with Cur.watch.cond:
             Cur.watch.unhealthy_at.clear()
             Cur.watch.armed = time.monotonic()
+        writes_at_kill = write_counters(ops)
         shared.kill()
         t_kill = Cur.watch.armed
         assert t_kill is not None
@@ -1010,6 +1051,8 @@ def run(n: int, args: argparse.Namespace, state: Any, client: Any, work: Path) -
             "p99_over_floor": round(pct(det, 0.99) / FLOOR, 2) if det else None,
             "loadavg_at_kill": lk,
             "loadavg_after": loadavg(),
+            "writes_waiting_at_kill": writes_at_kill["waiting"],
+            "writes_sent_until_detected": writes_between(writes_at_kill, write_counters(ops)),
         }
         log(f"detection: {result['detection']}")
         if profile is not None:
@@ -1277,6 +1320,13 @@ def main() -> int:
     p.add_argument("--steady", type=float, default=30.0, help="CPU window in seconds (default 30)")
     p.add_argument("--settle", type=float, default=10.0, help="seconds after Ready / after delete (default 10)")
     p.add_argument("--ready-timeout", type=float, default=300.0)
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=300.0,
+        help="after Ready + settle, wait up to this long for the operators' write backlog to empty before "
+        "the steady window and the kill (0: do not wait)",
+    )
     p.add_argument("--detect-timeout", type=float, default=240.0)
     p.add_argument("--delete-timeout", type=float, default=300.0)
     p.add_argument("--takeover-timeout", type=float, default=120.0)

@@ -24,6 +24,9 @@ deleted pool's series are removed, and so are those of endpoints that leave a po
     clusterpool_shard_membership_changes_total                   changes of that set (pools handed over)
     clusterpool_operator_remembered{holder}                      pools (or their objects) each part of the
                                                                  operator keeps state for: 0 once all are gone
+    clusterpool_kubernetes_writes_total{lane}                    writes sent to the API server, by lane
+                                                                 (health: status, slices, routing; info: the rest)
+    clusterpool_kubernetes_write_backlog{lane}                   objects whose write waits for a worker
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 __all__ = ["REGISTRY", "Metrics", "PoolMetrics", "serve"]
@@ -102,6 +105,8 @@ class Metrics:
         )
         self._remembered = _Remembered()
         registry.register(self._remembered)
+        self._writes = _Writes()
+        registry.register(self._writes)
         self._exported: set[tuple[str, str]] = set()  # pools with series (PoolMetrics adds, forget removes)
 
     async def watch_loop_lag(self, every: float = 0.25, window: float = 10.0) -> None:
@@ -127,6 +132,10 @@ class Metrics:
         """Export `sizes()` (holder -> how many pools or pool objects it keeps state for)
         as clusterpool_operator_remembered{holder}, read at each scrape."""
         self._remembered.sizes = sizes
+
+    def count_writes(self, sent: Callable[[], Mapping[str, int]], waiting: Callable[[], Mapping[str, int]]) -> None:
+        """Export the write queue's writes sent and waiting, per lane, read at each scrape."""
+        self._writes.sent, self._writes.waiting = sent, waiting
 
     def pool(self, namespace: str, name: str) -> PoolMetrics:
         return PoolMetrics(self, namespace, name)
@@ -234,6 +243,26 @@ class _Remembered(Collector):
         for holder, n in self.sizes().items():
             family.add_metric([holder], n)
         yield family
+
+
+class _Writes(Collector):
+    def __init__(self) -> None:
+        self.sent: Callable[[], Mapping[str, int]] = dict
+        self.waiting: Callable[[], Mapping[str, int]] = dict
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        sent = CounterMetricFamily(
+            "clusterpool_kubernetes_writes", "Writes sent to the Kubernetes API server, by lane", labels=["lane"]
+        )
+        for lane, n in self.sent().items():
+            sent.add_metric([lane], n)
+        yield sent
+        waiting = GaugeMetricFamily(
+            "clusterpool_kubernetes_write_backlog", "Objects whose write waits for a worker, by lane", labels=["lane"]
+        )
+        for lane, n in self.waiting().items():
+            waiting.add_metric([lane], n)
+        yield waiting
 
 
 def _remove(metric: Gauge | Counter | Histogram, labels: tuple[str, ...]) -> None:

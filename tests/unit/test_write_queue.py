@@ -30,3 +30,20 @@ async def test_settle_drops_waiting_writes_and_waits_for_the_sent_one():
     assert written == ["sent", "other pool"]
     assert late.cancelled() and q.remembered() == 0
     await q.close()
+
+
+async def test_it_counts_writes_waiting_and_sent_per_lane():
+    q = WriteQueue(health_workers=1, info_workers=1)
+    gate = threading.Event()
+    status = q.submit(Lane.HEALTH, "status-p", ("ns", "p"), lambda: gate.wait(5))
+    await asyncio.sleep(0.1)  # in flight: sent, not waiting
+    waiting = [q.submit(Lane.HEALTH, f"slice-{i}", ("ns", "p"), lambda: None) for i in range(2)]
+    event = q.submit(Lane.INFO, "event-1", ("ns", "p"), lambda: gate.wait(5))
+    await asyncio.sleep(0.1)
+    assert q.backlog_by_lane() == {Lane.HEALTH: 2, Lane.INFO: 0}
+    assert q.sent == {Lane.HEALTH: 1, Lane.INFO: 1}
+    gate.set()
+    await asyncio.wait_for(asyncio.gather(status, event, *waiting), 5)
+    assert q.backlog_by_lane() == {Lane.HEALTH: 0, Lane.INFO: 0}
+    assert q.sent == {Lane.HEALTH: 3, Lane.INFO: 1}
+    await q.close()

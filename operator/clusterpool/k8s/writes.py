@@ -70,6 +70,7 @@ class WriteQueue:
         self._ready: dict[Lane, asyncio.Queue[Hashable]] = {}
         self._lane_of: dict[Hashable, Lane] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self.sent = dict.fromkeys(Lane, 0)  # writes sent per lane (refused by the fence: not counted)
 
     def _start(self) -> None:
         if self._tasks:
@@ -117,8 +118,12 @@ class WriteQueue:
         async with self._landed:
             await self._landed.wait_for(lambda: pool not in self._in_flight.values())
 
-    def backlog(self) -> int:
-        return len(self._pending)
+    def backlog_by_lane(self) -> dict[Lane, int]:
+        """Objects with a write waiting, per lane (a write in flight is not waiting)."""
+        out = dict.fromkeys(Lane, 0)
+        for key in self._pending:
+            out[self._lane_of[key]] += 1
+        return out
 
     def remembered(self) -> int:
         """Objects with a write waiting or in flight."""
@@ -136,6 +141,7 @@ class WriteQueue:
             try:
                 if self.fence is not None and not self.fence(pending.pool):
                     raise NotOwnedError(f"not sent: {pending.pool} is not certainly this replica's")
+                self.sent[lane] += 1
                 result = await loop.run_in_executor(self._executor, pending.call)
             except Exception as exc:
                 for w in pending.waiters:
