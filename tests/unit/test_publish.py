@@ -58,6 +58,7 @@ def test_slices_hold_only_eligible_endpoints_grouped_by_type_and_port():
         "llm-fqdn-9000": ("FQDN", 9000, ["llm-d.example.com"]),
     }
     assert refused == ["e"]
+    assert build_endpoint_slices(POOL, state({"a": OK, "e": BAD}))[1] == ["e"]  # named whatever its health
     meta = slices[0]["metadata"]
     assert meta["labels"]["kubernetes.io/service-name"] == "llm"
     assert meta["labels"]["endpointslice.kubernetes.io/managed-by"] == "clusterpool.dev"

@@ -90,19 +90,19 @@ def build_service(pool: Mapping[str, Any], state: PoolState) -> dict[str, Any]:
 
 
 def build_endpoint_slices(pool: Mapping[str, Any], state: PoolState) -> tuple[list[dict[str, Any]], list[str]]:
-    """The slices, and the names of eligible endpoints left out (addresses Kubernetes refuses)."""
+    """The slices of the eligible endpoints, and the names of the endpoints whose addresses
+    Kubernetes refuses in a slice, eligible or not (so the condition that names them does
+    not change, and cost a status write, each time one of them changes health)."""
     name = pool["metadata"]["name"]
     eligible = set(state.decision.eligible) if state.decision else set()
     groups: dict[tuple[str, int], list[str]] = {}
     refused: list[str] = []
     for ep in state.members:
-        if ep.name not in eligible:
-            continue
         kind = address_type(ep.address)
         if kind is None:
             refused.append(ep.name)
-            continue
-        groups.setdefault((kind, ep.port), []).append(ep.address)
+        elif ep.name in eligible:
+            groups.setdefault((kind, ep.port), []).append(ep.address)
     slices = []
     for (kind, port), addresses in sorted(groups.items()):
         slices.append(
