@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable
 from typing import Any
 
 import kopf
 
 from clusterpool import api
+from clusterpool.core.budget import TokenBucket
 from clusterpool.core.publish import MANAGED_BY
 from clusterpool.discovery.kubernetes import MANAGED_BY_LABEL
 from clusterpool.k8s.client import SecretReader, StatusWriter, load_config, watch_api
@@ -26,7 +28,7 @@ from clusterpool.k8s.shards import Shards
 from clusterpool.k8s.writes import WriteQueue
 from clusterpool.memory import FreedMemory
 from clusterpool.metrics import Metrics
-from clusterpool.runner import PoolRunner, remove_published
+from clusterpool.runner import INFORMATIONAL_PER_SECOND, PoolRunner, remove_published
 
 FINALIZER = f"{api.GROUP}/finalizer"
 STOP_GRACE = 3.0  # seconds a stopped pool's round may take to finish before it is cancelled
@@ -73,6 +75,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo["events"] = EventRecorder(client, writes, identity)
     memo["secrets"] = SecretReader(client)
     memo["freed_memory"] = FreedMemory()
+    memo["informational"] = TokenBucket(INFORMATIONAL_PER_SECOND, 1 / INFORMATIONAL_PER_SECOND, time.monotonic())
     memo["runners"] = {}  # (namespace, name) -> PoolRunner; shared: per-object memos copy this dict's reference
     runners: dict[tuple[str, str], PoolRunner] = memo["runners"]
     memo["api_watch"] = asyncio.create_task(watch_api(client, lambda: [*runners.values(), METRICS]), name="api-watch")
@@ -193,6 +196,7 @@ async def pool_daemon(
             keeps=keeps,
             identity=memo.get("identity"),
             forget_written=forget_written,
+            informational_budget=lambda: bool(memo["informational"].take(time.monotonic())),
         )
         memo["wake"] = runner.wake
         runners[(namespace, name)] = runner

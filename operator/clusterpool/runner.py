@@ -64,6 +64,7 @@ from clusterpool.sinks import SinkTask
 WriteStatus = Callable[[dict[str, Any], dict[str, Any]], Awaitable[bool]]  # (status, as stored) -> written
 _NEVER = object()
 INFORMATIONAL_EVERY = 30.0  # seconds: the pace of status writes that change no health (counters, messages)
+INFORMATIONAL_PER_SECOND = 5.0  # such writes of all pools together (the wiring's shared budget)
 HELD_EVENTS = 32  # Events kept while the replica may not write (the newest)
 SINK_TIMEOUT = 20.0  # seconds a sink may take before its condition says Timeout
 
@@ -163,6 +164,7 @@ class PoolRunner:
         sink_timeout: float = SINK_TIMEOUT,
         identity: str | None = None,
         forget_written: Callable[[], None] = lambda: None,
+        informational_budget: Callable[[], bool] = lambda: True,
     ) -> None:
         self.body = body
         self.metrics = metrics  # a live view: kopf updates it as the object changes
@@ -183,6 +185,10 @@ class PoolRunner:
         # when a change of informational status fields alone is written: not at once after a
         # start either (a restarted operator finds latencies and messages moved, nothing else)
         self.informational_due = time.monotonic() + INFORMATIONAL_EVERY
+        # shared by every pool of the operator: a write of informational fields alone takes
+        # a token, so at many pools they come less often than INFORMATIONAL_EVERY instead
+        # of filling the write queue ahead of health changes
+        self.informational_budget = informational_budget
         self.publisher = publisher
         self.slices = slices
         self.secrets = secrets
@@ -586,8 +592,10 @@ class PoolRunner:
         if _same(previous, status):
             self.last_written = status
             return
-        if _same(health_view(previous), health_view(status)) and time.monotonic() < self.informational_due:
-            return  # only counters and messages moved: they go with the next write
+        if _same(health_view(previous), health_view(status)) and (
+            time.monotonic() < self.informational_due or not self.informational_budget()
+        ):
+            return  # only counters, latencies and messages moved: they go with a later write
         self._emit_ready_change(status)
         if await self.write_status_fn(status, _plain(self.body.get("status") or {})):
             self.last_written = status

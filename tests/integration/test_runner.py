@@ -275,3 +275,29 @@ async def test_a_change_of_counters_alone_waits_for_the_next_health_change(backe
     await runner.run_once()  # the second makes it Unhealthy: written, with the counters
     ep1 = next(e for e in rec.writes[-1]["endpoints"] if e["name"] == "ep-1")
     assert (ep1["health"], ep1["consecutiveFailures"], ep1["reason"]) == ("Unhealthy", 2, "ConnectionRefused")
+
+
+async def test_counters_alone_are_written_when_due_and_the_shared_budget_has_a_token(backends):
+    """Informational fields alone (counters, messages, latencies) are written at most every
+    INFORMATIONAL_EVERY, and only with a token of the budget all pools share."""
+    rec = Recorder()
+    tokens = [False]
+    runner = PoolRunner(
+        body_for(backends, unhealthyThreshold=3),
+        rec.write,
+        rec.emit,
+        logging.getLogger("t"),
+        informational_budget=lambda: tokens[0],
+    )
+    await runner.run_once()
+    writes = len(rec.writes)
+    backends[1].stop()
+    runner.informational_due = 0.0  # due
+    await runner.run_once()  # one failure of three: only the counters and the message moved
+    assert runner.pool.health.of("ep-1").failures == 1
+    assert len(rec.writes) == writes  # due, but no token
+    tokens[0] = True
+    await runner.run_once()
+    assert len(rec.writes) == writes + 1
+    ep1 = next(e for e in rec.writes[-1]["endpoints"] if e["name"] == "ep-1")
+    assert (ep1["health"], ep1["consecutiveFailures"]) == ("Healthy", 2)

@@ -32,6 +32,7 @@ import kubernetes
 from kubernetes.client.exceptions import ApiException
 
 from clusterpool import api
+from clusterpool.core.budget import TokenBucket
 from clusterpool.core.status import rfc3339
 from clusterpool.k8s.writes import Lane, WriteQueue, send
 
@@ -52,12 +53,6 @@ class _Posted:
     unsent: bool = False  # a count newer than the last one sent, waiting for a token
 
 
-@dataclass
-class _Bucket:
-    tokens: float
-    at: float
-
-
 class EventRecorder:
     def __init__(
         self,
@@ -71,7 +66,7 @@ class EventRecorder:
         self._instance = instance
         self._clock = clock
         self._posted: OrderedDict[tuple[str, ...], _Posted] = OrderedDict()
-        self._buckets: dict[tuple[str, str], _Bucket] = {}
+        self._buckets: dict[tuple[str, str], TokenBucket] = {}
         self._flush_due: set[tuple[str, ...]] = set()  # Events with a count waiting for a token
         self.suppressed = 0
 
@@ -160,13 +155,8 @@ class EventRecorder:
     def _take_token(self, pool: tuple[str, str], now: float) -> bool:
         b = self._buckets.get(pool)
         if b is None:
-            b = self._buckets[pool] = _Bucket(float(BURST), now)
-        b.tokens = min(float(BURST), b.tokens + (now - b.at) / REFILL_SECONDS)
-        b.at = now
-        if b.tokens < 1:
-            return False
-        b.tokens -= 1
-        return True
+            b = self._buckets[pool] = TokenBucket(BURST, REFILL_SECONDS, now)
+        return b.take(now)
 
     def _send(self, posted: _Posted, pool: tuple[str, str]) -> None:
         """Create the Event, or, once created, patch its count: one write in flight per

@@ -90,8 +90,8 @@ class Publisher:
             key = (obj["kind"], meta["name"])
             digest = _digest(obj)
             if self._applied.get(pool, {}).get(key) != digest:
-                lane = Lane.INFO if obj["kind"] == "Service" else Lane.HEALTH
-                write = self.writes.submit(lane, (*key, meta["namespace"]), pool, partial(self._apply_sync, obj))
+                # all on the health lane: a new pool's Service must not wait behind Events
+                write = self.writes.submit(Lane.HEALTH, (*key, meta["namespace"]), pool, partial(self._apply_sync, obj))
                 changed.append((pool, key, digest, write))
         problems = []
         failure: BaseException | None = None
