@@ -144,7 +144,8 @@ class Publisher:
             if _owned_by(svc, uid):
                 self._delete(self.core.delete_namespaced_service, pool, namespace)
 
-        await self.writes.write(Lane.INFO, ("ClusterPool/delete", namespace, pool), (namespace, pool), run)
+        # the health lane: a deleted pool's finalizer waits for this, not behind Events
+        await self.writes.write(Lane.HEALTH, ("ClusterPool/delete", namespace, pool), (namespace, pool), run)
         self.forget(namespace, pool)
 
     def forget(self, namespace: str, pool: str) -> None:

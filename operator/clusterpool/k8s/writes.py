@@ -6,8 +6,8 @@ pools' Service applies and Events: at a few hundred pools, detection took severa
 intervals. Here instead:
 
 - two lanes with workers of their own: HEALTH (status, the Service, EndpointSlices, the
-  routing ConfigMap: what clients act on) and INFO (Events, deletes, reads): an
-  informational write never delays a health-changing one;
+  routing ConfigMap, and their removal when a pool goes: what clients act on) and INFO
+  (Events): an informational write never delays a health-changing one;
 - one write in flight per object; a newer write for an object replaces the one still
   waiting (latest wins), and whoever awaited the replaced write gets the newer result;
 - the backlog is bounded by the number of objects, not by the number of rounds;
