@@ -20,6 +20,8 @@ deleted pool's series are removed, and so are those of endpoints that leave a po
     clusterpool_round_duration_seconds{namespace,pool}           one round: probe, publish, status
     clusterpool_kubernetes_api_reachable                         the operator-wide API check
     clusterpool_event_loop_lag_seconds                           how late the event loop runs timers
+    clusterpool_probes_late_total                                probes not counted: the operator was too late
+                                                                 to read their answer (an overloaded operator)
     clusterpool_shard_members                                    live replicas in this replica's view
     clusterpool_shard_membership_changes_total                   changes of that set (pools handed over)
     clusterpool_operator_remembered{holder}                      pools (or their objects) each part of the
@@ -97,6 +99,12 @@ class Metrics:
         )
         self.shard_members = Gauge(
             "clusterpool_shard_members", "Live operator replicas in this replica's view", registry=registry
+        )
+        self.late_probes = Counter(
+            "clusterpool_probes_late",
+            "Probes not counted: their deadline fired over 0.5 s late (the operator was too busy to read "
+            "the answer); the endpoint kept its health",
+            registry=registry,
         )
         self.shard_changes = Counter(
             "clusterpool_shard_membership_changes",
@@ -206,6 +214,9 @@ class PoolMetrics:
         self.m._exported.add(self.key)
         self.m.events.labels(*self.key, type_, reason).inc()
         self.events.add((type_, reason))
+
+    def late_probe(self) -> None:
+        self.m.late_probes.inc()
 
     def round(self, seconds: float) -> None:
         self.m._exported.add(self.key)

@@ -428,7 +428,7 @@ class PoolRunner:
         if self.spec is None or self.prober is None:
             return
         thresholds, failover = thresholds_of(self.spec), failover_of(self.spec)
-        async for results in probe_batches(self.pool.members, self.prober):
+        async for results in probe_batches(self.pool.members, self.prober, late=self._late_probe):
             self.pool, events = step(self.pool, results, thresholds, failover, utcnow())
             for e in events:
                 self.log.info("%s: %s", e.reason, e.message)
@@ -436,6 +436,11 @@ class PoolRunner:
             if events and self.may_drive():
                 await self.write_status()
                 self.offer_to_sinks()
+
+    def _late_probe(self, ep: Endpoint) -> None:
+        self.log.debug("probe of %s not counted: the operator was too busy to read its answer in time", ep.name)
+        if self.metrics is not None:
+            self.metrics.late_probe()
 
     def offer_to_sinks(self) -> None:
         if self.spec is not None:

@@ -1,10 +1,14 @@
 """Probes against real servers on loopback: every outcome gets its reason."""
 
+import asyncio
+import time
+
 import pytest
 
 from backends import HTTPBackend, TCPBackend, free_port
-from clusterpool.api import HTTPCheck
-from clusterpool.health.probes import parse_status_line, probe_http, probe_tcp
+from clusterpool.api import HealthCheck, HTTPCheck
+from clusterpool.core.health import Endpoint
+from clusterpool.health.probes import Prober, parse_status_line, probe_batches, probe_http, probe_tcp
 
 CHECK = HTTPCheck()
 
@@ -65,9 +69,7 @@ def test_parse_status_line():
         assert parse_status_line(bad) is None
 
 
-from clusterpool.api import HealthCheck  # noqa: E402
-from clusterpool.core.health import Endpoint  # noqa: E402
-from clusterpool.health.probes import HTTPProber, Prober  # noqa: E402
+from clusterpool.health.probes import HTTPProber  # noqa: E402
 
 
 async def test_method_and_headers_are_sent(backend):
@@ -151,3 +153,31 @@ async def test_composite_modes(backend):
         assert r.ok is expected, (mode, checks, r)
         if not r.ok:
             assert r.reason == "ChecksFailed" and "sidecar: TCP connect" in r.message
+
+
+async def test_a_probe_the_operator_was_too_late_for_is_left_out_not_failed(backend):
+    """The event loop blocked past a probe's deadline (an overloaded operator): the backend
+    answered in time, so the timeout is not counted against it. A backend that really does
+    not answer still fails its probe."""
+    members = (Endpoint("a", backend.host, backend.port),)
+    prober = Prober(HealthCheck(timeout_seconds=1, http=CHECK))
+
+    async def round_with_the_loop_blocked() -> tuple[dict[str, object], list[str]]:
+        late: list[str] = []
+        results: dict[str, object] = {}
+        # the answer comes after 0.3 s; from 0.1 s to 2.1 s the loop is busy elsewhere, past
+        # the deadline (1 s) and LATE (0.5 s), so the answer waits unread
+        asyncio.get_running_loop().call_later(0.1, time.sleep, 2.0)
+        async for batch in probe_batches(members, prober, late=lambda ep: late.append(ep.name)):
+            results.update(batch)
+        return results, late
+
+    backend.mode, backend.delay = "slow", 0.3
+    results, late = await round_with_the_loop_blocked()
+    assert (results, late) == ({}, ["a"])
+    backend.mode = "hang"
+    results = {}
+    async for batch in probe_batches(members, prober):
+        results.update(batch)
+    assert results["a"].reason == "Timeout"  # type: ignore[attr-defined]
+    await prober.close()

@@ -31,10 +31,24 @@ MAX_LINE = 8192  # bytes of one status, header, chunk-size or trailer line
 MAX_HEAD = 32 * 1024  # bytes of the status line and headers together (trailers too)
 MAX_HEADERS = 100  # header lines (trailer lines too)
 MAX_BODY = 64 * 1024  # bytes of a body read (bodyContains looks at this much)
+LATE = 0.5  # seconds a probe's deadline may fire late before its timeout says more about us than the backend
 
 
 class ProtocolError(Exception):
     """The answer is not the HTTP/1.x we can read."""
+
+
+class OperatorLateError(Exception):
+    """The probe's deadline fired well after it was due: the operator's event loop was too
+    busy to read the answer in time, so the timeout says nothing about the backend. The
+    probe is not counted, as if it had not been made; the endpoint keeps its health."""
+
+
+def _timeout_or_late(exc: BaseException, start: float, timeout: float) -> None:
+    if isinstance(exc, TimeoutError):
+        late = time.perf_counter() - start - timeout
+        if late > LATE:
+            raise OperatorLateError(f"the probe's deadline fired {late:.1f}s late") from exc
 
 
 class Progress:
@@ -85,6 +99,7 @@ async def probe_tcp(host: str, port: int, timeout: float) -> ProbeResult:
             _, writer = await asyncio.open_connection(host, port)
             _drop(writer)
     except _ERRORS as exc:
+        _timeout_or_late(exc, start, timeout)
         return _failure(exc, timeout, what, "while connecting")
     return ProbeResult(True, "ProbeSucceeded", f"{what} accepted", time.perf_counter() - start)
 
@@ -292,6 +307,7 @@ class HTTPProber:
             async with asyncio.timeout(self.timeout):
                 answer = await self._exchange(host, port, progress)
         except _ERRORS as exc:
+            _timeout_or_late(exc, start, self.timeout)
             return _failure(exc, self.timeout, what, progress.doing)
         latency = time.perf_counter() - start
         if not self.check.accepts(answer.status):
@@ -389,12 +405,16 @@ async def probe_all(members: tuple[Endpoint, ...], prober: Check) -> dict[str, P
 
 
 async def probe_batches(
-    members: tuple[Endpoint, ...], prober: Check, gather_for: float = 0.05
+    members: tuple[Endpoint, ...],
+    prober: Check,
+    gather_for: float = 0.05,
+    late: Callable[[Endpoint], None] = lambda ep: None,
 ) -> AsyncIterator[dict[str, ProbeResult]]:
     """Probe every endpoint concurrently and yield the results as they come: the first
     ones at once (a refused connection is known long before a slow probe times out), then
     whatever finished within each further `gather_for` seconds, so a round with spread
-    latencies is a few batches, not one per endpoint. A probe that raises is a failure."""
+    latencies is a few batches, not one per endpoint. A probe that raises is a failure,
+    except one the operator was too late for (OperatorLateError): it is left out and `late` told."""
     tasks: dict[asyncio.Future[ProbeResult], Endpoint] = {asyncio.ensure_future(prober(ep)): ep for ep in members}
     pending: set[asyncio.Future[ProbeResult]] = set(tasks)
     try:
@@ -410,7 +430,9 @@ async def probe_batches(
             for t in done:
                 ep = tasks[t]
                 exc = t.exception()
-                if exc is None:
+                if isinstance(exc, OperatorLateError):
+                    late(ep)
+                elif exc is None:
                     batch[ep.name] = t.result()
                 else:
                     batch[ep.name] = _failure(exc, 0.0, f"probe of {ep.address}:{ep.port}")
