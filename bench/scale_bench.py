@@ -316,7 +316,8 @@ def write_counters(ops: list[Operator]) -> dict[str, dict[str, float]]:
 
 
 def writes_between(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]) -> dict[str, float]:
-    return {lane: after["sent"].get(lane, 0) - n for lane, n in before["sent"].items()}
+    """Per lane, when both scrapes answered (an overloaded operator may not answer one)."""
+    return {lane: after["sent"][lane] - n for lane, n in before["sent"].items() if lane in after["sent"]}
 
 
 def drain_writes(ops: list[Operator], timeout: float) -> dict[str, Any]:
