@@ -196,7 +196,7 @@ async def pool_daemon(
             keeps=keeps,
             identity=memo.get("identity"),
             forget_written=forget_written,
-            informational_budget=lambda: bool(memo["informational"].take(time.monotonic())),
+            informational_budget=lambda: memo["informational"].take(time.monotonic()),
         )
         memo["wake"] = runner.wake
         runners[(namespace, name)] = runner

@@ -44,7 +44,7 @@ class OperatorLateError(Exception):
     probe is not counted, as if it had not been made; the endpoint keeps its health."""
 
 
-def _timeout_or_late(exc: BaseException, start: float, timeout: float) -> None:
+def _raise_if_late(exc: BaseException, start: float, timeout: float) -> None:
     if isinstance(exc, TimeoutError):
         late = time.perf_counter() - start - timeout
         if late > LATE:
@@ -99,7 +99,7 @@ async def probe_tcp(host: str, port: int, timeout: float) -> ProbeResult:
             _, writer = await asyncio.open_connection(host, port)
             _drop(writer)
     except _ERRORS as exc:
-        _timeout_or_late(exc, start, timeout)
+        _raise_if_late(exc, start, timeout)
         return _failure(exc, timeout, what, "while connecting")
     return ProbeResult(True, "ProbeSucceeded", f"{what} accepted", time.perf_counter() - start)
 
@@ -307,7 +307,7 @@ class HTTPProber:
             async with asyncio.timeout(self.timeout):
                 answer = await self._exchange(host, port, progress)
         except _ERRORS as exc:
-            _timeout_or_late(exc, start, self.timeout)
+            _raise_if_late(exc, start, self.timeout)
             return _failure(exc, self.timeout, what, progress.doing)
         latency = time.perf_counter() - start
         if not self.check.accepts(answer.status):
