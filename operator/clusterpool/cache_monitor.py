@@ -76,9 +76,11 @@ class CacheMonitor:
             self.admin = CacheAdmin(redis_connection(r, password, ca), settings.key_prefix)
         timeout = settings.redis.timeout_milliseconds / 1000
         try:
-            latency = await asyncio.wait_for(self.admin.ping(), max(timeout, 1.0))
+            async with asyncio.timeout(max(timeout, 1.0)):
+                latency = await self.admin.ping()
             if time.monotonic() >= self.next_count:
-                self.keys = await asyncio.wait_for(self.admin.count(settings.version), 30)
+                async with asyncio.timeout(30):
+                    self.keys = await self.admin.count(settings.version)
                 self.keys_at = rfc3339(datetime.now(UTC))
                 self.next_count = time.monotonic() + KEY_COUNT_EVERY
         except Exception as exc:  # any failure to answer: report it, keep the pool going
@@ -221,8 +223,7 @@ class CacheMonitor:
     async def _close_admin(self) -> None:
         if self.cleanup is not None and not self.cleanup.done():
             self.cleanup.cancel()
-            with contextlib.suppress(BaseException):
-                await self.cleanup
+            await asyncio.wait({self.cleanup})
         self.cleanup = None
         if self.admin is not None:
             with contextlib.suppress(Exception):

@@ -9,7 +9,6 @@ and write nothing themselves; every write goes through the write queue (k8s/writ
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable
@@ -130,8 +129,7 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     shards_task: asyncio.Task[None] | None = memo.get("shards_task")
     if shards_task is not None:  # gives the Lease up, so the other replicas take over at once
         shards_task.cancel()
-        with contextlib.suppress(BaseException):
-            await shards_task
+        await asyncio.wait({shards_task})
     writes: WriteQueue | None = memo.get("writes")
     if writes is not None:
         await writes.close()
@@ -227,7 +225,8 @@ async def _stop_when(stopped: kopf.DaemonStopped, runner: PoolRunner, run: async
     await stopped.wait()
     runner.stop()
     try:
-        await asyncio.wait_for(asyncio.shield(run), STOP_GRACE)
+        async with asyncio.timeout(STOP_GRACE):
+            await asyncio.shield(run)
     except TimeoutError:
         run.cancel()
 
@@ -258,7 +257,8 @@ async def remove_pool_objects(
     if runner is not None:
         runner.stop()
         try:
-            await asyncio.wait_for(runner.done.wait(), 15)
+            async with asyncio.timeout(15):
+                await runner.done.wait()
         except TimeoutError:
             raise kopf.TemporaryError("the pool's loop has not stopped yet", delay=2) from None
     # a write the stopped loop queued (an EndpointSlice apply) must not land after the removal

@@ -695,7 +695,8 @@ class PoolRunner:
                     self.log.exception("pool round failed; retrying")
                 delay = 2.0
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self.wake.wait()
 
 
 def secret_reader(

@@ -12,7 +12,6 @@ condition changes so the status shows it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -54,7 +53,8 @@ class SinkTask:
             self._offered.clear()
             state = self._latest
             try:
-                condition = await asyncio.wait_for(self.sink(state), self.timeout)
+                async with asyncio.timeout(self.timeout):
+                    condition = await self.sink(state)
             except NotOwnedError:  # the replica lost the pool meanwhile: nothing to report, it writes nothing
                 self.log.debug("%s: not sent, the pool is no longer certainly this replica's", self.name)
                 continue
@@ -76,8 +76,7 @@ class SinkTask:
                 self.changed()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait({task})  # until it ended; what it raised is of no interest here

@@ -72,13 +72,16 @@ class Fleet:
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
-    def driven(self) -> dict[str, frozenset[tuple[str, str]]]:
-        return {i: frozenset(k for k in KEYS if s.may_drive(*k)) for i, s in self.shards.items()}
+    def driven(self, now: float | None = None) -> dict[str, frozenset[tuple[str, str]]]:
+        """Which keys each one may drive at `now` (one instant for all: a sample's time is
+        exactly when its answers hold)."""
+        at = time.monotonic() if now is None else now
+        return {i: frozenset(k for k in KEYS if s.view.may_drive("/".join(k), at)) for i, s in self.shards.items()}
 
     async def sample(self) -> None:
         while True:
             now = time.monotonic()
-            driven = self.driven()
+            driven = self.driven(now)
             self.samples.append((now, driven))
             for key in KEYS:
                 drivers = [i for i, keys in driven.items() if key in keys]

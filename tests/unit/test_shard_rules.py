@@ -6,6 +6,7 @@ drivers."""
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import random
 import re
@@ -347,3 +348,18 @@ def test_shards_defaults_are_lease_15_renew_2_timeout_1():
     s = Shards(kubernetes.client.ApiClient(), "me", "ns")
     assert (s.lease_seconds, s.renew_seconds, s.request_timeout) == (15, 2, 1.0)
     assert s.view.renew_deadline == 10 and not s.holds_lease() and s.members == ()
+
+
+async def test_a_change_right_after_the_question_still_wakes_the_waiter():
+    """A pool's daemon asks may_drive, then waits for changed(): a change published in
+    between (before the wait has started running) must still wake it, or the pool stays
+    undriven until the next change of the members."""
+    now = [100.0]
+    s = Shards(kubernetes.client.ApiClient(), "me", "ns", clock=lambda: now[0])
+    assert not s.may_drive("ns", "pool")
+    waiting = asyncio.ensure_future(s.changed())  # taken now, first run after the change below
+    s.view.synced(now[0], now[0], [], created=True)  # alone: drives at once
+    s._publish()
+    done, _ = await asyncio.wait({waiting}, timeout=5)
+    assert waiting in done, "the change was missed"
+    assert s.may_drive("ns", "pool")

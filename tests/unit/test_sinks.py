@@ -52,3 +52,23 @@ async def test_a_failing_sink_reports_failed_and_logs_the_error(caplog):
     await task.close()
     assert [(c.status, c.reason) for c in changes] == [("False", "Failed")]
     assert [r.levelno for r in caplog.records] == [logging.ERROR]
+
+
+async def test_close_stops_the_task_when_its_write_ends_at_the_same_moment():
+    """A write refused by the fence (or answered) just as the runner closes the sink: the
+    close must still end the task. (Python 3.11's wait_for returned the inner result
+    instead of the cancellation then; the task went back to waiting for an offer and
+    close() waited for it forever, which left a replica's pool undriven.)"""
+    answer: asyncio.Future[ConditionSpec] = asyncio.get_running_loop().create_future()
+
+    async def sink(state: str) -> ConditionSpec:
+        return await answer
+
+    task = sink_task(sink, [], asyncio.Event())
+    task.offer("state")
+    for _ in range(3):
+        await asyncio.sleep(0)  # the sink is waiting for its answer
+    answer.set_exception(NotOwnedError("not sent"))
+    closing = asyncio.ensure_future(task.close())  # its cancel arrives in the same step as the answer
+    done, _ = await asyncio.wait({closing}, timeout=5)
+    assert closing in done, "close() did not end the sink's task"

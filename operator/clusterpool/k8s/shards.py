@@ -60,7 +60,7 @@ import math
 import random
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -172,10 +172,11 @@ class Shards:
     def may_drive(self, namespace: str, name: str) -> bool:
         return self.view.may_drive(f"{namespace}/{name}", self._clock())
 
-    async def changed(self) -> None:
-        """Return at the next change of the members, of the own Lease's validity, or of
-        the end of the hand-over wait: then ask may_drive again."""
-        await self._changed.wait()
+    def changed(self) -> Coroutine[Any, Any, bool]:
+        """Ends at the next change of the members, of the own Lease's validity, or of
+        the end of the hand-over wait: then ask may_drive again. The change counts from
+        this call, not from when the wait first runs (a change in between wakes it)."""
+        return self._changed.wait()
 
     # -- the loop ----------------------------------------------------------------
 
@@ -193,8 +194,7 @@ class Shards:
             self.view.stop()
             self._publish()
             notifier.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await notifier
+            await asyncio.wait({notifier})
             await self._release()
             self._executor.shutdown(wait=False)
 
@@ -314,10 +314,8 @@ class Shards:
     async def _release(self) -> None:
         # Also when no renewal was answered: a create whose answer was lost may have landed.
         try:
-            await asyncio.wait_for(
-                self._call(self._api.delete_namespaced_lease, self.lease_name, self.namespace),
-                timeout=self.request_timeout + 0.5,
-            )
+            async with asyncio.timeout(self.request_timeout + 0.5):
+                await self._call(self._api.delete_namespaced_lease, self.lease_name, self.namespace)
         except Exception as exc:  # best effort: the Lease expires anyway
             if not (isinstance(exc, ApiException) and exc.status == 404):
                 log.warning(
@@ -335,7 +333,8 @@ class Shards:
             wake = self.view.next_change(now)
             timeout = None if wake is None else max(0.0, wake - now) + 0.001
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._poke.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._poke.wait()
             self._poke.clear()
 
     def _publish(self) -> None:
