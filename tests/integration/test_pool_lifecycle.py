@@ -231,6 +231,8 @@ def test_a_composite_check_ejects_when_a_required_check_fails(pools, http_backen
     backends[0].start()
     pools.create("p", spec)
     wait_for(lambda: pools.endpoint("p", "ep-1").get("health") == "Unhealthy", detect_bound(1), "ep-1 Unhealthy")
+    # results are written as they arrive: ep-0's may land after ep-1's
+    wait_for(lambda: pools.endpoint("p", "ep-0").get("health") != "Unknown", detect_bound(1), "ep-0 probed")
     assert pools.endpoint("p", "ep-0")["health"] == "Healthy"
     ep1 = pools.endpoint("p", "ep-1")
     assert ep1["reason"] == "ChecksFailed" and "sidecar: TCP connect" in ep1["message"]
