@@ -146,6 +146,28 @@ def loadavg() -> list[float]:
     return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
 
 
+def retrying(call: Any, *args: Any, done_on: tuple[int, ...] = (), attempts: int = 10, **kwargs: Any) -> Any:
+    """A harness API call, retried while the API server is overloaded (a 5xx such as the
+    504 it answers when etcd is slow, 429, a broken connection): the benchmark measures the
+    operator, and one lost request of the harness must not end a 15-minute run. A status
+    in `done_on` counts as done (a retried create whose first attempt landed: 409)."""
+    from kubernetes.client.exceptions import ApiException
+
+    for attempt in range(attempts):
+        try:
+            return call(*args, **kwargs)
+        except ApiException as exc:
+            if exc.status in done_on:
+                return None
+            if attempt == attempts - 1 or not (exc.status in (0, 429) or exc.status >= 500):
+                raise
+        except OSError:
+            if attempt == attempts - 1:
+                raise
+        time.sleep(min(8.0, 0.5 * 2**attempt))
+    raise AssertionError("unreachable")
+
+
 def pct(values: list[float], q: float) -> float:
     s = sorted(values)
     if not s:
@@ -829,10 +851,12 @@ def leftovers(client: Any, namespace: str) -> dict[str, int]:
     disc = kubernetes.client.DiscoveryV1Api(client)
     custom = kubernetes.client.CustomObjectsApi(client)
     return {
-        "services": len(core.list_namespaced_service(namespace, label_selector=POOL_LABEL).items),
-        "configmaps": len(core.list_namespaced_config_map(namespace, label_selector=POOL_LABEL).items),
-        "endpointslices": len(disc.list_namespaced_endpoint_slice(namespace, label_selector=POOL_LABEL).items),
-        "clusterpools": len(custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]),
+        "services": len(retrying(core.list_namespaced_service, namespace, label_selector=POOL_LABEL).items),
+        "configmaps": len(retrying(core.list_namespaced_config_map, namespace, label_selector=POOL_LABEL).items),
+        "endpointslices": len(
+            retrying(disc.list_namespaced_endpoint_slice, namespace, label_selector=POOL_LABEL).items
+        ),
+        "clusterpools": len(retrying(custom.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL)["items"]),
     }
 
 
@@ -856,7 +880,6 @@ def cpu_window(ops: list[Operator], seconds: float) -> dict[str, Any]:
 
 def run(n: int, args: argparse.Namespace, state: Any, client: Any, work: Path) -> dict[str, Any]:
     import kubernetes
-    from kubernetes.client.exceptions import ApiException
 
     from backends import free_port
 
@@ -879,7 +902,7 @@ def run(n: int, args: argparse.Namespace, state: Any, client: Any, work: Path) -
             if cls.namespace:
                 cls.watch.stop()
             cls.namespace = f"scale-{n}-{stamp}-c{cycle}"
-            core.create_namespace({"metadata": {"name": cls.namespace}})
+            retrying(core.create_namespace, {"metadata": {"name": cls.namespace}})
             cls.watch = PoolWatch(client, cls.namespace)
 
     prefix = args.address_prefix
@@ -902,14 +925,11 @@ def run(n: int, args: argparse.Namespace, state: Any, client: Any, work: Path) -
     pool_exec = concurrent.futures.ThreadPoolExecutor(args.harness_threads)
 
     def create(name: str) -> None:
-        custom.create_namespaced_custom_object(GROUP, VERSION, Cur.namespace, PLURAL, pool_body(name, hosts, port))
+        body = pool_body(name, hosts, port)
+        retrying(custom.create_namespaced_custom_object, GROUP, VERSION, Cur.namespace, PLURAL, body, done_on=(409,))
 
     def delete(name: str) -> None:
-        try:
-            custom.delete_namespaced_custom_object(GROUP, VERSION, Cur.namespace, PLURAL, name)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
+        retrying(custom.delete_namespaced_custom_object, GROUP, VERSION, Cur.namespace, PLURAL, name, done_on=(404,))
 
     def create_all() -> tuple[float, float]:
         with Cur.watch.cond:
