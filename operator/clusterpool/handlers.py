@@ -9,6 +9,7 @@ and write nothing themselves; every write goes through the write queue (k8s/writ
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable
@@ -31,6 +32,7 @@ from clusterpool.runner import INFORMATIONAL_PER_SECOND, PoolRunner, remove_publ
 
 FINALIZER = f"{api.GROUP}/finalizer"
 STOP_GRACE = 3.0  # seconds a stopped pool's round may take to finish before it is cancelled
+NOT_OURS_WAIT = 120.0  # seconds a replica's delete handler waits for a pool another replica drives
 METRICS = Metrics()  # prometheus_client's default registry, served by __main__ with --metrics
 
 
@@ -231,6 +233,15 @@ async def _stop_when(stopped: kopf.DaemonStopped, runner: PoolRunner, run: async
         run.cancel()
 
 
+async def _until_drivable(shards: Shards, namespace: str, name: str, seconds: float) -> bool:
+    """Whether this replica may drive the pool, waiting up to `seconds` for it."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            while not shards.may_drive(namespace, name):
+                await shards.changed()
+    return shards.may_drive(namespace, name)
+
+
 async def _first_of(*waits: Awaitable[Any]) -> None:
     tasks = [asyncio.ensure_future(w) for w in waits]
     try:
@@ -251,8 +262,12 @@ async def remove_pool_objects(
     through their ownerReferences too; Consul has no such collector.)"""
     namespace, name = body.metadata.namespace or "default", body.metadata.name or ""
     shards: Shards = memo["shards"]
-    if not shards.may_drive(namespace, name):  # the replica that drives the pool cleans it up
-        raise kopf.TemporaryError(f"the pool is driven by {shards.owner_of(namespace, name)}", delay=2)
+    # The replica that drives the pool cleans it up. The others wait here, for the pool to
+    # become theirs or for a long while, rather than fail and be retried at once: every
+    # kopf retry PATCHes the pool twice (its progress and a touch), and 1,000 pools deleted
+    # at once over 3 replicas made that a storm that starved the Lease renewals.
+    if not await _until_drivable(shards, namespace, name, NOT_OURS_WAIT):
+        raise kopf.TemporaryError(f"the pool is driven by {shards.owner_of(namespace, name)}", delay=NOT_OURS_WAIT)
     runner: PoolRunner | None = memo["runners"].get((namespace, name))
     if runner is not None:
         runner.stop()

@@ -222,3 +222,48 @@ def test_a_replica_stopped_gracefully_gives_its_pools_up_at_once(replicas, pools
     print(
         f"graceful stop: exited after {exited:.1f}s, {len(moved)} pools taken over after {took:.1f}s (lease {LEASE}s)"
     )
+
+
+def test_deleting_pools_over_two_replicas_leaves_the_other_replica_quiet(replicas, pools, http_backends, k8s):
+    """Only the replica that drives a pool cleans it up; the other's delete handler waits
+    instead of failing, so it writes nothing to the pool (each kopf retry PATCHed the
+    pool twice: at 1,000 pools that was a storm that starved the Lease renewals)."""
+    ops = {i: replicas(i) for i in ("rep-a", "rep-b")}
+    backends = http_backends(1)
+    names = [f"d{i}" for i in range(12)]
+    create_pools(pools, backends, names)
+    wait_for(lambda: set(current_drivers(pools, names).values()) == set(ops), 60, "each replica driving its share")
+    api = kubernetes.client.CustomObjectsApi(k8s)
+    seen: list[dict] = []  # the pools' annotations in every version stored while they were deleted
+    stop = threading.Event()
+
+    def watch() -> None:
+        w = kubernetes.watch.Watch()
+        for ev in w.stream(
+            api.list_namespaced_custom_object,
+            "clusterpool.dev",
+            "v1alpha1",
+            pools.namespace,
+            "clusterpools",
+            timeout_seconds=60,
+        ):
+            meta = ev["object"]["metadata"]
+            if meta.get("deletionTimestamp"):
+                seen.append({"name": meta["name"], **(meta.get("annotations") or {})})
+            if stop.is_set():
+                break
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    time.sleep(1)  # the watch is open
+    for n in names:
+        pools.delete(n)
+    try:
+        wait_for(lambda: not set(pools.names()) & set(names), 30, "every pool removed")
+    finally:
+        stop.set()
+    assert {s["name"] for s in seen} == set(names)  # the watch saw each deletion
+    retried = [s for s in seen if "driven by" in s.get("clusterpool.dev/remove-published", "")]
+    assert not retried, retried
+    for op in ops.values():
+        assert "failed temporarily" not in op.log.read_text()
