@@ -860,19 +860,55 @@ def leftovers(client: Any, namespace: str) -> dict[str, int]:
     }
 
 
-def cpu_window(ops: list[Operator], seconds: float) -> dict[str, Any]:
+def backend_latency(host: str, port: int, until: float, every: float = 0.05) -> dict[str, Any]:
+    """Seconds one GET /health to a backend takes, from this process, over one keep-alive
+    connection, every `every` s until `until`: how fast the backends answer the operators'
+    probes under the same load (a probe fails after timeoutSeconds, 1 s here)."""
+    import socket
+
+    took: list[float] = []
+    request = f"GET /health HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+    with socket.create_connection((host, port), timeout=10) as sock:
+        while time.monotonic() < until:
+            t0 = time.monotonic()
+            sock.sendall(request)
+            got = b""
+            while not got.endswith(b'{"status":"ok"}'):
+                chunk = sock.recv(4096)
+                if not chunk:
+                    raise ConnectionError("the backend closed the connection")
+                got += chunk
+            took.append(time.monotonic() - t0)
+            time.sleep(every)
+    took.sort()
+    return {
+        "requests": len(took),
+        "p50_ms": round(1000 * pct(took, 0.5), 1),
+        "p99_ms": round(1000 * pct(took, 0.99), 1),
+        "max_ms": round(1000 * took[-1], 1),
+        "over_1s": sum(t > 1.0 for t in took),
+    }
+
+
+def cpu_window(ops: list[Operator], seconds: float, backends: dict[str, Backends] | None = None) -> dict[str, Any]:
+    """CPU and RSS of the operators (and of the backend processes) over `seconds`."""
     me = os.getpid()
     pids = {op.identity: op.pid for op in ops if op.running()}
-    before = {k: proc_cpu_seconds(p) for k, p in pids.items()}
+    served = {k: b.proc.pid for k, b in (backends or {}).items() if b.proc is not None}
+    before = {k: proc_cpu_seconds(p) for k, p in (pids | served).items()}
     h0, t0, l0 = proc_cpu_seconds(me), time.monotonic(), loadavg()
     time.sleep(seconds)
     dt = time.monotonic() - t0
-    per = {k: round(100 * (proc_cpu_seconds(p) - before[k]) / dt, 1) for k, p in pids.items()}
+
+    def share(group: dict[str, int]) -> dict[str, float]:
+        return {k: round(100 * (proc_cpu_seconds(p) - before[k]) / dt, 1) for k, p in group.items()}
+
     return {
         "seconds": round(dt, 1),
-        "cpu_percent_of_core": per,
+        "cpu_percent_of_core": share(pids),
         "rss_mib": {k: proc_rss_mib(p) for k, p in pids.items()},
         "harness_cpu_percent_of_core": round(100 * (proc_cpu_seconds(me) - h0) / dt, 1),
+        "backends_cpu_percent_of_core": share(served),
         "loadavg_before": l0,
         "loadavg_after": loadavg(),
     }
@@ -928,8 +964,16 @@ def run(n: int, args: argparse.Namespace, state: Any, client: Any, work: Path) -
         body = pool_body(name, hosts, port)
         retrying(custom.create_namespaced_custom_object, GROUP, VERSION, Cur.namespace, PLURAL, body, done_on=(409,))
 
-    def delete(name: str) -> None:
-        retrying(custom.delete_namespaced_custom_object, GROUP, VERSION, Cur.namespace, PLURAL, name, done_on=(404,))
+    def delete(name: str) -> bool:
+        """Whether the delete request was accepted (a refusal is recorded, not raised: the
+        run's figures so far are worth keeping)."""
+        try:
+            call = custom.delete_namespaced_custom_object
+            retrying(call, GROUP, VERSION, Cur.namespace, PLURAL, name, done_on=(404,))
+        except Exception as exc:
+            log(f"delete {name}: {exc!r}"[:300])
+            return False
+        return True
 
     def create_all() -> tuple[float, float]:
         with Cur.watch.cond:
@@ -952,7 +996,7 @@ def run(n: int, args: argparse.Namespace, state: Any, client: Any, work: Path) -
 
     def delete_all() -> dict[str, Any]:
         t0 = time.monotonic()
-        list(pool_exec.map(delete, names))
+        refused = [n for n, ok in zip(names, pool_exec.map(delete, names), strict=True) if not ok]
         issued = time.monotonic() - t0
         ok = Cur.watch.wait(lambda: not (Cur.watch.exists & set(names)), args.delete_timeout)
         took = time.monotonic() - t0
@@ -963,6 +1007,7 @@ def run(n: int, args: argparse.Namespace, state: Any, client: Any, work: Path) -
             "all_deleted": ok,
             "delete_all_seconds": round(took, 2) if ok else None,
             "harness_delete_requests_seconds": round(issued, 2),
+            "delete_requests_refused": len(refused),
             "left_behind": left,
             f"left_behind_after_{args.settle:g}s_more": leftovers(client, Cur.namespace),
         }
@@ -1001,7 +1046,10 @@ def run(n: int, args: argparse.Namespace, state: Any, client: Any, work: Path) -
         log(f"steady window {args.steady}s")
         with Cur.watch.cond:
             changes_before = dict(Cur.watch.driven_changes)
-        result["steady"] = cpu_window(ops, args.steady)
+        with concurrent.futures.ThreadPoolExecutor(1) as one:
+            latency = one.submit(backend_latency, hosts[1], port, time.monotonic() + args.steady)
+            result["steady"] = cpu_window(ops, args.steady, {"shared": shared, "others": others})
+            result["steady"]["backend_latency"] = latency.result()
         with Cur.watch.cond:
             flapped = [k for k, v in Cur.watch.driven_changes.items() if v > changes_before.get(k, 0)]
             result["driven_by"] = {
