@@ -155,6 +155,23 @@ async def test_composite_modes(backend):
             assert r.reason == "ChecksFailed" and "sidecar: TCP connect" in r.message
 
 
+async def test_an_answer_that_came_while_the_loop_was_busy_across_the_deadline_is_not_a_timeout(backend):
+    """The loop is busy from 0.7 s to 1.2 s; the answer comes at 0.8 s; the deadline (1 s)
+    fires 0.2 s late, under LATE, and finds the answer received but unread: the operator's
+    fault, not the backend's, so the probe is left out. (At 1,000 pools such timeouts
+    flapped endpoints whose backends answered within 50 ms.)"""
+    members = (Endpoint("a", backend.host, backend.port),)
+    prober = Prober(HealthCheck(timeout_seconds=1, http=CHECK))
+    backend.mode, backend.delay = "slow", 0.8
+    late: list[str] = []
+    results: dict[str, object] = {}
+    asyncio.get_running_loop().call_later(0.7, time.sleep, 0.5)
+    async for batch in probe_batches(members, prober, late=lambda ep: late.append(ep.name)):
+        results.update(batch)
+    await prober.close()
+    assert (results, late) == ({}, ["a"])
+
+
 async def test_a_probe_the_operator_was_too_late_for_is_left_out_not_failed(backend):
     """The event loop blocked past a probe's deadline (an overloaded operator): the backend
     answered in time, so the timeout is not counted against it. A backend that really does

@@ -32,6 +32,7 @@ MAX_HEAD = 32 * 1024  # bytes of the status line and headers together (trailers 
 MAX_HEADERS = 100  # header lines (trailer lines too)
 MAX_BODY = 64 * 1024  # bytes of a body read (bodyContains looks at this much)
 LATE = 0.5  # seconds a probe's deadline may fire late before its timeout says more about us than the backend
+STALLED = 0.005  # seconds late past which a deadline that finds the answer unread was the operator's fault
 
 
 class ProtocolError(Exception):
@@ -44,11 +45,16 @@ class OperatorLateError(Exception):
     probe is not counted, as if it had not been made; the endpoint keeps its health."""
 
 
-def _raise_if_late(exc: BaseException, start: float, timeout: float) -> None:
+def _raise_if_late(exc: BaseException, start: float, timeout: float, progress: Progress | None = None) -> None:
+    """A timeout that says more about the operator than the backend: its deadline fired
+    long after it was due, or late with the backend's answer already received and unread
+    (the loop was busy when it came, and looked again only after the deadline)."""
     if isinstance(exc, TimeoutError):
         late = time.perf_counter() - start - timeout
         if late > LATE:
             raise OperatorLateError(f"the probe's deadline fired {late:.1f}s late") from exc
+        if late > STALLED and progress is not None and progress.answer_unread():
+            raise OperatorLateError(f"the answer was in, unread, when the deadline fired {late:.2f}s late") from exc
 
 
 class Progress:
@@ -57,6 +63,12 @@ class Progress:
     def __init__(self) -> None:
         self.doing = "connecting"
         self.head_bytes = 0
+        self.reader: asyncio.StreamReader | None = None  # of the connection the request went on
+
+    def answer_unread(self) -> bool:
+        """Whether bytes of the answer were received and not yet read (asyncio's
+        StreamReader keeps them in its buffer until a read takes them)."""
+        return self.reader is not None and bool(getattr(self.reader, "_buffer", b""))
 
 
 def _failure(exc: BaseException, timeout: float, what: str, doing: str | None = None) -> ProbeResult:
@@ -272,6 +284,7 @@ class HTTPProber:
         try:
             progress.doing = "while sending the request"
             progress.head_bytes = 0
+            progress.reader = reader
             writer.write(self._request(host, port))
             await writer.drain()
             answer = await read_answer(reader, self.check.method, wanted, progress)
@@ -307,7 +320,7 @@ class HTTPProber:
             async with asyncio.timeout(self.timeout):
                 answer = await self._exchange(host, port, progress)
         except _ERRORS as exc:
-            _raise_if_late(exc, start, self.timeout)
+            _raise_if_late(exc, start, self.timeout, progress)
             return _failure(exc, self.timeout, what, progress.doing)
         latency = time.perf_counter() - start
         if not self.check.accepts(answer.status):
