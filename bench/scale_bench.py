@@ -890,6 +890,26 @@ def backend_latency(host: str, port: int, until: float, every: float = 0.05) -> 
     }
 
 
+def events_by_reason(core: Any, namespace: str) -> dict[str, Any]:
+    """The namespace's Events by reason (with their counts), and the EndpointUnhealthy
+    ones by what the failed probe was doing: with no backend killed yet, these say how
+    often endpoints flapped and why."""
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        items = retrying(core.list_namespaced_event, namespace, _request_timeout=60).items
+    except (ApiException, OSError) as exc:
+        return {"error": repr(exc)[:200]}
+    reasons: collections.Counter[str] = collections.Counter()
+    unhealthy: collections.Counter[str] = collections.Counter()
+    for e in items:
+        reasons[e.reason or ""] += e.count or 1
+        if e.reason == "EndpointUnhealthy":
+            # "... is Unhealthy after ...: GET /health on host:port: timed out after 1s while connecting"
+            unhealthy[(e.message or "").rsplit(": ", 1)[-1]] += e.count or 1
+    return {"by_reason": dict(reasons.most_common()), "endpoint_unhealthy_by_failure": dict(unhealthy.most_common(8))}
+
+
 def cpu_window(ops: list[Operator], seconds: float, backends: dict[str, Backends] | None = None) -> dict[str, Any]:
     """CPU and RSS of the operators (and of the backend processes) over `seconds`."""
     me = os.getpid()
@@ -1058,6 +1078,7 @@ def run(n: int, args: argparse.Namespace, state: Any, client: Any, work: Path) -
                 # with every replica alive, a pool whose drivenBy changes is driven by two
                 "pools_changing_drivenBy_in_steady_window": len(flapped),
             }
+        result["steady"]["events_until_now"] = events_by_reason(core, Cur.namespace)
         log(f"steady: {result['steady']}")
 
         # 3. kill one replica, takeover
