@@ -342,6 +342,38 @@ def writes_between(before: dict[str, dict[str, float]], after: dict[str, dict[st
     return {lane: after["sent"][lane] - n for lane, n in before["sent"].items() if lane in after["sent"]}
 
 
+WRITE_VERBS = ("APPLY", "PATCH", "POST", "PUT", "DELETE")
+
+
+def api_writes(client: Any) -> collections.Counter[str]:
+    """The API server's own count of the writes it answered so far, by verb and resource
+    ("PATCH clusterpools/status"), from its /metrics (apiserver_request_total); empty
+    when the scrape fails."""
+    try:
+        method, url, headers, body, post = client.param_serialize("GET", "/metrics", auth_settings=["BearerToken"])
+        answer = retrying(client.call_api, method, url, headers, body, post, _request_timeout=30)
+        answer.read()
+        text = answer.data.decode()
+    except Exception:
+        return collections.Counter()
+    out: collections.Counter[str] = collections.Counter()
+    for line in text.splitlines():
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}", 1)[0]))
+        if labels.get("verb") in WRITE_VERBS:
+            sub = f"/{labels['subresource']}" if labels.get("subresource") else ""
+            out[f"{labels['verb']} {labels.get('resource')}{sub}"] += float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def api_writes_between(before: collections.Counter[str], after: collections.Counter[str]) -> dict[str, int]:
+    if not before or not after:
+        return {}
+    diff = {k: int(v - before.get(k, 0)) for k, v in after.items() if v - before.get(k, 0) >= 1}
+    return dict(sorted(diff.items(), key=lambda kv: -kv[1]))
+
+
 def drain_writes(ops: list[Operator], timeout: float) -> dict[str, Any]:
     """Wait until no write waits in any operator (the creation's Events, Services and
     statuses are all sent): the API server is then as busy as a steady fleet keeps it."""
@@ -1046,6 +1078,7 @@ def run(n: int, args: argparse.Namespace, state: Any, client: Any, work: Path) -
 
         # 1. create, all Ready
         log(f"creating {n} pools")
+        api_created = api_writes(client)
         t0, t_last = create_all()
         result["harness_create_seconds"] = round(t_last - t0, 2)
         result["harness_create_per_second"] = round(n / max(t_last - t0, 1e-9), 1)
@@ -1057,8 +1090,11 @@ def run(n: int, args: argparse.Namespace, state: Any, client: Any, work: Path) -
 
         # 2. steady CPU and RSS
         time.sleep(args.settle)
+        api_settled = api_writes(client)
+        result["api_writes_create_to_settled"] = api_writes_between(api_created, api_settled)
         if args.drain_timeout > 0:
             result["writes_drained_after_settle"] = drain_writes(ops, args.drain_timeout)
+            result["writes_drained_after_settle"]["api_writes"] = api_writes_between(api_settled, api_writes(client))
             log(f"write backlog: {result['writes_drained_after_settle']}")
         if args.profile:
             profile = Profile(ops[0].pid, work / "profile.raw", args.profile_rate)
@@ -1121,6 +1157,7 @@ def run(n: int, args: argparse.Namespace, state: Any, client: Any, work: Path) -
             Cur.watch.unhealthy_at.clear()
             Cur.watch.armed = time.monotonic()
         writes_at_kill = write_counters(ops)
+        api_at_kill = api_writes(client)
         shared.kill()
         t_kill = Cur.watch.armed
         assert t_kill is not None
@@ -1143,6 +1180,7 @@ def run(n: int, args: argparse.Namespace, state: Any, client: Any, work: Path) -
             "loadavg_after": loadavg(),
             "writes_waiting_at_kill": writes_at_kill["waiting"],
             "writes_sent_until_detected": writes_between(writes_at_kill, write_counters(ops)),
+            "api_writes_until_detected": api_writes_between(api_at_kill, api_writes(client)),
         }
         log(f"detection: {result['detection']}")
         if profile is not None:
