@@ -196,6 +196,7 @@ async def pool_daemon(
             keeps=keeps,
             identity=memo.get("identity"),
             forget_written=forget_written,
+            read_stored_status=lambda: writer.read(namespace, name),
             informational_budget=lambda: memo["informational"].take(time.monotonic()),
         )
         memo["wake"] = runner.wake

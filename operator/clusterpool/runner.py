@@ -164,6 +164,7 @@ class PoolRunner:
         sink_timeout: float = SINK_TIMEOUT,
         identity: str | None = None,
         forget_written: Callable[[], None] = lambda: None,
+        read_stored_status: Callable[[], Awaitable[Mapping[str, Any] | None]] | None = None,
         informational_budget: Callable[[], bool] = lambda: True,
     ) -> None:
         self.body = body
@@ -206,6 +207,9 @@ class PoolRunner:
         # pause another replica may have written it, so the next writes compare with
         # what the API server holds, not with this runner's last write.
         self.forget_written = forget_written
+        # the pool's status as the API server holds it now (a quorum read; kopf's copy in
+        # `body` may lag): after a pause it tells whether another replica wrote meanwhile
+        self.read_stored_status = read_stored_status or self._status_seen
         self.paused = False  # a round found may_drive False since the last write
         self.foreign_version_seen: object = _NEVER  # resourceVersion of the last status another replica wrote
         self.objects = SinkTask(
@@ -634,7 +638,7 @@ class PoolRunner:
             self.paused = True
             return self.next_delay(time.monotonic() - start)
         if self.paused or self._another_replica_wrote():
-            self._resume()
+            await self._resume()
         self._post_held_events()
         await self.write_status()
         self.offer_to_sinks()
@@ -651,14 +655,22 @@ class PoolRunner:
             return False
         return (self.body.get("metadata") or {}).get("resourceVersion") != self.foreign_version_seen
 
-    def _resume(self) -> None:
+    async def _resume(self) -> None:
         """Writing again after a pause: while this replica's Lease was uncertain or its
         hand-over wait ran, another replica may have driven the pool and written its
-        status and objects. Compare with what is stored from now on."""
+        status and objects. Whoever drives a pool writes its status, naming itself, before
+        any of its objects; so a stored status that still names this replica says no one
+        else wrote anything since, and what was written here is still what is stored.
+        Otherwise every writer compares with what is stored from now on."""
+        stored = await self.read_stored_status()
         self.paused = False
-        self.last_written = None
         self.foreign_version_seen = (self.body.get("metadata") or {}).get("resourceVersion")
-        self.forget_written()
+        self.last_written = None if stored is None else _plain(stored)
+        if self.identity is None or stored is None or stored.get("drivenBy") != self.identity:
+            self.forget_written()
+
+    async def _status_seen(self) -> Mapping[str, Any] | None:
+        return self.body.get("status")
 
     def stop(self) -> None:
         """Finish the current round and return from run()."""

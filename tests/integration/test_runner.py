@@ -216,6 +216,54 @@ async def test_after_a_pause_it_compares_with_what_another_replica_wrote(backend
     assert len(rec.writes) == writes + 1 and forgotten == [1]
 
 
+async def test_after_a_pause_no_one_else_wrote_in_it_keeps_what_it_knows_it_wrote(backends):
+    """A pause in which no other replica drove the pool (its own Lease blipped, and the
+    status the API server holds still names this replica): nothing is forgotten, and an
+    unchanged health is not written again, so a busy replica's Lease blip costs one read
+    per pool, not a re-publication of every pool. The read is the API server's, not
+    kopf's copy of the body (which may lag a write of the other replica)."""
+    rec = Recorder()
+    forgotten, reads = [], []
+    allowed = [True]
+    body = body_for(backends)
+    stored: dict = {}
+
+    async def read_stored_status():
+        reads.append(1)
+        return stored
+
+    runner = PoolRunner(
+        body,
+        rec.write,
+        rec.emit,
+        logging.getLogger("t"),
+        identity="me",
+        forget_written=lambda: forgotten.append(1),
+        read_stored_status=read_stored_status,
+    )
+    runner.may_drive = lambda: allowed[0]
+    await runner.run_once()
+    await runner.run_once()  # both endpoints answered twice: the health is settled
+    stored.update(rec.writes[-1])
+    body["status"] = dict(stored)
+    writes = len(rec.writes)
+    allowed[0] = False
+    await runner.run_once()
+    allowed[0] = True
+    await runner.run_once()
+    assert (len(rec.writes), forgotten, len(reads)) == (writes, [], 1)
+    await runner.run_once()  # resumed once: no read per round
+    assert len(reads) == 1
+
+    allowed[0] = False  # a second pause, in which another replica wrote (kopf has not seen it)
+    await runner.run_once()
+    stored["drivenBy"] = "other"
+    allowed[0] = True
+    await runner.run_once()
+    assert forgotten == [1] and len(reads) == 2
+    assert len(rec.writes) == writes + 1 and rec.writes[-1]["drivenBy"] == "me"
+
+
 async def test_a_status_another_replica_wrote_is_compared_afresh_even_without_a_pause_seen(backends):
     """The rounds may miss the time this replica could not write (a round longer than the
     hand-over); the stored status naming another driver is enough to compare afresh."""

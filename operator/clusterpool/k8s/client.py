@@ -79,6 +79,26 @@ class StatusWriter:
 
         return bool(await self._writes.write(Lane.HEALTH, ("ClusterPool/status", namespace, name), key, patch))
 
+    async def read(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        """The pool's status as the API server holds it now (a quorum read, not a watch's
+        copy); None when the pool is gone."""
+        try:
+            pool: Any = await asyncio.to_thread(
+                self._api.get_namespaced_custom_object,
+                api.GROUP,
+                api.VERSION,
+                namespace,
+                api.PLURAL,
+                name,
+                _request_timeout=self._writes.request_timeout,
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        status: Mapping[str, Any] = pool.get("status") or {}
+        return status
+
     def forget(self, namespace: str, name: str) -> None:
         self._written.pop((namespace, name), None)
 
