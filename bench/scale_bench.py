@@ -83,14 +83,22 @@ async def _serve(hosts: list[str], port: int) -> None:
         + body
     )
 
+    served = {"connections": 0, "requests": 0}  # GET /served answers these (counted before it)
+
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        served["connections"] += 1
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
                 m = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
                 if m:
                     await reader.readexactly(int(m.group(1)))
-                writer.write(answer)
+                if head.startswith(b"GET /served "):
+                    counts = json.dumps(served).encode()
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(counts), counts))
+                else:
+                    served["requests"] += 1
+                    writer.write(answer)
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
             pass
@@ -119,6 +127,20 @@ class Backends:
         if self.proc.stdout.readline().strip() != "ready":
             raise SystemExit(f"backends on {self.hosts} did not start")
         return self
+
+    def served(self) -> dict[str, int]:
+        """Connections accepted and probe requests answered so far, all hosts together."""
+        import socket
+
+        with socket.create_connection((self.hosts[0], self.port), timeout=10) as sock:
+            sock.sendall(f"GET /served HTTP/1.1\r\nHost: {self.hosts[0]}\r\nConnection: close\r\n\r\n".encode())
+            answer = b""
+            while chunk := sock.recv(4096):
+                answer += chunk
+                if answer.endswith(b"}"):
+                    break
+        counts: dict[str, int] = json.loads(answer.split(b"\r\n\r\n", 1)[1])
+        return counts
 
     def kill(self) -> None:
         if self.proc is not None:
@@ -948,9 +970,18 @@ def cpu_window(ops: list[Operator], seconds: float, backends: dict[str, Backends
     pids = {op.identity: op.pid for op in ops if op.running()}
     served = {k: b.proc.pid for k, b in (backends or {}).items() if b.proc is not None}
     before = {k: proc_cpu_seconds(p) for k, p in (pids | served).items()}
+    answered = {k: b.served() for k, b in (backends or {}).items() if b.proc is not None}
     h0, t0, l0 = proc_cpu_seconds(me), time.monotonic(), loadavg()
     time.sleep(seconds)
     dt = time.monotonic() - t0
+    probes = {}  # per backend process: probes answered per second, and new connections per probe
+    for k, counts in answered.items():
+        now = backends[k].served() if backends else counts
+        requests, connections = now["requests"] - counts["requests"], now["connections"] - counts["connections"] - 1
+        probes[k] = {
+            "per_second": round(requests / dt, 1),
+            "connections_per_probe": round(connections / max(1, requests), 3),
+        }
 
     def share(group: dict[str, int]) -> dict[str, float]:
         return {k: round(100 * (proc_cpu_seconds(p) - before[k]) / dt, 1) for k, p in group.items()}
@@ -961,6 +992,7 @@ def cpu_window(ops: list[Operator], seconds: float, backends: dict[str, Backends
         "rss_mib": {k: proc_rss_mib(p) for k, p in pids.items()},
         "harness_cpu_percent_of_core": round(100 * (proc_cpu_seconds(me) - h0) / dt, 1),
         "backends_cpu_percent_of_core": share(served),
+        "backend_probes": probes,
         "loadavg_before": l0,
         "loadavg_after": loadavg(),
     }

@@ -7,7 +7,7 @@ import pytest
 
 from backends import HTTPBackend, TCPBackend, free_port
 from clusterpool.api import HealthCheck, HTTPCheck
-from clusterpool.core.health import Endpoint
+from clusterpool.core.health import Endpoint, ProbeResult
 from clusterpool.health.probes import Prober, parse_status_line, probe_batches, probe_http, probe_tcp
 
 CHECK = HTTPCheck()
@@ -155,21 +155,42 @@ async def test_composite_modes(backend):
             assert r.reason == "ChecksFailed" and "sidecar: TCP connect" in r.message
 
 
-async def test_an_answer_that_came_while_the_loop_was_busy_across_the_deadline_is_not_a_timeout(backend):
+async def test_an_answer_that_came_while_the_loop_was_busy_across_the_deadline_is_read(backend):
     """The loop is busy from 0.7 s to 1.2 s; the answer comes at 0.8 s; the deadline (1 s)
-    fires 0.2 s late, under LATE, and finds the answer received but unread: the operator's
-    fault, not the backend's, so the probe is left out. (At 1,000 pools such timeouts
-    flapped endpoints whose backends answered within 50 ms.)"""
+    fires 0.2 s late and gives the exchange those 0.2 s back: the answer waiting unread is
+    read, the probe succeeds, and its connection is kept for the next probe. (At 1,000
+    pools probes cut off there flapped endpoints whose backends answered within 50 ms, and
+    every cut cost a new connection, which loaded the loop further.)"""
     members = (Endpoint("a", backend.host, backend.port),)
     prober = Prober(HealthCheck(timeout_seconds=1, http=CHECK))
     backend.mode, backend.delay = "slow", 0.8
     late: list[str] = []
-    results: dict[str, object] = {}
+    results: dict[str, ProbeResult] = {}
     asyncio.get_running_loop().call_later(0.7, time.sleep, 0.5)
     async for batch in probe_batches(members, prober, late=lambda ep: late.append(ep.name)):
         results.update(batch)
+    try:
+        assert late == [] and results["a"].ok, results
+        assert len(prober._http[0]._idle) == 1  # kept alive
+    finally:
+        await prober.close()
+
+
+async def test_a_backend_that_hangs_fails_although_the_busy_loop_was_given_time_back(backend):
+    """The lateness given back is bounded: a backend that never answers still fails its
+    probe, once the deadline, moved by the time the loop was away, has passed."""
+    members = (Endpoint("a", backend.host, backend.port),)
+    prober = Prober(HealthCheck(timeout_seconds=1, http=CHECK))
+    backend.mode = "hang"
+    results: dict[str, ProbeResult] = {}
+    started = time.monotonic()
+    asyncio.get_running_loop().call_later(0.7, time.sleep, 0.5)
+    async for batch in probe_batches(members, prober):
+        results.update(batch)
+    took = time.monotonic() - started
     await prober.close()
-    assert (results, late) == ({}, ["a"])
+    assert results["a"].reason == "Timeout", results
+    assert took >= 1.35  # cut off after the 0.2 s given back, not when the late deadline first ran
 
 
 async def test_a_probe_the_operator_was_too_late_for_is_left_out_not_failed(backend):

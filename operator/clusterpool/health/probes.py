@@ -22,6 +22,7 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from types import TracebackType
 
 from clusterpool.api import HOST_RULE, CompositeCheck, HealthCheck, HTTPCheck
 from clusterpool.core.health import Endpoint, ProbeResult
@@ -45,16 +46,72 @@ class OperatorLateError(Exception):
     probe is not counted, as if it had not been made; the endpoint keeps its health."""
 
 
-def _raise_if_late(exc: BaseException, start: float, timeout: float, progress: Progress | None = None) -> None:
-    """A timeout that says more about the operator than the backend: its deadline fired
-    long after it was due, or late with the backend's answer already received and unread
-    (the loop was busy when it came, and looked again only after the deadline)."""
+class Deadline:
+    """A probe's timeout in which time the operator's event loop was away does not count
+    against the backend: when the deadline's callback runs more than STALLED late (the
+    loop was busy elsewhere; an answer may be waiting unread), the exchange gets that
+    lateness back before it is cut off, up to `seconds` in all. A backend that does not
+    answer still fails, at most one timeout later; a probe on a loaded operator keeps
+    its connection instead of being cut with the answer in its buffer (at 1,000 pools
+    those cuts made every probe a new connection, which loaded the loop further).
+
+        async with Deadline(1.0) as deadline:
+            ...  # TimeoutError when cut off; deadline.late: how late the cut was
+
+    Like asyncio.timeout, it cuts off by cancelling the task, at once when due (so an
+    answer that came meanwhile stays unread), and turns that cancel into TimeoutError."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.given = 0.0  # lateness given back so far
+        self.late = 0.0  # how late the deadline's callback ran, the last time it ran
+        self._task: asyncio.Task[object] | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self._cut = False
+        self._cancelling = 0  # cancels the task had asked for on entry
+
+    async def __aenter__(self) -> Deadline:
+        self._task = asyncio.current_task()
+        self._cancelling = self._task.cancelling() if self._task is not None else 0
+        self._arm(asyncio.get_running_loop(), self.seconds)
+        return self
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, after: float) -> None:
+        when = loop.time() + after
+        self._handle = loop.call_at(when, self._due, loop, when)
+
+    def _due(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        self.late = loop.time() - when
+        if STALLED < self.late <= self.seconds - self.given:
+            self.given += self.late
+            self._arm(loop, self.late)
+        elif self._task is not None:
+            self._cut = True
+            self._task.cancel()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        # a cut takes its cancel back; the cancel was ours alone when no other came meanwhile
+        ours = self._cut and self._task is not None and self._task.uncancel() <= self._cancelling
+        if ours and exc_type is asyncio.CancelledError:
+            raise TimeoutError from exc
+
+
+def _raise_if_late(exc: BaseException, deadline: Deadline, progress: Progress | None = None) -> None:
+    """A timeout that says more about the operator than the backend: its deadline was
+    cut off long after it was due, or late with the backend's answer already received and
+    unread (the loop was busy when it came, and looked again only after the deadline),
+    the lateness being more than what could still be given back."""
     if isinstance(exc, TimeoutError):
-        late = time.perf_counter() - start - timeout
-        if late > LATE:
-            raise OperatorLateError(f"the probe's deadline fired {late:.1f}s late") from exc
-        if late > STALLED and progress is not None and progress.answer_unread():
-            raise OperatorLateError(f"the answer was in, unread, when the deadline fired {late:.2f}s late") from exc
+        if deadline.late > LATE:
+            raise OperatorLateError(f"the probe's deadline fired {deadline.late:.1f}s late") from exc
+        if deadline.late > STALLED and progress is not None and progress.answer_unread():
+            raise OperatorLateError(
+                f"the answer was in, unread, when the deadline fired {deadline.late:.2f}s late"
+            ) from exc
 
 
 class Progress:
@@ -106,12 +163,13 @@ def _drop(writer: asyncio.StreamWriter) -> None:
 async def probe_tcp(host: str, port: int, timeout: float) -> ProbeResult:
     what = f"TCP connect to {host}:{port}"
     start = time.perf_counter()
+    deadline = Deadline(timeout)
     try:
-        async with asyncio.timeout(timeout):
+        async with deadline:
             _, writer = await asyncio.open_connection(host, port)
             _drop(writer)
     except _ERRORS as exc:
-        _raise_if_late(exc, start, timeout)
+        _raise_if_late(exc, deadline)
         return _failure(exc, timeout, what, "while connecting")
     return ProbeResult(True, "ProbeSucceeded", f"{what} accepted", time.perf_counter() - start)
 
@@ -316,11 +374,12 @@ class HTTPProber:
         what = f"{self.check.method} {self.check.path} on {host}:{port}"
         start = time.perf_counter()
         progress = Progress()
+        deadline = Deadline(self.timeout)
         try:
-            async with asyncio.timeout(self.timeout):
+            async with deadline:
                 answer = await self._exchange(host, port, progress)
         except _ERRORS as exc:
-            _raise_if_late(exc, start, self.timeout, progress)
+            _raise_if_late(exc, deadline, progress)
             return _failure(exc, self.timeout, what, progress.doing)
         latency = time.perf_counter() - start
         if not self.check.accepts(answer.status):
