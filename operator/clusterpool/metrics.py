@@ -103,7 +103,8 @@ class Metrics:
         self.late_probes = Counter(
             "clusterpool_probes_late",
             "Probes not counted: the operator was too busy to read the answer in time (the deadline fired "
-            "over 0.5 s late, or late with the answer received and unread); the endpoint kept its health",
+            "late by more than the time still to be given back, and over 0.5 s late or with the answer "
+            "received and unread); the endpoint kept its health",
             registry=registry,
         )
         self.shard_changes = Counter(

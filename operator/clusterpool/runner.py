@@ -436,7 +436,8 @@ class PoolRunner:
             self.pool, events = step(self.pool, results, thresholds, failover, utcnow())
             for e in events:
                 self.log.info("%s: %s", e.reason, e.message)
-                self.emit(e.type, e.reason, e.message)
+                if e.posted:
+                    self.emit(e.type, e.reason, e.message)
             if events and self.may_drive():
                 await self.write_status()
                 self.offer_to_sinks()

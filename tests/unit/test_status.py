@@ -69,6 +69,8 @@ def test_partial_failure_is_ready_degraded_and_ejects():
     }
     assert s["endpoints"][0]["lastProbeLatencyMilliseconds"] == 4
     assert [e.reason for e in events] == ["EndpointHealthy", "EndpointUnhealthy", "EndpointHealthy", "EndpointEjected"]
+    # a and c, healthy from their first probe, changed nothing worth posting; b did
+    assert [e.reason for e in events if e.posted] == ["EndpointUnhealthy", "EndpointEjected"]
     ejected = next(e for e in events if e.reason == "EndpointEjected")
     assert ejected.type == "Warning" and "ejected for 30s (ejection #1)" in ejected.message
 

@@ -47,3 +47,35 @@ async def test_it_counts_writes_waiting_and_sent_per_lane():
     assert q.backlog_by_lane() == {Lane.HEALTH: 0, Lane.INFO: 0}
     assert q.sent == {Lane.HEALTH: 3, Lane.INFO: 1}
     await q.close()
+
+
+async def test_events_give_way_to_health_writes_waiting_for_a_worker():
+    """While health writes wait, the info lane sends one write at a time; once they are
+    all sent, it uses its workers again. It never stops: one worker always sends."""
+    q = WriteQueue(health_workers=1, info_workers=3)
+    gate = threading.Event()
+    in_flight, most = [0], [0]
+    lock = threading.Lock()
+
+    def event() -> None:
+        with lock:
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+        gate.wait(5)
+        with lock:
+            in_flight[0] -= 1
+
+    health = [q.submit(Lane.HEALTH, f"status-{i}", ("ns", f"p{i}"), lambda: gate.wait(5)) for i in range(3)]
+    await asyncio.sleep(0.1)  # one status in flight, two waiting for the lane's one worker
+    events = [q.submit(Lane.INFO, f"event-{i}", ("ns", "p0"), event) for i in range(6)]
+    await asyncio.sleep(0.2)
+    assert most[0] == 1, "more than one Event in flight while health writes waited"
+    gate.set()
+    await asyncio.wait_for(asyncio.gather(*health), 5)
+    gate.clear()
+    more = [q.submit(Lane.INFO, f"event-{i}", ("ns", "p1"), event) for i in range(6, 12)]
+    await asyncio.sleep(0.2)
+    assert in_flight[0] == 3, "the info lane did not use its workers once no health write waited"
+    gate.set()
+    await asyncio.wait_for(asyncio.gather(*events, *more), 5)
+    await q.close()
