@@ -81,6 +81,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     runners: dict[tuple[str, str], PoolRunner] = memo["runners"]
     memo["api_watch"] = asyncio.create_task(watch_api(client, lambda: [*runners.values(), METRICS]), name="api-watch")
     memo["loop_lag"] = asyncio.create_task(METRICS.watch_loop_lag(), name="loop-lag")
+    memo["unwatch_gc"] = METRICS.watch_gc()
     shards = Shards(
         client,
         identity,
@@ -128,6 +129,8 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         task = memo.get(key)
         if task is not None:
             task.cancel()
+    if memo.get("unwatch_gc") is not None:
+        memo["unwatch_gc"]()
     shards_task: asyncio.Task[None] | None = memo.get("shards_task")
     if shards_task is not None:  # gives the Lease up, so the other replicas take over at once
         shards_task.cancel()

@@ -20,6 +20,8 @@ deleted pool's series are removed, and so are those of endpoints that leave a po
     clusterpool_round_duration_seconds{namespace,pool}           one round: probe, publish, status
     clusterpool_kubernetes_api_reachable                         the operator-wide API check
     clusterpool_event_loop_lag_seconds                           how late the event loop runs timers
+    clusterpool_gc_pause_seconds{generation}                     Python's garbage collections: each stops
+                                                                 every thread, the event loop's too
     clusterpool_probes_late_total                                probes not counted: the operator was too late
                                                                  to read their answer (an overloaded operator)
     clusterpool_shard_members                                    live replicas in this replica's view
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -94,6 +97,13 @@ class Metrics:
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
             registry=registry,
         )
+        self.gc_pause = Histogram(
+            "clusterpool_gc_pause_seconds",
+            "Duration of one garbage collection of Python objects, by generation (all threads wait)",
+            ("generation",),
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=registry,
+        )
         self.loop_lag_max = Gauge(
             "clusterpool_event_loop_lag_max_seconds", "The largest lag of the last 10 s", registry=registry
         )
@@ -131,6 +141,19 @@ class Metrics:
             if time.monotonic() - started >= window:
                 self.loop_lag_max.set(worst)
                 worst, started = 0.0, time.monotonic()
+
+    def watch_gc(self) -> Callable[[], None]:
+        """Time every garbage collection from now on; returns what stops that."""
+        started = [0.0]
+
+        def on_gc(phase: str, info: dict[str, int]) -> None:
+            if phase == "start":
+                started[0] = time.perf_counter()
+            else:
+                self.gc_pause.labels(str(info["generation"])).observe(time.perf_counter() - started[0])
+
+        gc.callbacks.append(on_gc)
+        return lambda: gc.callbacks.remove(on_gc)
 
     def shards_changed(self, members: tuple[str, ...]) -> None:
         """The live replicas changed (Shards calls this): pools move to or from this one."""

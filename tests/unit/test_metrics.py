@@ -76,3 +76,19 @@ def test_shard_membership_changes_are_counted():
     m.shards_changed(("a", "c"))
     assert reg.get_sample_value("clusterpool_shard_members") == 2
     assert reg.get_sample_value("clusterpool_shard_membership_changes_total") == 3
+
+
+def test_garbage_collections_are_timed_until_unwatched():
+    import gc
+
+    reg = CollectorRegistry()
+    m = Metrics(reg)
+    unwatch = m.watch_gc()
+    gc.collect()
+    gc.collect(0)
+    full = reg.get_sample_value("clusterpool_gc_pause_seconds_count", {"generation": "2"})
+    young = reg.get_sample_value("clusterpool_gc_pause_seconds_count", {"generation": "0"})
+    assert full is not None and full >= 1 and young is not None and young >= 1
+    unwatch()
+    gc.collect()
+    assert reg.get_sample_value("clusterpool_gc_pause_seconds_count", {"generation": "2"}) == full
