@@ -8,7 +8,17 @@ import pytest
 from backends import HTTPBackend, TCPBackend, free_port
 from clusterpool.api import HealthCheck, HTTPCheck
 from clusterpool.core.health import Endpoint, ProbeResult
-from clusterpool.health.probes import Prober, parse_status_line, probe_batches, probe_http, probe_tcp
+from clusterpool.health.probes import (
+    LATE,
+    Deadline,
+    OperatorLateError,
+    Prober,
+    _raise_if_late,
+    parse_status_line,
+    probe_batches,
+    probe_http,
+    probe_tcp,
+)
 
 CHECK = HTTPCheck()
 
@@ -193,29 +203,41 @@ async def test_a_backend_that_hangs_fails_although_the_busy_loop_was_given_time_
     assert took >= 1.35  # cut off after the 0.2 s given back, not when the late deadline first ran
 
 
-async def test_a_probe_the_operator_was_too_late_for_is_left_out_not_failed(backend):
-    """The event loop blocked past a probe's deadline (an overloaded operator): the backend
-    answered in time, so the timeout is not counted against it. A backend that really does
-    not answer still fails its probe."""
+async def test_a_loop_stalled_for_seconds_past_the_deadline_still_reads_the_answer(backend):
+    """The event loop is blocked from 0.1 s to 2.1 s (an overloaded operator), past the
+    deadline (1 s); the backend answered at 0.3 s. The 1.1 s the deadline ran late are
+    given back: the answer is read, the probe succeeds, its connection is kept. A backend
+    that really does not answer still fails its probe."""
     members = (Endpoint("a", backend.host, backend.port),)
     prober = Prober(HealthCheck(timeout_seconds=1, http=CHECK))
-
-    async def round_with_the_loop_blocked() -> tuple[dict[str, object], list[str]]:
-        late: list[str] = []
-        results: dict[str, object] = {}
-        # the answer comes after 0.3 s; from 0.1 s to 2.1 s the loop is busy elsewhere, past
-        # the deadline (1 s) and LATE (0.5 s), so the answer waits unread
-        asyncio.get_running_loop().call_later(0.1, time.sleep, 2.0)
-        async for batch in probe_batches(members, prober, late=lambda ep: late.append(ep.name)):
-            results.update(batch)
-        return results, late
-
     backend.mode, backend.delay = "slow", 0.3
-    results, late = await round_with_the_loop_blocked()
-    assert (results, late) == ({}, ["a"])
+    late: list[str] = []
+    results: dict[str, ProbeResult] = {}
+    asyncio.get_running_loop().call_later(0.1, time.sleep, 2.0)
+    async for batch in probe_batches(members, prober, late=lambda ep: late.append(ep.name)):
+        results.update(batch)
+    assert late == [] and results["a"].ok, results
+    assert len(prober._http[0]._idle) == 1
     backend.mode = "hang"
     results = {}
     async for batch in probe_batches(members, prober):
         results.update(batch)
-    assert results["a"].reason == "Timeout"  # type: ignore[attr-defined]
+    assert results["a"].reason == "Timeout"
     await prober.close()
+
+
+async def test_a_deadline_late_by_more_than_it_may_give_back_is_the_operators_fault():
+    """Past `give_back`, the deadline cuts the exchange off when it runs, however late;
+    a timeout that late says nothing about the backend: it is left out (OperatorLateError)."""
+    deadline = Deadline(0.2, give_back=0.1)
+
+    async def stalled_past_it() -> None:
+        async with deadline:
+            asyncio.get_running_loop().call_later(0.05, time.sleep, 0.8)  # the deadline runs 0.65 s late
+            await asyncio.sleep(5)
+
+    with pytest.raises(TimeoutError) as cut:
+        await stalled_past_it()
+    assert deadline.given == 0 and deadline.late > LATE
+    with pytest.raises(OperatorLateError):
+        _raise_if_late(cut.value, deadline)

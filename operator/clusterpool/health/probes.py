@@ -34,6 +34,7 @@ MAX_HEADERS = 100  # header lines (trailer lines too)
 MAX_BODY = 64 * 1024  # bytes of a body read (bodyContains looks at this much)
 LATE = 0.5  # seconds a probe's deadline may fire late before its timeout says more about us than the backend
 STALLED = 0.005  # seconds late past which a deadline that finds the answer unread was the operator's fault
+GIVE_BACK = 10.0  # seconds of the loop's lateness a probe's deadline gives back at most
 
 
 class ProtocolError(Exception):
@@ -50,10 +51,12 @@ class Deadline:
     """A probe's timeout in which time the operator's event loop was away does not count
     against the backend: when the deadline's callback runs more than STALLED late (the
     loop was busy elsewhere; an answer may be waiting unread), the exchange gets that
-    lateness back before it is cut off, up to `seconds` in all. A backend that does not
-    answer still fails, at most one timeout later; a probe on a loaded operator keeps
-    its connection instead of being cut with the answer in its buffer (at 1,000 pools
-    those cuts made every probe a new connection, which loaded the loop further).
+    lateness back before it is cut off, up to `give_back` in all. The extension only
+    comes with a late callback, so a backend that does not answer still fails as soon as
+    the deadline runs on time; a probe on a loaded operator keeps its connection instead
+    of being cut with the answer in its buffer (at 1,000 pools those cuts made every
+    probe a new connection, which loaded the loop further, and stalls of the loop of a
+    few seconds cut every probe in flight).
 
         async with Deadline(1.0) as deadline:
             ...  # TimeoutError when cut off; deadline.late: how late the cut was
@@ -61,8 +64,9 @@ class Deadline:
     Like asyncio.timeout, it cuts off by cancelling the task, at once when due (so an
     answer that came meanwhile stays unread), and turns that cancel into TimeoutError."""
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, give_back: float = GIVE_BACK) -> None:
         self.seconds = seconds
+        self.give_back = give_back
         self.given = 0.0  # lateness given back so far
         self.late = 0.0  # how late the deadline's callback ran, the last time it ran
         self._task: asyncio.Task[object] | None = None
@@ -82,7 +86,7 @@ class Deadline:
 
     def _due(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
         self.late = loop.time() - when
-        if STALLED < self.late <= self.seconds - self.given:
+        if STALLED < self.late <= self.give_back - self.given:
             self.given += self.late
             self._arm(loop, self.late)
         elif self._task is not None:
