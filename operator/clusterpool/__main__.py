@@ -62,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
 
         serve(args.metrics, REGISTRY)
 
+    from clusterpool.memory import collect_less_often
+
+    collect_less_often()
+
     kopf.run(
         clusterwide=not args.namespace,
         namespaces=args.namespace,

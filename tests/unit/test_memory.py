@@ -41,3 +41,18 @@ async def test_nothing_is_scheduled_without_malloc_trim():
     freed.pools_gone()
     await asyncio.sleep(0.05)
     assert freed.trims == 0
+
+
+def test_collect_less_often_freezes_what_exists_and_raises_the_young_threshold():
+    import gc
+
+    from clusterpool.memory import YOUNG_OBJECTS, collect_less_often
+
+    before = gc.get_threshold()
+    try:
+        collect_less_often()
+        assert gc.get_threshold() == (YOUNG_OBJECTS, before[1], before[2])
+        assert gc.get_freeze_count() > 1000  # this process's modules and classes at least
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
