@@ -203,9 +203,9 @@ class PoolRunner:
         self.may_drive = may_drive  # may write now (this replica certainly holds the pool)
         self.keeps = keeps  # the pool stays with this replica (while unsure: probe, write nothing)
         self.identity = identity  # the replica driving the pool, written as status.drivenBy
-        # Forgets what the writers below remember having written for the pool: after a
-        # pause another replica may have written it, so the next writes compare with
-        # what the API server holds, not with this runner's last write.
+        # Forgets what the writers below remember having written for the pool: when after
+        # a pause another replica may have written it (see _resume), the next writes
+        # compare with what the API server holds, not with this runner's last write.
         self.forget_written = forget_written
         # the pool's status as the API server holds it now (a quorum read; kopf's copy in
         # `body` may lag): after a pause it tells whether another replica wrote meanwhile
