@@ -54,9 +54,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.identity = args.identity or default_identity()  # never empty: kopf would ask getpass then
 
-    from clusterpool.memory import collect_less_often, limit_malloc_arenas
-
-    limit_malloc_arenas()  # before any thread of ours starts
     kopf.configure(verbose=args.verbose, log_prefix=True)
     import clusterpool.handlers  # noqa: F401  (registers the handlers and their metrics)
 
@@ -64,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         from clusterpool.metrics import REGISTRY, serve
 
         serve(args.metrics, REGISTRY)
+
+    from clusterpool.memory import collect_less_often
 
     collect_less_often()
 

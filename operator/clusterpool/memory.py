@@ -19,28 +19,18 @@ import gc
 from collections.abc import Callable
 
 
-def _find_libc(symbol: str, argtypes: list[type]) -> Callable[..., int] | None:
+def _find_malloc_trim() -> Callable[[int], int] | None:
     name = ctypes.util.find_library("c")
     if name is None:
         return None
-    fn = getattr(ctypes.CDLL(name), symbol, None)
+    fn = getattr(ctypes.CDLL(name), "malloc_trim", None)
     if fn is None:
         return None
-    fn.argtypes, fn.restype = argtypes, ctypes.c_int
+    fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
     return fn  # type: ignore[no-any-return]
 
 
-MALLOC_TRIM = _find_libc("malloc_trim", [ctypes.c_size_t])
-MALLOPT = _find_libc("mallopt", [ctypes.c_int, ctypes.c_int])
-M_ARENA_MAX = -8  # glibc's mallopt parameter
-ARENAS = 2
-
-
-def limit_malloc_arenas(arenas: int = ARENAS) -> bool:
-    """Call before the operator starts its threads: glibc gives each allocating thread a
-    heap of its own (up to 8 per core), and each keeps freed memory for reuse. The
-    operator's writes run on 16 threads of their own. True when glibc took the limit."""
-    return MALLOPT is not None and MALLOPT(M_ARENA_MAX, arenas) == 1
+MALLOC_TRIM = _find_malloc_trim()
 
 
 class FreedMemory:

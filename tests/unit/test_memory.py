@@ -56,10 +56,3 @@ def test_collect_less_often_freezes_what_exists_and_raises_the_young_threshold()
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
-
-
-def test_the_malloc_arena_limit_is_taken_where_glibc_is():
-    from clusterpool.memory import MALLOPT, limit_malloc_arenas
-
-    assert MALLOPT is not None, "no mallopt in this C library: the limit would do nothing here"
-    assert limit_malloc_arenas(8) is True  # glibc's own default on a 1-core machine: harmless here
