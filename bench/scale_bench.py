@@ -454,6 +454,9 @@ class MetricsWatch:
             r = histogram_quantile(samples, "clusterpool_round_duration_seconds", 0.99)
             if r is not None:
                 out.setdefault("round_duration_p99_le_seconds", {})[ident] = r
+            r50 = histogram_quantile(samples, "clusterpool_round_duration_seconds", 0.5)
+            if r50 is not None:
+                out.setdefault("round_duration_p50_le_seconds", {})[ident] = r50
             for n, labels, v in samples:  # garbage collections so far: each stops every thread
                 if n in ("clusterpool_gc_pause_seconds_count", "clusterpool_gc_pause_seconds_sum"):
                     gen = re.search(r'generation="(\d)"', labels)
@@ -462,9 +465,6 @@ class MetricsWatch:
                         out.setdefault("gc_pauses", {}).setdefault(ident, {}).setdefault(gen.group(1), {})[kind] = (
                             round(v, 2)
                         )
-            r50 = histogram_quantile(samples, "clusterpool_round_duration_seconds", 0.5)
-            if r50 is not None:
-                out.setdefault("round_duration_p50_le_seconds", {})[ident] = r50
         return out
 
     def stop(self) -> None:
