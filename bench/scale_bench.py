@@ -369,8 +369,8 @@ WRITE_VERBS = ("APPLY", "PATCH", "POST", "PUT", "DELETE")
 
 def api_writes(client: Any) -> collections.Counter[str]:
     """The API server's own count of the writes it answered so far, by verb and resource
-    ("PATCH clusterpools/status"), from its /metrics (apiserver_request_total); empty
-    when the scrape fails."""
+    ("PATCH clusterpools/status"; refused for a stale resourceVersion: "... 409"), from
+    its /metrics (apiserver_request_total); empty when the scrape fails."""
     try:
         method, url, headers, body, post = client.param_serialize("GET", "/metrics", auth_settings=["BearerToken"])
         answer = retrying(client.call_api, method, url, headers, body, post, _request_timeout=30)
@@ -385,7 +385,8 @@ def api_writes(client: Any) -> collections.Counter[str]:
         labels = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}", 1)[0]))
         if labels.get("verb") in WRITE_VERBS:
             sub = f"/{labels['subresource']}" if labels.get("subresource") else ""
-            out[f"{labels['verb']} {labels.get('resource')}{sub}"] += float(line.rsplit(" ", 1)[1])
+            conflict = " 409" if labels.get("code") == "409" else ""
+            out[f"{labels['verb']} {labels.get('resource')}{sub}{conflict}"] += float(line.rsplit(" ", 1)[1])
     return out
 
 

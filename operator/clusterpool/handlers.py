@@ -98,6 +98,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     METRICS.count_writes(
         lambda: {lane.value: n for lane, n in writes.sent.items()},
         lambda: {lane.value: n for lane, n in writes.backlog_by_lane().items()},
+        lambda: status_writer.conflicts,
     )
     METRICS.count_remembered(  # what the operator keeps per pool: all 0 once every pool is gone
         lambda: {
@@ -153,8 +154,8 @@ async def pool_daemon(
     events: EventRecorder = memo["events"]
     namespace, name = body.metadata.namespace or "default", body.metadata.name or ""
 
-    async def write_status(status: dict[str, Any], stored: dict[str, Any]) -> bool:
-        return await writer.write(namespace, name, status, stored)
+    async def write_status(status: dict[str, Any], stored: dict[str, Any], version: str | None) -> bool:
+        return await writer.write(namespace, name, status, stored, version)
 
     metrics = METRICS.pool(namespace, name)
 

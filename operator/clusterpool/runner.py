@@ -61,7 +61,8 @@ from clusterpool.k8s.writes import NotOwnedError
 from clusterpool.metrics import PoolMetrics
 from clusterpool.sinks import SinkTask
 
-WriteStatus = Callable[[dict[str, Any], dict[str, Any]], Awaitable[bool]]  # (status, as stored) -> written
+# (status, the status as last seen stored, the resourceVersion it was seen in) -> written
+WriteStatus = Callable[[dict[str, Any], dict[str, Any], str | None], Awaitable[bool]]
 _NEVER = object()
 INFORMATIONAL_EVERY = 30.0  # seconds: the pace of status writes that change no health (counters, messages)
 INFORMATIONAL_PER_SECOND = 5.0  # such writes of all pools together (the wiring's shared budget)
@@ -607,7 +608,8 @@ class PoolRunner:
         ):
             return  # only counters, latencies and messages moved: they go with a later write
         self._emit_ready_change(status)
-        if await self.write_status_fn(status, _plain(self.body.get("status") or {})):
+        seen = _plain(self.body.get("status") or {}), (self.body.get("metadata") or {}).get("resourceVersion")
+        if await self.write_status_fn(status, *seen):
             self.last_written = status
             self.informational_due = time.monotonic() + INFORMATIONAL_EVERY
 

@@ -33,7 +33,7 @@ class Recorder:
     def __init__(self):
         self.writes, self.events = [], []
 
-    async def write(self, status, stored):
+    async def write(self, status, stored, version):
         self.writes.append(status)
         return True
 
@@ -285,11 +285,11 @@ async def test_a_status_write_the_fence_refused_is_no_error_and_is_compared_afre
     rec = Recorder()
     refused, forgotten = [], []
 
-    async def write(status, stored):
+    async def write(status, stored, version):
         if not refused:
             refused.append(status)
             raise NotOwnedError("not sent")
-        return await rec.write(status, stored)
+        return await rec.write(status, stored, version)
 
     caplog.set_level(logging.DEBUG)
     runner = PoolRunner(

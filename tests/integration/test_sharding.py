@@ -12,6 +12,9 @@ import time
 import kubernetes
 import pytest
 
+from clusterpool import api
+from clusterpool.k8s.client import StatusWriter
+from clusterpool.k8s.writes import NotOwnedError, WriteQueue
 from conftest import OperatorProcess, endpoints_of, wait_for
 
 LEASE = 9.0  # seconds; renewals every LEASE / 5
@@ -159,8 +162,10 @@ def test_a_frozen_replica_writes_nothing_for_the_pools_it_lost(replicas, pools, 
             LEASE + 3 * INTERVAL + 10,
             "the frozen replica's pools taken over",
         )
-        backends[0].mode = "unavailable"  # a change the survivor writes meanwhile
-        for n in lost:
+        backends[0].mode = "unavailable"  # a change the survivor writes meanwhile, for every pool:
+        # a write the frozen replica had in flight (a pool it was just taking) is then
+        # refused, its resourceVersion no longer the stored one
+        for n in names:
             wait_for(lambda n=n: pools.status(n).get("healthy") == 0, 4 * INTERVAL + 5, f"{n} down")
         resumed = time.monotonic()
         os.kill(proc.pid, signal.SIGCONT)
@@ -182,6 +187,60 @@ def test_a_frozen_replica_writes_nothing_for_the_pools_it_lost(replicas, pools, 
             wait_for(lambda n=n: pools.status(n).get("healthy") == 1, 4 * INTERVAL + 5, f"{n} up again")
     finally:
         log.stop()
+
+
+async def test_a_status_write_lands_only_on_the_version_it_was_computed_against(replicas, pools, k8s):
+    """The race behind a frozen replica's late write, made deterministic: another replica
+    writes the pool's status after this one's write passed the fence and before it is
+    sent. The API server refuses it (its resourceVersion is no longer the stored one);
+    the writer re-reads and asks the fence again, which now says no: nothing of the
+    stale write lands. When the fence still says yes, the write is sent again, computed
+    against what is stored, so it says everything it means (drivenBy too), not only what
+    differs from what this writer last wrote."""
+    custom = kubernetes.client.CustomObjectsApi(k8s)
+    pools.create("w", {"discovery": {"static": {"endpoints": [{"name": "e", "address": "127.0.0.9", "port": 9}]}}})
+
+    def write_as_other(status):
+        custom.patch_namespaced_custom_object_status(
+            api.GROUP, api.VERSION, pools.namespace, api.PLURAL, "w", {"status": status}
+        )
+
+    fence_answers: list[bool] = []
+    races = [0]
+
+    def fence(pool):
+        if not fence_answers:  # the other replica writes between this fence and the send
+            races[0] += 1
+            write_as_other({"drivenBy": "other", "healthy": 0, "total": 10 + races[0]})
+            fence_answers.append(True)
+            return True
+        fence_answers.append(owned[0])
+        return owned[0]
+
+    owned = [False]
+    writes = WriteQueue(fence=fence)
+    writer = StatusWriter(k8s, writes, field_manager="test")
+    try:
+        mine = {"drivenBy": "me", "healthy": 1, "total": 1}
+        created = pools.get("w")
+        with pytest.raises(NotOwnedError):
+            await writer.write(pools.namespace, "w", mine, {}, created["metadata"]["resourceVersion"])
+        assert fence_answers == [True, False] and writer.conflicts == 1
+        stored = pools.status("w")
+        assert (stored.get("drivenBy"), stored.get("healthy"), stored.get("total")) == ("other", 0, 11)
+
+        owned[0] = True  # the same race while this replica still owns the pool
+        fence_answers.clear()
+        assert await writer.write(pools.namespace, "w", mine, {}, created["metadata"]["resourceVersion"])
+        assert fence_answers == [True, True] and writer.conflicts == 2
+        stored = pools.status("w")
+        assert (stored["drivenBy"], stored["healthy"], stored["total"]) == ("me", 1, 1)
+
+        write_as_other({"drivenBy": "other"})  # what this writer last wrote is no longer stored
+        assert await writer.write(pools.namespace, "w", mine, {}, None)
+        assert pools.status("w")["drivenBy"] == "me" and writer.conflicts == 3
+    finally:
+        await writes.close()
 
 
 def test_a_replica_stopped_gracefully_gives_its_pools_up_at_once(replicas, pools, http_backends, k8s):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
@@ -39,34 +40,52 @@ def load_config() -> kubernetes.client.ApiClient:
     return kubernetes.client.ApiClient(config)
 
 
+CONFLICT_RETRIES = 3  # status writes refused for a stale resourceVersion, re-read and sent again
+
+
 class StatusWriter:
     """Merge-patches the status subresource of ClusterPools, on the HEALTH lane.
 
     Writes of one pool coalesce: the patch is computed when the write is sent, against
-    the status last written, so a write that waited and was replaced loses nothing."""
+    the status last written, so a write that waited and was replaced loses nothing.
+
+    Every patch carries the resourceVersion of the status it was computed against, so the
+    API server applies it only to that very version (409 Conflict otherwise). A write that
+    had passed the shard fence and was still being sent when its replica froze (SIGSTOP, a
+    partition) lands, if at all, on a version another replica has not written since: it
+    can never blend into the new driver's status. On a conflict the writer re-reads the
+    pool and sends again, through the queue, so the fence is asked again first."""
 
     def __init__(self, client: kubernetes.client.ApiClient, writes: WriteQueue, field_manager: str) -> None:
         self._api = kubernetes.client.CustomObjectsApi(client)
         self._writes = writes
         self._field_manager = field_manager
-        self._written: dict[tuple[str, str], dict[str, Any]] = {}
+        # per pool: the status this replica knows is stored, and the version storing it
+        self._written: dict[tuple[str, str], tuple[dict[str, Any], str | None]] = {}
+        self.conflicts = 0  # writes refused for a stale version (each re-read and sent again)
 
-    async def write(self, namespace: str, name: str, status: dict[str, Any], stored: Mapping[str, Any]) -> bool:
-        """Make the pool's status `status` (`stored`: what the API server had when this
-        writer last knew nothing newer). True when written; False when the pool is gone."""
+    async def write(
+        self, namespace: str, name: str, status: dict[str, Any], stored: Mapping[str, Any], version: str | None
+    ) -> bool:
+        """Make the pool's status `status` (`stored`, `version`: the status and the
+        resourceVersion this replica last saw when it knows of no write of its own since).
+        True when written; False when the pool is gone."""
         key = (namespace, name)
 
         def patch() -> bool:
-            before = self._written.get(key, stored)
+            before, known_version = self._written.get(key, (stored, version))
+            body: dict[str, Any] = {"status": merge_patch(before, status)}
+            if known_version is not None:
+                body["metadata"] = {"resourceVersion": known_version}
             try:
-                send(
+                answer = send(
                     self._api.patch_namespaced_custom_object_status,
                     api.GROUP,
                     api.VERSION,
                     namespace,
                     api.PLURAL,
                     name,
-                    {"status": merge_patch(before, status)},
+                    body,
                     field_manager=self._field_manager,
                     _request_timeout=self._writes.request_timeout,
                 )
@@ -74,14 +93,33 @@ class StatusWriter:
                 if exc.status == 404:
                     return False
                 raise
-            self._written[key] = status
+            self._written[key] = (status, _version_of(answer))
             return True
 
-        return bool(await self._writes.write(Lane.HEALTH, ("ClusterPool/status", namespace, name), key, patch))
+        conflicts = 0
+        while True:
+            try:
+                return bool(await self._writes.write(Lane.HEALTH, ("ClusterPool/status", namespace, name), key, patch))
+            except ApiException as exc:
+                if exc.status != 409 or conflicts == CONFLICT_RETRIES:
+                    raise
+            conflicts += 1
+            self.conflicts += 1
+            pool = await self._read(namespace, name)
+            if pool is None:
+                return False
+            self._written[key] = (pool.get("status") or {}, pool["metadata"]["resourceVersion"])
 
     async def read(self, namespace: str, name: str) -> Mapping[str, Any] | None:
         """The pool's status as the API server holds it now (a quorum read, not a watch's
         copy); None when the pool is gone."""
+        pool = await self._read(namespace, name)
+        if pool is None:
+            return None
+        status: Mapping[str, Any] = pool.get("status") or {}
+        return status
+
+    async def _read(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
             pool: Any = await asyncio.to_thread(
                 self._api.get_namespaced_custom_object,
@@ -96,8 +134,7 @@ class StatusWriter:
             if exc.status == 404:
                 return None
             raise
-        status: Mapping[str, Any] = pool.get("status") or {}
-        return status
+        return dict(pool)
 
     def forget(self, namespace: str, name: str) -> None:
         self._written.pop((namespace, name), None)
@@ -105,6 +142,15 @@ class StatusWriter:
     def remembered(self) -> int:
         """Pools whose last written status is kept."""
         return len(self._written)
+
+
+def _version_of(answer: bytes) -> str | None:
+    """The resourceVersion of the object a write answered with."""
+    try:
+        version = json.loads(answer)["metadata"]["resourceVersion"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return version if isinstance(version, str) else None
 
 
 class SecretReader:

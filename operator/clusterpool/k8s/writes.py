@@ -28,11 +28,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-def send(call: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+def send(call: Callable[..., Any], *args: Any, **kwargs: Any) -> bytes:
     """Make a write without turning the answer into model objects (the kubernetes client's
     deserialization was a large share of the operator's CPU); the body is read, so the
-    connection goes back to the pool. Non-2xx answers still raise ApiException."""
-    call(*args, _preload_content=False, **kwargs).read()
+    connection goes back to the pool, and returned as it came. Non-2xx answers still raise
+    ApiException."""
+    body: bytes = call(*args, _preload_content=False, **kwargs).read()
+    return body
 
 
 class Lane(enum.Enum):
