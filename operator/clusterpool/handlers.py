@@ -98,7 +98,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     METRICS.count_writes(
         lambda: {lane.value: n for lane, n in writes.sent.items()},
         lambda: {lane.value: n for lane, n in writes.backlog_by_lane().items()},
-        lambda: status_writer.conflicts,
+        lambda: {"status": status_writer.conflicts, "published": publisher.conflicts},
     )
     METRICS.count_remembered(  # what the operator keeps per pool: all 0 once every pool is gone
         lambda: {

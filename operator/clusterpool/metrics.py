@@ -31,8 +31,8 @@ deleted pool's series are removed, and so are those of endpoints that leave a po
     clusterpool_kubernetes_writes_total{lane}                    writes sent to the API server, by lane
                                                                  (health: status, slices, routing; info: the rest)
     clusterpool_kubernetes_write_backlog{lane}                   objects whose write waits for a worker
-    clusterpool_status_write_conflicts_total                     status writes refused for a stale
-                                                                 resourceVersion (re-read, sent again)
+    clusterpool_kubernetes_write_conflicts_total{object}         writes refused for a stale resourceVersion
+                                                                 (status: re-read; published: applied again)
 """
 
 from __future__ import annotations
@@ -171,11 +171,11 @@ class Metrics:
         self,
         sent: Callable[[], Mapping[str, int]],
         waiting: Callable[[], Mapping[str, int]],
-        status_conflicts: Callable[[], int],
+        conflicts: Callable[[], Mapping[str, int]],
     ) -> None:
-        """Export the write queue's writes sent and waiting, per lane, and the status
-        writes refused for a stale version, read at each scrape."""
-        self._writes.sent, self._writes.waiting, self._writes.conflicts = sent, waiting, status_conflicts
+        """Export the write queue's writes sent and waiting, per lane, and the writes
+        refused for a stale version, per object (status, published), read at each scrape."""
+        self._writes.sent, self._writes.waiting, self._writes.conflicts = sent, waiting, conflicts
 
     def pool(self, namespace: str, name: str) -> PoolMetrics:
         return PoolMetrics(self, namespace, name)
@@ -292,7 +292,7 @@ class _Writes(Collector):
     def __init__(self) -> None:
         self.sent: Callable[[], Mapping[str, int]] = dict
         self.waiting: Callable[[], Mapping[str, int]] = dict
-        self.conflicts: Callable[[], int] = lambda: 0
+        self.conflicts: Callable[[], Mapping[str, int]] = dict
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         sent = CounterMetricFamily(
@@ -307,11 +307,14 @@ class _Writes(Collector):
         for lane, n in self.waiting().items():
             waiting.add_metric([lane], n)
         yield waiting
-        yield CounterMetricFamily(
-            "clusterpool_status_write_conflicts",
-            "Status writes the API server refused for a stale resourceVersion (each re-read and sent again)",
-            value=self.conflicts(),
+        conflicts = CounterMetricFamily(
+            "clusterpool_kubernetes_write_conflicts",
+            "Writes the API server refused for a stale resourceVersion, by object (each written again)",
+            labels=["object"],
         )
+        for obj, n in self.conflicts().items():
+            conflicts.add_metric([obj], n)
+        yield conflicts
 
 
 def _remove(metric: Gauge | Counter | Histogram, labels: tuple[str, ...]) -> None:

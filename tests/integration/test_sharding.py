@@ -13,7 +13,9 @@ import kubernetes
 import pytest
 
 from clusterpool import api
+from clusterpool.core.publish import POOL_LABEL
 from clusterpool.k8s.client import StatusWriter
+from clusterpool.k8s.publish import APPLY, FIELD_MANAGER, Publisher
 from clusterpool.k8s.writes import NotOwnedError, WriteQueue
 from conftest import OperatorProcess, endpoints_of, wait_for
 
@@ -239,6 +241,47 @@ async def test_a_status_write_lands_only_on_the_version_it_was_computed_against(
         write_as_other({"drivenBy": "other"})  # what this writer last wrote is no longer stored
         assert await writer.write(pools.namespace, "w", mine, {}, None)
         assert pools.status("w")["drivenBy"] == "me" and writer.conflicts == 3
+    finally:
+        await writes.close()
+
+
+async def test_an_object_apply_lands_only_on_the_version_last_applied(replicas, pools, k8s):
+    """The same race for a published object (here a ConfigMap): another replica applies
+    it after this one's apply passed the fence and before it is sent. The stale apply is
+    refused; applied again only if the fence still says yes."""
+    core = kubernetes.client.CoreV1Api(k8s)
+
+    def config_map(value):
+        meta = {"name": "race", "namespace": pools.namespace, "labels": {POOL_LABEL: "w"}}
+        return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": {"v": value}}
+
+    def apply_as_other(value):
+        core.patch_namespaced_config_map(
+            "race", pools.namespace, config_map(value), field_manager=FIELD_MANAGER, force=True, _content_type=APPLY
+        )
+
+    raced, owned = [False], [True]
+
+    def fence(pool):
+        if not raced[0]:  # the other replica applies between this fence and the send
+            raced[0] = True
+            apply_as_other(f"other-{publisher.conflicts}")
+            return True
+        return owned[0]
+
+    writes = WriteQueue(fence=lambda pool: True)
+    publisher = Publisher(k8s, writes)
+    stored = lambda: core.read_namespaced_config_map("race", pools.namespace).data["v"]  # noqa: E731
+    try:
+        assert await publisher.apply([config_map("1")]) == []
+        writes.fence, owned[0] = fence, False
+        with pytest.raises(NotOwnedError):
+            await publisher.apply([config_map("2")])
+        assert (stored(), publisher.conflicts) == ("other-0", 1)
+
+        raced[0], owned[0] = False, True  # the same race while this replica still owns the pool
+        assert await publisher.apply([config_map("3")]) == []
+        assert (stored(), publisher.conflicts) == ("3", 2)
     finally:
         await writes.close()
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
@@ -19,7 +18,7 @@ from kubernetes.client.exceptions import ApiException
 
 from clusterpool import api
 from clusterpool.core.status import merge_patch
-from clusterpool.k8s.writes import Lane, WriteQueue, send
+from clusterpool.k8s.writes import Lane, WriteQueue, send, version_of
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +92,7 @@ class StatusWriter:
                 if exc.status == 404:
                     return False
                 raise
-            self._written[key] = (status, _version_of(answer))
+            self._written[key] = (status, version_of(answer))
             return True
 
         conflicts = 0
@@ -142,15 +141,6 @@ class StatusWriter:
     def remembered(self) -> int:
         """Pools whose last written status is kept."""
         return len(self._written)
-
-
-def _version_of(answer: bytes) -> str | None:
-    """The resourceVersion of the object a write answered with."""
-    try:
-        version = json.loads(answer)["metadata"]["resourceVersion"]
-    except (ValueError, KeyError, TypeError):
-        return None
-    return version if isinstance(version, str) else None
 
 
 class SecretReader:

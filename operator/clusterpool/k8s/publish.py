@@ -7,8 +7,10 @@ reported as a PublishConflict and the rest is still published.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -16,7 +18,7 @@ import kubernetes
 from kubernetes.client.exceptions import ApiException
 
 from clusterpool.core.publish import POOL_LABEL, routing_configmap_name
-from clusterpool.k8s.writes import Lane, WriteQueue, send
+from clusterpool.k8s.writes import Lane, WriteQueue, send, version_of
 
 FIELD_MANAGER = "clusterpool-operator"
 APPLY = "application/apply-patch+yaml"
@@ -35,19 +37,34 @@ def _digest(obj: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class _Applied:
+    digest: str  # of what was applied
+    version: str | None  # the resourceVersion the API server answered with
+
+
 class Publisher:
     """EndpointSlices and the routing ConfigMap go on the HEALTH lane (clients act on
-    them), the Service on the INFO lane; each object's writes coalesce."""
+    them), the Service on the INFO lane; each object's writes coalesce.
+
+    An object applied before is applied again only on the version this replica last
+    applied (its resourceVersion, a precondition): an apply that had passed the shard
+    fence and was still being sent when its replica froze cannot overwrite what the new
+    driver applied since. On a conflict the object is applied again, unconditionally,
+    through the queue, so the fence is asked again first."""
 
     def __init__(self, client: kubernetes.client.ApiClient, writes: WriteQueue) -> None:
         self.writes = writes
         self.core = kubernetes.client.CoreV1Api(client)
         self.discovery = kubernetes.client.DiscoveryV1Api(client)
-        # (namespace, pool) -> {(kind, name): digest of what was applied}
-        self._applied: dict[tuple[str, str], dict[tuple[str, str], str]] = {}
+        self._applied: dict[tuple[str, str], dict[tuple[str, str], _Applied]] = {}  # pool -> (kind, name) -> ...
+        self.conflicts = 0  # applies refused for a stale version (each applied again)
 
-    def _apply_sync(self, obj: dict[str, Any]) -> None:
+    def _apply_sync(self, obj: dict[str, Any], pool: tuple[str, str], conditional: bool) -> str | None:
         kind, meta = obj["kind"], obj["metadata"]
+        known = self._applied.get(pool, {}).get((kind, meta["name"])) if conditional else None
+        if known is not None and known.version is not None:
+            obj = {**obj, "metadata": {**meta, "resourceVersion": known.version}}
         args = (meta["name"], meta["namespace"], obj)
         kw: dict[str, Any] = {
             "field_manager": FIELD_MANAGER,
@@ -57,13 +74,12 @@ class Publisher:
         }
         if kind == "Service":
             self._check_owner(meta)
-            send(self.core.patch_namespaced_service, *args, **kw)
-        elif kind == "EndpointSlice":
-            send(self.discovery.patch_namespaced_endpoint_slice, *args, **kw)
-        elif kind == "ConfigMap":
-            send(self.core.patch_namespaced_config_map, *args, **kw)
-        else:
-            raise ValueError(f"cannot publish a {kind}")
+            return version_of(send(self.core.patch_namespaced_service, *args, **kw))
+        if kind == "EndpointSlice":
+            return version_of(send(self.discovery.patch_namespaced_endpoint_slice, *args, **kw))
+        if kind == "ConfigMap":
+            return version_of(send(self.core.patch_namespaced_config_map, *args, **kw))
+        raise ValueError(f"cannot publish a {kind}")
 
     def _check_owner(self, meta: dict[str, Any]) -> None:
         try:
@@ -89,25 +105,44 @@ class Publisher:
             pool = (meta["namespace"], meta["labels"][POOL_LABEL])
             key = (obj["kind"], meta["name"])
             digest = _digest(obj)
-            if self._applied.get(pool, {}).get(key) != digest:
-                # all on the health lane: a new pool's Service must not wait behind Events
-                write = self.writes.submit(Lane.HEALTH, (*key, meta["namespace"]), pool, partial(self._apply_sync, obj))
-                changed.append((pool, key, digest, write))
+            known = self._applied.get(pool, {}).get(key)
+            if known is None or known.digest != digest:
+                changed.append((pool, key, digest, asyncio.ensure_future(self._apply_one(obj, pool, key))))
         problems = []
         failure: BaseException | None = None
-        for pool, key, digest, done in changed:
-            try:
-                await done
-            except PublishConflictError as exc:
-                problems.append(str(exc))
-                continue
-            except Exception as exc:  # the others still count as applied; the first failure is raised
-                failure = failure or exc
-                continue
-            self._applied.setdefault(pool, {})[key] = digest
+        try:
+            for pool, key, digest, done in changed:
+                try:
+                    version = await done
+                except PublishConflictError as exc:
+                    problems.append(str(exc))
+                    continue
+                except Exception as exc:  # the others still count as applied; the first failure is raised
+                    failure = failure or exc
+                    continue
+                self._applied.setdefault(pool, {})[key] = _Applied(digest, version)
+        finally:  # cut short (the sink's timeout): what was sent still lands, unawaited
+            for *_, done in changed:
+                done.cancel()
         if failure is not None:
             raise failure
         return problems
+
+    async def _apply_one(self, obj: dict[str, Any], pool: tuple[str, str], key: tuple[str, str]) -> str | None:
+        # all on the health lane: a new pool's Service must not wait behind Events
+        object_key = (*key, obj["metadata"]["namespace"])
+        try:
+            version: str | None = await self.writes.write(
+                Lane.HEALTH, object_key, pool, partial(self._apply_sync, obj, pool, True)
+            )
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            self.conflicts += 1
+            version = await self.writes.write(
+                Lane.HEALTH, object_key, pool, partial(self._apply_sync, obj, pool, False)
+            )
+        return version
 
     async def prune_slices(self, namespace: str, pool: str, keep: set[str]) -> None:
         def run() -> None:
@@ -154,5 +189,5 @@ class Publisher:
         self._applied.pop((namespace, pool), None)
 
     def remembered(self) -> int:
-        """Pools whose applied objects' digests are kept."""
+        """Pools whose applied objects' digests and versions are kept."""
         return len(self._applied)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import enum
+import json
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +36,15 @@ def send(call: Callable[..., Any], *args: Any, **kwargs: Any) -> bytes:
     ApiException."""
     body: bytes = call(*args, _preload_content=False, **kwargs).read()
     return body
+
+
+def version_of(answer: bytes) -> str | None:
+    """The resourceVersion of the object a write answered with (see send)."""
+    try:
+        version = json.loads(answer)["metadata"]["resourceVersion"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return version if isinstance(version, str) else None
 
 
 class Lane(enum.Enum):
