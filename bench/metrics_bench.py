@@ -7,15 +7,19 @@ operator's own `serve()`, and measures:
 
   - RSS taken by the series (after a full collection, /proc/self/statm, against the same
     process before any pool);
-  - one scrape over HTTP (the median of --scrapes): seconds, bytes, lines; the scrape
-    runs in the server's thread, holding the GIL the event loop needs;
+  - one scrape over HTTP (the median of --scrapes, each after a status update of every
+    pool that moved every probe latency, as the rounds between two scrapes do): seconds,
+    bytes, lines; the scrape runs in the server's thread, holding the GIL the event
+    loop needs;
   - one pool's status update (the call every round makes), microseconds, median over
     all pools.
 
-Results are appended to bench/results/metrics.json with the commit, so runs of two
-commits compare side by side; docs/performance.md quotes them.
+With --against REV the same measurements run, interleaved, against the operator code
+of commit REV too (a git worktree, removed afterwards): a side-by-side comparison on one
+machine in one run. Results are appended to bench/results/metrics.json;
+docs/performance.md quotes them.
 
-    python bench/metrics_bench.py [--pools 100,300,1000] [--scrapes 5]
+    python bench/metrics_bench.py [--pools 100,300,1000] [--scrapes 5] [--against REV]
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -82,7 +87,8 @@ def measure(pools: int, scrapes: int) -> dict[str, object]:
     registry = CollectorRegistry()
     metrics = Metrics(registry)
     port = free_port()
-    serve(f"http://127.0.0.1:{port}/metrics", registry)
+    # before the pool series had their own exposition, serve() took the registry
+    serve(f"http://127.0.0.1:{port}/metrics", metrics if hasattr(metrics, "exposition") else registry)
     gc.collect()
     before = rss_mib()
     series = [metrics.pool("bench", f"pool-{p}") for p in range(pools)]
@@ -103,7 +109,9 @@ def measure(pools: int, scrapes: int) -> dict[str, object]:
         updates.append(time.perf_counter() - t)
 
     times, size, lines = [], 0, 0
-    for _ in range(scrapes):
+    for scrape in range(scrapes):
+        for p, m in enumerate(series):  # the rounds between two scrapes: every latency moved
+            m.status(status_of(p, 4 + scrape))
         t = time.perf_counter()
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=60) as r:
             body = r.read()
@@ -125,27 +133,39 @@ def main() -> None:
     p.add_argument("--pools", default="100,300,1000")
     p.add_argument("--scrapes", type=int, default=5)
     p.add_argument("--one", type=int, help=argparse.SUPPRESS)  # the measuring child
+    p.add_argument("--against", help="also measure the operator code of this commit, side by side")
     p.add_argument("--no-save", action="store_true")
     args = p.parse_args()
     if args.one is not None:
         print(json.dumps(measure(args.one, args.scrapes)))
         return
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "operator"], capture_output=True, text=True)
-    runs = []
-    for n in (int(x) for x in args.pools.split(",")):
-        child = [sys.executable, __file__, "--one", str(n), "--scrapes", str(args.scrapes)]
-        out = subprocess.run(child, capture_output=True, text=True, check=True).stdout
-        run = json.loads(out.strip().splitlines()[-1])
-        print(json.dumps(run))
-        runs.append(run)
+    git = ["git", "-C", str(ROOT)]
+    commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run([*git, "status", "--porcelain", "operator"], capture_output=True, text=True).stdout.strip()
+    trees = {commit + ("+dirty" if dirty else ""): ROOT / "operator"}
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.against:
+            subprocess.run([*git, "worktree", "add", "--detach", "-q", tmp, args.against], check=True)
+            trees[args.against] = Path(tmp) / "operator"
+        try:
+            runs: dict[str, list[dict[str, object]]] = {rev: [] for rev in trees}
+            for n in (int(x) for x in args.pools.split(",")):
+                for rev, tree in trees.items():
+                    child = [sys.executable, __file__, "--one", str(n), "--scrapes", str(args.scrapes)]
+                    env = {**os.environ, "PYTHONPATH": str(tree)}
+                    out = subprocess.run(child, capture_output=True, text=True, check=True, env=env).stdout
+                    run = json.loads(out.strip().splitlines()[-1])
+                    print(rev, json.dumps(run))
+                    runs[rev].append(run)
+        finally:
+            if args.against:
+                subprocess.run([*git, "worktree", "remove", "--force", tmp], check=True)
     if args.no_save:
         return
     entry = {
-        "commit": commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else ""),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpus": len(os.sched_getaffinity(0)), "python": platform.python_version()},
-        "runs": runs,
+        "runs_by_commit": runs,
     }
     path = HERE / "results" / "metrics.json"
     history = json.loads(path.read_text()) if path.exists() else []

@@ -58,9 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     import clusterpool.handlers  # noqa: F401  (registers the handlers and their metrics)
 
     if args.metrics != "none":
-        from clusterpool.metrics import REGISTRY, serve
+        from clusterpool.handlers import METRICS
+        from clusterpool.metrics import serve
 
-        serve(args.metrics, REGISTRY)
+        serve(args.metrics, METRICS)
 
     from clusterpool.memory import collect_less_often
 

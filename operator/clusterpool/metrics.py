@@ -4,6 +4,12 @@ Pool and endpoint gauges are read from the status each pool renders every round,
 metrics and `kubectl describe` never disagree; Events are counted as they are emitted. A
 deleted pool's series are removed, and so are those of endpoints that leave a pool.
 
+The per-pool series are not prometheus_client metrics: at 1,000 pools of 10 endpoints
+one child object per series took 42 MiB, and formatting the 66,000 lines took 0.6-1 s
+per scrape on the thread that serves it, holding the GIL the event loop needs
+(bench/metrics_bench.py). Each pool keeps what its last status said as a tuple and the
+text it rendered from it; a scrape renders only what changed and joins the rest.
+
     clusterpool_pool_ready{namespace,pool}                       1 when Ready=True
     clusterpool_pool_endpoints{namespace,pool,state}             total | healthy | eligible | ejected
     clusterpool_pool_panic{namespace,pool}                       1 in panic mode
@@ -38,57 +44,37 @@ deleted pool's series are removed, and so are those of endpoints that leave a po
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import bisect
+import collections
 import gc
+import http.server
+import math
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 __all__ = ["REGISTRY", "Metrics", "PoolMetrics", "serve"]
 
-POOL = ("namespace", "pool")
-ENDPOINT = ("namespace", "pool", "endpoint")
 BREAKER = {"Closed": 0.0, "HalfOpen": 0.5, "Open": 1.0}
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # the text format every Prometheus reads
 
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
-        def gauge(name: str, doc: str, labels: tuple[str, ...] = POOL) -> Gauge:
-            return Gauge(name, doc, labels, registry=registry)
-
-        self.ready = gauge("clusterpool_pool_ready", "1 when the pool's Ready condition is True")
-        self.endpoints = gauge("clusterpool_pool_endpoints", "Endpoints of the pool by state", (*POOL, "state"))
-        self.panic = gauge("clusterpool_pool_panic", "1 while the pool routes to every endpoint of its tier")
-        self.discovery_degraded = gauge(
-            "clusterpool_pool_discovery_degraded", "1 while the pool's DiscoveryDegraded condition is True"
-        )
-        self.tier = gauge("clusterpool_pool_active_tier", "The priority tier that serves")
-        self.healthy = gauge("clusterpool_endpoint_healthy", "1 when the endpoint's probes pass", ENDPOINT)
-        self.eligible = gauge("clusterpool_endpoint_eligible", "1 when clients may use the endpoint", ENDPOINT)
-        self.breaker = gauge(
-            "clusterpool_endpoint_breaker_open", "The endpoint's breaker: 0 Closed, 0.5 HalfOpen, 1 Open", ENDPOINT
-        )
-        self.latency = gauge(
-            "clusterpool_endpoint_probe_latency_seconds", "A recent probe's latency (from status)", ENDPOINT
-        )
-        self.cache_up = gauge("clusterpool_cache_reachable", "1 while the pool's Redis answers")
-        self.cache_latency = gauge("clusterpool_cache_latency_seconds", "Round trip of a PING to the pool's Redis")
-        self.cache_keys = gauge("clusterpool_cache_keys", "Keys of the current cache version")
-        self.events = Counter(
-            "clusterpool_events", "Kubernetes Events emitted", (*POOL, "type", "reason"), registry=registry
-        )
-        self.rounds = Histogram(
-            "clusterpool_round_duration_seconds",
-            "Duration of one pool round: probe, publish, status",
-            POOL,
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-            registry=registry,
-        )
+        self.registry = registry
         self.api = Gauge(
             "clusterpool_kubernetes_api_reachable", "1 while the Kubernetes API answers", registry=registry
         )
@@ -128,7 +114,7 @@ class Metrics:
         registry.register(self._remembered)
         self._writes = _Writes()
         registry.register(self._writes)
-        self._exported: set[tuple[str, str]] = set()  # pools with series (PoolMetrics adds, forget removes)
+        self._exported: dict[tuple[str, str], PoolMetrics] = {}  # pools with series (PoolMetrics adds, forget removes)
 
     async def watch_loop_lag(self, every: float = 0.25, window: float = 10.0) -> None:
         """Sample the event loop's lag: everything the operator does shares this loop, so
@@ -184,6 +170,10 @@ class Metrics:
         """Pools that have series."""
         return len(self._exported)
 
+    def exposition(self) -> bytes:
+        """The text of a scrape: the registry's series, then every pool's."""
+        return generate_latest(self.registry) + _render_pools(list(self._exported.values())).encode()
+
     # the operator-wide API check calls these (k8s.client.watch_api)
     def api_down(self, exc: BaseException) -> None:
         self.api.set(0)
@@ -192,85 +182,145 @@ class Metrics:
         self.api.set(1)
 
 
+GAUGES = (  # the pool series read from the status, in the order they are exposed
+    ("clusterpool_pool_ready", "1 when the pool's Ready condition is True"),
+    ("clusterpool_pool_endpoints", "Endpoints of the pool by state"),
+    ("clusterpool_pool_panic", "1 while the pool routes to every endpoint of its tier"),
+    ("clusterpool_pool_discovery_degraded", "1 while the pool's DiscoveryDegraded condition is True"),
+    ("clusterpool_pool_active_tier", "The priority tier that serves"),
+    ("clusterpool_endpoint_healthy", "1 when the endpoint's probes pass"),
+    ("clusterpool_endpoint_eligible", "1 when clients may use the endpoint"),
+    ("clusterpool_endpoint_breaker_open", "The endpoint's breaker: 0 Closed, 0.5 HalfOpen, 1 Open"),
+    ("clusterpool_endpoint_probe_latency_seconds", "A recent probe's latency (from status)"),
+    ("clusterpool_cache_reachable", "1 while the pool's Redis answers"),
+    ("clusterpool_cache_latency_seconds", "Round trip of a PING to the pool's Redis"),
+    ("clusterpool_cache_keys", "Keys of the current cache version"),
+)
+EVENTS = ("clusterpool_events", "Kubernetes Events emitted")
+ROUNDS = ("clusterpool_round_duration_seconds", "Duration of one pool round: probe, publish, status")
+ROUND_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+_Values = tuple[tuple[str, str, float], ...]  # (family, extra labels rendered, value)
+
+
 class PoolMetrics:
-    """One pool's series."""
+    """One pool's series: what its last status said, its Events, its round durations.
+
+    Written on the event loop, read by the scrape's thread: every field is replaced
+    whole, never changed in place."""
 
     def __init__(self, metrics: Metrics, namespace: str, name: str) -> None:
         self.m, self.key = metrics, (namespace, name)
-        self.endpoints: set[str] = set()
-        self.events: set[tuple[str, str]] = set()
-        self.cache = False
+        self.labels = f'namespace="{_escape(namespace)}",pool="{_escape(name)}"'
+        self.state: _Values = ()  # what the status said, all but the latencies (they move every round)
+        self.latencies: _Values = ()
+        self.events: dict[tuple[str, str], int] = {}
+        self.rounds: tuple[tuple[int, ...], float] = ((0,) * (len(ROUND_BUCKETS) + 1), 0.0)  # per bucket, sum
+        self._text: tuple[_Values, _Values, dict[str, str]] = ((), (), {})  # rendered from (state, latencies)
 
     def status(self, status: Mapping[str, Any]) -> None:
-        m, key = self.m, self.key
-        m._exported.add(key)
         conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
-        m.ready.labels(*key).set(1 if conditions.get("Ready") == "True" else 0)
-        m.discovery_degraded.labels(*key).set(1 if conditions.get("DiscoveryDegraded") == "True" else 0)
-        for state in ("total", "healthy", "eligible", "ejected"):
-            m.endpoints.labels(*key, state).set(int(status.get(state) or 0))
-        m.panic.labels(*key).set(1 if status.get("panic") else 0)
-        m.tier.labels(*key).set(int(status.get("activeTier") or 0))
-        seen = set()
+        values: list[tuple[str, str, float]] = [
+            ("clusterpool_pool_ready", "", 1 if conditions.get("Ready") == "True" else 0),
+            *(("clusterpool_pool_endpoints", f',state="{s}"', int(status.get(s) or 0)) for s in STATES),
+            ("clusterpool_pool_panic", "", 1 if status.get("panic") else 0),
+            ("clusterpool_pool_discovery_degraded", "", 1 if conditions.get("DiscoveryDegraded") == "True" else 0),
+            ("clusterpool_pool_active_tier", "", int(status.get("activeTier") or 0)),
+        ]
+        latencies: list[tuple[str, str, float]] = []
         for e in status.get("endpoints") or []:
-            name = str(e.get("name"))
-            seen.add(name)
-            labels = (*key, name)
-            m.healthy.labels(*labels).set(1 if e.get("health") in ("Healthy", "Degraded") else 0)
-            m.eligible.labels(*labels).set(1 if e.get("eligible") else 0)
-            m.breaker.labels(*labels).set(BREAKER.get(str(e.get("breaker")), 0.0))
+            endpoint = f',endpoint="{_escape(str(e.get("name")))}"'
+            values.append(("clusterpool_endpoint_healthy", endpoint, 1 if e.get("health") in HEALTHY else 0))
+            values.append(("clusterpool_endpoint_eligible", endpoint, 1 if e.get("eligible") else 0))
+            values.append(("clusterpool_endpoint_breaker_open", endpoint, BREAKER.get(str(e.get("breaker")), 0.0)))
             latency = e.get("lastProbeLatencyMilliseconds")
             if latency is not None:
-                m.latency.labels(*labels).set(latency / 1000)
-        for gone in self.endpoints - seen:
-            self._remove_endpoint(gone)
-        self.endpoints = seen
-        self._cache(status.get("cache"))
-
-    def _cache(self, cache: Mapping[str, Any] | None) -> None:
-        m, key = self.m, self.key
-        if cache is None or cache.get("reachable") is None:
-            if self.cache:
-                for g in (m.cache_up, m.cache_latency, m.cache_keys):
-                    _remove(g, key)
-            self.cache = False
-            return
-        self.cache = True
-        m.cache_up.labels(*key).set(1 if cache.get("reachable") else 0)
-        if cache.get("latencyMicroseconds") is not None:
-            m.cache_latency.labels(*key).set(cache["latencyMicroseconds"] / 1e6)
-        if cache.get("keys") is not None:
-            m.cache_keys.labels(*key).set(cache["keys"])
+                latencies.append(("clusterpool_endpoint_probe_latency_seconds", endpoint, latency / 1000))
+        cache = status.get("cache")
+        if cache is not None and cache.get("reachable") is not None:
+            values.append(("clusterpool_cache_reachable", "", 1 if cache.get("reachable") else 0))
+            if cache.get("latencyMicroseconds") is not None:
+                values.append(("clusterpool_cache_latency_seconds", "", cache["latencyMicroseconds"] / 1e6))
+            if cache.get("keys") is not None:
+                values.append(("clusterpool_cache_keys", "", cache["keys"]))
+        # a tuple equal to the last one is not stored: text() knows the last by identity
+        if (state := tuple(values)) != self.state:
+            self.state = state
+        if (moved := tuple(latencies)) != self.latencies:
+            self.latencies = moved
+        self.m._exported[self.key] = self
 
     def event(self, type_: str, reason: str) -> None:
-        self.m._exported.add(self.key)
-        self.m.events.labels(*self.key, type_, reason).inc()
-        self.events.add((type_, reason))
+        key = (type_, reason)
+        self.events = {**self.events, key: self.events.get(key, 0) + 1}
+        self.m._exported[self.key] = self
 
     def late_probe(self) -> None:
         self.m.late_probes.inc()
 
     def round(self, seconds: float) -> None:
-        self.m._exported.add(self.key)
-        self.m.rounds.labels(*self.key).observe(seconds)
-
-    def _remove_endpoint(self, name: str) -> None:
-        for g in (self.m.healthy, self.m.eligible, self.m.breaker, self.m.latency):
-            _remove(g, (*self.key, name))
+        counts, total = self.rounds
+        i = bisect.bisect_left(ROUND_BUCKETS, seconds)
+        self.rounds = ((*counts[:i], counts[i] + 1, *counts[i + 1 :]), total + seconds)
+        self.m._exported[self.key] = self
 
     def forget(self) -> None:
         """The pool is gone (or no longer run here): drop all of its series."""
-        m, key = self.m, self.key
-        for name in self.endpoints:
-            self._remove_endpoint(name)
-        for g in (m.ready, m.panic, m.discovery_degraded, m.tier, m.cache_up, m.cache_latency, m.cache_keys, m.rounds):
-            _remove(g, key)
-        for state in ("total", "healthy", "eligible", "ejected"):
-            _remove(m.endpoints, (*key, state))
-        for type_, reason in self.events:
-            _remove(m.events, (*key, type_, reason))
-        self.endpoints, self.events = set(), set()
-        m._exported.discard(key)
+        if self.m._exported.get(self.key) is self:
+            del self.m._exported[self.key]
+        self.state, self.latencies, self.events = (), (), {}
+        self.rounds = ((0,) * (len(ROUND_BUCKETS) + 1), 0.0)
+
+    def text(self) -> dict[str, str]:
+        """Family -> this pool's lines of it, rendered again only when the status moved."""
+        state, latencies, text = self._text
+        if state is self.state and latencies is self.latencies:
+            return text
+        state, latencies = self.state, self.latencies
+        lines: dict[str, str] = collections.defaultdict(str)
+        for family, extra, value in state + latencies:
+            lines[family] += f"{family}{{{self.labels}{extra}}} {_number(value)}\n"
+        self._text = (state, latencies, lines)
+        return lines
+
+
+STATES = ("total", "healthy", "eligible", "ejected")
+HEALTHY = ("Healthy", "Degraded")
+
+
+def _render_pools(pools: list[PoolMetrics]) -> str:
+    """The text format (0.0.4) of the pools' series: every family once, with its lines."""
+    out: list[str] = []
+    texts = [p.text() for p in pools]
+    for family, doc in GAUGES:
+        out.append(f"# HELP {family} {doc}\n# TYPE {family} gauge\n")
+        out.extend(t.get(family, "") for t in texts)
+    name, doc = EVENTS
+    out.append(f"# HELP {name}_total {doc}\n# TYPE {name}_total counter\n")
+    for p in pools:
+        for (type_, reason), n in p.events.items():
+            out.append(f'{name}_total{{{p.labels},type="{_escape(type_)}",reason="{_escape(reason)}"}} {n}\n')
+    name, doc = ROUNDS
+    out.append(f"# HELP {name} {doc}\n# TYPE {name} histogram\n")
+    bounds = [*(_number(b) for b in ROUND_BUCKETS), "+Inf"]
+    for p in pools:
+        counts, total = p.rounds
+        below = 0
+        for bound, n in zip(bounds, counts, strict=True):
+            below += n
+            out.append(f'{name}_bucket{{{p.labels},le="{bound}"}} {below}\n')
+        out.append(f"{name}_count{{{p.labels}}} {below}\n{name}_sum{{{p.labels}}} {_number(total)}\n")
+    return "".join(out)
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _number(value: float) -> str:
+    if math.isfinite(value):
+        return repr(float(value))
+    return "NaN" if math.isnan(value) else "+Inf" if value > 0 else "-Inf"
 
 
 class _Remembered(Collector):
@@ -317,14 +367,24 @@ class _Writes(Collector):
         yield conflicts
 
 
-def _remove(metric: Gauge | Counter | Histogram, labels: tuple[str, ...]) -> None:
-    with contextlib.suppress(KeyError):  # never set
-        metric.remove(*labels)
-
-
-def serve(url: str, registry: CollectorRegistry = REGISTRY) -> None:
-    """Serve /metrics on the host and port of `url` (any path answers)."""
+def serve(url: str, metrics: Metrics) -> None:
+    """Serve `metrics` on the host and port of `url` (any path answers), from a thread."""
     parts = urlsplit(url)
     if parts.port is None:
         raise ValueError(f"--metrics needs a port, e.g. http://0.0.0.0:9090/metrics (got {url})")
-    start_http_server(parts.port, addr=parts.hostname or "0.0.0.0", registry=registry)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = metrics.exposition()
+            self.send_response(200)
+            self.send_header("Content-Type", CONTENT_TYPE)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, fmt: str, *args: Any) -> None:  # a scrape is not news
+            pass
+
+    server = http.server.ThreadingHTTPServer((parts.hostname or "0.0.0.0", parts.port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()

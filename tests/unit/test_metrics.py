@@ -1,8 +1,22 @@
 """Prometheus series follow the rendered status; a pool's and an endpoint's series go with them."""
 
-from prometheus_client import CollectorRegistry
+import urllib.request
 
-from clusterpool.metrics import Metrics
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from backends import free_port
+from clusterpool.metrics import Metrics, serve
+
+
+def sample_value(metrics, name, labels):
+    """A sample of the text a scrape returns (parsed as Prometheus would), or None."""
+    for family in text_string_to_metric_families(metrics.exposition().decode()):
+        for s in family.samples:
+            if s.name == name and s.labels == labels:
+                return s.value
+    return None
+
 
 STATUS = {
     "total": 2,
@@ -26,7 +40,7 @@ def test_series_follow_the_status_and_go_with_the_pool():
     p = m.pool("ns", "chat")
 
     def v(name, **labels):
-        return reg.get_sample_value(name, {"namespace": "ns", "pool": "chat", **labels})
+        return sample_value(m, name, {"namespace": "ns", "pool": "chat", **labels})
 
     p.status(STATUS)
     p.event("Warning", "EndpointEjected")
@@ -43,6 +57,9 @@ def test_series_follow_the_status_and_go_with_the_pool():
     assert v("clusterpool_cache_latency_seconds") == 0.00025
     assert v("clusterpool_events_total", type="Warning", reason="EndpointEjected") == 2
     assert v("clusterpool_round_duration_seconds_count") == 1
+    assert v("clusterpool_round_duration_seconds_bucket", le="0.025") == 1
+    assert v("clusterpool_round_duration_seconds_bucket", le="0.01") == 0
+    assert v("clusterpool_round_duration_seconds_sum") == 0.02
 
     # b leaves the pool, the cache goes: their series go
     p.status({**STATUS, "endpoints": STATUS["endpoints"][:1], "cache": None})
@@ -56,6 +73,26 @@ def test_series_follow_the_status_and_go_with_the_pool():
     assert v("clusterpool_pool_discovery_degraded") is None
     assert v("clusterpool_events_total", type="Warning", reason="EndpointEjected") is None
     assert v("clusterpool_round_duration_seconds_count") is None
+
+
+def test_a_scrape_renders_what_moved_and_escapes_endpoint_names():
+    reg = CollectorRegistry()
+    m = Metrics(reg)
+    p = m.pool("ns", "chat")
+    odd = {**STATUS["endpoints"][0], "name": 'a"b\\c'}
+    p.status({**STATUS, "endpoints": [odd]})
+    labels = {"namespace": "ns", "pool": "chat", "endpoint": 'a"b\\c'}
+    assert sample_value(m, "clusterpool_endpoint_probe_latency_seconds", labels) == 0.012
+    p.status({**STATUS, "endpoints": [{**odd, "lastProbeLatencyMilliseconds": 30}]})
+    assert sample_value(m, "clusterpool_endpoint_probe_latency_seconds", labels) == 0.03
+    p.status({**STATUS, "endpoints": [{**odd, "health": "Unhealthy", "lastProbeLatencyMilliseconds": 30}]})
+    assert sample_value(m, "clusterpool_endpoint_healthy", labels) == 0
+
+    port = free_port()
+    serve(f"http://127.0.0.1:{port}/metrics", m)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        assert r.read() == m.exposition()
 
 
 def test_the_api_check_sets_the_api_gauge():
