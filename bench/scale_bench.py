@@ -1157,6 +1157,8 @@ def run(n: int, args: argparse.Namespace, state: Any, client: Any, work: Path) -
             }
         result["steady"]["events_until_now"] = events_by_reason(core, Cur.namespace)
         log(f"steady: {result['steady']}")
+        if args.memtrace:  # what the pools hold: compare with the idle snapshot
+            result["memtrace_steady"] = ops[0].memory_dump()
 
         # 3. kill one replica, takeover
         if args.kill_one and len(ops) > 1:
@@ -1521,7 +1523,7 @@ def main() -> int:
         "--memtrace",
         metavar="DIR",
         help="run the (first) operator under bench/memtrace.py: tracemalloc snapshots into DIR/<pools>-rep-0/ "
-        "when idle and after each cycle's delete + settle (compare them with `memtrace.py compare A B`); "
+        "when idle, after the steady window and after each cycle's delete + settle (compare them with `memtrace.py compare A B`); "
         "slows the operator: for memory figures only",
     )
     args = p.parse_args()
