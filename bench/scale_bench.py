@@ -1523,7 +1523,8 @@ def main() -> int:
         "--memtrace",
         metavar="DIR",
         help="run the (first) operator under bench/memtrace.py: tracemalloc snapshots into DIR/<pools>-rep-0/ "
-        "when idle, after the steady window and after each cycle's delete + settle (compare them with `memtrace.py compare A B`); "
+        "when idle, after the steady window and after each cycle's delete + settle "
+        "(compare them with `memtrace.py compare A B`); "
         "slows the operator: for memory figures only",
     )
     args = p.parse_args()
