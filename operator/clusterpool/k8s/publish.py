@@ -44,8 +44,9 @@ class _Applied:
 
 
 class Publisher:
-    """EndpointSlices and the routing ConfigMap go on the HEALTH lane (clients act on
-    them), the Service on the INFO lane; each object's writes coalesce.
+    """Every object goes on the HEALTH lane (clients act on the EndpointSlices and the
+    routing ConfigMap; a new pool's Service must not wait behind Events); each object's
+    writes coalesce.
 
     An object applied before is applied again only on the version this replica last
     applied (its resourceVersion, a precondition): an apply that had passed the shard
@@ -129,7 +130,6 @@ class Publisher:
         return problems
 
     async def _apply_one(self, obj: dict[str, Any], pool: tuple[str, str], key: tuple[str, str]) -> str | None:
-        # all on the health lane: a new pool's Service must not wait behind Events
         object_key = (*key, obj["metadata"]["namespace"])
         try:
             version: str | None = await self.writes.write(
