@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, TypeGuard
 
 import kubernetes
 from kubernetes.client.exceptions import ApiException
@@ -37,6 +39,26 @@ def _digest(obj: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
+REFUSED_FIRST, REFUSED_LONGEST = 5.0, 300.0  # backoff of an object the API server refused
+
+
+@dataclass(frozen=True)
+class _Refused:
+    digest: str  # of what was refused
+    error: ApiException
+    retry_at: float  # on the Publisher's clock
+    wait: float  # the backoff that led to retry_at
+
+
+def _refused_as_such(exc: BaseException) -> TypeGuard[ApiException]:
+    """The API server refused the object itself (invalid, forbidden, ...): sending it
+    unchanged again will fail again. Conflicts, throttling and the API server being away
+    are not that."""
+    if not isinstance(exc, ApiException) or exc.status is None:
+        return False
+    return 400 <= exc.status < 500 and exc.status not in (408, 409, 429)
+
+
 @dataclass(frozen=True)
 class _Applied:
     digest: str  # of what was applied
@@ -54,11 +76,15 @@ class Publisher:
     driver applied since. On a conflict the object is applied again, unconditionally,
     through the queue, so the fence is asked again first."""
 
-    def __init__(self, client: kubernetes.client.ApiClient, writes: WriteQueue) -> None:
+    def __init__(
+        self, client: kubernetes.client.ApiClient, writes: WriteQueue, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.writes = writes
+        self._clock = clock
         self.core = kubernetes.client.CoreV1Api(client)
         self.discovery = kubernetes.client.DiscoveryV1Api(client)
         self._applied: dict[tuple[str, str], dict[tuple[str, str], _Applied]] = {}  # pool -> (kind, name) -> ...
+        self._refused: dict[tuple[str, str], dict[tuple[str, str], _Refused]] = {}  # pool -> (kind, name) -> ...
         self.conflicts = 0  # applies refused for a stale version (each applied again)
 
     def _apply_sync(self, obj: dict[str, Any], pool: tuple[str, str], conditional: bool) -> str | None:
@@ -99,18 +125,26 @@ class Publisher:
 
     async def apply(self, objs: list[dict[str, Any]]) -> list[str]:
         """Apply the objects that changed since last applied, concurrently. Returns the
-        problems (the others are still applied)."""
+        problems (the others are still applied). An object the API server refused as
+        invalid or forbidden is not sent again unchanged until its backoff ran out (5 s,
+        doubling up to 5 min): its refusal is raised again instead."""
+        now = self._clock()
         changed = []
+        failure: BaseException | None = None
         for obj in objs:
             meta = obj["metadata"]
             pool = (meta["namespace"], meta["labels"][POOL_LABEL])
             key = (obj["kind"], meta["name"])
             digest = _digest(obj)
             known = self._applied.get(pool, {}).get(key)
-            if known is None or known.digest != digest:
-                changed.append((pool, key, digest, asyncio.ensure_future(self._apply_one(obj, pool, key))))
+            if known is not None and known.digest == digest:
+                continue
+            refused = self._refused.get(pool, {}).get(key)
+            if refused is not None and refused.digest == digest and now < refused.retry_at:
+                failure = failure or refused.error
+                continue
+            changed.append((pool, key, digest, asyncio.ensure_future(self._apply_one(obj, pool, key))))
         problems = []
-        failure: BaseException | None = None
         try:
             for pool, key, digest, done in changed:
                 try:
@@ -119,15 +153,25 @@ class Publisher:
                     problems.append(str(exc))
                     continue
                 except Exception as exc:  # the others still count as applied; the first failure is raised
+                    if _refused_as_such(exc):
+                        self._refuse(pool, key, digest, exc)
                     failure = failure or exc
                     continue
                 self._applied.setdefault(pool, {})[key] = _Applied(digest, version)
+                self._refused.get(pool, {}).pop(key, None)
         finally:  # cut short (the sink's timeout): what was sent still lands, unawaited
             for *_, done in changed:
                 done.cancel()
         if failure is not None:
             raise failure
         return problems
+
+    def _refuse(self, pool: tuple[str, str], key: tuple[str, str], digest: str, error: ApiException) -> None:
+        before = self._refused.get(pool, {}).get(key)
+        wait = (
+            min(before.wait * 2, REFUSED_LONGEST) if before is not None and before.digest == digest else REFUSED_FIRST
+        )
+        self._refused.setdefault(pool, {})[key] = _Refused(digest, error, self._clock() + wait, wait)
 
     async def _apply_one(self, obj: dict[str, Any], pool: tuple[str, str], key: tuple[str, str]) -> str | None:
         object_key = (*key, obj["metadata"]["namespace"])
@@ -187,7 +231,8 @@ class Publisher:
         """Forget what was applied for the pool (it went away, or another replica drives
         it now and may change its objects): the next apply writes everything again."""
         self._applied.pop((namespace, pool), None)
+        self._refused.pop((namespace, pool), None)
 
     def remembered(self) -> int:
-        """Pools whose applied objects' digests and versions are kept."""
-        return len(self._applied)
+        """Pools whose applied (or refused) objects are kept."""
+        return len(self._applied.keys() | self._refused.keys())
