@@ -141,7 +141,7 @@ class Publisher:
                 continue
             refused = self._refused.get(pool, {}).get(key)
             if refused is not None and refused.digest == digest and now < refused.retry_at:
-                failure = failure or refused.error
+                failure = failure or refused.error.with_traceback(None)  # raised again: no frames piling up
                 continue
             changed.append((pool, key, digest, asyncio.ensure_future(self._apply_one(obj, pool, key))))
         problems = []
