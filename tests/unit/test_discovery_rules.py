@@ -1,5 +1,7 @@
 import base64
+import ssl
 
+import httpx
 import pytest
 
 from clusterpool.api import EtcdDiscovery, KubernetesDiscovery
@@ -186,3 +188,19 @@ def test_etcd_compaction_or_a_revision_gone_back_means_reading_everything_again(
     w.revision = 10
     assert not w._follow({"result": {"header": {"revision": "3"}, "created": True}})
     assert w.revision is None and "went back" in resyncs[-1]
+
+
+def test_a_client_without_a_certificate_is_told_to_set_one_however_etcd_refuses_it():
+    """After the TLS 1.3 handshake etcd either closes the connection or sends the alert
+    "certificate required" first (a race: test_etcd.py met both)."""
+    spec = EtcdDiscovery(endpoints=["https://127.0.0.1:1"], prefix="/svc/llm/")
+
+    async def no_secret(ref):
+        return None
+
+    w = EtcdWatcher(spec, no_secret, lambda members: None, lambda problem: None)
+    alert = ssl.SSLError(1, "[SSL: TLSV13_ALERT_CERTIFICATE_REQUIRED] tlsv13 alert certificate required")
+    hint = "set certSecretRef and keySecretRef"
+    assert hint in w._problem(alert)
+    assert hint in w._problem(httpx.RemoteProtocolError(""))
+    assert hint not in w._problem(ssl.SSLError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed"))

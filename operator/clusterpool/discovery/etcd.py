@@ -285,13 +285,17 @@ class EtcdWatcher:
         return True
 
     def _problem(self, exc: BaseException) -> str:
+        """What went wrong, for the condition. etcd with --client-cert-auth refuses a
+        client without a certificate after the TLS 1.3 handshake: the client sees either
+        the connection closed or the alert "certificate required", whichever comes first."""
         text = str(exc).strip()
-        if text:
-            return f"{type(exc).__name__}: {text}"
         base = self.spec.endpoints[self._endpoint % len(self.spec.endpoints)]
         hint = ""
-        if base.startswith("https://") and self.spec.cert_secret_ref is None:
+        no_cert = base.startswith("https://") and self.spec.cert_secret_ref is None
+        if no_cert and (not text or "CERTIFICATE_REQUIRED" in text):
             hint = " (if etcd runs with --client-cert-auth, set certSecretRef and keySecretRef)"
+        if text:
+            return f"{type(exc).__name__}: {text}{hint}"
         return f"{type(exc).__name__}: {base} closed the connection{hint}"
 
     def _reachable(self) -> None:
