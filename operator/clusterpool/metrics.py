@@ -323,19 +323,31 @@ def _number(value: float) -> str:
     return "NaN" if math.isnan(value) else "+Inf" if value > 0 else "-Inf"
 
 
+Family = type[CounterMetricFamily] | type[GaugeMetricFamily]
+
+
+def _by_label(
+    kind: Family, name: str, doc: str, label: str, values: Mapping[str, int]
+) -> CounterMetricFamily | GaugeMetricFamily:
+    """One series per key of `values`, labelled `label`."""
+    family = kind(name, doc, labels=[label])
+    for key, n in values.items():
+        family.add_metric([key], n)
+    return family
+
+
 class _Remembered(Collector):
     def __init__(self) -> None:
         self.sizes: Callable[[], Mapping[str, int]] = dict
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        family = GaugeMetricFamily(
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        yield _by_label(
+            GaugeMetricFamily,
             "clusterpool_operator_remembered",
             "Pools (or their objects) the operator keeps state for, by holder; 0 once every pool is gone",
-            labels=["holder"],
+            "holder",
+            self.sizes(),
         )
-        for holder, n in self.sizes().items():
-            family.add_metric([holder], n)
-        yield family
 
 
 class _Writes(Collector):
@@ -345,26 +357,27 @@ class _Writes(Collector):
         self.conflicts: Callable[[], Mapping[str, int]] = dict
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
-        sent = CounterMetricFamily(
-            "clusterpool_kubernetes_writes", "Writes sent to the Kubernetes API server, by lane", labels=["lane"]
+        yield _by_label(
+            CounterMetricFamily,
+            "clusterpool_kubernetes_writes",
+            "Writes sent to the Kubernetes API server, by lane",
+            "lane",
+            self.sent(),
         )
-        for lane, n in self.sent().items():
-            sent.add_metric([lane], n)
-        yield sent
-        waiting = GaugeMetricFamily(
-            "clusterpool_kubernetes_write_backlog", "Objects whose write waits for a worker, by lane", labels=["lane"]
+        yield _by_label(
+            GaugeMetricFamily,
+            "clusterpool_kubernetes_write_backlog",
+            "Objects whose write waits for a worker, by lane",
+            "lane",
+            self.waiting(),
         )
-        for lane, n in self.waiting().items():
-            waiting.add_metric([lane], n)
-        yield waiting
-        conflicts = CounterMetricFamily(
+        yield _by_label(
+            CounterMetricFamily,
             "clusterpool_kubernetes_write_conflicts",
             "Writes the API server refused for a stale resourceVersion, by object (each written again)",
-            labels=["object"],
+            "object",
+            self.conflicts(),
         )
-        for obj, n in self.conflicts().items():
-            conflicts.add_metric([obj], n)
-        yield conflicts
 
 
 def serve(url: str, metrics: Metrics) -> None:

@@ -608,8 +608,9 @@ class PoolRunner:
         ):
             return  # only counters, latencies and messages moved: they go with a later write
         self._emit_ready_change(status)
-        seen = _plain(self.body.get("status") or {}), (self.body.get("metadata") or {}).get("resourceVersion")
-        if await self.write_status_fn(status, *seen):
+        stored = _plain(self.body.get("status") or {})
+        version = (self.body.get("metadata") or {}).get("resourceVersion")
+        if await self.write_status_fn(status, stored, version):
             self.last_written = status
             self.informational_due = time.monotonic() + INFORMATIONAL_EVERY
 
