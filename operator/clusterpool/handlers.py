@@ -99,6 +99,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         lambda: {lane.value: n for lane, n in writes.sent.items()},
         lambda: {lane.value: n for lane, n in writes.backlog_by_lane().items()},
         lambda: {"status": status_writer.conflicts, "published": publisher.conflicts},
+        lambda: {"as_applied": publisher.adopted, "changed_by_others": publisher.drifted},
     )
     METRICS.count_remembered(  # what the operator keeps per pool: all 0 once every pool is gone
         lambda: {
@@ -136,6 +137,9 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     if shards_task is not None:  # gives the Lease up, so the other replicas take over at once
         shards_task.cancel()
         await asyncio.wait({shards_task})
+    publisher: Publisher | None = memo.get("publisher")
+    if publisher is not None:
+        await publisher.close()
     writes: WriteQueue | None = memo.get("writes")
     if writes is not None:
         await writes.close()

@@ -39,6 +39,9 @@ text it rendered from it; a scrape renders only what changed and joins the rest.
     clusterpool_kubernetes_write_backlog{lane}                   objects whose write waits for a worker
     clusterpool_kubernetes_write_conflicts_total{object}         writes refused for a stale resourceVersion
                                                                  (status: re-read; published: applied again)
+    clusterpool_published_objects_found_total{state}             published objects a listing found stored
+                                                                 as_applied (kept, not applied again) or
+                                                                 changed_by_others (applied again)
 """
 
 from __future__ import annotations
@@ -158,10 +161,13 @@ class Metrics:
         sent: Callable[[], Mapping[str, int]],
         waiting: Callable[[], Mapping[str, int]],
         conflicts: Callable[[], Mapping[str, int]],
+        found: Callable[[], Mapping[str, int]],
     ) -> None:
-        """Export the write queue's writes sent and waiting, per lane, and the writes
-        refused for a stale version, per object (status, published), read at each scrape."""
+        """Export the write queue's writes sent and waiting, per lane, the writes refused
+        for a stale version, per object (status, published), and the published objects
+        found stored as applied or changed by others, read at each scrape."""
         self._writes.sent, self._writes.waiting, self._writes.conflicts = sent, waiting, conflicts
+        self._writes.found = found
 
     def pool(self, namespace: str, name: str) -> PoolMetrics:
         return PoolMetrics(self, namespace, name)
@@ -355,6 +361,7 @@ class _Writes(Collector):
         self.sent: Callable[[], Mapping[str, int]] = dict
         self.waiting: Callable[[], Mapping[str, int]] = dict
         self.conflicts: Callable[[], Mapping[str, int]] = dict
+        self.found: Callable[[], Mapping[str, int]] = dict
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         yield _by_label(
@@ -377,6 +384,13 @@ class _Writes(Collector):
             "Writes the API server refused for a stale resourceVersion, by object (each written again)",
             "object",
             self.conflicts(),
+        )
+        yield _by_label(
+            CounterMetricFamily,
+            "clusterpool_published_objects_found",
+            "Published objects a listing found stored as applied (kept) or changed by others (applied again)",
+            "state",
+            self.found(),
         )
 
 

@@ -71,7 +71,7 @@ SINK_TIMEOUT = 20.0  # seconds a sink may take before its condition says Timeout
 
 
 class ObjectPublisher(Protocol):
-    async def apply(self, objs: list[dict[str, Any]]) -> list[str]: ...
+    async def apply(self, objs: list[dict[str, Any]], adopt: bool = False) -> list[str]: ...
     async def prune_slices(self, namespace: str, pool: str, keep: set[str]) -> None: ...
     async def delete_all(self, namespace: str, pool: str, uid: str) -> None: ...
 
@@ -557,7 +557,8 @@ class PoolRunner:
         table = build_routing_table(pool, spec, state)
         objs = [build_service(pool, state), *slices, build_routing_configmap(pool, table)]
         try:
-            problems = await self.publisher.apply(objs)
+            # a pool whose stored status says it published may find its objects as it would apply them
+            problems = await self.publisher.apply(objs, adopt=self.objects.condition is not None)
             names = {s["metadata"]["name"] for s in slices}
             if names != self.slice_names:
                 await self.publisher.prune_slices(str(meta.get("namespace")), str(meta.get("name")), names)

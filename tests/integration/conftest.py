@@ -22,6 +22,7 @@ import kubernetes
 import pytest
 import yaml
 from kubernetes.client.exceptions import ApiException
+from prometheus_client.parser import text_string_to_metric_families
 
 import controlplane
 import helm
@@ -152,6 +153,17 @@ class OperatorProcess:
                 return bool(r.status == 200)
         except OSError:
             return False
+
+    def samples(self, name: str) -> list[tuple[dict[str, str], float]]:
+        """The labels and value of each sample of metric `name` in a scrape."""
+        with urllib.request.urlopen(self.metrics, timeout=5) as r:
+            text = r.read().decode()
+        return [
+            (s.labels, s.value)
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == name
+        ]
 
     def stop(self, kill: bool = False) -> None:
         if self.proc is None:

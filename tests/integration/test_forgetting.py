@@ -1,22 +1,11 @@
 """Memory comes back when pools go away: once its pools are deleted, the operator keeps
 no state for them (read from its own count, clusterpool_operator_remembered{holder})."""
 
-import urllib.request
-
-from prometheus_client.parser import text_string_to_metric_families
-
 from conftest import endpoints_of, wait_for
 
 
 def remembered(operator):
-    with urllib.request.urlopen(operator.metrics, timeout=5) as r:
-        text = r.read().decode()
-    return {
-        s.labels["holder"]: s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == "clusterpool_operator_remembered"
-    }
+    return {labels["holder"]: value for labels, value in operator.samples("clusterpool_operator_remembered")}
 
 
 def test_deleted_pools_leave_no_state_in_the_operator(pools, http_backends, operator):

@@ -164,6 +164,12 @@ def test_status_holds_nothing_that_changes_while_health_does_not(pools, http_bac
     assert pools.get("p")["metadata"]["resourceVersion"] == version
 
 
+def published_versions(pools):
+    svc = pools.core.read_namespaced_service("p", pools.namespace)
+    cm = pools.core.read_namespaced_config_map("p-routing", pools.namespace)
+    return svc.metadata.resource_version, cm.metadata.resource_version
+
+
 def test_an_operator_restart_keeps_health_and_emits_nothing_new(pools, http_backends, operator):
     backends = http_backends(3)
     # a long ejection: nothing may move while the operator restarts
@@ -175,6 +181,7 @@ def test_an_operator_restart_keeps_health_and_emits_nothing_new(pools, http_back
     time.sleep(1)
     before = pools.status("p")
     events_before = len(pools.events("p"))
+    published_before = published_versions(pools)
 
     operator.restart(kill=True)  # killed, as a crash or an eviction would
     time.sleep(3 * INTERVAL * (1 + JITTER / 100))
@@ -182,6 +189,10 @@ def test_an_operator_restart_keeps_health_and_emits_nothing_new(pools, http_back
     assert after["endpoints"] == before["endpoints"]
     assert after["conditions"] == before["conditions"]
     assert len(pools.events("p")) == events_before
+    # what it published is stored as it would publish it: kept, not applied again
+    assert published_versions(pools) == published_before
+    found = {labels["state"]: value for labels, value in operator.samples("clusterpool_published_objects_found_total")}
+    assert found["as_applied"] >= 2  # the Service and the routing ConfigMap (of this pool or others)
     # and it still follows changes
     backends[2].start()
     wait_for(lambda: pools.endpoint("p", "ep-2").get("health") == "Healthy", detect_bound(HEALTHY_T), "ep-2 back")

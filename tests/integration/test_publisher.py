@@ -1,6 +1,7 @@
 """The Publisher against the real API server: an object it refuses is not sent again
 unchanged on every round, only after a backoff; the other objects go on being applied."""
 
+import asyncio
 import uuid
 
 import kubernetes
@@ -65,4 +66,87 @@ async def test_a_refused_object_waits_out_a_backoff_and_the_others_still_go(k8s,
         publisher.forget(namespace, "p")
         assert publisher.remembered() == 0
     finally:
+        await writes.close()
+
+
+def routing(namespace, pool, value):
+    labels = {POOL_LABEL: pool}
+    meta = {"name": f"{pool}-routing", "namespace": namespace, "labels": labels}
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": {"routing.json": value}}
+
+
+def service(namespace, pool):
+    uid = str(uuid.uuid4())  # an owner that does not exist: nothing collects the objects meanwhile
+    owner = {"apiVersion": "clusterpool.dev/v1alpha1", "kind": "ClusterPool", "name": pool, "uid": uid}
+    meta = {"name": pool, "namespace": namespace, "labels": {POOL_LABEL: pool}, "ownerReferences": [owner]}
+    spec = {"type": "ClusterIP", "clusterIP": "None", "ports": [{"name": "backend", "port": 8000}]}
+    return {"apiVersion": "v1", "kind": "Service", "metadata": meta, "spec": spec}
+
+
+async def sent_by(publisher, writes, objs, adopt):
+    before = writes.sent[Lane.HEALTH]
+    assert await publisher.apply(objs, adopt=adopt) == []
+    return writes.sent[Lane.HEALTH] - before
+
+
+async def test_a_replica_that_starts_driving_a_pool_keeps_what_is_stored_as_it_would_apply_it(k8s, namespace):
+    first_writes, writes = WriteQueue(), WriteQueue()
+    first, publisher = Publisher(k8s, first_writes), Publisher(k8s, writes)
+    core = kubernetes.client.CoreV1Api(k8s)
+    try:
+        objs = [service(namespace, "a"), routing(namespace, "a", "1")]
+        assert await sent_by(first, first_writes, objs, adopt=True) == 2  # nothing stored yet
+        stored = core.read_namespaced_config_map("a-routing", namespace).metadata.resource_version
+
+        # another replica (or this one restarted) that knows nothing of what was applied
+        assert await sent_by(publisher, writes, objs, adopt=True) == 0
+        assert publisher.adopted == 2
+        assert core.read_namespaced_config_map("a-routing", namespace).metadata.resource_version == stored
+        # a change goes out, on the adopted version (no conflict) and for the changed object only
+        assert await sent_by(publisher, writes, [objs[0], routing(namespace, "a", "2")], adopt=True) == 1
+        assert publisher.conflicts == 0
+        assert core.read_namespaced_config_map("a-routing", namespace).data == {"routing.json": "2"}
+
+        # what is stored otherwise than it would be applied is applied
+        other = Publisher(k8s, writes)
+        assert await sent_by(other, writes, [objs[0], routing(namespace, "a", "3")], adopt=True) == 1
+        assert other.adopted == 1  # the Service
+
+        # a pool that never published lists nothing and applies everything
+        b = [service(namespace, "b"), routing(namespace, "b", "1")]
+        assert await sent_by(Publisher(k8s, writes), writes, b, adopt=False) == 2
+    finally:
+        for p in (first, publisher):
+            await p.close()
+        await first_writes.close()
+        await writes.close()
+
+
+async def test_what_someone_else_changed_or_removed_is_applied_again_after_the_next_check(k8s, namespace):
+    now = [1000.0]
+    writes = WriteQueue()
+    publisher = Publisher(k8s, writes, clock=lambda: now[0])
+    core = kubernetes.client.CoreV1Api(k8s)
+    objs = [service(namespace, "a"), routing(namespace, "a", "mine")]
+    try:
+        assert await sent_by(publisher, writes, objs, adopt=False) == 2
+        # a late write of a replica that drove the pool before, and a removal by hand
+        core.patch_namespaced_config_map("a-routing", namespace, {"data": {"routing.json": "stale"}})
+        core.delete_namespaced_service("a", namespace)
+        now[0] += 59.0
+        assert await sent_by(publisher, writes, objs, adopt=False) == 0  # not checked yet
+        assert publisher.drifted == 0
+
+        now[0] += 1.0  # a minute after: this apply starts the check, the next ones act on it
+        assert await sent_by(publisher, writes, objs, adopt=False) == 0
+        for _ in range(100):
+            if publisher.drifted:
+                break
+            await asyncio.sleep(0.05)
+        assert publisher.drifted == 2
+        assert await sent_by(publisher, writes, objs, adopt=False) == 2
+        assert core.read_namespaced_config_map("a-routing", namespace).data == {"routing.json": "mine"}
+        assert core.read_namespaced_service("a", namespace).metadata.labels[POOL_LABEL] == "a"
+    finally:
+        await publisher.close()
         await writes.close()

@@ -113,7 +113,7 @@ async def test_jitter_stretches_the_interval_within_its_bound(backends):
 class HangingPublisher:
     """A sink that never answers (an API server that accepts and stalls)."""
 
-    async def apply(self, objs):
+    async def apply(self, objs, adopt=False):
         await asyncio.sleep(3600)
 
     async def prune_slices(self, namespace, pool, keep):

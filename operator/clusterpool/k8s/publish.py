@@ -1,6 +1,13 @@
 """Apply what core.publish renders: server-side apply, only when an object changed,
 stale EndpointSlices pruned, and everything removed when the pool is deleted.
 
+Every applied object carries the digest of what was applied (an annotation). A replica
+that starts driving a pool which published before (after a restart, or taking it over
+from another replica) lists what is stored, metadata only, and adopts each object whose
+digest is what it would apply, instead of applying it again. The same listing, at least
+once a minute, finds objects written or removed by anyone else since this replica applied
+them (another resourceVersion): those are applied again.
+
 A Service of the pool's name that the pool does not own is never taken over: that is
 reported as a PublishConflict and the rest is still published.
 """
@@ -10,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +32,16 @@ from clusterpool.k8s.writes import Lane, WriteQueue, send, version_of
 
 FIELD_MANAGER = "clusterpool-operator"
 APPLY = "application/apply-patch+yaml"
+DIGEST_ANNOTATION = "clusterpool.dev/applied-digest"
+METADATA_ONLY = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
+LIST_PAGE = 500
+LIST_GAP = 1.0  # seconds at least between two listings of what is stored
+CHECK_EVERY = 60.0  # what was applied is compared with what is stored at least this often
+
+log = logging.getLogger(__name__)
+
+Pool = tuple[str, str]  # namespace, name
+Key = tuple[str, str]  # kind, name
 
 
 class PublishConflictError(Exception):
@@ -33,6 +51,11 @@ class PublishConflictError(Exception):
 def _owned_by(obj: Any, uid: str) -> bool:
     owners = (obj.metadata.owner_references if obj.metadata else None) or []
     return any(o.uid == uid for o in owners)
+
+
+def _pool_of(obj: dict[str, Any]) -> Pool:
+    meta = obj["metadata"]
+    return (meta["namespace"], meta["labels"][POOL_LABEL])
 
 
 def _digest(obj: dict[str, Any]) -> str:
@@ -63,6 +86,19 @@ def _refused_as_such(exc: BaseException) -> TypeGuard[ApiException]:
 class _Applied:
     digest: str  # of what was applied
     version: str | None  # the resourceVersion the API server answered with
+    at: float  # when it was applied (or listed), on the Publisher's clock
+
+
+@dataclass(frozen=True)
+class _Listing:
+    started: float  # on the Publisher's clock: it shows every write that landed before
+    stored: dict[Pool, dict[Key, _Applied]]  # digest "" when the object carries none
+
+
+def _with_digest(obj: dict[str, Any], digest: str) -> dict[str, Any]:
+    meta = obj["metadata"]
+    annotations = {**(meta.get("annotations") or {}), DIGEST_ANNOTATION: digest}
+    return {**obj, "metadata": {**meta, "annotations": annotations}}
 
 
 class Publisher:
@@ -83,11 +119,17 @@ class Publisher:
         self._clock = clock
         self.core = kubernetes.client.CoreV1Api(client)
         self.discovery = kubernetes.client.DiscoveryV1Api(client)
-        self._applied: dict[tuple[str, str], dict[tuple[str, str], _Applied]] = {}  # pool -> (kind, name) -> ...
-        self._refused: dict[tuple[str, str], dict[tuple[str, str], _Refused]] = {}  # pool -> (kind, name) -> ...
+        self._applied: dict[Pool, dict[Key, _Applied]] = {}
+        self._refused: dict[Pool, dict[Key, _Refused]] = {}
+        self._listing: _Listing | None = None  # the latest listing of what is stored
+        self._listing_task: asyncio.Future[bool] | None = None
+        self._listed_at: float | None = None  # when the latest listing started
+        self._check_due = clock() + CHECK_EVERY
         self.conflicts = 0  # applies refused for a stale version (each applied again)
+        self.adopted = 0  # objects found stored as they would have been applied
+        self.drifted = 0  # objects found changed or removed by someone else (applied again)
 
-    def _apply_sync(self, obj: dict[str, Any], pool: tuple[str, str], conditional: bool) -> str | None:
+    def _apply_sync(self, obj: dict[str, Any], pool: Pool, conditional: bool) -> str | None:
         kind, meta = obj["kind"], obj["metadata"]
         known = self._applied.get(pool, {}).get((kind, meta["name"])) if conditional else None
         if known is not None and known.version is not None:
@@ -123,19 +165,24 @@ class Publisher:
                 "rename or delete it to let the pool publish its Service"
             )
 
-    async def apply(self, objs: list[dict[str, Any]]) -> list[str]:
+    async def apply(self, objs: list[dict[str, Any]], adopt: bool = False) -> list[str]:
         """Apply the objects that changed since last applied, concurrently. Returns the
         problems (the others are still applied). An object the API server refused as
         invalid or forbidden is not sent again unchanged until its backoff ran out (5 s,
-        doubling up to 5 min): its refusal is raised again instead."""
+        doubling up to 5 min): its refusal is raised again instead.
+
+        `adopt`: the pool may have published before; if nothing is known here of what it
+        applied, what is stored now is listed first and kept where it is what would be
+        applied."""
         now = self._clock()
+        if now >= self._check_due and self._listing_task is None:
+            self._listing_task = asyncio.ensure_future(self._list())
+        keyed = [(_pool_of(obj), (obj["kind"], obj["metadata"]["name"]), _digest(obj), obj) for obj in objs]
+        if adopt:
+            await self._adopt(keyed, since=now)
         changed = []
         failure: BaseException | None = None
-        for obj in objs:
-            meta = obj["metadata"]
-            pool = (meta["namespace"], meta["labels"][POOL_LABEL])
-            key = (obj["kind"], meta["name"])
-            digest = _digest(obj)
+        for pool, key, digest, obj in keyed:
             known = self._applied.get(pool, {}).get(key)
             if known is not None and known.digest == digest:
                 continue
@@ -143,7 +190,8 @@ class Publisher:
             if refused is not None and refused.digest == digest and now < refused.retry_at:
                 failure = failure or refused.error.with_traceback(None)  # raised again: no frames piling up
                 continue
-            changed.append((pool, key, digest, asyncio.ensure_future(self._apply_one(obj, pool, key))))
+            future = asyncio.ensure_future(self._apply_one(_with_digest(obj, digest), pool, key))
+            changed.append((pool, key, digest, future))
         problems = []
         try:
             for pool, key, digest, done in changed:
@@ -157,7 +205,7 @@ class Publisher:
                         self._refuse(pool, key, digest, exc)
                     failure = failure or exc
                     continue
-                self._applied.setdefault(pool, {})[key] = _Applied(digest, version)
+                self._applied.setdefault(pool, {})[key] = _Applied(digest, version, self._clock())
                 self._refused.get(pool, {}).pop(key, None)
         finally:  # cut short (the sink's timeout): what was sent still lands, unawaited
             for *_, done in changed:
@@ -166,14 +214,14 @@ class Publisher:
             raise failure
         return problems
 
-    def _refuse(self, pool: tuple[str, str], key: tuple[str, str], digest: str, error: ApiException) -> None:
+    def _refuse(self, pool: Pool, key: Key, digest: str, error: ApiException) -> None:
         before = self._refused.get(pool, {}).get(key)
         wait = (
             min(before.wait * 2, REFUSED_LONGEST) if before is not None and before.digest == digest else REFUSED_FIRST
         )
         self._refused.setdefault(pool, {})[key] = _Refused(digest, error, self._clock() + wait, wait)
 
-    async def _apply_one(self, obj: dict[str, Any], pool: tuple[str, str], key: tuple[str, str]) -> str | None:
+    async def _apply_one(self, obj: dict[str, Any], pool: Pool, key: Key) -> str | None:
         object_key = (*key, obj["metadata"]["namespace"])
         try:
             version: str | None = await self.writes.write(
@@ -187,6 +235,100 @@ class Publisher:
                 Lane.HEALTH, object_key, pool, partial(self._apply_sync, obj, pool, False)
             )
         return version
+
+    async def _adopt(self, keyed: list[tuple[Pool, Key, str, dict[str, Any]]], since: float) -> None:
+        """Pools of which nothing is known here: keep what is stored where it carries the
+        digest that would be applied (once per pool until it is forgotten)."""
+        unknown = {pool for pool, *_ in keyed if pool not in self._applied}
+        if not unknown:
+            return
+        listing = await self._listing_since(since)
+        for pool in unknown:
+            self._applied.setdefault(pool, {})
+        if listing is None:  # could not list: everything is applied
+            return
+        for pool, key, digest, _ in keyed:
+            stored = listing.stored.get(pool, {}).get(key)
+            if pool in unknown and stored is not None and stored.digest == digest:
+                self._applied[pool][key] = stored
+                self.adopted += 1
+
+    async def _listing_since(self, since: float) -> _Listing | None:
+        """A listing begun at `since` or later (a write that landed before `since` is in
+        it); None when the API server could not be listed."""
+        while self._listing is None or self._listing.started < since:
+            if self._listing_task is None:
+                self._listing_task = asyncio.ensure_future(self._list())
+            if not await asyncio.shield(self._listing_task):
+                return None
+        return self._listing
+
+    async def _list(self) -> bool:
+        """List what is stored (one at a time, LIST_GAP apart), then forget what was
+        applied here where the stored object changed since (it is applied again)."""
+        try:
+            if self._listed_at is not None:
+                await asyncio.sleep(max(0.0, self._listed_at + LIST_GAP - self._clock()))
+            started = self._listed_at = self._clock()
+            self._check_due = started + CHECK_EVERY
+            try:
+                stored = await self.writes.run_blocking(partial(self._list_sync, started))
+            except Exception as exc:  # the next apply or check lists again
+                log.warning("could not list the published objects: %s", exc)
+                return False
+            self._listing = _Listing(started, stored)
+            self._forget_drifted(self._listing)
+            return True
+        finally:
+            self._listing_task = None
+
+    def _list_sync(self, started: float) -> dict[Pool, dict[Key, _Applied]]:
+        stored: dict[Pool, dict[Key, _Applied]] = {}
+        calls = (
+            ("Service", self.core.list_service_for_all_namespaces),
+            ("ConfigMap", self.core.list_config_map_for_all_namespaces),
+            ("EndpointSlice", self.discovery.list_endpoint_slice_for_all_namespaces),
+        )
+        for kind, call in calls:
+            after: str | None = None
+            while True:
+                page = json.loads(
+                    send(
+                        call,
+                        label_selector=POOL_LABEL,
+                        limit=LIST_PAGE,
+                        _continue=after,
+                        _headers={"Accept": METADATA_ONLY},
+                        _request_timeout=self.writes.request_timeout,
+                    )
+                )
+                for item in page.get("items") or []:
+                    meta = item["metadata"]
+                    pool = (meta["namespace"], meta["labels"][POOL_LABEL])
+                    digest = (meta.get("annotations") or {}).get(DIGEST_ANNOTATION, "")
+                    version = meta.get("resourceVersion")
+                    stored.setdefault(pool, {})[(kind, meta["name"])] = _Applied(digest, version, started)
+                after = (page.get("metadata") or {}).get("continue")
+                if not after:
+                    break
+        return stored
+
+    def _forget_drifted(self, listing: _Listing) -> None:
+        """What was applied here before the listing began and is stored in another version
+        now (someone else wrote or removed it) is forgotten: the next apply sends it."""
+        for pool, applied in self._applied.items():
+            stored = listing.stored.get(pool, {})
+            for key, known in list(applied.items()):
+                now = stored.get(key)
+                if known.at < listing.started and (now is None or now.version != known.version):
+                    del applied[key]
+                    self.drifted += 1
+
+    async def close(self) -> None:
+        task = self._listing_task
+        if task is not None:
+            task.cancel()
+            await asyncio.wait({task})
 
     async def prune_slices(self, namespace: str, pool: str, keep: set[str]) -> None:
         def run() -> None:
