@@ -32,6 +32,7 @@ from clusterpool.runner import INFORMATIONAL_PER_SECOND, PoolRunner, remove_publ
 
 FINALIZER = f"{api.GROUP}/finalizer"
 STOP_GRACE = 3.0  # seconds a stopped pool's round may take to finish before it is cancelled
+FINALIZER_WAIT = 10.0  # seconds a new pool's daemon waits for kopf's finalizer before its first write
 NOT_OURS_WAIT = 120.0  # seconds a replica's delete handler waits for a pool another replica drives
 METRICS = Metrics()  # prometheus_client's default registry, served by __main__ with --metrics
 
@@ -199,6 +200,7 @@ async def pool_daemon(
         writer.forget(namespace, name)
 
     runners: dict[tuple[str, str], PoolRunner] = memo["runners"]
+    await _until_finalizer_seen(body, stopped)
     while not stopped:
         if not may_drive():  # another replica's pool, or not yet certainly ours
             await _first_of(shards.changed(), stopped.wait())
@@ -240,6 +242,18 @@ async def pool_daemon(
                 runner.done.set()
         if not stopped:
             logger.info("no longer driving the pool here (it belongs to %s now)", shards.owner_of(namespace, name))
+
+
+async def _until_finalizer_seen(body: kopf.Body, stopped: kopf.DaemonStopped) -> None:
+    """kopf spawns a new pool's daemon, then patches its finalizer in: a status write
+    sent before the watch shows that patch names the version before it, is refused (409)
+    and costs a read and a second write (1,000 new pools: 1,000 of each). So wait until
+    the live body shows the finalizer (kopf adds it at once), FINALIZER_WAIT at most."""
+    deadline = time.monotonic() + FINALIZER_WAIT
+    while FINALIZER not in (body.metadata.get("finalizers") or []) and time.monotonic() < deadline:
+        await stopped.wait(0.1)
+        if stopped:
+            return
 
 
 async def _stop_when(stopped: kopf.DaemonStopped, runner: PoolRunner, run: asyncio.Task[None]) -> None:

@@ -247,3 +247,19 @@ def test_a_composite_check_ejects_when_a_required_check_fails(pools, http_backen
     assert pools.endpoint("p", "ep-0")["health"] == "Healthy"
     ep1 = pools.endpoint("p", "ep-1")
     assert ep1["reason"] == "ChecksFailed" and "sidecar: TCP connect" in ep1["message"]
+
+
+def test_new_pools_get_their_first_status_without_a_refused_write(pools, http_backends, operator):
+    def status_conflicts():
+        samples = operator.samples("clusterpool_kubernetes_write_conflicts_total")
+        return sum(value for labels, value in samples if labels["object"] == "status")
+
+    before = status_conflicts()
+    backends = http_backends(2)
+    names = [f"n{i}" for i in range(6)]
+    for name in names:
+        pools.create(name, static(backends))
+    for name in names:
+        pools.wait_ready(name, healthy=2)
+    # kopf's finalizer patch came first, so the first status write named the version after it
+    assert status_conflicts() == before
