@@ -274,7 +274,13 @@ class Publisher:
             try:
                 stored = await self.writes.run_blocking(partial(self._list_sync, started))
             except Exception as exc:  # the next apply or check lists again
-                log.warning("could not list the published objects: %s", exc)
+                hint = (
+                    "; the operator's ClusterRole needs list on services, configmaps and endpointslices "
+                    "(charts/clusterpool-operator, manifests/install/rbac.yaml)"
+                    if isinstance(exc, ApiException) and exc.status == 403
+                    else ""
+                )
+                log.warning("could not list the published objects (they are applied instead): %s%s", exc, hint)
                 return False
             self._listing = _Listing(started, stored)
             self._forget_drifted(self._listing)
