@@ -3,7 +3,8 @@
     python bench/memtrace.py OUT_DIR [--frames N] -- [operator arguments]
 
 runs `python -m clusterpool [operator arguments]` in this process with tracemalloc
-tracing N frames per allocation (default 12). Then:
+tracing N frames per allocation (default 12; 0: no tracing, the operator at full speed,
+only the counters below and no snapshot file). Then:
 
 - SIGUSR1: a full garbage collection, then `OUT_DIR/snap-<k>.tracemalloc` (a
   tracemalloc.Snapshot) and one JSON line appended to `OUT_DIR/memtrace.jsonl`: RSS,
@@ -161,9 +162,11 @@ class Dumper:
     def snapshot(self, _signum: int, _frame: Any) -> None:
         self.k += 1
         facts = self.facts()
-        path = self.out / f"snap-{self.k}.tracemalloc"
-        tracemalloc.take_snapshot().dump(str(path))
-        facts.update(kind="snapshot", k=self.k, snapshot=path.name)
+        facts.update(kind="snapshot", k=self.k)
+        if tracemalloc.is_tracing():
+            path = self.out / f"snap-{self.k}.tracemalloc"
+            tracemalloc.take_snapshot().dump(str(path))
+            facts.update(snapshot=path.name)
         self._line(facts)
 
     def trim(self, _signum: int, _frame: Any) -> None:
@@ -221,7 +224,8 @@ def main() -> int:
     for model in ("V1Lease", "V1LeaseList", "V1Service", "V1EndpointSliceList", "V1Secret", "VersionInfo", "V1Status"):
         getattr(kubernetes.client, model)
 
-    tracemalloc.start(args.frames)
+    if args.frames > 0:
+        tracemalloc.start(args.frames)
     dumper = Dumper(args.out)
     signal.signal(signal.SIGUSR1, dumper.snapshot)
     signal.signal(signal.SIGUSR2, dumper.trim)

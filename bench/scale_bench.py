@@ -222,7 +222,9 @@ def git_commit() -> str:
 
 
 class Operator:
-    def __init__(self, kubeconfig: str, log_dir: Path, identity: str, memtrace: Path | None = None) -> None:
+    def __init__(
+        self, kubeconfig: str, log_dir: Path, identity: str, memtrace: Path | None = None, frames: int = 12
+    ) -> None:
         from backends import free_port
 
         self.identity = identity
@@ -232,7 +234,7 @@ class Operator:
         self.memtrace = memtrace
         launch = ["-m", "clusterpool"]
         if memtrace is not None:
-            launch = [str(ROOT / "bench" / "memtrace.py"), str(memtrace), "--"]
+            launch = [str(ROOT / "bench" / "memtrace.py"), str(memtrace), "--frames", str(frames), "--"]
         self.cmd = [
             sys.executable,
             *launch,
@@ -1109,7 +1111,7 @@ def run(n: int, args: argparse.Namespace, state: Any, client: Any, work: Path) -
         for r in range(args.replicas):
             ident = f"rep-{r}"
             mt = Path(args.memtrace) / f"{n}-{ident}" if args.memtrace else None
-            ops.append(Operator(state.kubeconfig, work, ident, mt))
+            ops.append(Operator(state.kubeconfig, work, ident, mt, args.memtrace_frames))
         result["operator_command"] = [Path(ops[0].cmd[0]).name, *ops[0].cmd[1:]]
         mw = MetricsWatch(ops, args.scrape_seconds)
         time.sleep(3)
@@ -1526,6 +1528,13 @@ def main() -> int:
         "when idle, after the steady window and after each cycle's delete + settle "
         "(compare them with `memtrace.py compare A B`); "
         "slows the operator: for memory figures only",
+    )
+    p.add_argument(
+        "--memtrace-frames",
+        type=int,
+        default=12,
+        help="frames tracemalloc keeps per allocation with --memtrace; 0: no tracing (no snapshots, full "
+        "speed), only the counters (RSS, glibc's heaps, pymalloc's arenas, object counts by type)",
     )
     args = p.parse_args()
     if args.quick:
