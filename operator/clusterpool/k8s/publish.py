@@ -380,6 +380,8 @@ class Publisher:
         it now and may change its objects): the next apply writes everything again."""
         self._applied.pop((namespace, pool), None)
         self._refused.pop((namespace, pool), None)
+        if self._listing is not None:  # an adoption needs a listing begun after this anyway
+            self._listing.stored.pop((namespace, pool), None)
 
     def remembered(self) -> int:
         """Pools whose applied (or refused) objects are kept."""
