@@ -1,7 +1,9 @@
 """After a burst of pool deletes, freed memory is handed back to the system once."""
 
 import asyncio
+import gc
 import threading
+import weakref
 
 from clusterpool.memory import MALLOC_TRIM, FreedMemory
 
@@ -36,11 +38,26 @@ async def test_the_real_malloc_trim_runs_where_the_c_library_has_it():
     assert freed.trims == (0 if MALLOC_TRIM is None else 1)
 
 
-async def test_nothing_is_scheduled_without_malloc_trim():
-    freed = FreedMemory(delay=0.0, trim=None)
-    freed.pools_gone()
-    await asyncio.sleep(0.05)
-    assert freed.trims == 0
+async def test_a_deleted_pools_reference_cycles_are_collected_also_without_malloc_trim():
+    class Node:
+        pass
+
+    gc.disable()  # no collection but the one under test
+    try:
+        node = Node()
+        node.itself = node
+        alive = weakref.ref(node)
+        del node
+        freed = FreedMemory(delay=0.0, trim=None)
+        freed.pools_gone()
+        for _ in range(100):
+            if alive() is None:
+                break
+            await asyncio.sleep(0.01)
+        assert alive() is None
+        assert freed.trims == 1
+    finally:
+        gc.enable()
 
 
 def test_collect_less_often_freezes_what_exists_and_raises_the_young_threshold():
