@@ -33,8 +33,15 @@ from redis_servers import RedisCluster, RedisServer
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def wait_for(fn: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    """Poll fn until it returns something truthy; fail naming `what` and the last value."""
+def wait_for(
+    fn: Callable[[], Any],
+    timeout: float,
+    what: str,
+    interval: float = 0.1,
+    describe: Callable[[], Any] | None = None,
+) -> Any:
+    """Poll fn until it returns something truthy; fail naming `what`, the last value and,
+    when given, what `describe()` says about the state then."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
@@ -42,7 +49,18 @@ def wait_for(fn: Callable[[], Any], timeout: float, what: str, interval: float =
         if last:
             return last
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+    state = "" if describe is None else f"; state: {describe()!r}"
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}{state}")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Keeps each phase's report on the test item (`item.failed_call`), for fixtures
+    that print what helps to explain a failure when they tear down."""
+    report = yield
+    if report.when == "call" and report.failed:
+        item.failed_call = True  # type: ignore[attr-defined]
+    return report
 
 
 @pytest.fixture(scope="session")

@@ -70,8 +70,9 @@ class DriverLog:
 
 
 @pytest.fixture
-def replicas(operator, cluster, tmp_path):
-    """Replaces the session's operator by operator processes of our own."""
+def replicas(operator, cluster, tmp_path, request):
+    """Replaces the session's operator by operator processes of our own. When the test
+    failed, prints what each replica logged about its Lease and its share."""
     operator.stop()
     started: list[OperatorProcess] = []
 
@@ -86,6 +87,10 @@ def replicas(operator, cluster, tmp_path):
         if op.proc is not None:
             os.kill(op.proc.pid, signal.SIGCONT)
         op.stop()
+    if getattr(request.node, "failed_call", False):
+        for op in started:
+            lines = [line for line in op.log.read_text().splitlines() if "shard" in line or "Lease" in line]
+            print(f"--- {op.log.name}: shard lines\n" + "\n".join(lines[-40:]))
     operator.start()
 
 
@@ -113,7 +118,12 @@ def test_three_replicas_share_the_pools_and_a_killed_one_hands_over(replicas, po
         create_pools(pools, backends, names)
         for n in names:
             pools.wait_ready(n, healthy=1, timeout=60)
-        wait_for(lambda: set(current_drivers(pools, names).values()) == set(ops), 60, "each replica driving its share")
+        wait_for(
+            lambda: set(current_drivers(pools, names).values()) == set(ops),
+            60,
+            "each replica driving its share",
+            describe=lambda: current_drivers(pools, names),
+        )
         time.sleep(2 * INTERVAL)  # the last of the newcomers' pools written
         settled = time.monotonic()
         time.sleep(3 * INTERVAL)
@@ -152,7 +162,12 @@ def test_a_frozen_replica_writes_nothing_for_the_pools_it_lost(replicas, pools, 
         create_pools(pools, backends, names)
         # a replica answers its liveness probe before its first Lease renewal: wait until
         # both have joined and each drives its share
-        wait_for(lambda: set(current_drivers(pools, names).values()) == set(ops), 60, "each replica driving its share")
+        wait_for(
+            lambda: set(current_drivers(pools, names).values()) == set(ops),
+            60,
+            "each replica driving its share",
+            describe=lambda: current_drivers(pools, names),
+        )
         drivers = current_drivers(pools, names)
         frozen = "rep-b"
         lost = [n for n, by in drivers.items() if by == frozen]
@@ -295,7 +310,12 @@ def test_a_replica_stopped_gracefully_gives_its_pools_up_at_once(replicas, pools
     backends = http_backends(1)
     names = [f"g{i}" for i in range(12)]
     create_pools(pools, backends, names)
-    wait_for(lambda: set(current_drivers(pools, names).values()) == set(ops), 60, "each replica driving its share")
+    wait_for(
+        lambda: set(current_drivers(pools, names).values()) == set(ops),
+        60,
+        "each replica driving its share",
+        describe=lambda: current_drivers(pools, names),
+    )
     leaving = "rep-b"
     moved = [n for n, by in current_drivers(pools, names).items() if by == leaving]
     proc = ops[leaving].proc
@@ -336,7 +356,12 @@ def test_deleting_pools_over_two_replicas_leaves_the_other_replica_quiet(replica
     backends = http_backends(1)
     names = [f"d{i}" for i in range(12)]
     create_pools(pools, backends, names)
-    wait_for(lambda: set(current_drivers(pools, names).values()) == set(ops), 60, "each replica driving its share")
+    wait_for(
+        lambda: set(current_drivers(pools, names).values()) == set(ops),
+        60,
+        "each replica driving its share",
+        describe=lambda: current_drivers(pools, names),
+    )
     api = kubernetes.client.CustomObjectsApi(k8s)
     seen: list[dict] = []  # the pools' annotations in every version stored while they were deleted
     stop = threading.Event()
