@@ -349,10 +349,16 @@ async def slice_changed(namespace: str | None, labels: kopf.Labels, memo: kopf.M
             runner.wake.set()
 
 
-@kopf.on.event(api.GROUP, api.VERSION, api.PLURAL, id="spec-changed")
-async def spec_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """Wake the pool's runner when the spec moved past what it runs, so a spec change
-    applies now, not after the interval."""
+def _spec_moved(body: kopf.Body, memo: kopf.Memo, **_: Any) -> bool:
+    """The pool's spec moved past what its runner runs. A filter, not a check inside the
+    handler: kopf logs every handler call, and nearly every event is a status write."""
     runner = memo["runners"].get((body.metadata.namespace, body.metadata.name))
-    if runner is not None and runner.generation != body.metadata.get("generation"):
+    return runner is not None and runner.generation != body.metadata.get("generation")
+
+
+@kopf.on.event(api.GROUP, api.VERSION, api.PLURAL, id="spec-changed", when=_spec_moved)
+async def spec_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Wake the pool's runner, so a spec change applies now, not after the interval."""
+    runner = memo["runners"].get((body.metadata.namespace, body.metadata.name))
+    if runner is not None:
         runner.wake.set()

@@ -141,7 +141,8 @@ def test_deleting_a_pool_completes(pools, http_backends):
     wait_for(lambda: pools.get("gone") is None, 15, "the pool to be deleted (finalizer released)")
 
 
-def test_a_spec_change_applies_at_once_not_after_the_interval(pools, http_backends):
+def test_a_spec_change_applies_at_once_not_after_the_interval(pools, http_backends, operator):
+    log_before = len(operator.log.read_text())
     a, b, c = http_backends(3)
     slow = {"intervalSeconds": 60, "timeoutSeconds": 1, "tcp": {}}
     pools.create("p", static([a, b], slow))
@@ -154,6 +155,9 @@ def test_a_spec_change_applies_at_once_not_after_the_interval(pools, http_backen
     # kopf stores no last-handled configuration (a write per pool and replica): the wake-up
     # above came from the operator's own event handler
     assert "clusterpool.dev/last-handled-configuration" not in (pools.get("p")["metadata"].get("annotations") or {})
+    # and that handler runs (and is logged) for the spec change, not for each status write
+    calls = operator.log.read_text()[log_before:].count(f"[{pools.namespace}/p] Handler 'spec-changed'")
+    assert 1 <= calls <= 2, calls
 
 
 def test_status_holds_nothing_that_changes_while_health_does_not(pools, http_backends):

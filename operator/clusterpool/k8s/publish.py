@@ -53,8 +53,8 @@ def _owned_by(obj: Any, uid: str) -> bool:
     return any(o.uid == uid for o in owners)
 
 
-def _pool_of(obj: dict[str, Any]) -> Pool:
-    meta = obj["metadata"]
+def _pool_of(meta: dict[str, Any]) -> Pool:
+    """The pool an object belongs to, from its metadata (namespace and pool label)."""
     return (meta["namespace"], meta["labels"][POOL_LABEL])
 
 
@@ -177,7 +177,7 @@ class Publisher:
         now = self._clock()
         if now >= self._check_due and self._listing_task is None:
             self._listing_task = asyncio.ensure_future(self._list())
-        keyed = [(_pool_of(obj), (obj["kind"], obj["metadata"]["name"]), _digest(obj), obj) for obj in objs]
+        keyed = [(_pool_of(obj["metadata"]), (obj["kind"], obj["metadata"]["name"]), _digest(obj), obj) for obj in objs]
         if adopt:
             await self._adopt(keyed, since=now)
         changed = []
@@ -310,7 +310,7 @@ class Publisher:
                 )
                 for item in page.get("items") or []:
                     meta = item["metadata"]
-                    pool = (meta["namespace"], meta["labels"][POOL_LABEL])
+                    pool = _pool_of(meta)
                     digest = (meta.get("annotations") or {}).get(DIGEST_ANNOTATION, "")
                     version = meta.get("resourceVersion")
                     stored.setdefault(pool, {})[(kind, meta["name"])] = _Applied(digest, version, started)
