@@ -225,8 +225,14 @@ async def pool_daemon(
         run = asyncio.create_task(runner.run(), name=f"pool {namespace}/{name}")
         relay = asyncio.create_task(_stop_when(stopped, runner, run))
         try:
-            await run  # returns when stopped, or when the pool is no longer ours
+            # The runner ends when stopped or when the pool is no longer ours; one whose
+            # round outlived STOP_GRACE ends cancelled, which is a normal end here (awaited
+            # directly, its CancelledError would end this daemon as if kopf had cancelled it).
+            await asyncio.wait({run})
         finally:
+            if not run.done():  # kopf cancelled this daemon: the runner goes with it
+                run.cancel()
+                await asyncio.wait({run})
             relay.cancel()
             if runners.get((namespace, name)) is runner:
                 del runners[(namespace, name)]
@@ -240,6 +246,8 @@ async def pool_daemon(
                 forget_written()
                 metrics.forget()
                 runner.done.set()
+        if not run.cancelled():
+            run.result()  # a runner that failed ends the daemon with its error, as before
         if not stopped:
             logger.info("no longer driving the pool here (it belongs to %s now)", shards.owner_of(namespace, name))
 

@@ -87,3 +87,24 @@ def test_pools_deleted_while_the_operator_is_dead_are_cleaned_after_it_restarts(
     wait_for(lambda: not pools.names(), 60, "every pool gone after the restart")
     assert published_objects(k8s, pools.namespace) == []
     assert consul_registrations(consul_agent, pools.namespace) == []
+
+
+def test_a_pool_deleted_in_the_middle_of_a_long_round_ends_its_loop_cleanly(pools, http_backends, operator):
+    """A round still waiting for a probe when the pool goes is cut short after a grace
+    period; the pool's loop (kopf's daemon) then ends as it does after a short round, not
+    as a daemon kopf had to cancel (at 1,000 pools deleted at once that was nearly every
+    one of them, each a warning in the log)."""
+    log_before = len(operator.log.read_text())
+    backend = http_backends(1)[0]
+    backend.mode = "hang"  # answers nothing: the round waits for the probe's timeout
+    spec = {
+        "discovery": {"static": {"endpoints": endpoints_of([backend])}},
+        "healthCheck": {"intervalSeconds": 60, "timeoutSeconds": 30, "http": {}},
+    }
+    pools.create("long", spec)
+    wait_for(lambda: backend.requests >= 1, 30, "the first probe waiting for its answer")
+    pools.delete("long")
+    wait_for(lambda: pools.get("long") is None, 30, "the pool gone (finalizer released)")
+    log = operator.log.read_text()[log_before:]
+    ended = [line for line in log.splitlines() if f"[{pools.namespace}/long] Daemon 'pool'" in line]
+    assert ended and all("succeeded" in line for line in ended), ended
