@@ -1287,6 +1287,7 @@ def run(n: int, args: argparse.Namespace, state: Any, client: Any, work: Path) -
         result["watch_events_seen_last_cycle"] = Cur.watch.events
         result["loadavg_end"] = loadavg()
         result["operators_exited_early"] = [op.identity for op in ops if not op.running()]
+        result["operator_log_warnings"] = {op.identity: log_warnings(op.log) for op in ops}
     finally:
         if profile is not None:
             profile.stop()
@@ -1469,6 +1470,21 @@ def install_crd(client: Any) -> None:
             return
         time.sleep(0.2)
     raise SystemExit("the ClusterPool CRD never became Established")
+
+
+LOG_LINE = re.compile(r"^\[[^]]+\] \S+\s+\[(WARNING|ERROR|CRITICAL)\s*\] (?:\[[^]]+\] )?(.*)$")
+
+
+def log_warnings(path: Path, top: int = 10) -> dict[str, int]:
+    """The operator's WARNING and ERROR lines, counted by message with numbers folded
+    (pool names, addresses, durations): what a user reading its log would see repeated."""
+    counts: collections.Counter[str] = collections.Counter()
+    with path.open(errors="replace") as f:
+        for line in f:
+            m = LOG_LINE.match(line)
+            if m:
+                counts[f"{m.group(1)} {re.sub(r'[0-9]+', 'N', m.group(2))[:160]}"] += 1
+    return dict(counts.most_common(top))
 
 
 def main() -> int:

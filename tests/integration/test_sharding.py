@@ -83,14 +83,18 @@ def replicas(operator, cluster, tmp_path, request):
         return op
 
     yield start
+    exited = {op.log.name: op.proc.poll() for op in started if op.proc is not None}
     for op in started:
         if op.proc is not None:
             os.kill(op.proc.pid, signal.SIGCONT)
         op.stop()
     if getattr(request.node, "failed_call", False):
+        print(f"exit codes before the teardown (None: running): {exited}")
         for op in started:
-            lines = [line for line in op.log.read_text().splitlines() if "shard" in line or "Lease" in line]
-            print(f"--- {op.log.name}: shard lines\n" + "\n".join(lines[-40:]))
+            lines = op.log.read_text().splitlines()
+            shard = [line for line in lines if "shard" in line or "Lease" in line]
+            print(f"--- {op.log.name}: shard lines\n" + "\n".join(shard[-40:]))
+            print(f"--- {op.log.name}: last lines\n" + "\n".join(lines[-15:]))
     operator.start()
 
 
