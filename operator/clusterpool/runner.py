@@ -57,7 +57,7 @@ from clusterpool.discovery.etcd import EtcdWatcher, invalid_keys
 from clusterpool.discovery.kubernetes import members_from_slices, selects
 from clusterpool.discovery.static import static_members
 from clusterpool.health.probes import Prober, probe_batches, prober_for
-from clusterpool.k8s.writes import NotOwnedError
+from clusterpool.k8s.writes import NotOwnedError, api_unreachable
 from clusterpool.metrics import PoolMetrics
 from clusterpool.sinks import SinkTask
 
@@ -752,15 +752,6 @@ async def remove_published(
             await consul.close()
     if publisher is not None:
         await publisher.delete_all(namespace, name, str(meta.get("uid")))
-
-
-def api_unreachable(exc: BaseException) -> bool:
-    """A connection failure or a 5xx from the API server (as opposed to a bug)."""
-    import urllib3
-
-    if isinstance(exc, ApiException):
-        return exc.status in (0, None) or exc.status >= 500
-    return isinstance(exc, urllib3.exceptions.HTTPError | OSError | TimeoutError)
 
 
 def meta_name(body: Mapping[str, Any]) -> str:

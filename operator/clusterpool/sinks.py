@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from clusterpool.core.status import ConditionSpec
-from clusterpool.k8s.writes import NotOwnedError
+from clusterpool.k8s.writes import NotOwnedError, api_unreachable
 
 Sink = Callable[[Any], Awaitable[ConditionSpec | None]]
 
@@ -66,10 +66,13 @@ class SinkTask:
                     f"{self.name} took longer than {self.timeout:g}s; retrying with the newest state",
                 )
             except Exception as exc:  # a bug or an unexpected answer: reported, the others go on
-                self.log.exception("%s failed", self.name)
                 condition = ConditionSpec(
                     self.condition_type, "False", "Failed", f"{self.name} failed: {type(exc).__name__}; retrying"
                 )
+                if not api_unreachable(exc):
+                    self.log.exception("%s failed", self.name)
+                elif condition != self.condition:  # the API server slow or away: one line when it starts
+                    self.log.warning("%s failed: %s; retrying", self.name, exc)
             self.syncs += 1
             if condition != self.condition:
                 self.condition = condition

@@ -3,6 +3,8 @@
 import asyncio
 import logging
 
+import urllib3
+
 from clusterpool.core.status import ConditionSpec
 from clusterpool.k8s.writes import NotOwnedError
 from clusterpool.sinks import SinkTask
@@ -52,6 +54,31 @@ async def test_a_failing_sink_reports_failed_and_logs_the_error(caplog):
     await task.close()
     assert [(c.status, c.reason) for c in changes] == [("False", "Failed")]
     assert [r.levelno for r in caplog.records] == [logging.ERROR]
+
+
+async def test_an_api_server_that_does_not_answer_is_one_warning_not_a_traceback_per_try(caplog):
+    """A read timeout from the API server (a busy one, under a creation storm) is
+    reported in the condition; the log says it once, in one line, when it starts."""
+
+    called = asyncio.Event()
+
+    async def sink(state: str) -> ConditionSpec:
+        called.set()  # (the task handles the answer in the same step, before the test resumes)
+        if state.startswith("slow"):
+            raise urllib3.exceptions.ReadTimeoutError(None, "/api", "Read timed out. (read timeout=3.75)")
+        return UP
+
+    changes: list[ConditionSpec | None] = []
+    task = sink_task(sink, changes, asyncio.Event())
+    for state in ("slow 1", "slow 2", "answers"):
+        called.clear()
+        task.offer(state)
+        await asyncio.wait_for(called.wait(), 5)
+    await task.close()
+    assert [(c.status, c.reason) for c in changes] == [("False", "Failed"), ("True", "UpToDate")]
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [(r.levelno, r.exc_info) for r in warnings] == [(logging.WARNING, None)]
+    assert "Read timed out" in warnings[0].getMessage()
 
 
 async def test_close_stops_the_task_when_its_write_ends_at_the_same_moment():

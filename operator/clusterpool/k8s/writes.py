@@ -28,6 +28,16 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
+import urllib3
+from kubernetes.client.exceptions import ApiException
+
+
+def api_unreachable(exc: BaseException) -> bool:
+    """A connection failure or a 5xx from the API server (as opposed to a bug)."""
+    if isinstance(exc, ApiException):
+        return exc.status in (0, None) or exc.status >= 500
+    return isinstance(exc, urllib3.exceptions.HTTPError | OSError | TimeoutError)
+
 
 def send(call: Callable[..., Any], *args: Any, **kwargs: Any) -> bytes:
     """Make a write without turning the answer into model objects (the kubernetes client's
