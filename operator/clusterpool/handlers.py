@@ -25,7 +25,7 @@ from clusterpool.k8s.client import SecretReader, StatusWriter, load_config, watc
 from clusterpool.k8s.events import COMPONENT, EventRecorder
 from clusterpool.k8s.publish import FIELD_MANAGER, Publisher
 from clusterpool.k8s.shards import Shards
-from clusterpool.k8s.writes import WriteQueue
+from clusterpool.k8s.writes import NotOwnedError, WriteQueue
 from clusterpool.memory import FreedMemory
 from clusterpool.metrics import Metrics
 from clusterpool.runner import INFORMATIONAL_PER_SECOND, PoolRunner, remove_published
@@ -308,24 +308,33 @@ async def remove_pool_objects(
     # become theirs or for a long while, rather than fail and be retried at once: every
     # kopf retry PATCHes the pool twice (its progress and a touch), and 1,000 pools deleted
     # at once over 3 replicas made that a storm that starved the Lease renewals.
-    if not await _until_drivable(shards, namespace, name, NOT_OURS_WAIT):
-        raise kopf.TemporaryError(f"the pool is driven by {shards.owner_of(namespace, name)}", delay=NOT_OURS_WAIT)
-    runner: PoolRunner | None = memo["runners"].get((namespace, name))
-    if runner is not None:
-        runner.stop()
+    deadline = time.monotonic() + NOT_OURS_WAIT
+    while True:
+        if not await _until_drivable(shards, namespace, name, deadline - time.monotonic()):
+            raise kopf.TemporaryError(f"the pool is driven by {shards.owner_of(namespace, name)}", delay=NOT_OURS_WAIT)
+        runner: PoolRunner | None = memo["runners"].get((namespace, name))
+        if runner is not None:
+            runner.stop()
+            try:
+                async with asyncio.timeout(15):
+                    await runner.done.wait()
+            except TimeoutError:
+                raise kopf.TemporaryError("the pool's loop has not stopped yet", delay=2) from None
+        # a write the stopped loop queued (an EndpointSlice apply) must not land after the removal
+        await memo["writes"].settle((namespace, name))
         try:
-            async with asyncio.timeout(15):
-                await runner.done.wait()
-        except TimeoutError:
-            raise kopf.TemporaryError("the pool's loop has not stopped yet", delay=2) from None
-    # a write the stopped loop queued (an EndpointSlice apply) must not land after the removal
-    await memo["writes"].settle((namespace, name))
-    try:
-        await remove_published(body, memo["publisher"], memo["secrets"].read)
-    except Exception as exc:
-        raise kopf.TemporaryError(
-            f"removing what the pool published failed ({type(exc).__name__}: {exc}); retrying", delay=5
-        ) from exc
+            await remove_published(body, memo["publisher"], memo["secrets"].read)
+        except NotOwnedError:
+            # The shard fence refused a removal: this replica's Lease turned uncertain
+            # meanwhile (renewals time out under a delete storm). Wait here until the pool
+            # is certainly this replica's again (or another's), not as a kopf retry.
+            logger.debug("removal refused by the shard fence; waiting until the pool is certainly ours")
+            continue
+        except Exception as exc:
+            raise kopf.TemporaryError(
+                f"removing what the pool published failed ({type(exc).__name__}: {exc}); retrying", delay=5
+            ) from exc
+        break
     memo["events"].forget(namespace, name)
     memo["freed_memory"].pools_gone()
     logger.info("removed what the pool published")
