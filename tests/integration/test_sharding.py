@@ -102,6 +102,17 @@ def current_drivers(pools, names):
     return {n: pools.status(n).get("drivenBy") for n in names}
 
 
+def wait_until_each_drives_some(pools, names, replicas):
+    """Every pool names a driver and each of `replicas` drives some (60 s at most); a
+    timeout shows who drove what."""
+    wait_for(
+        lambda: set(current_drivers(pools, names).values()) == set(replicas),
+        60,
+        "each replica driving its share",
+        describe=lambda: current_drivers(pools, names),
+    )
+
+
 def create_pools(pools, backends, names):
     for n in names:
         pools.create(
@@ -122,12 +133,7 @@ def test_three_replicas_share_the_pools_and_a_killed_one_hands_over(replicas, po
         create_pools(pools, backends, names)
         for n in names:
             pools.wait_ready(n, healthy=1, timeout=60)
-        wait_for(
-            lambda: set(current_drivers(pools, names).values()) == set(ops),
-            60,
-            "each replica driving its share",
-            describe=lambda: current_drivers(pools, names),
-        )
+        wait_until_each_drives_some(pools, names, ops)
         time.sleep(2 * INTERVAL)  # the last of the newcomers' pools written
         settled = time.monotonic()
         time.sleep(3 * INTERVAL)
@@ -166,12 +172,7 @@ def test_a_frozen_replica_writes_nothing_for_the_pools_it_lost(replicas, pools, 
         create_pools(pools, backends, names)
         # a replica answers its liveness probe before its first Lease renewal: wait until
         # both have joined and each drives its share
-        wait_for(
-            lambda: set(current_drivers(pools, names).values()) == set(ops),
-            60,
-            "each replica driving its share",
-            describe=lambda: current_drivers(pools, names),
-        )
+        wait_until_each_drives_some(pools, names, ops)
         drivers = current_drivers(pools, names)
         frozen = "rep-b"
         lost = [n for n, by in drivers.items() if by == frozen]
@@ -314,12 +315,7 @@ def test_a_replica_stopped_gracefully_gives_its_pools_up_at_once(replicas, pools
     backends = http_backends(1)
     names = [f"g{i}" for i in range(12)]
     create_pools(pools, backends, names)
-    wait_for(
-        lambda: set(current_drivers(pools, names).values()) == set(ops),
-        60,
-        "each replica driving its share",
-        describe=lambda: current_drivers(pools, names),
-    )
+    wait_until_each_drives_some(pools, names, ops)
     leaving = "rep-b"
     moved = [n for n, by in current_drivers(pools, names).items() if by == leaving]
     proc = ops[leaving].proc
@@ -360,12 +356,7 @@ def test_deleting_pools_over_two_replicas_leaves_the_other_replica_quiet(replica
     backends = http_backends(1)
     names = [f"d{i}" for i in range(12)]
     create_pools(pools, backends, names)
-    wait_for(
-        lambda: set(current_drivers(pools, names).values()) == set(ops),
-        60,
-        "each replica driving its share",
-        describe=lambda: current_drivers(pools, names),
-    )
+    wait_until_each_drives_some(pools, names, ops)
     api = kubernetes.client.CustomObjectsApi(k8s)
     seen: list[dict] = []  # the pools' annotations in every version stored while they were deleted
     stop = threading.Event()
