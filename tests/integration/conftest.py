@@ -163,6 +163,13 @@ class OperatorProcess:
         )
         wait_for(self.alive, 60, f"the operator's liveness endpoint ({self.log})", interval=0.2)
 
+    def log_mark(self) -> int:
+        """Where the log ends now: `log_since(mark)` is what was logged after it."""
+        return len(self.log.read_text())
+
+    def log_since(self, mark: int) -> str:
+        return self.log.read_text()[mark:]
+
     def alive(self) -> bool:
         if self.proc is None or self.proc.poll() is not None:
             raise AssertionError(f"the operator exited; log:\n{self.log.read_text()[-3000:]}")

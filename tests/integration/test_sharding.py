@@ -441,7 +441,7 @@ def test_a_lone_replica_that_lost_its_lease_for_a_moment_publishes_nothing_again
     before = counts[-1]
     proc = solo.proc
     assert proc is not None
-    log_before = solo.log.read_text()
+    mark = solo.log_mark()
     os.kill(proc.pid, signal.SIGSTOP)  # past the renew deadline (2/3 of the Lease)
     try:
         leases = kubernetes.client.CoordinationV1Api(k8s)
@@ -452,10 +452,8 @@ def test_a_lone_replica_that_lost_its_lease_for_a_moment_publishes_nothing_again
         time.sleep(LEASE * 0.8)
     finally:
         os.kill(proc.pid, signal.SIGCONT)
-    wait_for(
-        lambda: "drives its share" in solo.log.read_text()[len(log_before) :], LEASE + 10, "the replica driving again"
-    )
-    paused = solo.log.read_text()[len(log_before) :]
+    wait_for(lambda: "drives its share" in solo.log_since(mark), LEASE + 10, "the replica driving again")
+    paused = solo.log_since(mark)
     assert "does not hold its Lease" in paused, paused[-3000:]
     time.sleep(3 * INTERVAL)  # every pool's rounds ran after the pause
     assert published_object_writes(k8s) == before
