@@ -368,7 +368,11 @@ async def slice_changed(namespace: str | None, labels: kopf.Labels, memo: kopf.M
 
 def _spec_moved(body: kopf.Body, memo: kopf.Memo, **_: Any) -> bool:
     """The pool's spec moved past what its runner runs. A filter, not a check inside the
-    handler: kopf logs every handler call, and nearly every event is a status write."""
+    handler: kopf logs every handler call, and nearly every event is a status write. A
+    pool being deleted is left out (setting deletionTimestamp moves the generation too):
+    its loop is stopped by kopf, not woken."""
+    if body.metadata.get("deletionTimestamp") is not None:
+        return False
     runner = memo["runners"].get((body.metadata.namespace, body.metadata.name))
     return runner is not None and runner.generation != body.metadata.get("generation")
 

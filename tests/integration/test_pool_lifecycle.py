@@ -142,7 +142,7 @@ def test_deleting_a_pool_completes(pools, http_backends):
 
 
 def test_a_spec_change_applies_at_once_not_after_the_interval(pools, http_backends, operator):
-    log_before = len(operator.log.read_text())
+    mark = operator.log_mark()
     a, b, c = http_backends(3)
     slow = {"intervalSeconds": 60, "timeoutSeconds": 1, "tcp": {}}
     pools.create("p", static([a, b], slow))
@@ -156,8 +156,14 @@ def test_a_spec_change_applies_at_once_not_after_the_interval(pools, http_backen
     # above came from the operator's own event handler
     assert "clusterpool.dev/last-handled-configuration" not in (pools.get("p")["metadata"].get("annotations") or {})
     # and that handler runs (and is logged) for the spec change, not for each status write
-    calls = operator.log.read_text()[log_before:].count(f"[{pools.namespace}/p] Handler 'spec-changed'")
+    handled = f"[{pools.namespace}/p] Handler 'spec-changed'"
+    calls = operator.log_since(mark).count(handled)
     assert 1 <= calls <= 2, calls
+    # nor for the deletion (setting deletionTimestamp moves the generation too)
+    mark = operator.log_mark()
+    pools.delete("p")
+    wait_for(lambda: pools.get("p") is None, 15, "the pool to be deleted (finalizer released)")
+    assert handled not in operator.log_since(mark)
 
 
 def test_status_holds_nothing_that_changes_while_health_does_not(pools, http_backends):
