@@ -223,7 +223,13 @@ def git_commit() -> str:
 
 class Operator:
     def __init__(
-        self, kubeconfig: str, log_dir: Path, identity: str, memtrace: Path | None = None, frames: int = 12
+        self,
+        kubeconfig: str,
+        log_dir: Path,
+        identity: str,
+        memtrace: Path | None = None,
+        frames: int = 12,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         from backends import free_port
 
@@ -244,6 +250,7 @@ class Operator:
             self.metrics,
             "--identity",
             identity,
+            *extra_args,
         ]
         env = {**os.environ, "KUBECONFIG": kubeconfig, "PYTHONPATH": str(ROOT / "operator")}
         self.log = log_dir / f"operator-{identity}.log"
@@ -468,6 +475,9 @@ class MetricsWatch:
                         out.setdefault("gc_pauses", {}).setdefault(ident, {}).setdefault(gen.group(1), {})[kind] = (
                             round(v, 2)
                         )
+                if n in ("clusterpool_memory_give_back_seconds_count", "clusterpool_memory_give_back_seconds_sum"):
+                    kind = "count" if n.endswith("_count") else "seconds"
+                    out.setdefault("memory_give_backs", {}).setdefault(ident, {})[kind] = round(v, 3)
         return out
 
     def stop(self) -> None:
@@ -1049,6 +1059,7 @@ def run(n: int, args: argparse.Namespace, state: Any, client: Any, work: Path) -
     result: dict[str, Any] = {
         "pools": n,
         "replicas": args.replicas,
+        "operator_args": args.operator_arg,
         "profiled": bool(args.profile),
         "namespace": Cur.namespace,
         "loadavg_start": loadavg(),
@@ -1111,7 +1122,7 @@ def run(n: int, args: argparse.Namespace, state: Any, client: Any, work: Path) -
         for r in range(args.replicas):
             ident = f"rep-{r}"
             mt = Path(args.memtrace) / f"{n}-{ident}" if args.memtrace else None
-            ops.append(Operator(state.kubeconfig, work, ident, mt, args.memtrace_frames))
+            ops.append(Operator(state.kubeconfig, work, ident, mt, args.memtrace_frames, tuple(args.operator_arg)))
         result["operator_command"] = [Path(ops[0].cmd[0]).name, *ops[0].cmd[1:]]
         mw = MetricsWatch(ops, args.scrape_seconds)
         time.sleep(3)
@@ -1537,6 +1548,13 @@ def main() -> int:
         "--harness-only", action="store_true", help="no operator: how fast the harness alone creates/deletes pools"
     )
     p.add_argument("--no-save", action="store_true", help="print, do not write bench/results/scale.json")
+    p.add_argument(
+        "--operator-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="pass ARG to every operator (repeatable), e.g. --operator-arg=--give-back-seconds=0",
+    )
     p.add_argument(
         "--memtrace",
         metavar="DIR",

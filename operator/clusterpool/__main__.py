@@ -9,6 +9,8 @@ import sys
 
 import kopf
 
+from clusterpool.memory import GIVE_BACK_EVERY
+
 
 def default_identity() -> str:
     """Unique per process on one host; in a pod the chart sets POD_NAME instead."""
@@ -50,6 +52,13 @@ def main(argv: list[str] | None = None) -> int:
         default=float(os.environ.get("CLUSTERPOOL_LEASE_SECONDS") or 15),
         help="how long a replica's Lease lasts unrenewed; its pools move to the others after that (default 15)",
     )
+    p.add_argument(
+        "--give-back-seconds",
+        type=float,
+        default=float(os.environ.get("CLUSTERPOOL_GIVE_BACK_SECONDS") or GIVE_BACK_EVERY),
+        help="give memory the operator freed back to the system this often (glibc's malloc_trim; "
+        f"0: only after pools are deleted; default {GIVE_BACK_EVERY:g})",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = p.parse_args(argv)
     args.identity = args.identity or default_identity()  # never empty: kopf would ask getpass then
@@ -75,7 +84,12 @@ def main(argv: list[str] | None = None) -> int:
         # Given, so kopf never derives one from getpass.getuser(): that raises in an image
         # whose uid has no passwd entry (the chart runs as 65532, which has none).
         identity=args.identity,
-        memo=kopf.Memo(identity=args.identity, lease_namespace=args.lease_namespace, lease_seconds=args.lease_seconds),
+        memo=kopf.Memo(
+            identity=args.identity,
+            lease_namespace=args.lease_namespace,
+            lease_seconds=args.lease_seconds,
+            give_back_seconds=args.give_back_seconds,
+        ),
     )
     return 0
 

@@ -26,7 +26,7 @@ from clusterpool.k8s.events import COMPONENT, EventRecorder
 from clusterpool.k8s.publish import FIELD_MANAGER, Publisher
 from clusterpool.k8s.shards import Shards
 from clusterpool.k8s.writes import NotOwnedError, WriteQueue
-from clusterpool.memory import FreedMemory
+from clusterpool.memory import GIVE_BACK_EVERY, FreedMemory
 from clusterpool.metrics import Metrics
 from clusterpool.runner import INFORMATIONAL_PER_SECOND, PoolRunner, remove_published
 
@@ -88,7 +88,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo["publisher"] = Publisher(client, writes)
     memo["events"] = EventRecorder(client, writes, identity)
     memo["secrets"] = SecretReader(client)
-    memo["freed_memory"] = FreedMemory()
+    freed_memory = memo["freed_memory"] = FreedMemory(timed=METRICS.give_back.observe)
+    memo["give_back"] = asyncio.create_task(
+        freed_memory.give_back_every(float(memo.get("give_back_seconds", GIVE_BACK_EVERY))), name="give-back"
+    )
     memo["informational"] = TokenBucket(INFORMATIONAL_PER_SECOND, 1 / INFORMATIONAL_PER_SECOND, time.monotonic())
     memo["runners"] = {}  # (namespace, name) -> PoolRunner; shared: per-object memos copy this dict's reference
     runners: dict[tuple[str, str], PoolRunner] = memo["runners"]
@@ -140,7 +143,7 @@ async def _wake_on_shard_changes(shards: Shards, runners: dict[tuple[str, str], 
 
 @kopf.on.cleanup(id="stop-api-watch")
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    for key in ("api_watch", "loop_lag", "shards_relay"):
+    for key in ("api_watch", "loop_lag", "shards_relay", "give_back"):
         task = memo.get(key)
         if task is not None:
             task.cancel()

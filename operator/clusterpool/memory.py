@@ -6,8 +6,11 @@ counts it), but glibc's malloc keeps freed memory in its heaps for reuse, one he
 thread that allocated (the write queue's threads, kopf's, the event loop's). Measured at
 60 pools (docs/scale.md, "Memory across cycles"): 53 MiB of a 217 MiB RSS were free
 memory held by malloc, and malloc_trim(0) gave 36 MiB back. So, after a burst of
-deletes, the operator asks for that once. Where the C library has no malloc_trim
-(musl, macOS), this does nothing.
+deletes, the operator asks for that once. Pools that run also free memory all the time
+(probe buffers, API answers, status renders), and at 1,000 pools malloc held 33 MiB free
+in steady state, of which malloc_trim(0) gave 30 MiB back (docs/scale.md, round 9): so it
+is asked for regularly too. Where the C library has no malloc_trim (musl, macOS), this
+does nothing.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import asyncio
 import ctypes
 import ctypes.util
 import gc
+import time
 from collections.abc import Callable
 
 
@@ -31,6 +35,7 @@ def _find_malloc_trim() -> Callable[[int], int] | None:
 
 
 MALLOC_TRIM = _find_malloc_trim()
+GIVE_BACK_EVERY = 30.0  # seconds between regular malloc_trim(0) calls while the operator runs
 
 
 class FreedMemory:
@@ -43,9 +48,16 @@ class FreedMemory:
     deletes: 419, 557, 712 MiB; 415, 439, 445 MiB when a full collection ran after each,
     docs/scale.md round 7)."""
 
-    def __init__(self, delay: float = 5.0, trim: Callable[[int], int] | None = MALLOC_TRIM) -> None:
+    def __init__(
+        self,
+        delay: float = 5.0,
+        trim: Callable[[int], int] | None = MALLOC_TRIM,
+        timed: Callable[[float], None] = lambda seconds: None,
+    ) -> None:
+        """`timed` is told how long each malloc_trim took (metrics)."""
         self.delay = delay
         self._trim = trim
+        self._timed = timed
         self._due: asyncio.TimerHandle | None = None
         self.trims = 0
 
@@ -59,8 +71,25 @@ class FreedMemory:
         self._due = None
         self.trims += 1
         gc.collect()
-        if self._trim is not None:
-            loop.run_in_executor(None, self._trim, 0)
+        loop.run_in_executor(None, self._trim_timed)
+
+    async def give_back_every(self, seconds: float) -> None:
+        """Run for the operator's lifetime: malloc_trim(0) every `seconds` (0: never), in a
+        worker thread. No garbage collection here: a full one stops every thread for up
+        to a second at 1,000 pools, and what pools free while they run is not in cycles."""
+        if self._trim is None or seconds <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(seconds)
+            await loop.run_in_executor(None, self._trim_timed)
+
+    def _trim_timed(self) -> None:
+        if self._trim is None:
+            return
+        started = time.perf_counter()
+        self._trim(0)
+        self._timed(time.perf_counter() - started)
 
 
 # A young collection every YOUNG_OBJECTS container allocations instead of 700. The event

@@ -28,6 +28,8 @@ text it rendered from it; a scrape renders only what changed and joins the rest.
     clusterpool_event_loop_lag_seconds                           how late the event loop runs timers
     clusterpool_gc_pause_seconds{generation}                     Python's garbage collections: each stops
                                                                  every thread, the event loop's too
+    clusterpool_memory_give_back_seconds                         one malloc_trim(0): freed memory given back
+                                                                 to the system (every 30 s, after deletes)
     clusterpool_probes_late_total                                probes not counted: the operator was too late
                                                                  to read their answer (an overloaded operator)
     clusterpool_shard_members                                    live replicas in this replica's view
@@ -93,6 +95,13 @@ class Metrics:
             "Duration of one garbage collection of Python objects, by generation (all threads wait)",
             ("generation",),
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=registry,
+        )
+        self.give_back = Histogram(
+            "clusterpool_memory_give_back_seconds",
+            "Duration of one malloc_trim(0), giving freed memory back to the system (in a worker thread; "
+            "threads that allocate meanwhile may wait for it)",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
             registry=registry,
         )
         self.loop_lag_max = Gauge(

@@ -1,4 +1,5 @@
-"""After a burst of pool deletes, freed memory is handed back to the system once."""
+"""Freed memory is handed back to the system: once after a burst of pool deletes, and
+regularly while the operator runs."""
 
 import asyncio
 import gc
@@ -73,3 +74,34 @@ def test_collect_less_often_freezes_what_exists_and_raises_the_young_threshold()
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+async def test_while_the_operator_runs_memory_is_given_back_regularly_and_each_give_back_is_timed():
+    calls: list[int] = []
+    took: list[float] = []
+    third = asyncio.Event()
+
+    def trim(pad: int) -> int:
+        calls.append(pad)
+        if len(calls) == 3:  # called in a worker thread
+            loop.call_soon_threadsafe(third.set)
+        return 1
+
+    loop = asyncio.get_running_loop()
+    freed = FreedMemory(trim=trim, timed=took.append)
+    regularly = asyncio.create_task(freed.give_back_every(0.01))
+    try:
+        await asyncio.wait_for(third.wait(), 10)
+    finally:
+        regularly.cancel()
+        await asyncio.wait({regularly})
+    assert calls[:3] == [0, 0, 0]
+    assert len(took) >= 3 and all(t >= 0 for t in took)
+    assert freed.trims == 0  # the count of give-backs after deletes
+
+
+async def test_no_regular_give_back_when_told_never_or_without_malloc_trim():
+    calls: list[int] = []
+    await asyncio.wait_for(FreedMemory(trim=calls.append).give_back_every(0), 1)  # type: ignore[arg-type]
+    await asyncio.wait_for(FreedMemory(trim=None).give_back_every(0.01), 1)
+    assert calls == []
