@@ -1213,7 +1213,11 @@ class ClusterPoolStatus(Model):
         default_factory=list,
         max_length=MAX_ENDPOINTS,
         description="Per-endpoint health.",
-        json_schema_extra=_list_map("name"),
+        # Atomic, not a map by name: the operator writes the list whole (a merge patch
+        # replaces lists anyway), and as a map every field of every entry had its own
+        # line in managedFields, which every watcher's copy of the pool carries (at 10
+        # endpoints 25 KB of Python objects per pool in kopf's copy; docs/scale.md, round 9).
+        json_schema_extra={"x-kubernetes-list-type": "atomic"},
     )
     cache: CacheStatus | None = Field(default=None, description="The pool's cache, when spec.cache is set.")
     driven_by: str | None = Field(
