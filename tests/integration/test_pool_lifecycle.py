@@ -166,6 +166,17 @@ def test_a_spec_change_applies_at_once_not_after_the_interval(pools, http_backen
     assert handled not in operator.log_since(mark)
 
 
+def test_status_endpoints_are_one_entry_in_managed_fields(pools, http_backends):
+    """status.endpoints is written whole (an atomic list): managedFields name the list, not
+    every field of every endpoint, so each copy of a pool (every watcher's) stays small."""
+    pools.create("m", static(http_backends(3)))
+    pools.wait_ready("m", healthy=3)
+    entries = [m for m in pools.get("m")["metadata"]["managedFields"] if m.get("subresource") == "status"]
+    assert entries
+    for entry in entries:
+        assert entry["fieldsV1"]["f:status"]["f:endpoints"] == {}, entry["fieldsV1"]["f:status"]["f:endpoints"]
+
+
 def test_status_holds_nothing_that_changes_while_health_does_not(pools, http_backends):
     # (An identical patch does not bump resourceVersion, so this guards the content of
     # status; that the operator skips identical writes is tested in test_runner.py.)
