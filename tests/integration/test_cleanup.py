@@ -155,7 +155,7 @@ async def test_a_removal_the_shard_fence_refused_is_made_once_the_pool_is_certai
     # a replica of its own, its Lease in the test's namespace: the only member there
     shards = Shards(k8s, "rep-remover", namespace, lease_seconds=9, renew_seconds=1.8)
     renewing = asyncio.create_task(shards.run())
-    writes = WriteQueue(fence=lambda pool: shards.may_drive(*pool))  # type: ignore[misc]
+    writes = WriteQueue(fence=lambda pool: shards.may_drive(*pool))
     publisher = Publisher(k8s, writes)
     refused: list[object] = []
 
