@@ -71,7 +71,8 @@ class FreedMemory:
         self._due = None
         self.trims += 1
         gc.collect()
-        loop.run_in_executor(None, self._trim_timed)
+        if self._trim is not None:
+            loop.run_in_executor(None, self._trim_timed)
 
     async def give_back_every(self, seconds: float) -> None:
         """Run for the operator's lifetime: malloc_trim(0) every `seconds` (0: never), in a
