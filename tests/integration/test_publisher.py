@@ -1,8 +1,10 @@
 """The Publisher against the real API server: an object it refuses is not sent again
-unchanged on every round, only after a backoff; the other objects go on being applied."""
+unchanged on every round, only after a backoff; the other objects go on being applied;
+what it adopts, what others changed, and a prune that runs while a listing is checked."""
 
 import asyncio
 import uuid
+from collections.abc import Callable
 
 import kubernetes
 import pytest
@@ -11,6 +13,7 @@ from kubernetes.client.exceptions import ApiException
 from clusterpool.core.publish import POOL_LABEL
 from clusterpool.k8s.publish import Publisher
 from clusterpool.k8s.writes import Lane, WriteQueue
+from conftest import wait_for
 
 
 @pytest.fixture
@@ -147,6 +150,74 @@ async def test_what_someone_else_changed_or_removed_is_applied_again_after_the_n
         assert await sent_by(publisher, writes, objs, adopt=False) == 2
         assert core.read_namespaced_config_map("a-routing", namespace).data == {"routing.json": "mine"}
         assert core.read_namespaced_service("a", namespace).metadata.labels[POOL_LABEL] == "a"
+    finally:
+        await publisher.close()
+        await writes.close()
+
+
+def endpoint_slice(namespace, pool, name):
+    labels = {POOL_LABEL: pool, "kubernetes.io/service-name": pool}
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "addressType": "IPv4",
+        "ports": [{"name": "backend", "port": 8000, "protocol": "TCP"}],
+        "endpoints": [{"addresses": ["198.18.0.1"]}],
+    }
+
+
+async def test_a_prune_that_runs_while_a_listing_is_checked_breaks_neither(k8s, namespace):
+    """A prune of pool a's EndpointSlices runs on a write worker while the check of a
+    listing (someone else changed one of those slices) runs on the event loop: the apply
+    that waited for the listing succeeds, and a slice applied again after the prune is
+    stored again."""
+    slices = kubernetes.client.DiscoveryV1Api(k8s)
+    stall: list[Callable[[], None]] = []  # run once, at the first comparison of two readings
+
+    class Reading(float):
+        """A clock reading; the first comparison after `stall` was armed holds the event
+        loop (the listing's check is underway) until the prune has gone past the slice."""
+
+        def __lt__(self, other: float) -> bool:
+            if stall:
+                stall.pop()()
+            return float(self) < float(other)
+
+    now = [1000.0]
+    writes = WriteQueue()
+    publisher = Publisher(k8s, writes, clock=lambda: Reading(now[0]))
+    changed = endpoint_slice(namespace, "a", "a-m")
+    try:
+        assert await publisher.apply([changed, routing(namespace, "a", "1")]) == []
+        slices.patch_namespaced_endpoint_slice("a-m", namespace, {"metadata": {"labels": {"by": "someone-else"}}})
+        # slices of pool a it never applied: the prune deletes them in name order, these
+        # first (a slow prune), then a-m, then a-z
+        for i in range(40):
+            slices.create_namespaced_endpoint_slice(namespace, endpoint_slice(namespace, "a", f"a-f{i:02d}"))
+        slices.create_namespaced_endpoint_slice(namespace, endpoint_slice(namespace, "a", "a-z"))
+
+        def stored() -> set[str]:
+            listed = slices.list_namespaced_endpoint_slice(namespace, label_selector=f"{POOL_LABEL}=a")
+            return {s.metadata.name for s in listed.items}
+
+        held: list[str] = []
+
+        def until_pruned() -> None:  # on the event loop, blocking it: the prune goes on in its thread
+            wait_for(lambda: "a-z" not in stored(), 30, "the prune to delete a-z")
+            held.append("a-z")
+
+        now[0] += 10.0
+        stall.append(until_pruned)
+        listing = asyncio.ensure_future(publisher.apply([routing(namespace, "b", "1")], adopt=True))
+        prune = asyncio.ensure_future(publisher.prune_slices(namespace, "a", keep=set()))
+        assert await listing == []  # the listing's check did not break on what the prune removed
+        await prune
+        assert held == ["a-z"]  # the check was held until the prune had gone past a-m
+        assert stored() == set()
+
+        assert await publisher.apply([changed, routing(namespace, "a", "1")]) == []
+        assert stored() == {"a-m"}
     finally:
         await publisher.close()
         await writes.close()
