@@ -192,20 +192,20 @@ async def test_a_prune_that_runs_while_a_listing_is_checked_breaks_neither(k8s, 
         assert await publisher.apply([changed, routing(namespace, "a", "1")]) == []
         slices.patch_namespaced_endpoint_slice("a-m", namespace, {"metadata": {"labels": {"by": "someone-else"}}})
         # slices of pool a it never applied: the prune deletes them in name order, these
-        # first (a slow prune), then a-m, then a-z
-        for i in range(40):
-            slices.create_namespaced_endpoint_slice(namespace, endpoint_slice(namespace, "a", f"a-f{i:02d}"))
+        # first (a prune slower than the listing), then a-m, then a-z
+        for i in range(100):
+            slices.create_namespaced_endpoint_slice(namespace, endpoint_slice(namespace, "a", f"a-f{i:03d}"))
         slices.create_namespaced_endpoint_slice(namespace, endpoint_slice(namespace, "a", "a-z"))
 
         def stored() -> set[str]:
             listed = slices.list_namespaced_endpoint_slice(namespace, label_selector=f"{POOL_LABEL}=a")
             return {s.metadata.name for s in listed.items}
 
-        held: list[str] = []
+        not_yet_pruned: list[bool] = []
 
         def until_pruned() -> None:  # on the event loop, blocking it: the prune goes on in its thread
+            not_yet_pruned.append("a-m" in stored())
             wait_for(lambda: "a-z" not in stored(), 30, "the prune to delete a-z")
-            held.append("a-z")
 
         now[0] += 10.0
         stall.append(until_pruned)
@@ -213,7 +213,9 @@ async def test_a_prune_that_runs_while_a_listing_is_checked_breaks_neither(k8s, 
         prune = asyncio.ensure_future(publisher.prune_slices(namespace, "a", keep=set()))
         assert await listing == []  # the listing's check did not break on what the prune removed
         await prune
-        assert held == ["a-z"]  # the check was held until the prune had gone past a-m
+        # the race was set up: the check began before the prune removed a-m, and was held
+        # until the prune had gone past it
+        assert not_yet_pruned == [True], "the prune removed a-m before the listing was checked"
         assert stored() == set()
 
         assert await publisher.apply([changed, routing(namespace, "a", "1")]) == []
