@@ -12,7 +12,7 @@ help:
 	@echo "make test        unit, integration and end-to-end tests (builds the control plane, the node and images on first run)"
 	@echo "make node-up     a real single-node cluster in a private network namespace (scripts/node.py)"
 	@echo "make node-down   stop it and clean up"
-	@echo "make lint        ruff check, ruff format --check, mypy --strict, the docs' paths and targets"
+	@echo "make lint        ruff check, ruff format --check, mypy --strict"
 	@echo "make bench       benchmarks; results under bench/results/"
 
 $(STAMP): pyproject.toml
