@@ -209,7 +209,8 @@ class OpenAIBackend:
 
     async def _stream(self, writer: asyncio.StreamWriter, model: str) -> bool:
         writer.write(
-            f"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\nX-Backend: {self.name}\r\n\r\n".encode()
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n"
+            + f"X-Backend: {self.name}\r\n\r\n".encode()
         )
         self.streaming += 1
         try:

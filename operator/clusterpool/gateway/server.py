@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 IDLE, HEAD, BODY, BUSY = range(4)  # what a client connection is waiting for
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+LINGER_SECONDS = 1.0
 
 
 class ClientConnection(asyncio.Protocol):
@@ -58,6 +59,8 @@ class ClientConnection(asyncio.Protocol):
         self._task = asyncio.get_running_loop().create_task(self._serve())
 
     def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return  # lingering: what a refused client still sends is dropped
         reader = self._reader
         try:
             reader.feed(data)
@@ -120,7 +123,12 @@ class ClientConnection(asyncio.Protocol):
         ]
         self.transport.write(response_head(status, headers) + body)
         self.closed = True
-        self.transport.close()
+        # A lingering close: stop writing, drop what the client still sends for a moment, then
+        # close; closing at once with unread bytes would reset the connection and the client
+        # might never read the answer.
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        asyncio.get_running_loop().call_later(LINGER_SECONDS, self.transport.close)
 
     async def _serve(self) -> None:
         gw = self.gateway
