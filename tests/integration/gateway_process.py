@@ -11,9 +11,11 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from backends import free_port
@@ -139,3 +141,33 @@ class GatewayProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+@pytest.fixture
+def openai_backends() -> Iterator[Callable[..., list[OpenAIBackend]]]:
+    started: list[OpenAIBackend] = []
+
+    def make(n: int, **attrs: Any) -> list[OpenAIBackend]:
+        bs = backends(n, **attrs)
+        started.extend(bs)
+        return bs
+
+    yield make
+    for b in started:
+        b.stop()
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
+    started: list[GatewayProcess] = []
+
+    def start(bs: list[OpenAIBackend], *args: str, table: dict[str, Any] | None = None) -> GatewayProcess:
+        path = write_table(tmp_path / f"routing-{len(started)}.json", table or routing_table(bs))
+        gw = GatewayProcess(tmp_path, ["--routing-file", str(path), *args])
+        gw.table_path = path  # type: ignore[attr-defined]
+        started.append(gw)
+        return gw
+
+    yield start
+    for gw in started:
+        gw.stop()

@@ -11,52 +11,17 @@ import socket
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
+from gateway_process import GatewayProcess
 
 from conftest import wait_for
-from gateway_process import GatewayProcess, backends, routing_table, write_table
-from openai_backend import OpenAIBackend
 
 CHAT = "/v1/chat/completions"
 BODY = {"model": "llama", "messages": [{"role": "user", "content": "hi"}]}
-
-Start = Callable[..., GatewayProcess]
-
-
-@pytest.fixture
-def servers() -> Iterator[Callable[..., list[OpenAIBackend]]]:
-    started: list[OpenAIBackend] = []
-
-    def make(n: int, **attrs: Any) -> list[OpenAIBackend]:
-        bs = backends(n, **attrs)
-        started.extend(bs)
-        return bs
-
-    yield make
-    for b in started:
-        b.stop()
-
-
-@pytest.fixture
-def gateway(tmp_path: Path) -> Iterator[Start]:
-    started: list[GatewayProcess] = []
-
-    def start(bs: list[OpenAIBackend], *args: str, table: dict[str, Any] | None = None) -> GatewayProcess:
-        path = write_table(tmp_path / f"routing-{len(started)}.json", table or routing_table(bs))
-        gw = GatewayProcess(tmp_path, ["--routing-file", str(path), *args])
-        gw.table_path = path  # type: ignore[attr-defined]
-        started.append(gw)
-        return gw
-
-    yield start
-    for gw in started:
-        gw.stop()
 
 
 def post(gw: GatewayProcess, body: dict[str, Any] = BODY, path: str = CHAT, **kw: Any) -> httpx.Response:
@@ -83,8 +48,8 @@ def raw(port: int, data: bytes, timeout: float = 5.0) -> bytes:
 # -- routing ----------------------------------------------------------------------------------
 
 
-def test_routes_by_model_host_and_path_prefix_and_lists_models(servers, gateway):
-    bs = servers(2)
+def test_routes_by_model_host_and_path_prefix_and_lists_models(openai_backends, gateway):
+    bs = openai_backends(2)
     gw = gateway(bs)
     r = post(gw)
     assert r.status_code == 200
@@ -105,15 +70,15 @@ def test_routes_by_model_host_and_path_prefix_and_lists_models(servers, gateway)
     assert httpx.get(gw.url + "/pools/team/nope/v1/models", timeout=10).status_code == 404
 
 
-def test_requests_are_spread_with_the_tables_strategy(servers, gateway):
-    bs = servers(3)
+def test_requests_are_spread_with_the_tables_strategy(openai_backends, gateway):
+    bs = openai_backends(3)
     gw = gateway(bs)
     seen = Counter(post(gw).headers["x-clusterpool-endpoint"] for _ in range(30))
     assert seen == {"ep-0": 10, "ep-1": 10, "ep-2": 10}  # RoundRobin, the SDK's own
 
 
-def test_openai_client_sync_async_and_streaming_unchanged(servers, gateway):
-    bs = servers(2, chunks=4)
+def test_openai_client_sync_async_and_streaming_unchanged(openai_backends, gateway):
+    bs = openai_backends(2, chunks=4)
     gw = gateway(bs)
     client = openai.OpenAI(base_url=gw.url + "/v1", api_key="unused", max_retries=0)
     reply = client.chat.completions.create(model="llama", messages=[{"role": "user", "content": "hi"}])
@@ -136,8 +101,8 @@ def test_openai_client_sync_async_and_streaming_unchanged(servers, gateway):
     assert content.startswith("hello from ep-") and len(chunks) == 4
 
 
-def test_curl_streams_sse_chunk_by_chunk_without_buffering(servers, gateway):
-    (b,) = servers(1, chunks=6, chunk_delay=0.4)
+def test_curl_streams_sse_chunk_by_chunk_without_buffering(openai_backends, gateway):
+    (b,) = openai_backends(1, chunks=6, chunk_delay=0.4)
     gw = gateway([b])
     proc = subprocess.Popen(
         ["curl", "-sN", "-H", "Content-Type: application/json", "-d", json.dumps({**BODY, "stream": True}),
@@ -159,8 +124,8 @@ def test_curl_streams_sse_chunk_by_chunk_without_buffering(servers, gateway):
 # -- failures before and after the first byte -------------------------------------------------
 
 
-def test_post_is_retried_on_other_endpoints_before_the_first_byte(servers, gateway):
-    bs = servers(3)
+def test_post_is_retried_on_other_endpoints_before_the_first_byte(openai_backends, gateway):
+    bs = openai_backends(3)
     bs[0].mode, bs[1].mode = "unavailable", "reset"
     gw = gateway(bs, "--retries", "2", "--retry-budget-burst", "100")
     for _ in range(6):
@@ -172,8 +137,8 @@ def test_post_is_retried_on_other_endpoints_before_the_first_byte(servers, gatew
     assert gw.value("clusterpool_gateway_requests_total", endpoint="ep-2", code="200") == 6
 
 
-def test_connect_errors_move_to_another_endpoint(servers, gateway):
-    bs = servers(2)
+def test_connect_errors_move_to_another_endpoint(openai_backends, gateway):
+    bs = openai_backends(2)
     gw = gateway(bs)
     bs[0].stop()
     codes = Counter(post(gw).status_code for _ in range(8))
@@ -181,8 +146,8 @@ def test_connect_errors_move_to_another_endpoint(servers, gateway):
     assert gw.value("clusterpool_gateway_retries_total", reason="connect") >= 1
 
 
-def test_a_post_to_another_path_is_not_resent_after_it_reached_a_backend(servers, gateway):
-    bs = servers(2)
+def test_a_post_to_another_path_is_not_resent_after_it_reached_a_backend(openai_backends, gateway):
+    bs = openai_backends(2)
     bs[0].mode = bs[1].mode = "unavailable"
     gw = gateway(bs)
     r = post(gw, {"model": "llama"}, path="/v1/files")
@@ -190,22 +155,26 @@ def test_a_post_to_another_path_is_not_resent_after_it_reached_a_backend(servers
     assert sum(b.requests for b in bs) == 1
 
 
-def test_nothing_is_retried_after_the_first_byte_and_the_client_sees_the_break(servers, gateway):
-    bs = servers(2, chunks=6, mode="break_stream", break_after=2)
+def test_nothing_is_retried_after_the_first_byte_and_the_client_sees_the_break(openai_backends, gateway):
+    bs = openai_backends(2, chunks=6, mode="break_stream", break_after=2)
     gw = gateway(bs)
     client = openai.OpenAI(base_url=gw.url + "/v1", api_key="unused", max_retries=0)
     got: list[str] = []
-    with pytest.raises((openai.APIError, httpx.HTTPError)):
+
+    def consume() -> None:
         for c in client.chat.completions.create(model="llama", messages=[], stream=True):
             if c.choices:
                 got.append(c.choices[0].delta.content or "")
+
+    with pytest.raises((openai.APIError, httpx.HTTPError)):
+        consume()
     assert len(got) == 2  # what arrived before the break, and nothing after
     assert sum(b.requests for b in bs) == 1  # not resent
     assert gw.value("clusterpool_gateway_retries_total") == 0
 
 
-def test_first_byte_timeout_moves_the_request_on(servers, gateway):
-    bs = servers(2)
+def test_first_byte_timeout_moves_the_request_on(openai_backends, gateway):
+    bs = openai_backends(2)
     bs[0].mode = "hang"
     gw = gateway(bs, "--first-byte-timeout", "0.5")
     codes = [post(gw).status_code for _ in range(4)]
@@ -217,8 +186,8 @@ def test_first_byte_timeout_moves_the_request_on(servers, gateway):
 # -- passive outlier detection and overload ----------------------------------------------------
 
 
-def test_a_failing_endpoint_is_ejected_passively_and_comes_back(servers, gateway):
-    bs = servers(2)
+def test_a_failing_endpoint_is_ejected_passively_and_comes_back(openai_backends, gateway):
+    bs = openai_backends(2)
     bs[0].mode = "fail"
     gw = gateway(bs, "--consecutive-5xx", "3", "--base-ejection-time", "1.5")
     wait_for(
@@ -233,8 +202,8 @@ def test_a_failing_endpoint_is_ejected_passively_and_comes_back(servers, gateway
     wait_for(lambda: post(gw).headers["x-clusterpool-endpoint"] == "ep-0", 10, "ep-0 back after its ejection time")
 
 
-def test_an_overloaded_endpoint_is_backed_off_for_its_retry_after_not_ejected(servers, gateway):
-    bs = servers(2)
+def test_an_overloaded_endpoint_is_backed_off_for_its_retry_after_not_ejected(openai_backends, gateway):
+    bs = openai_backends(2)
     bs[0].mode, bs[0].retry_after = "overloaded", 2
     gw = gateway(bs)
     replies = [post(gw) for _ in range(6)]
@@ -246,8 +215,8 @@ def test_an_overloaded_endpoint_is_backed_off_for_its_retry_after_not_ejected(se
     wait_for(lambda: post(gw).headers["x-clusterpool-endpoint"] == "ep-0", 10, "ep-0 back after 2 s")
 
 
-def test_a_client_that_disconnects_cancels_its_upstream_request(servers, gateway):
-    (b,) = servers(1, chunks=100, chunk_delay=0.1)
+def test_a_client_that_disconnects_cancels_its_upstream_request(openai_backends, gateway):
+    (b,) = openai_backends(1, chunks=100, chunk_delay=0.1)
     gw = gateway([b])
     with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
         body = json.dumps({**BODY, "stream": True}).encode()

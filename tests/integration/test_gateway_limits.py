@@ -12,9 +12,9 @@ import time
 
 import httpx
 import pytest
+from test_gateway import BODY, CHAT, post, raw
 
 from conftest import wait_for
-from test_gateway import BODY, CHAT, gateway, post, raw, servers  # noqa: F401 - fixtures
 
 HEAD = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
 
@@ -32,8 +32,8 @@ HEAD = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
         ("bare LF", b"POST / HTTP/1.1\nHost: x\nContent-Length: 2\n\n{}"),
     ],
 )
-def test_smuggling_shapes_are_refused_with_400_and_the_connection_closed(servers, gateway, name, request_bytes):
-    bs = servers(1)
+def test_smuggling_shapes_are_refused_with_400_and_the_connection_closed(openai_backends, gateway, name, request_bytes):
+    bs = openai_backends(1)
     gw = gateway(bs)
     answer = raw(gw.port, request_bytes + b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 400 "), (name, answer[:200])
@@ -42,8 +42,8 @@ def test_smuggling_shapes_are_refused_with_400_and_the_connection_closed(servers
     assert gw.value("clusterpool_gateway_rejected_total", reason="bad_request") == 1
 
 
-def test_size_limits_are_enforced(servers, gateway):
-    bs = servers(1)
+def test_size_limits_are_enforced(openai_backends, gateway):
+    bs = openai_backends(1)
     gw = gateway(bs, "--max-request-line", "200", "--max-headers", "10", "--max-body-bytes", "1000")
     assert raw(gw.port, b"GET /" + b"a" * 300 + b" HTTP/1.1\r\nHost: x\r\n\r\n").startswith(b"HTTP/1.1 414 ")
     many = b"".join(b"X-%d: 1\r\n" % i for i in range(20))
@@ -56,8 +56,8 @@ def test_size_limits_are_enforced(servers, gateway):
     assert post(gw).status_code == 200  # a request within the limits still passes
 
 
-def test_a_slowloris_client_is_cut_off_at_the_header_deadline(servers, gateway):
-    bs = servers(1)
+def test_a_slowloris_client_is_cut_off_at_the_header_deadline(openai_backends, gateway):
+    bs = openai_backends(1)
     gw = gateway(bs, "--header-timeout", "1")
     with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
         start = time.monotonic()
@@ -82,20 +82,23 @@ def test_a_slowloris_client_is_cut_off_at_the_header_deadline(servers, gateway):
     assert gw.value("clusterpool_gateway_rejected_total", reason="header_timeout") == 1
 
 
-def test_an_idle_keepalive_connection_is_closed(servers, gateway):
-    bs = servers(1)
+def test_an_idle_keepalive_connection_is_closed(openai_backends, gateway):
+    bs = openai_backends(1)
     gw = gateway(bs, "--keepalive-timeout", "0.5")
     with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
         body = json.dumps(BODY).encode()
         s.sendall(HEAD + b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
-        assert s.recv(65536).startswith(b"HTTP/1.1 200")
+        answer = b""
+        while not answer.endswith(b"}"):  # the whole JSON answer
+            answer += s.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 200")
         start = time.monotonic()
         assert s.recv(100) == b""  # closed by the gateway
         assert time.monotonic() - start < 3
 
 
-def test_the_connection_cap_answers_503_with_retry_after(servers, gateway):
-    bs = servers(1)
+def test_the_connection_cap_answers_503_with_retry_after(openai_backends, gateway):
+    bs = openai_backends(1)
     gw = gateway(bs, "--max-connections", "2")
     held = [socket.create_connection(("127.0.0.1", gw.port), timeout=5) for _ in range(2)]
     try:
@@ -109,8 +112,8 @@ def test_the_connection_cap_answers_503_with_retry_after(servers, gateway):
     wait_for(lambda: post(gw).status_code == 200, 5, "room again once the held connections closed")
 
 
-def test_the_in_flight_cap_per_pool_answers_503_with_retry_after(servers, gateway):
-    bs = servers(1, mode="hang")
+def test_the_in_flight_cap_per_pool_answers_503_with_retry_after(openai_backends, gateway):
+    bs = openai_backends(1, mode="hang")
     gw = gateway(bs, "--max-in-flight-per-pool", "1")
     first = threading.Thread(target=lambda: httpx.post(gw.url + CHAT, json=BODY, timeout=10), daemon=True)
     first.start()
@@ -122,8 +125,8 @@ def test_the_in_flight_cap_per_pool_answers_503_with_retry_after(servers, gatewa
     first.join(10)
 
 
-def test_sigterm_lets_streams_in_flight_finish_and_refuses_new_connections(servers, gateway):
-    (b,) = servers(1, chunks=10, chunk_delay=0.2)
+def test_sigterm_lets_streams_in_flight_finish_and_refuses_new_connections(openai_backends, gateway):
+    (b,) = openai_backends(1, chunks=10, chunk_delay=0.2)
     gw = gateway([b], "--grace-period", "10")
     procs = [
         subprocess.Popen(
@@ -137,7 +140,7 @@ def test_sigterm_lets_streams_in_flight_finish_and_refuses_new_connections(serve
                 gw.url + CHAT,
             ],
             stdout=subprocess.PIPE,
-        )  # fmt: skip
+        )
         for _ in range(3)
     ]
     wait_for(lambda: b.streaming == 3, 5, "three streams in flight")
