@@ -15,8 +15,9 @@ eject at once; the failure percentage is evaluated every `interval_seconds` over
 endpoints that saw `failure_percentage_request_volume` requests, when at least
 `failure_percentage_minimum_hosts` did. An ejection lasts `base_ejection_seconds` times the
 number of times the endpoint was ejected, up to `max_ejection_seconds`; each interval spent
-serving lowers that count by one. At most `max_ejection_percent` of the endpoints are out
-at once (at least one may always be). When fewer than `panic_threshold_percent` of the
+serving lowers that count by one (intervals are evaluated at the first outcome after one
+ends). At most `max_ejection_percent` of the endpoints are out at once (at least one may
+always be). When fewer than `panic_threshold_percent` of the
 endpoints are admitted (ejected or backed off), the detector is in panic and admits all,
 as Envoy's load balancer does. Un-ejection is checked when asked, not at interval ticks.
 
@@ -182,6 +183,6 @@ class OutlierDetector:
                     ejected.append(name)
         for ep in self._endpoints.values():
             ep.requests = ep.failures = 0
-            if ep.ejected_until <= now and ep.ejections > 0:
-                ep.ejections -= 1  # an interval served well: the next ejection is shorter
+            if ep.ejections > 0 and ep.ejected_until <= now - s.interval_seconds:
+                ep.ejections -= 1  # a whole interval served since: the next ejection is shorter
         return tuple(ejected)
