@@ -66,14 +66,12 @@ class Request:
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     body: bytearray = field(default_factory=bytearray)
     keep_alive: bool = True
-    expect_continue: bool = False
+    names: list[bytes] = field(default_factory=list)  # the header names in lowercase, in order
+    first: dict[bytes, bytes] = field(default_factory=dict)  # lowercase name -> its first value
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of a header (name in lowercase)."""
-        for n, v in self.headers:
-            if n.lower() == name:
-                return v
-        return None
+        return self.first.get(name)
 
 
 class RequestReader:
@@ -134,22 +132,24 @@ class RequestReader:
     def on_headers_complete(self) -> None:
         p = self._parser
         version = p.get_http_version()
-        te = cl = None
-        expect = False
-        for name, value in self._headers:
-            n = name.lower()
-            if n == b"transfer-encoding":
-                te = value
-            elif n == b"content-length":
-                cl = value
-            elif n == b"expect" and value.lower() == b"100-continue":
-                expect = True
+        names = [n.lower() for n, _ in self._headers]
+        first: dict[bytes, bytes] = {}
+        for n, (_, value) in zip(reversed(names), reversed(self._headers), strict=True):
+            first[n] = value
+        te, cl = first.get(b"transfer-encoding"), first.get(b"content-length")
+        expect = (first.get(b"expect") or b"").lower() == b"100-continue"
         if te is not None and (te.strip().lower() != b"chunked" or version == "1.0"):
             self._fail(400, "bad_request", "Transfer-Encoding other than a single `chunked` on HTTP/1.1 is refused")
         if cl is not None and int(cl) > self.limits.max_body_bytes:
             self._fail(413, "too_large", f"the body is larger than {self.limits.max_body_bytes} bytes")
         self._current = Request(
-            p.get_method(), self._url, version, self._headers, keep_alive=p.should_keep_alive(), expect_continue=expect
+            p.get_method(),
+            self._url,
+            version,
+            self._headers,
+            keep_alive=p.should_keep_alive(),
+            names=names,
+            first=first,
         )
         self.in_body = True
         self.wants_continue = expect

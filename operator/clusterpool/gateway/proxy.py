@@ -44,6 +44,7 @@ DROP_REQUEST = HOP_BY_HOP | {
 }
 DROP_RESPONSE = HOP_BY_HOP | {b"content-length", b"x-clusterpool-endpoint"}
 ENDPOINT_HEADER = b"X-ClusterPool-Endpoint"
+CLIENT_CLOSED = 499  # the status access logs give a request whose client went away first
 TIMEOUT_REASONS = frozenset({"first_byte_timeout", "idle_timeout", "request_timeout", "connect_timeout"})
 
 
@@ -148,6 +149,9 @@ class Proxy:
         keep = req.keep_alive and not self.draining
         try:
             return await self._route(client, req, out, keep, start)
+        except asyncio.CancelledError:
+            out.status, out.reason = CLIENT_CLOSED, "client_closed"  # the client left before its answer ended
+            raise
         finally:
             end = monotonic()
             route = out.route
@@ -205,13 +209,10 @@ class Proxy:
             body = openai_error(503, f"pool {route.namespace}/{route.name} is at its in-flight limit", "overloaded")
             return self._answer(client, out, 503, body, keep, (b"Retry-After: 1",))
         route.in_flight += 1
-        gauge = self.metrics.in_flight_of(route.namespace, route.name)
-        gauge.inc()
         try:
             return await self._forward(client, req, route, path, out, keep, start)
         finally:
             route.in_flight -= 1
-            gauge.dec()
 
     def _visible_models(self, allowed: object) -> list[str]:
         return [
@@ -232,12 +233,10 @@ class Proxy:
 
     def _upstream_head(self, req: Request, path: bytes, peer: str) -> bytes:
         """Everything of the request head after the request line and Host."""
-        drop = DROP_REQUEST | connection_tokens(req.headers) if any(
-            n.lower() == b"connection" for n, _ in req.headers
-        ) else DROP_REQUEST  # fmt: skip
+        drop = DROP_REQUEST | connection_tokens(req.headers) if b"connection" in req.first else DROP_REQUEST
         if self.keys is not None:
             drop = drop | {b"authorization", b"x-api-key"}  # the gateway's key is not the backend's
-        lines = [b"%s: %s\r\n" % (n, v) for n, v in req.headers if n.lower() not in drop]
+        lines = [b"%s: %s\r\n" % nv for nv, n in zip(req.headers, req.names, strict=True) if n not in drop]
         xff = req.header(b"x-forwarded-for")
         ip = peer.encode()
         lines.append(b"X-Forwarded-For: %s\r\n" % (xff + b", " + ip if xff else ip))
@@ -256,7 +255,10 @@ class Proxy:
         resend_ok = req.method in IDEMPOTENT or bare_path in INFERENCE_PATHS
         key = req.header(b"x-clusterpool-key")
         raw_selector = req.header(b"x-clusterpool-selector")
-        selector = as_selector(raw_selector.decode("latin-1") if raw_selector else None)
+        try:
+            selector = as_selector(raw_selector.decode("latin-1") if raw_selector else None)
+        except ValueError as exc:
+            return self._refuse(client, out, 400, "bad_request", str(exc), "invalid_request_error", keep)
         rest = self._upstream_head(req, path, client.peer) + bytes(req.body)
         request_line = b"%s %s HTTP/1.1\r\nHost: " % (req.method, path)
         limit = self.settings.timeouts.request
@@ -384,8 +386,8 @@ class Proxy:
     ) -> bool:
         """Commit to this answer: send its head, then relay its body as it arrives."""
         status = head.status
-        drop = DROP_RESPONSE | connection_tokens(head.headers)
-        headers = [(n, v) for n, v in head.headers if n.lower() not in drop]
+        drop = DROP_RESPONSE | connection_tokens(head.headers) if b"connection" in head.first else DROP_RESPONSE
+        headers = [nv for nv, n in zip(head.headers, head.names, strict=True) if n not in drop]
         length = head.header(b"content-length")
         bodyless = req.method == b"HEAD" or status in (204, 304)
         chunked = False
@@ -402,15 +404,17 @@ class Proxy:
         headers.append((ENDPOINT_HEADER, target.name.encode()))
         if not keep:
             headers.append((b"Connection", b"close"))
-        client.write(response_head(status, headers))
+        write = client.write
+        early = upstream.relay(_chunked(write) if chunked else write)
+        if early and chunked:
+            early = [chunk(b) for b in early if b]
+        write(response_head(status, headers) + b"".join(early))  # head and what came with it: one write
         out.status, out.endpoint = status, target.name
         out.ttfb = monotonic() - start
         if status >= 500:
             self._record(route, target, GATEWAY_FAILURE if status in GATEWAY_STATUSES else ERROR_5XX)
         elif status != 429:
             self._record(route, target, SUCCESS)
-        write = client.write
-        upstream.relay(_chunked(write) if chunked else write)
         try:
             await done
         except UpstreamError as exc:

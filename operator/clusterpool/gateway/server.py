@@ -187,9 +187,9 @@ class Gateway:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.loop = asyncio.get_running_loop()
-        self.metrics = GatewayMetrics()
         s = settings
         self.routes = Routes(s.outliers, s.retries, s.retry_budget_ratio, s.retry_budget_burst)
+        self.metrics = GatewayMetrics(lambda: [(r.namespace, r.name, r.in_flight) for r in self.routes.pools.values()])
         self.upstreams = Upstreams(s.timeouts, s.upstream_idle_connections)
         self.keys = ApiKeys("/".join(s.api_keys_secret)) if s.api_keys_secret else None
         self.access_log = AccessLog() if s.access_log else None

@@ -30,16 +30,18 @@ class UpstreamError(Exception):
 
 
 class Head:
-    __slots__ = ("headers", "keep_alive", "status")
+    __slots__ = ("first", "headers", "keep_alive", "names", "status")
 
     def __init__(self, status: int, headers: list[tuple[bytes, bytes]], keep_alive: bool) -> None:
         self.status, self.headers, self.keep_alive = status, headers, keep_alive
+        self.names = [n.lower() for n, _ in headers]
+        self.first: dict[bytes, bytes] = {}
+        for n, (_, v) in zip(reversed(self.names), reversed(headers), strict=True):
+            self.first[n] = v
 
     def header(self, name: bytes) -> bytes | None:
-        for n, v in self.headers:
-            if n.lower() == name:
-                return v
-        return None
+        """The first value of a header (name in lowercase)."""
+        return self.first.get(name)
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -85,12 +87,12 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport.write(data)
         return self._head, self._done
 
-    def relay(self, sink: Callable[[bytes], None]) -> None:
-        """The proxy committed: what was buffered and all that follows goes to `sink`."""
+    def relay(self, sink: Callable[[bytes], None]) -> list[bytes]:
+        """The proxy committed: all that follows goes to `sink`; returns what came before
+        (for the proxy to send with the response head, in one write)."""
         self._sink = sink
-        for b in self._buffered:
-            sink(b)
-        self._buffered = []
+        buffered, self._buffered = self._buffered, []
+        return buffered
 
     def expired(self, now: float) -> str | None:
         """Which timeout ran out for the pending exchange, if any."""
@@ -159,11 +161,11 @@ class UpstreamConnection(asyncio.Protocol):
             self._headers = []
             return
         self._keep_alive = self._parser.should_keep_alive()
-        names = {n.lower() for n, _ in self._headers}
-        self._close_delimited = b"content-length" not in names and b"transfer-encoding" not in names
+        head = Head(status, self._headers, self._keep_alive)
+        self._close_delimited = b"content-length" not in head.first and b"transfer-encoding" not in head.first
         self._last_chunk = monotonic()
         if self._head is not None and not self._head.done():
-            self._head.set_result(Head(status, self._headers, self._keep_alive))
+            self._head.set_result(head)
         if self._head_only:  # a HEAD answer has no body, whatever its Content-Length says
             self._keep_alive = False
             self._finish()
