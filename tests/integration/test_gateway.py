@@ -226,3 +226,21 @@ def test_a_client_that_disconnects_cancels_its_upstream_request(openai_backends,
     wait_for(lambda: b.abandoned == 1, 5, "the backend's stream abandoned after the client left")
     assert b.completed == 0
     wait_for(lambda: gw.value("clusterpool_gateway_in_flight") == 0, 5, "nothing in flight")
+
+
+def test_expect_100_continue_is_answered_before_the_body(openai_backends, gateway):
+    bs = openai_backends(1)
+    gw = gateway(bs)
+    body = json.dumps(BODY).encode()
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+        s.sendall(
+            b"POST %s HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n"
+            % (CHAT.encode(), len(body))
+        )
+        assert s.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        s.sendall(body)
+        answer = b""
+        while not answer.endswith(b"}"):
+            answer += s.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    assert "expect" not in bs[0].last_headers

@@ -110,6 +110,7 @@ class RequestReader:
 
     def on_message_begin(self) -> None:
         self.head_started = True
+        self.wants_continue = False
         self._url = b""
         self._headers = []
         self._header_bytes = 0

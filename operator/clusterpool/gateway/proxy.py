@@ -298,8 +298,8 @@ class Proxy:
                 client.upstream = upstream
                 head = await head_f
             except UpstreamError as exc:
-                pool.finished(target, monotonic() - t0, False)
                 stale = upstream is not None and upstream.reused and exc.reason == "reset" and not upstream.received
+                pool.finished(target, monotonic() - t0, stale)
                 if stale and not stale_retry_used:  # a kept-alive connection the endpoint had closed: not its fault
                     stale_retry_used = True
                     tried.discard(target.name)
@@ -411,9 +411,11 @@ class Proxy:
         write(response_head(status, headers) + b"".join(early))  # head and what came with it: one write
         out.status, out.endpoint = status, target.name
         out.ttfb = monotonic() - start
-        if status >= 500:
+        if status == 429 or (status == 503 and b"retry-after" in head.first):
+            pass  # overloaded, backed off already: not a failure of the endpoint
+        elif status >= 500:
             self._record(route, target, GATEWAY_FAILURE if status in GATEWAY_STATUSES else ERROR_5XX)
-        elif status != 429:
+        else:
             self._record(route, target, SUCCESS)
         try:
             await done
