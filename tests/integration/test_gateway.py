@@ -68,6 +68,10 @@ def test_routes_by_model_host_and_path_prefix_and_lists_models(openai_backends, 
     err = unknown.json()["error"]
     assert err["code"] == "model_not_found" and "llama" in err["message"] and "gpt-9" in err["message"]
     assert httpx.get(gw.url + "/pools/team/nope/v1/models", timeout=10).status_code == 404
+    wait_for(lambda: len(gw.access_log()) >= 6, 5, "an access-log line per request")
+    line = gw.access_log()[0]
+    assert line["pool"] == "team/chat" and line["status"] == 200 and line["endpoint"] in ("ep-0", "ep-1")
+    assert "hi" not in json.dumps(gw.access_log())  # no prompt text without --log-bodies
 
 
 def test_requests_are_spread_with_the_tables_strategy(openai_backends, gateway):
