@@ -19,7 +19,7 @@ from clusterpool.gateway.metrics import GatewayMetrics
 from clusterpool.gateway.proxy import Proxy, openai_error
 from clusterpool.gateway.routes import Routes
 from clusterpool.gateway.settings import Settings
-from clusterpool.gateway.tables import NamespaceWatch, RoutingFiles, SecretWatch, kubernetes_client
+from clusterpool.gateway.tables import Sources
 from clusterpool.gateway.upstream import UpstreamConnection, UpstreamError, Upstreams
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,7 @@ LINGER_SECONDS = 1.0
 class ClientConnection(asyncio.Protocol):
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
+        self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.peer = ""
         self.upstream: UpstreamConnection | None = None
@@ -56,7 +57,7 @@ class ClientConnection(asyncio.Protocol):
             return
         gw.connections.add(self)
         self.deadline = monotonic() + gw.settings.limits.header_timeout  # the first request's head
-        self._task = asyncio.get_running_loop().create_task(self._serve())
+        self._task = self.loop.create_task(self._serve())
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
@@ -128,7 +129,7 @@ class ClientConnection(asyncio.Protocol):
         # might never read the answer.
         if self.transport.can_write_eof():
             self.transport.write_eof()
-        asyncio.get_running_loop().call_later(LINGER_SECONDS, self.transport.close)
+        self.loop.call_later(LINGER_SECONDS, self.transport.close)
 
     async def _serve(self) -> None:
         gw = self.gateway
@@ -138,7 +139,7 @@ class ClientConnection(asyncio.Protocol):
                 if not reader.ready:
                     if gw.proxy.draining:
                         break
-                    self._waiter = gw.loop.create_future()
+                    self._waiter = self.loop.create_future()
                     await self._waiter
                     self._waiter = None
                     continue
@@ -186,7 +187,6 @@ class ClientConnection(asyncio.Protocol):
 class Gateway:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.loop = asyncio.get_running_loop()
         s = settings
         self.routes = Routes(s.outliers, s.retries, s.retry_budget_ratio, s.retry_budget_burst)
         self.metrics = GatewayMetrics(lambda: [(r.namespace, r.name, r.in_flight) for r in self.routes.pools.values()])
@@ -195,21 +195,14 @@ class Gateway:
         self.access_log = AccessLog() if s.access_log else None
         self.proxy = Proxy(s, self.routes, self.upstreams, self.metrics, self.keys, self.access_log)
         self.connections: set[ClientConnection] = set()
-        self.files = RoutingFiles(s.routing_files, self.routes)
-        self.watches: list[NamespaceWatch] = []
-        self.secret_watch: SecretWatch | None = None
+        self.sources = Sources(self.routes, s.routing_files, s.namespaces, s.api_keys_secret, self._apply_keys)
         self.stopping = False
         self._servers: list[asyncio.Server] = []
         self._stopped = asyncio.Event()
 
     @property
     def ready(self) -> bool:
-        return (
-            not self.stopping
-            and self.files.ready
-            and all(w.ready for w in self.watches)
-            and (self.keys is None or self.keys.loaded)
-        )
+        return not self.stopping and self.sources.ready and (self.keys is None or self.keys.loaded)
 
     def _apply_keys(self, data: dict[str, str] | None) -> None:
         assert self.keys is not None
@@ -221,26 +214,18 @@ class Gateway:
 
     async def start(self) -> None:
         s = self.settings
-        self.files.poll()
-        if s.namespaces or s.api_keys_secret:
-            api = kubernetes_client()
-            for ns in s.namespaces:
-                w = NamespaceWatch(ns, self.routes, self.loop, api)
-                self.watches.append(w)
-                w.start()
-            if s.api_keys_secret:
-                self.secret_watch = SecretWatch(*s.api_keys_secret, self._apply_keys, self.loop, api)
-                self.secret_watch.start()
+        loop = asyncio.get_running_loop()
+        self.sources.start(loop)
         host, port = s.listen
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
-        self._servers.append(await self.loop.create_server(lambda: ClientConnection(self), sock=sock, backlog=4096))
+        self._servers.append(await loop.create_server(lambda: ClientConnection(self), sock=sock, backlog=4096))
         ahost, aport = s.admin_listen
         self._servers.append(await asyncio.start_server(self._admin, ahost, aport))
-        self.loop.create_task(self._tick())
+        self._ticker = loop.create_task(self._tick())
         for sig in (signal.SIGTERM, signal.SIGINT):
-            self.loop.add_signal_handler(sig, lambda: self.loop.create_task(self.shutdown()))
+            loop.add_signal_handler(sig, lambda: loop.create_task(self.shutdown()))
         log.info("gateway listening on %s:%d, admin on %s:%d", host, port, ahost, aport)
 
     @property
@@ -260,7 +245,7 @@ class Gateway:
                     up.fail(UpstreamError(reason, f"the endpoint did not answer in time ({reason})"))
             if now - last_poll >= 1.0:
                 last_poll = now
-                self.files.poll()
+                self.sources.files.poll()
             if self.access_log is not None:
                 self.access_log.flush()
 
@@ -284,10 +269,7 @@ class Gateway:
         for conn in list(self.connections):
             conn.abort()
         self.upstreams.close()
-        for w in self.watches:
-            w.stop()
-        if self.secret_watch is not None:
-            self.secret_watch.stop()
+        self.sources.stop()
         if self.access_log is not None:
             self.access_log.flush()
         self._stopped.set()

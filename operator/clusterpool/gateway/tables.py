@@ -219,3 +219,44 @@ def kubernetes_client() -> Any:
         kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
         return kubernetes.client.ApiClient()
     return kubernetes.config.new_client_from_config(config_file=os.environ.get("KUBECONFIG"))  # type: ignore[no-untyped-call]
+
+
+class Sources:
+    """Everything the gateway follows: routing files, the namespaces' routing ConfigMaps, the
+    API keys Secret; ready when each has been read once."""
+
+    def __init__(
+        self,
+        routes: Routes,
+        files: tuple[str, ...],
+        namespaces: tuple[str, ...],
+        keys_secret: tuple[str, str] | None,
+        apply_keys: Callable[[dict[str, str] | None], None],
+    ) -> None:
+        self.files = RoutingFiles(files, routes)
+        self.routes, self.namespaces = routes, namespaces
+        self.keys_secret, self.apply_keys = keys_secret, apply_keys
+        self.watches: list[NamespaceWatch] = []
+        self.secret: SecretWatch | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.files.poll()
+        if not self.namespaces and self.keys_secret is None:
+            return
+        api = kubernetes_client()
+        self.watches = [NamespaceWatch(ns, self.routes, loop, api) for ns in self.namespaces]
+        for w in self.watches:
+            w.start()
+        if self.keys_secret is not None:
+            self.secret = SecretWatch(*self.keys_secret, self.apply_keys, loop, api)
+            self.secret.start()
+
+    @property
+    def ready(self) -> bool:
+        return self.files.ready and all(w.ready for w in self.watches)
+
+    def stop(self) -> None:
+        for w in self.watches:
+            w.stop()
+        if self.secret is not None:
+            self.secret.stop()

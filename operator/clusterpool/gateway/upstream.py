@@ -44,27 +44,71 @@ class Head:
         return self.first.get(name)
 
 
+class Exchange:
+    """One request and its response on a connection: the futures the proxy awaits, where
+    the body goes, and the deadlines the ticker checks."""
+
+    __slots__ = (
+        "buffered",
+        "done",
+        "first_byte_by",
+        "head",
+        "head_only",
+        "last_chunk",
+        "received",
+        "request_by",
+        "sink",
+    )
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, first_byte_by: float, request_by: float, head_only: bool
+    ) -> None:
+        self.head: asyncio.Future[Head] = loop.create_future()
+        self.done: asyncio.Future[None] = loop.create_future()
+        self.sink: Callable[[bytes], None] | None = None
+        self.buffered: list[bytes] = []
+        self.first_byte_by, self.request_by = first_byte_by, request_by
+        self.last_chunk = 0.0
+        self.head_only = head_only
+        self.received = 0  # bytes of the response so far
+
+    def expired(self, now: float, idle: float) -> str | None:
+        if self.done.done():
+            return None
+        if self.request_by and now > self.request_by:
+            return "request_timeout"
+        if not self.head.done():
+            return "first_byte_timeout" if now > self.first_byte_by else None
+        return "idle_timeout" if now > self.last_chunk + idle else None
+
+    def fail(self, error: UpstreamError) -> None:
+        for f in (self.head, self.done):
+            if not f.done():
+                f.set_exception(error)
+                f.exception()  # retrieved: a head's error may never be awaited
+
+    def finish(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+
 class UpstreamConnection(asyncio.Protocol):
     def __init__(self, pool: EndpointPool) -> None:
         self.pool = pool
-        self.loop = pool.loop
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.reused = False
-        self.received = 0  # bytes of the current response so far
+        self.exchange: Exchange | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._headers: list[tuple[bytes, bytes]] = []
-        self._head: asyncio.Future[Head] | None = None
-        self._done: asyncio.Future[None] | None = None
-        self._sink: Callable[[bytes], None] | None = None
-        self._buffered: list[bytes] = []
         self._informational = False
-        self._first_byte_by = 0.0
-        self._last_chunk = 0.0
-        self._request_by = 0.0
         self._keep_alive = False
-        self._head_only = False
         self._close_delimited = False
+
+    @property
+    def received(self) -> int:
+        """Bytes of the current response so far."""
+        return self.exchange.received if self.exchange is not None else 0
 
     # -- the exchange -------------------------------------------------------------------------
 
@@ -73,45 +117,30 @@ class UpstreamConnection(asyncio.Protocol):
     ) -> tuple[asyncio.Future[Head], asyncio.Future[None]]:
         """Write one request; the futures resolve with the response's head and end."""
         assert self.transport is not None
-        self._head = self.loop.create_future()
-        self._done = self.loop.create_future()
+        ex = self.exchange = Exchange(
+            self.pool.loop, monotonic() + self.pool.timeouts.first_byte, request_by, head_only
+        )
         self._headers = []
-        self._buffered = []
-        self._sink = None
-        self.received = 0
-        self._head_only = head_only
-        now = monotonic()
-        self._first_byte_by = now + self.pool.timeouts.first_byte
-        self._request_by = request_by
-        self._last_chunk = 0.0
         self.transport.write(data)
-        return self._head, self._done
+        return ex.head, ex.done
 
     def relay(self, sink: Callable[[bytes], None]) -> list[bytes]:
         """The proxy committed: all that follows goes to `sink`; returns what came before
         (for the proxy to send with the response head, in one write)."""
-        self._sink = sink
-        buffered, self._buffered = self._buffered, []
+        ex = self.exchange
+        assert ex is not None
+        ex.sink = sink
+        buffered, ex.buffered = ex.buffered, []
         return buffered
 
     def expired(self, now: float) -> str | None:
         """Which timeout ran out for the pending exchange, if any."""
-        if self._done is None or self._done.done():
-            return None
-        if self._request_by and now > self._request_by:
-            return "request_timeout"
-        if self._head is not None and not self._head.done():
-            return "first_byte_timeout" if now > self._first_byte_by else None
-        if now > self._last_chunk + self.pool.timeouts.idle:
-            return "idle_timeout"
-        return None
+        return self.exchange.expired(now, self.pool.timeouts.idle) if self.exchange is not None else None
 
     def fail(self, error: UpstreamError) -> None:
         """End the pending exchange with `error` and drop the connection."""
-        for f in (self._head, self._done):
-            if f is not None and not f.done():
-                f.set_exception(error)
-                f.exception()  # retrieved: a head's error may never be awaited
+        if self.exchange is not None:
+            self.exchange.fail(error)
         self.close()
 
     def close(self) -> None:
@@ -134,7 +163,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
 
     def data_received(self, data: bytes) -> None:
-        self.received += len(data)
+        if self.exchange is not None:
+            self.exchange.received += len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -142,9 +172,10 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self._done is not None and not self._done.done():
-            if self._close_delimited:  # a response delimited by the connection's end is complete
-                self._finish()
+        ex = self.exchange
+        if ex is not None and not ex.done.done():
+            if self._close_delimited and ex.head.done():  # a response delimited by the connection's end
+                ex.finish()
             else:
                 self.fail(UpstreamError("reset", "the endpoint closed the connection mid-response"))
         self.pool.discard(self)
@@ -163,30 +194,31 @@ class UpstreamConnection(asyncio.Protocol):
         self._keep_alive = self._parser.should_keep_alive()
         head = Head(status, self._headers, self._keep_alive)
         self._close_delimited = b"content-length" not in head.first and b"transfer-encoding" not in head.first
-        self._last_chunk = monotonic()
-        if self._head is not None and not self._head.done():
-            self._head.set_result(head)
-        if self._head_only:  # a HEAD answer has no body, whatever its Content-Length says
+        ex = self.exchange
+        if ex is None:
+            return
+        ex.last_chunk = monotonic()
+        if not ex.head.done():
+            ex.head.set_result(head)
+        if ex.head_only:  # a HEAD answer has no body, whatever its Content-Length says
             self._keep_alive = False
-            self._finish()
+            ex.finish()
 
     def on_body(self, data: bytes) -> None:
-        self._last_chunk = monotonic()
-        if self._sink is not None:
-            self._sink(data)
+        ex = self.exchange
+        if ex is None:
+            return
+        ex.last_chunk = monotonic()
+        if ex.sink is not None:
+            ex.sink(data)
         else:
-            self._buffered.append(data)
+            ex.buffered.append(data)
 
     def on_message_complete(self) -> None:
         if self._informational:
             self._informational = False
-            return
-        self._finish()
-
-    def _finish(self) -> None:
-        done = self._done
-        if done is not None and not done.done():
-            done.set_result(None)
+        elif self.exchange is not None:
+            self.exchange.finish()
 
 
 class EndpointPool:
