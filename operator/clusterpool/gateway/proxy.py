@@ -22,7 +22,7 @@ from clusterpool.client.outlier import ERROR_5XX, GATEWAY_FAILURE, SUCCESS
 from clusterpool.client.pool import CapacityError
 from clusterpool.core.labels import as_selector
 from clusterpool.gateway.accesslog import AccessLog
-from clusterpool.gateway.apikeys import ApiKeys, allows, presented_key
+from clusterpool.gateway.apikeys import Allowed, ApiKeys, allows, presented_key
 from clusterpool.gateway.http1 import HOP_BY_HOP, LAST_CHUNK, Request, chunk, connection_tokens, model_of, response_head
 from clusterpool.gateway.metrics import GatewayMetrics
 from clusterpool.gateway.routes import PoolRoute, Routes
@@ -214,18 +214,21 @@ class Proxy:
         finally:
             route.in_flight -= 1
 
-    def _visible_models(self, allowed: object) -> list[str]:
+    def _visible(self, allowed: Allowed | None) -> list[tuple[str, PoolRoute]]:
+        """The models (and their pools) a caller may use, by name."""
         return [
-            m
+            (m, r)
             for m, r in sorted(self.routes.models.items())
-            if allowed is None or allows(allowed, r.namespace, r.name)  # type: ignore[arg-type]
+            if allowed is None or allows(allowed, r.namespace, r.name)
         ]
 
-    def _models(self, client: ClientSide, out: Outcome, keep: bool, allowed: object) -> bool:
+    def _visible_models(self, allowed: Allowed | None) -> list[str]:
+        return [m for m, _ in self._visible(allowed)]
+
+    def _models(self, client: ClientSide, out: Outcome, keep: bool, allowed: Allowed | None) -> bool:
         data = [
             {"id": m, "object": "model", "created": 0, "owned_by": f"{r.namespace}/{r.name}"}
-            for m, r in sorted(self.routes.models.items())
-            if m in self._visible_models(allowed)
+            for m, r in self._visible(allowed)
         ]
         return self._answer(client, out, 200, json.dumps({"object": "list", "data": data}).encode(), keep)
 
