@@ -110,42 +110,30 @@ class NamespaceWatch:
         self.ready = True
 
     def _run(self) -> None:
-        import kubernetes
+        follow(self._stop, f"routing ConfigMaps in {self.namespace}", self._round)
 
-        backoff = 0.5
-        while not self._stop.is_set():
-            w = kubernetes.watch.Watch()  # type: ignore[no-untyped-call]
-            try:
-                version = self._list()
-                for ev in w.stream(  # type: ignore[no-untyped-call]
-                    self.core.list_namespaced_config_map,
-                    self.namespace,
-                    label_selector=POOL_LABEL,
-                    resource_version=version,
-                    timeout_seconds=300,
-                    allow_watch_bookmarks=True,
-                ):
-                    if self._stop.is_set():
-                        break
-                    if ev["type"] not in ("ADDED", "MODIFIED", "DELETED"):
-                        continue
-                    parsed = _parse_configmap(ev["object"])
-                    if parsed is None:
-                        continue
-                    key, table = parsed
-                    if ev["type"] == "DELETED" or table is None:
-                        self._call(self.routes.remove, key)
-                    else:
-                        self._call(self.routes.put, key, table)
-                backoff = 0.5
-            except Exception as exc:  # the API is away: keep the tables, list again
-                log.warning(
-                    "watch of routing ConfigMaps in %s failed (%s); again in %.1fs", self.namespace, exc, backoff
-                )
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
-            finally:
-                w.stop()  # type: ignore[no-untyped-call]
+    def _round(self, w: Any) -> None:
+        version = self._list()
+        for ev in w.stream(
+            self.core.list_namespaced_config_map,
+            self.namespace,
+            label_selector=POOL_LABEL,
+            resource_version=version,
+            timeout_seconds=300,
+            allow_watch_bookmarks=True,
+        ):
+            if self._stop.is_set():
+                break
+            if ev["type"] not in ("ADDED", "MODIFIED", "DELETED"):
+                continue
+            parsed = _parse_configmap(ev["object"])
+            if parsed is None:
+                continue
+            key, table = parsed
+            if ev["type"] == "DELETED" or table is None:
+                self._call(self.routes.remove, key)
+            else:
+                self._call(self.routes.put, key, table)
 
 
 class SecretWatch:
@@ -173,42 +161,49 @@ class SecretWatch:
         self._stop.set()
 
     def _run(self) -> None:
-        import kubernetes
+        follow(self._stop, f"Secret {self.namespace}/{self.name}", self._round)
 
-        backoff = 0.5
-        while not self._stop.is_set():
-            w = kubernetes.watch.Watch()  # type: ignore[no-untyped-call]
-            try:
-                listed = self.core.list_namespaced_secret(
-                    self.namespace, field_selector=f"metadata.name={self.name}", _request_timeout=30
-                )
-                data: Any = (listed.items[0].data or {}) if listed.items else None
-                if data is None:
-                    log.warning("API keys Secret %s/%s not found: every request is refused", self.namespace, self.name)
-                self.loop.call_soon_threadsafe(self.apply, data)
-                for ev in w.stream(  # type: ignore[no-untyped-call]
-                    self.core.list_namespaced_secret,
-                    self.namespace,
-                    field_selector=f"metadata.name={self.name}",
-                    resource_version=listed.metadata.resource_version,  # type: ignore[union-attr]
-                    timeout_seconds=300,
-                ):
-                    if self._stop.is_set():
-                        break
-                    obj = ev["object"]
-                    if ev["type"] == "DELETED":
-                        self.loop.call_soon_threadsafe(self.apply, None)
-                    elif ev["type"] in ("ADDED", "MODIFIED"):
-                        self.loop.call_soon_threadsafe(self.apply, obj.data or {})
-                backoff = 0.5
-            except Exception as exc:
-                log.warning(
-                    "watch of Secret %s/%s failed (%s); again in %.1fs", self.namespace, self.name, exc, backoff
-                )
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
-            finally:
-                w.stop()  # type: ignore[no-untyped-call]
+    def _round(self, w: Any) -> None:
+        listed = self.core.list_namespaced_secret(
+            self.namespace, field_selector=f"metadata.name={self.name}", _request_timeout=30
+        )
+        data: Any = (listed.items[0].data or {}) if listed.items else None
+        if data is None:
+            log.warning("API keys Secret %s/%s not found: every request is refused", self.namespace, self.name)
+        self.loop.call_soon_threadsafe(self.apply, data)
+        for ev in w.stream(
+            self.core.list_namespaced_secret,
+            self.namespace,
+            field_selector=f"metadata.name={self.name}",
+            resource_version=listed.metadata.resource_version,  # type: ignore[union-attr]
+            timeout_seconds=300,
+        ):
+            if self._stop.is_set():
+                break
+            if ev["type"] == "DELETED":
+                self.loop.call_soon_threadsafe(self.apply, None)
+            elif ev["type"] in ("ADDED", "MODIFIED"):
+                self.loop.call_soon_threadsafe(self.apply, ev["object"].data or {})
+
+
+def follow(stop: threading.Event, what: str, one_round: Callable[[Any], None]) -> None:
+    """List and watch until stopped: `one_round(watch)` lists, then streams the watch; when
+    it fails (the API is away, the watch expired) it runs again after a backoff, and what
+    was read before stays in use meanwhile."""
+    import kubernetes
+
+    backoff = 0.5
+    while not stop.is_set():
+        w = kubernetes.watch.Watch()  # type: ignore[no-untyped-call]
+        try:
+            one_round(w)
+            backoff = 0.5
+        except Exception as exc:
+            log.warning("watch of %s failed (%s); again in %.1fs", what, exc, backoff)
+            stop.wait(backoff)
+            backoff = min(backoff * 2, 30.0)
+        finally:
+            w.stop()  # type: ignore[no-untyped-call]
 
 
 def kubernetes_client() -> Any:
