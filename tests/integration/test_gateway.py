@@ -248,3 +248,12 @@ def test_expect_100_continue_is_answered_before_the_body(openai_backends, gatewa
             answer += s.recv(65536)
     assert answer.startswith(b"HTTP/1.1 200 ")
     assert "expect" not in bs[0].last_headers
+
+
+def test_the_retry_budget_bounds_retries_under_an_outage(openai_backends, gateway):
+    bs = openai_backends(3)
+    bs[0].mode = bs[1].mode = "unavailable"
+    gw = gateway(bs, "--retry-budget-burst", "2", "--retry-budget-ratio", "0", "--consecutive-gateway-failure", "0")
+    assert post(gw).status_code == 200  # two retries from the burst reach ep-2
+    assert post(gw).status_code == 503  # none left: the first answer stands
+    assert gw.value("clusterpool_gateway_retries_total") == 2
