@@ -415,3 +415,7 @@ def helm_rendered(helm_bin: str, *sets: str) -> dict[tuple[str, str], dict[str, 
     """`helm template` of the chart as release "rel" in namespace "ops": objects by (kind, name)."""
     out = helm_run(helm_bin, "template", "rel", str(CHART), "--namespace", "ops", *sets).stdout
     return {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(out) if d}
+
+
+# -- the gateway's backends and process (tests/integration/gateway_process.py) -----------------
+from gateway_process import gateway, openai_backends  # noqa: E402, F401 - fixtures

@@ -34,6 +34,9 @@ class RoutingTable:
     breaker: BreakerConfig
     panic: bool = False
     cache: CacheSettings | None = None  # the pool's cache settings (spec.cache), None without a cache
+    models: tuple[str, ...] = ()  # the model names the pool serves (spec.models); () without any
+    namespace: str = ""  # which pool ("pool" in the table); "" in tables without it
+    pool: str = ""
 
     @classmethod
     def parse(cls, text: str | bytes) -> RoutingTable:
@@ -60,8 +63,22 @@ class RoutingTable:
                 success_threshold=int(cb.get("successThreshold", 2)),
             )
             cache = CacheSettings.from_json(raw["cache"]) if raw.get("cache") else None
+            models = raw.get("models") or []
+            if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
+                raise TypeError(f"models must be a list of strings, not {models!r}")
+            pool = raw.get("pool") or {}
+            if not isinstance(pool, dict):
+                raise TypeError(f"pool must be an object with namespace and name, not {pool!r}")
             return cls(
-                str(raw.get("revision", "")), str(raw["strategy"]), targets, breaker, bool(raw.get("panic")), cache
+                str(raw.get("revision", "")),
+                str(raw["strategy"]),
+                targets,
+                breaker,
+                bool(raw.get("panic")),
+                cache,
+                tuple(models),
+                str(pool.get("namespace") or ""),
+                str(pool.get("name") or ""),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise RoutingTableError(f"the routing table is malformed: {exc!r}") from exc
