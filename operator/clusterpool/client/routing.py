@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from clusterpool.balancer import Target
+from clusterpool.core.backoff import Backoff
 from clusterpool.core.cache_settings import CacheSettings
 from clusterpool.core.failover import BreakerConfig
 from clusterpool.core.labels import as_labels
@@ -165,7 +166,7 @@ class ConfigMapTable(TableSource):
     def _watch(self) -> None:
         import kubernetes
 
-        backoff = 0.5
+        backoff = Backoff(0.5, 30.0)
         while not self._stop.is_set():
             w = kubernetes.watch.Watch()  # type: ignore[no-untyped-call]
             try:
@@ -189,12 +190,12 @@ class ConfigMapTable(TableSource):
                             self.on_change(self._table)
                     if self._stop.is_set():
                         break
-                backoff = 0.5
+                backoff.reset()
             except Exception as exc:  # the API is away: keep the last table, retry
-                log.warning("routing table watch failed (%s); retrying in %.1fs", exc, backoff)
+                wait = backoff.next()
+                log.warning("routing table watch failed (%s); retrying in %.1fs", exc, wait)
                 self._version = None
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
+                self._stop.wait(wait)
             finally:
                 w.stop()  # type: ignore[no-untyped-call]
 
