@@ -331,33 +331,24 @@ def wheelhouse_dir() -> Path:
 
 
 def wheelhouse() -> Path:
-    """Everything a fresh virtualenv needs to install the client wheel with its extras, and
-    the examples' own dependencies, with no network: the client wheel (built here) and the
-    wheels of its dependencies at the versions the tests run (downloaded once)."""
-    version = layout.version()
+    """The wheels a fresh virtualenv needs, with no network, to install the client wheel with
+    all its extras and the examples' own dependencies, at the versions the tests run
+    (downloaded once). The client wheel itself is not kept: tests build it from the tree."""
     house = wheelhouse_dir()
     house.mkdir(parents=True, exist_ok=True)
+    key = hashlib.sha256("\n".join([*EXAMPLE_REQUIREMENTS, *dev_pins()]).encode()).hexdigest()[:16]
+    if (house / f".complete-{key}").exists():
+        return house
+    log("downloading the client's dependencies as wheels (first run only)")
     with tempfile.TemporaryDirectory(prefix="clusterpool-stage-") as tmp:
         tree = layout.stage(Path(tmp))[layout.CLIENT]
-        for old in house.glob("clusterpool_client-*"):
-            old.unlink()
-        build_distribution(tree, house)
-    wheel = house / f"clusterpool_client-{version}-py3-none-any.whl"
-    wanted = [f"{wheel}[redis,langchain,kubernetes,gateway]", *EXAMPLE_REQUIREMENTS]
-    key = hashlib.sha256("\n".join([*wanted[1:], *dev_pins()]).encode()).hexdigest()[:16]
-    stamp = house / f".complete-{key}"
-    if not stamp.exists():
-        log("downloading the client's dependencies as wheels (first run only)")
-        with tempfile.NamedTemporaryFile("w", suffix=".txt") as constraints:
-            constraints.write("\n".join(dev_pins()) + "\n")
-            constraints.flush()
-            subprocess.run(
-                [*PIP_DOWNLOAD, "-d", str(house), "-c", constraints.name, *wanted],
-                check=True,
-            )
-        for old in house.glob(".complete-*"):
-            old.unlink()
-        stamp.touch()
+        wheel = next(p for p in build_distribution(tree, Path(tmp)) if p.suffix == ".whl")
+        (Path(tmp) / "constraints.txt").write_text("\n".join(dev_pins()) + "\n")
+        wanted = [f"{wheel}[redis,langchain,kubernetes,gateway]", *EXAMPLE_REQUIREMENTS]
+        subprocess.run([*PIP_DOWNLOAD, "-d", str(house), "-c", f"{tmp}/constraints.txt", *wanted], check=True)
+    for old in [*house.glob(".complete-*"), *house.glob("clusterpool_client-*")]:
+        old.unlink()
+    (house / f".complete-{key}").touch()
     log(f"wheelhouse ready: {house}")
     return house
 
