@@ -15,11 +15,11 @@ import tarfile
 import zipfile
 from pathlib import Path
 
-import layout
 import pytest
-import release
 import yaml
 
+import layout
+import release
 from conftest import ROOT
 
 
@@ -61,7 +61,7 @@ def test_the_release_holds_every_artifact_of_the_one_version(dist):
     operator_meta = release.wheel_metadata(dist / f"clusterpool_operator-{version}-py3-none-any.whl")
     assert operator_meta["License-Expression"] == "Apache-2.0"
     with zipfile.ZipFile(dist / f"clusterpool_operator-{version}-py3-none-any.whl") as zf:
-        requires = [line for line in zf.read(f"clusterpool_operator-{version}.dist-info/METADATA").decode().splitlines()]
+        requires = zf.read(f"clusterpool_operator-{version}.dist-info/METADATA").decode().splitlines()
     assert f"Requires-Dist: clusterpool-client[kubernetes,redis]=={version}" in requires
     assert not [r for r in requires if r.startswith("Requires-Dist:") and "==" in r and "clusterpool" not in r]
 
