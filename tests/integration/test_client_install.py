@@ -20,6 +20,7 @@ import layout
 import release
 from backends import HTTPBackend, free_port
 from clusterpool.core.cache_settings import CacheSettings, RedisSettings
+from conftest import labelled_table
 
 EXAMPLES = layout.ROOT / "examples"
 
@@ -91,19 +92,7 @@ def llm_backends() -> Iterator[list[HTTPBackend]]:
 
 
 def routing_table(servers: list[HTTPBackend], models: list[str], cache: CacheSettings | None = None) -> str:
-    return json.dumps(
-        {
-            "schemaVersion": 1,
-            "revision": "r1",
-            "strategy": "RoundRobin",
-            "circuitBreaker": {},
-            "endpoints": [
-                {"name": s.name, "address": s.host, "port": s.port, "eligible": True, "labels": {"model": m}}
-                for s, m in zip(servers, models, strict=True)
-            ],
-            "cache": cache.to_json() if cache else None,
-        }
-    )
+    return json.dumps({**labelled_table(servers, models), "cache": cache.to_json() if cache else None})
 
 
 def test_the_sdk_examples_run_with_the_client_wheel_alone(client_wheel, tmp_path, llm_backends, redis_server):
