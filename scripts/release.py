@@ -336,7 +336,8 @@ def wheelhouse() -> Path:
     (downloaded once). The client wheel itself is not kept: tests build it from the tree."""
     house = wheelhouse_dir()
     house.mkdir(parents=True, exist_ok=True)
-    key = hashlib.sha256("\n".join([*EXAMPLE_REQUIREMENTS, *dev_pins()]).encode()).hexdigest()[:16]
+    client_project = (ROOT / "distributions" / layout.CLIENT / "pyproject.toml").read_text()  # its extras
+    key = hashlib.sha256("\n".join([*EXAMPLE_REQUIREMENTS, *dev_pins(), client_project]).encode()).hexdigest()[:16]
     if (house / f".complete-{key}").exists():
         return house
     log("downloading the client's dependencies as wheels (first run only)")

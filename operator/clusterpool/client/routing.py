@@ -18,6 +18,7 @@ from clusterpool.core.backoff import Backoff
 from clusterpool.core.cache_settings import CacheSettings
 from clusterpool.core.failover import BreakerConfig
 from clusterpool.core.labels import as_labels
+from clusterpool.core.names import ROUTING_KEY, routing_configmap_name
 
 log = logging.getLogger(__name__)
 SUPPORTED_SCHEMA = 1
@@ -154,10 +155,10 @@ class ConfigMapTable(TableSource):
         import kubernetes
 
         self.core = kubernetes.client.CoreV1Api(api_client)
-        self.namespace, self.name = namespace, f"{pool}-routing"
+        self.namespace, self.name = namespace, routing_configmap_name(pool)
         self.on_change = on_change
         cm = self.core.read_namespaced_config_map(self.name, namespace)
-        self._table = RoutingTable.parse((cm.data or {})["routing.json"])
+        self._table = RoutingTable.parse((cm.data or {})[ROUTING_KEY])
         self._version = cm.metadata.resource_version if cm.metadata else None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True, name=f"clusterpool-watch-{pool}")
@@ -179,7 +180,7 @@ class ConfigMapTable(TableSource):
                 ):
                     obj = ev["object"]
                     self._version = obj.metadata.resource_version
-                    data = (obj.data or {}).get("routing.json")
+                    data = (obj.data or {}).get(ROUTING_KEY)
                     if ev["type"] in ("ADDED", "MODIFIED") and data:
                         try:
                             self._table = RoutingTable.parse(data)
