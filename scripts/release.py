@@ -145,8 +145,12 @@ def render_manifests(out: Path) -> Path:
 
 
 def git_revision() -> str:
+    """The commit built, with `-dirty` when the tree has changes not committed."""
     r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, text=True, capture_output=True, check=False)
-    return r.stdout.strip() if r.returncode == 0 else "unknown"
+    if r.returncode != 0:
+        return "unknown"
+    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, text=True, capture_output=True, check=False)
+    return r.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
 def build_image(out: Path, base: str | None) -> tuple[Path, Path]:
