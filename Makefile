@@ -47,7 +47,7 @@ helm: venv  # the chart's tests (integration and end-to-end)
 promtool: venv  # the chart's alert tests
 	@$(PY) scripts/promtool.py build >/dev/null
 
-wheelhouse: venv  # the client wheel and its dependencies' wheels: the client-only install test runs offline
+wheelhouse: venv  # the wheels of the client's dependencies: the client-only install test installs offline
 	@$(PY) scripts/release.py wheelhouse >/dev/null
 
 test-tools: controlplane redis consul helm promtool wheelhouse  # everything the integration tests run
@@ -103,9 +103,10 @@ lock: venv  # requirements/*.lock (the image's packages, with hashes) from distr
 	$(PY) scripts/release.py lock
 
 # dist/: both wheels and sdists, the chart (.tgz), the install manifests (one file), the image
-# (an OCI archive, its digest beside it); all of one version. SKIP_IMAGE=1 leaves the image out.
+# (an OCI archive, its digest beside it); all of one version. SKIP_IMAGE=1 leaves the image out;
+# BASE_IMAGE=python:3.11-slim@sha256:... builds over the real base (default: the local stand-in).
 release: venv helm
-	$(PY) scripts/release.py build $(if $(SKIP_IMAGE),--skip-image)
+	$(PY) scripts/release.py build $(if $(SKIP_IMAGE),--skip-image) $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE))
 
 bench: controlplane redis consul
 	@echo "==> installing the bench references: litellm (balancers), cachetools (memory cache), matplotlib, py-spy"

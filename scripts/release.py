@@ -22,7 +22,6 @@ import argparse
 import datetime
 import hashlib
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -388,7 +387,7 @@ def main() -> int:
         package_chart(out)
         render_manifests(out)
         if not args.skip_image:
-            build_image(out, args.base_image or os.environ.get("BASE_IMAGE"))
+            build_image(out, args.base_image)
     if args.command in ("build", "verify"):
         for name, size in verify(out, image=not args.skip_image):
             print(f"{size:>12,}  {out / name}")
