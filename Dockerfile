@@ -1,5 +1,5 @@
 # The operator image. `make release` builds it with the version, revision and date below
-# filled in; by hand: `docker build --build-arg VERSION=$(make -s version) -t clusterpool-operator:$(make -s version) .`
+# filled in; by hand: `docker build --build-arg VERSION=$(make -s version) -t ghcr.io/clusterpool/clusterpool-operator:$(make -s version) .`
 #
 # BASE_IMAGE is python:3.11-slim pinned by digest (a multi-arch index; refresh the digest
 # deliberately, never by a moving tag). A local stand-in with the same layout can be given
