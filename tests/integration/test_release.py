@@ -9,6 +9,7 @@ tier already builds the operator image from the same Dockerfile and runs it on t
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tarfile
@@ -109,7 +110,7 @@ def test_the_install_commands_apply_on_a_fresh_cluster(command, dist, fresh_clus
     import controlplane
 
     kubectl = str(controlplane.kubectl_path())
-    env = {"KUBECONFIG": fresh_cluster.kubeconfig, "PATH": "/usr/bin:/bin"}
+    env = {**os.environ, "KUBECONFIG": fresh_cluster.kubeconfig}
     args = command(dist)
     assert args[0] == "kubectl"
     r = subprocess.run([kubectl, *args[1:]], cwd=ROOT, env=env, capture_output=True, text=True, check=False)
