@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: help venv controlplane redis consul helm promtool test-tools node-build node-up node-down crd demo demo-down test test-unit test-integration test-e2e lint format bench bench-node clean
+.PHONY: help version stamp lock release wheelhouse venv controlplane redis consul helm promtool test-tools node-build node-up node-down crd demo demo-down test test-unit test-integration test-e2e lint format bench bench-node clean
 
 help:
 	@echo "make demo        start a local control plane, demo backends and the operator; apply a pool"
@@ -14,11 +14,17 @@ help:
 	@echo "make node-down   stop it and clean up"
 	@echo "make lint        ruff check, ruff format --check, mypy --strict"
 	@echo "make bench       benchmarks; results under bench/results/"
+	@echo "make release     wheels, sdists, the chart, the install manifests and the image into dist/"
+
+version:  # the one version (operator/clusterpool/__init__.py)
+	@python3 distributions/layout.py --version
 
 $(STAMP): pyproject.toml
 	@echo "==> virtualenv $(VENV): installing pinned packages (first run takes a minute)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	@# the development install was called clusterpool-operator before the two distributions
+	@$(PY) -m pip uninstall --quiet --disable-pip-version-check -y clusterpool-operator 2>/dev/null || true
 	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@rm -f $(VENV)/.installed-* && touch $@
 
@@ -41,7 +47,10 @@ helm: venv  # the chart's tests (integration and end-to-end)
 promtool: venv  # the chart's alert tests
 	@$(PY) scripts/promtool.py build >/dev/null
 
-test-tools: controlplane redis consul helm promtool  # everything the integration tests run
+wheelhouse: venv  # the wheels of the client's dependencies: the client-only install test installs offline
+	@$(PY) scripts/release.py wheelhouse >/dev/null
+
+test-tools: controlplane redis consul helm promtool wheelhouse  # everything the integration tests run
 
 node-build: controlplane
 	@$(PY) scripts/node.py build >/dev/null
@@ -79,14 +88,26 @@ bench-node: node-build helm
 	CLUSTERPOOL_RECORD=1 scripts/netns-run $(PY) -m pytest tests/e2e/test_node_cluster.py -s
 
 lint: venv
-	$(VENV)/bin/ruff check operator tests scripts bench examples
-	$(VENV)/bin/ruff format --check operator tests scripts bench examples
+	$(VENV)/bin/ruff check operator tests scripts bench examples distributions
+	$(VENV)/bin/ruff format --check operator tests scripts bench examples distributions
 	$(VENV)/bin/mypy
 	$(PY) scripts/check_docs.py
 
 format: venv
-	$(VENV)/bin/ruff check --fix operator tests scripts bench examples
-	$(VENV)/bin/ruff format operator tests scripts bench examples
+	$(VENV)/bin/ruff check --fix operator tests scripts bench examples distributions
+	$(VENV)/bin/ruff format operator tests scripts bench examples distributions
+
+stamp: venv  # after changing __version__: write it into Chart.yaml and the install manifests
+	$(PY) scripts/release.py stamp
+
+lock: venv  # requirements/*.lock (the image's packages, with hashes) from distributions/ and the dev pins
+	$(PY) scripts/release.py lock
+
+# dist/: both wheels and sdists, the chart (.tgz), the install manifests (one file), the image
+# (an OCI archive, its digest beside it); all of one version. SKIP_IMAGE=1 leaves the image out;
+# BASE_IMAGE=python:3.11-slim@sha256:... builds over the real base (default: the local stand-in).
+release: venv helm
+	$(PY) scripts/release.py build $(if $(SKIP_IMAGE),--skip-image) $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE))
 
 bench: controlplane redis consul
 	@echo "==> installing the bench references: litellm (balancers), cachetools (memory cache), matplotlib, py-spy"

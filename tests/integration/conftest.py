@@ -351,6 +351,20 @@ def net_backends() -> Iterator[Callable[[int], list[HTTPBackend]]]:
         b.stop()
 
 
+def labelled_table(servers: list[HTTPBackend], models: list[str]) -> dict[str, Any]:
+    """A routing table of `servers`, all eligible, each labelled with its model."""
+    return {
+        "schemaVersion": 1,
+        "revision": "r1",
+        "strategy": "RoundRobin",
+        "circuitBreaker": {},
+        "endpoints": [
+            {"name": s.name, "address": s.host, "port": s.port, "eligible": True, "labels": {"model": m}}
+            for s, m in zip(servers, models, strict=True)
+        ],
+    }
+
+
 def endpoints_of(backends: list[Any]) -> list[dict[str, Any]]:
     return [{"name": f"ep-{i}", "address": b.host, "port": b.port} for i, b in enumerate(backends)]
 

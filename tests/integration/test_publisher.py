@@ -50,13 +50,15 @@ async def test_a_refused_object_waits_out_a_backoff_and_the_others_still_go(k8s,
 
         assert await apply(invalid, config_map(namespace, "good", "1")) == 2
         assert await apply(invalid, config_map(namespace, "good", "2")) == 1  # the good one only
+        # The backoff is jittered (core/backoff.py): the first wait lies in [2.5 s, 5 s], the
+        # second, doubled, in [5 s, 10 s].
+        now[0] += 2.4
+        assert await apply(invalid) == 0
+        now[0] += 2.7  # past 5 s after the refusal
+        assert await apply(invalid) == 1
         now[0] += 4.9
         assert await apply(invalid) == 0
-        now[0] += 0.2  # 5 s after the refusal
-        assert await apply(invalid) == 1
-        now[0] += 9.0  # the wait doubled: 10 s
-        assert await apply(invalid) == 0
-        now[0] += 1.1
+        now[0] += 5.2  # past 10 s
         assert await apply(invalid) == 1
         changed = config_map(namespace, "bad", "y" * 64)  # a changed object is sent at once
         assert await apply(changed) == 1

@@ -27,6 +27,7 @@ from typing import Any, TypeGuard
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
+from clusterpool.core.backoff import BackoffPolicy
 from clusterpool.core.publish import POOL_LABEL, routing_configmap_name
 from clusterpool.k8s.writes import Lane, WriteQueue, send, version_of
 
@@ -62,7 +63,7 @@ def _digest(obj: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
-REFUSED_FIRST, REFUSED_LONGEST = 5.0, 300.0  # backoff of an object the API server refused
+REFUSED_BACKOFF = BackoffPolicy(first=5.0, longest=300.0)  # of an object the API server refused
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ class _Refused:
     digest: str  # of what was refused
     error: ApiException
     retry_at: float  # on the Publisher's clock
-    wait: float  # the backoff that led to retry_at
+    attempt: int  # refusals in a row of this digest, less one
 
 
 def _refused_as_such(exc: BaseException) -> TypeGuard[ApiException]:
@@ -173,8 +174,8 @@ class Publisher:
     async def apply(self, objs: list[dict[str, Any]], adopt: bool = False) -> list[str]:
         """Apply the objects that changed since last applied, concurrently. Returns the
         problems (the others are still applied). An object the API server refused as
-        invalid or forbidden is not sent again unchanged until its backoff ran out (5 s,
-        doubling up to 5 min): its refusal is raised again instead.
+        invalid or forbidden is not sent again unchanged until its backoff ran out (2.5-5 s,
+        doubling up to 5 min, jittered): its refusal is raised again instead.
 
         `adopt`: the pool may have published before; if nothing is known here of what it
         applied, what is stored now is listed first and kept where it is what would be
@@ -221,10 +222,9 @@ class Publisher:
 
     def _refuse(self, pool: Pool, key: Key, digest: str, error: ApiException) -> None:
         before = self._refused.get(pool, {}).get(key)
-        wait = (
-            min(before.wait * 2, REFUSED_LONGEST) if before is not None and before.digest == digest else REFUSED_FIRST
-        )
-        self._refused.setdefault(pool, {})[key] = _Refused(digest, error, self._clock() + wait, wait)
+        attempt = before.attempt + 1 if before is not None and before.digest == digest else 0
+        wait = REFUSED_BACKOFF.delay(attempt)
+        self._refused.setdefault(pool, {})[key] = _Refused(digest, error, self._clock() + wait, attempt)
 
     async def _apply_one(self, obj: dict[str, Any], pool: Pool, key: Key) -> str | None:
         object_key = (*key, obj["metadata"]["namespace"])
@@ -280,7 +280,7 @@ class Publisher:
             except Exception as exc:  # the next apply or check lists again
                 hint = (
                     "; the operator's ClusterRole needs list on services, configmaps and endpointslices "
-                    "(charts/clusterpool-operator, manifests/install/rbac.yaml)"
+                    "(charts/clusterpool-operator, manifests/install/10-rbac.yaml)"
                     if isinstance(exc, ApiException) and exc.status == 403
                     else ""
                 )
