@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from clusterpool.client.routing import RoutingTable, RoutingTableError
-from clusterpool.core.publish import POOL_LABEL, ROUTING_KEY, routing_configmap_name
+from clusterpool.core.names import POOL_LABEL, ROUTING_KEY, routing_configmap_name
 from clusterpool.gateway.routes import PoolKey, Routes
 
 log = logging.getLogger(__name__)
