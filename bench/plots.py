@@ -231,7 +231,100 @@ def caches(plt: Any) -> Any:
     return fig
 
 
+GATEWAY_PROXIES = ("direct", "gateway", "haproxy", "vllm-router", "litellm-proxy")
+
+
+def gateway(plt: Any, path: Path | None = None) -> Any | None:
+    """bench/results/gateway.json: req/s per core, added latency at half capacity and RSS with
+    open streams, per proxy; a proxy that did not run is marked n/a, never drawn as zero."""
+    path = path or RESULTS / "gateway.json"
+    if not path.exists():
+        return None
+    d = json.loads(path.read_text())
+    rows = {(r["proxy"], r["kind"]): r for r in d["rows"]}
+    proxies = [p for p in GATEWAY_PROXIES if any(k[0] == p for k in rows)]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.9))
+    width = 0.38
+    kinds = (("completion", "#4c72b0"), ("stream", "#dd8452"))
+    ax = axes[0]
+    for k, (kind, shade) in enumerate(kinds):
+        for x, proxy in enumerate(proxies):
+            r = rows.get((proxy, kind))
+            pos = x + (k - 0.5) * width
+            if r is None or not r["available"]:
+                ax.text(pos, 1, "n/a", ha="center", va="bottom", fontsize=7, rotation=90)
+                continue
+            c = r["capacity"]
+            value = c["req_per_s"] if proxy == "direct" else c["req_per_s_per_core"]
+            ax.bar(pos, value, width, color=shade, label=kind if x == 0 else None)
+            ax.text(pos, value, f"{value:,.0f}", ha="center", va="bottom", fontsize=6, rotation=90)
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(proxies)), proxies, fontsize=7)
+    ax.set_ylabel("requests/s per proxy core (direct: req/s)")
+    ax.set_title("Capacity (wrk, 32 connections)", fontsize=9)
+    ax.legend(fontsize=7)
+    ax = axes[1]
+    for k, (kind, shade) in enumerate(kinds):
+        for x, proxy in enumerate(proxies[1:]):
+            r = rows.get((proxy, kind))
+            pos = x + (k - 0.5) * width
+            if r is None or not r["available"]:
+                ax.text(pos, 0.01, "n/a", ha="center", va="bottom", fontsize=7, rotation=90)
+                continue
+            half = r["half_capacity"]
+            p50, p99 = max(half["added_p50_us"], 1) / 1000, max(half["added_p99_us"], 1) / 1000
+            ax.bar(pos, p99, width, color=shade, alpha=0.35)
+            ax.bar(pos, p50, width, color=shade, label=f"{kind} p50 (p99 pale)" if x == 0 else None)
+    ax.axhline(0.3, color="green", linestyle="--", label="goal p50 0.3 ms")
+    ax.axhline(1.0, color="green", linestyle=":", label="goal p99 1 ms")
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(proxies) - 1), proxies[1:], fontsize=7)
+    ax.set_ylabel("added latency at half capacity (ms, log)")
+    ax.set_title("Added latency vs direct, same rate", fontsize=9)
+    ax.legend(fontsize=6)
+    ax = axes[2]
+    rss = {r["proxy"]: r for r in d["rss"]}
+    names = [p for p in proxies if p in rss]
+    for x, proxy in enumerate(names):
+        m = rss[proxy]
+        if not m["available"]:
+            ax.text(x, 1, "n/a", ha="center", va="bottom", fontsize=7)
+            continue
+        ax.bar(x - width / 2, m["idle_mib"], width, color="#8c8c8c", label="idle" if x == 0 else None)
+        ax.bar(x + width / 2, m["open_mib"], width, color="#55a868", label="streams open" if x == 0 else None)
+        ax.text(x + width / 2, m["open_mib"], f"{m['streams_open']}", ha="center", va="bottom", fontsize=6)
+    ax.axhline(100, color="green", linestyle="--", label="goal 100 MiB (gateway)")
+    ax.set_xticks(range(len(names)), names, fontsize=7)
+    ax.set_ylabel(f"RSS (MiB) with {d['method']['open_streams']} open streams")
+    ax.set_title("Memory (numbers: streams held open)", fontsize=9)
+    ax.legend(fontsize=6)
+    load = d["machine"]["load_average_before"]
+    fig.suptitle(
+        f"Gateway and peers ({path.name}, {d['date']}{', quick' if d['quick'] else ''}; proxy on core 0, "
+        f"load and backend on core 1; load average {load[0]} before)",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    return fig
+
+
+def draw_gateway(results: Path, out: Path) -> None:
+    """Draw the gateway figure from one results file (bench/gateway_bench.py calls this)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = gateway(plt, results)
+    if fig is None:
+        raise FileNotFoundError(results)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100, metadata={"Software": None})
+    plt.close(fig)
+
+
 FIGURES: dict[str, Callable[[Any], Any]] = {
+    "gateway.png": gateway,
     "balancer-picks.png": balancer_picks,
     "balancer-vs-litellm.png": balancer_vs_litellm,
     "balancer-selectors.png": balancer_selectors,
