@@ -5,6 +5,7 @@ docs/plots/gateway.png, method and table in docs/gateway-bench.md.
 
     scripts/netns-run .venv/bin/python bench/gateway_bench.py            # make bench-gateway
     .venv/bin/python bench/gateway_bench.py --quick --out /tmp/g.json    # a few seconds a row
+    .venv/bin/python bench/gateway_bench.py --report bench/results/gateway.json   # its table
 
 It re-runs itself under scripts/netns-run when not in a network namespace of its own, so no
 proxy (LiteLLM's in particular) can reach anything but loopback. Each proxy runs pinned to
@@ -70,6 +71,7 @@ GOAL_ADDED_P99_US = 1000.0
 GOAL_RSS_MIB = 100.0
 GOAL_RSS_STREAMS = 1000
 MIN_REQUESTS_PER_RUN = 300  # a capacity run of a slow proxy lasts until about this many complete
+MIN_PACED_REQUESTS = 100  # and a paced run until about this many
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,7 @@ class Settings:
     quick: bool
     proxies: tuple[str, ...]
     gateway_cmd: str
+    gateway_args: str
     out: Path
     plot: Path | None
     connections: int = 32
@@ -354,7 +357,7 @@ def launch(name: str, port: int, backend_port: int, workdir: Path, settings: Set
     if name == "gateway":
         argv = gateway_cmd_argv(settings.gateway_cmd)
         argv += ["--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{free_port()}"]
-        argv += ["--routing-file", str(routing_file(workdir, backend_port))]
+        argv += ["--routing-file", str(routing_file(workdir, backend_port)), *shlex.split(settings.gateway_args)]
         return Launch(argv)
     raise ValueError(f"unknown proxy {name!r}; one of {', '.join(PROXIES)}")
 
@@ -390,6 +393,7 @@ def proxy_versions(settings: Settings) -> dict[str, str | None]:
         "vllm-router": peers_version("vllm-router"),
         "litellm": peers_version("litellm"),
         "gateway_cmd": settings.gateway_cmd,
+        "gateway_args": settings.gateway_args,
         "gateway_source": gateway_src,
         "wrk": first_line(["wrk", "-v"]) if shutil.which("wrk") else None,
         "backend_uvloop": uvloop_version,
@@ -437,6 +441,30 @@ def wrk_script(workdir: Path, body: str, delay_ms: int | None) -> Path:
     path = workdir / f"wrk-{abs(hash((body, delay_ms)))}.lua"
     path.write_text(lua + LUA_DONE)
     return path
+
+
+def warm_up(port: int, body: str, seconds: float = 2.0, most: int = 2000) -> float:
+    """Requests one after another for about `seconds` (at least 10, at most `most`); their rate.
+    Sequential, so that no abandoned request keeps the proxy busy afterwards."""
+    start = time.monotonic()
+    count = 0
+    while count < most and (count < 10 or time.monotonic() - start < seconds):
+        post(port, body, timeout=60)
+        count += 1
+    return count / (time.monotonic() - start)
+
+
+def settle(watch: list[int], quiet_s: float = 0.3, bound_s: float = 30.0) -> None:
+    """Wait until the watched processes use no CPU for quiet_s (work left by the last run's
+    unfinished requests would count against the next), at most bound_s."""
+    deadline = time.monotonic() + bound_s
+    last = sum(cpu_seconds(p) for p in watch)
+    while time.monotonic() < deadline:
+        time.sleep(quiet_s)
+        now = sum(cpu_seconds(p) for p in watch)
+        if now - last < 0.02:
+            return
+        last = now
 
 
 def run_wrk(
@@ -578,26 +606,34 @@ def capacity_and_latency(
     port, backend_port = ports
     body = KINDS[kind]
     print(f"  {name} {kind}: capacity", flush=True)
-    warm_deadline = time.monotonic() + 20  # warm-up: until a 1-s run completes requests
-    warm = run_wrk(port, body, settings.connections, 1, workdir, watch)
-    while warm.requests < 10 and time.monotonic() < warm_deadline:
-        warm = run_wrk(port, body, settings.connections, 1, workdir, watch)
+    warm = warm_up(port, body)
     seconds = settings.capacity_seconds
-    if warm.rate * seconds < MIN_REQUESTS_PER_RUN:  # a slow proxy: longer runs, within a bound
-        seconds = min(settings.max_capacity_seconds, math.ceil(MIN_REQUESTS_PER_RUN / max(warm.rate, 1)))
-    runs = [run_wrk(port, body, settings.connections, seconds, workdir, watch) for _ in range(settings.capacity_runs)]
+    if warm * seconds < MIN_REQUESTS_PER_RUN:  # a slow proxy: longer runs, within a bound
+        seconds = min(settings.max_capacity_seconds, math.ceil(MIN_REQUESTS_PER_RUN / max(warm, 1)))
+    runs = []
+    for _ in range(settings.capacity_runs):
+        settle(watch)
+        runs.append(run_wrk(port, body, settings.connections, seconds, workdir, watch))
+    settle(watch)
     capacity = median_run(runs)
     if "req_per_s_per_core" not in capacity:
-        reason = f"no request completed in {settings.capacity_runs} run(s) of {settings.capacity_seconds} s"
+        reason = f"no request completed in {settings.capacity_runs} run(s) of {seconds} s"
         return {"proxy": name, "kind": kind, "available": False, "reason": reason, "capacity": capacity}
     row: dict[str, Any] = {"proxy": name, "kind": kind, "available": True, "capacity": capacity}
     if name == "direct":
         capacity["note"] = "CPU figures are the backend's (no proxy)"
         return row
     target = 0.5 * min(capacity.get("req_per_s_per_core", capacity["req_per_s"]), capacity["req_per_s"])
+    if target < 0.5:
+        row["half_capacity"] = {"target_req_per_s": target, "reason": "under 1 request/s at capacity: no paced run"}
+        return row
     print(f"  {name} {kind}: paced at {target:.0f}/s", flush=True)
-    direct, _, _ = paced(backend_port, body, target, settings.paced_seconds, workdir, capacity["p50_us"])
-    through, connections, delay_ms = paced(port, body, target, settings.paced_seconds, workdir, capacity["p50_us"])
+    # long enough for about MIN_PACED_REQUESTS at a slow proxy's rate, within a bound
+    wanted = MIN_PACED_REQUESTS / max(target, 1) + 2 * capacity["p99_us"] / 1e6
+    seconds = max(settings.paced_seconds, min(settings.max_capacity_seconds, math.ceil(wanted)))
+    direct, _, _ = paced(backend_port, body, target, seconds, workdir, capacity["p50_us"])
+    settle(watch)
+    through, connections, delay_ms = paced(port, body, target, seconds, workdir, capacity["p50_us"])
     if through.requests == 0 or direct.requests == 0:
         row["half_capacity"] = {"target_req_per_s": round(target), "reason": "no request completed in the paced run"}
         return row
@@ -607,6 +643,7 @@ def capacity_and_latency(
         "direct_req_per_s": round(direct.rate),
         "connections": connections,
         "delay_ms": delay_ms,
+        "seconds": seconds,
         "p50_us": through.p50_us,
         "p99_us": through.p99_us,
         "direct_p50_us": direct.p50_us,
@@ -809,6 +846,7 @@ def parse_args(argv: list[str]) -> Settings:
     parser.add_argument("--quick", action="store_true", help="one 2-s run a row, 100 open streams (for tests)")
     parser.add_argument("--proxies", default=",".join(PROXIES), help=f"comma-separated subset of {','.join(PROXIES)}")
     parser.add_argument("--gateway-cmd", default="python -m clusterpool.gateway", help="how to start the gateway")
+    parser.add_argument("--gateway-args", default="", help="more flags for the gateway (default: none)")
     parser.add_argument("--out", type=Path, help="results JSON (default bench/results/gateway[-quick].json)")
     parser.add_argument("--plot", type=Path, help="the figure (default docs/plots/gateway.png for a full run)")
     parser.add_argument("--no-plot", action="store_true")
@@ -820,10 +858,22 @@ def parse_args(argv: list[str]) -> Settings:
         parser.error(f"--proxies: unknown {', '.join(unknown)}; choose from {', '.join(PROXIES)}")
     out = args.out or HERE / "results" / ("gateway-quick.json" if args.quick else "gateway.json")
     plot = None if args.no_plot else args.plot or (None if args.quick else ROOT / "docs" / "plots" / "gateway.png")
-    return Settings(args.quick, proxies, args.gateway_cmd, out, plot, keep_logs=args.keep_logs)
+    return Settings(args.quick, proxies, args.gateway_cmd, args.gateway_args, out, plot, keep_logs=args.keep_logs)
+
+
+def report(results: dict[str, Any]) -> str:
+    """The table and the goals of one run, as docs/gateway-bench.md shows them."""
+    lines = [markdown_table(results), ""]
+    for g in results["goals"]:
+        word = "met" if g["met"] else "missed"
+        lines.append(f"- {g['goal']}: {word}, {g['value']:,} (goal {g['limit']:,} {g['unit']})")
+    return "\n".join(lines)
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--report"]:  # print the table of a recorded run: --report PATH
+        print(report(json.loads(Path(argv[1]).read_text())))
+        return 0
     if os.environ.get("CLUSTERPOOL_NETNS") != "1":
         netns_run = str(ROOT / "scripts" / "netns-run")
         os.execv(netns_run, [netns_run, sys.executable, str(Path(__file__).resolve()), *argv])
@@ -831,9 +881,7 @@ def main(argv: list[str]) -> int:
     results = run(settings)
     settings.out.parent.mkdir(parents=True, exist_ok=True)
     settings.out.write_text(json.dumps(results, indent=1) + "\n")
-    print(markdown_table(results))
-    for g in results["goals"]:
-        print(f"{'met   ' if g['met'] else 'MISSED'} {g['goal']}: {g['value']} (limit {g['limit']} {g['unit']})")
+    print(report(results))
     print(f"wrote {settings.out}")
     if settings.plot is not None:
         import plots

@@ -252,7 +252,7 @@ def gateway(plt: Any, path: Path | None = None) -> Any | None:
             r = rows.get((proxy, kind))
             pos = x + (k - 0.5) * width
             if r is None or not r["available"]:
-                ax.text(pos, 1, "n/a", ha="center", va="bottom", fontsize=7, rotation=90)
+                ax.text(pos, 0.06, "n/a", ha="center", va="bottom", fontsize=7, transform=ax.get_xaxis_transform())
                 continue
             c = r["capacity"]
             value = c["req_per_s"] if proxy == "direct" else c["req_per_s_per_core"]
@@ -269,7 +269,7 @@ def gateway(plt: Any, path: Path | None = None) -> Any | None:
             r = rows.get((proxy, kind))
             pos = x + (k - 0.5) * width
             if r is None or not r["available"]:
-                ax.text(pos, 0.01, "n/a", ha="center", va="bottom", fontsize=7, rotation=90)
+                ax.text(pos, 0.06, "n/a", ha="center", va="bottom", fontsize=7, transform=ax.get_xaxis_transform())
                 continue
             half = r["half_capacity"]
             p50, p99 = max(half["added_p50_us"], 1) / 1000, max(half["added_p99_us"], 1) / 1000
@@ -288,7 +288,7 @@ def gateway(plt: Any, path: Path | None = None) -> Any | None:
     for x, proxy in enumerate(names):
         m = rss[proxy]
         if not m["available"]:
-            ax.text(x, 1, "n/a", ha="center", va="bottom", fontsize=7)
+            ax.text(x, 0.06, "n/a", ha="center", va="bottom", fontsize=7, transform=ax.get_xaxis_transform())
             continue
         ax.bar(x - width / 2, m["idle_mib"], width, color="#8c8c8c", label="idle" if x == 0 else None)
         ax.bar(x + width / 2, m["open_mib"], width, color="#55a868", label="streams open" if x == 0 else None)
