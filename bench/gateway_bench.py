@@ -84,6 +84,7 @@ class Settings:
     plot: Path | None
     connections: int = 32
     keep_logs: bool = False
+    streams: int | None = None  # open streams for the RSS figure (default: 1,000; quick: 100)
 
     @property
     def capacity_seconds(self) -> int:
@@ -103,7 +104,7 @@ class Settings:
 
     @property
     def open_streams(self) -> int:
-        return 100 if self.quick else GOAL_RSS_STREAMS
+        return self.streams or (100 if self.quick else GOAL_RSS_STREAMS)
 
 
 # ---------------------------------------------------------------- processes and /proc
@@ -850,6 +851,7 @@ def parse_args(argv: list[str]) -> Settings:
     parser.add_argument("--out", type=Path, help="results JSON (default bench/results/gateway[-quick].json)")
     parser.add_argument("--plot", type=Path, help="the figure (default docs/plots/gateway.png for a full run)")
     parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("--open-streams", type=int, help="streams held open for the RSS figure (default 1000)")
     parser.add_argument("--keep-logs", action="store_true", help="keep the processes' logs (their folder is printed)")
     args = parser.parse_args(argv)
     proxies = tuple(p.strip() for p in args.proxies.split(",") if p.strip())
@@ -858,7 +860,16 @@ def parse_args(argv: list[str]) -> Settings:
         parser.error(f"--proxies: unknown {', '.join(unknown)}; choose from {', '.join(PROXIES)}")
     out = args.out or HERE / "results" / ("gateway-quick.json" if args.quick else "gateway.json")
     plot = None if args.no_plot else args.plot or (None if args.quick else ROOT / "docs" / "plots" / "gateway.png")
-    return Settings(args.quick, proxies, args.gateway_cmd, args.gateway_args, out, plot, keep_logs=args.keep_logs)
+    return Settings(
+        args.quick,
+        proxies,
+        args.gateway_cmd,
+        args.gateway_args,
+        out,
+        plot,
+        keep_logs=args.keep_logs,
+        streams=args.open_streams,
+    )
 
 
 def report(results: dict[str, Any]) -> str:
