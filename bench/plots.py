@@ -320,10 +320,11 @@ def gateway(plt: Any, path: Path | None = None) -> Any | None:
     ax.set_ylabel(f"RSS (MiB) with {d['method']['open_streams']} open streams")
     ax.set_title("Memory (numbers: streams held open)", fontsize=9)
     ax.legend(fontsize=6)
-    load = d["machine"]["load_average_before"]
+    m = d["machine"]
+    load = f"load average {m['load_average_before'][0]} before, {m['load_average_after'][0]} after"
     fig.suptitle(
         f"Gateway and peers ({path.name}, {d['date']}{', quick' if d['quick'] else ''}; proxy on core 0, "
-        f"load and backend on core 1; load average {load[0]} before)",
+        f"load and backend on core 1; {load}{': busy machine' if m.get('busy') else ''})",
         fontsize=9,
     )
     fig.tight_layout()

@@ -50,6 +50,15 @@ def test_ratios_and_latency_are_judged_against_the_measured_peers_only() -> None
     assert not verdicts["completion: added latency p99 at half capacity"]["met"]
 
 
+def test_a_negative_added_latency_is_not_judged() -> None:
+    rows = [measured("gateway", "stream", 5_000, added=(120, -2_000))]
+    verdicts = {g["goal"]: g["met"] for g in goal_verdicts(rows, [])}
+    assert verdicts == {
+        "stream: added latency p50 at half capacity": True,
+        "stream: added latency p99 at half capacity": None,
+    }
+
+
 def test_without_the_gateway_no_goal_is_judged() -> None:
     rows = [absent("gateway", "completion"), measured("haproxy", "completion", 90_000)]
     rss = [{"proxy": "gateway", "available": False, "reason": "not available"}]
