@@ -14,6 +14,13 @@ if TYPE_CHECKING:
     from clusterpool.gateway.proxy import Outcome
 
 
+_string = json.encoder.encode_basestring_ascii  # a JSON string literal, as json.dumps writes it
+LINE = (
+    '{"time":%r,"client":%s,"method":%s,"path":%s,"status":%d,"pool":%s,"endpoint":%s,"attempts":%d,'
+    '"ttfb_ms":%s,"duration_ms":%r,"request_bytes":%d,"reason":%s%s}\n'
+)
+
+
 class AccessLog:
     def __init__(self, stream: IO[str] | None = None) -> None:
         self.stream = stream or sys.stdout
@@ -21,24 +28,29 @@ class AccessLog:
         self._offset = time.time() - time.monotonic()
 
     def write(self, req: Request, peer: str, out: Outcome, start: float, end: float, bodies: bool) -> None:
+        # Formatted by hand (the same JSON as json.dumps with compact separators, in a
+        # fraction of its time): the strings a client controls are escaped by the json
+        # module's own encoder, the rest are numbers and names the gateway made.
         route = out.route
-        line = {
-            "time": round(self._offset + start, 6),
-            "client": peer,
-            "method": req.method.decode("latin-1"),
-            "path": req.target.split(b"?", 1)[0].decode("latin-1"),
-            "status": out.status,
-            "pool": f"{route.namespace}/{route.name}" if route is not None else None,
-            "endpoint": out.endpoint or None,
-            "attempts": out.attempts,
-            "ttfb_ms": round(out.ttfb * 1000, 3) if out.ttfb is not None else None,
-            "duration_ms": round((end - start) * 1000, 3),
-            "request_bytes": len(req.body),
-            "reason": out.reason or None,
-        }
-        if bodies:
-            line["body"] = req.body.decode("utf-8", "replace")
-        self.stream.write(json.dumps(line, separators=(",", ":")) + "\n")
+        ttfb = out.ttfb
+        self.stream.write(
+            LINE
+            % (
+                round(self._offset + start, 6),
+                _string(peer),
+                _string(req.method.decode("latin-1")),
+                _string(req.target.split(b"?", 1)[0].decode("latin-1")),
+                out.status,
+                _string(f"{route.namespace}/{route.name}") if route is not None else "null",
+                _string(out.endpoint) if out.endpoint else "null",
+                out.attempts,
+                repr(round(ttfb * 1000, 3)) if ttfb is not None else "null",
+                round((end - start) * 1000, 3),
+                len(req.body),
+                _string(out.reason) if out.reason else "null",
+                ',"body":' + _string(req.body.decode("utf-8", "replace")) if bodies else "",
+            )
+        )
 
     def flush(self) -> None:
         self.stream.flush()
