@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 
-from clusterpool.gateway.accesslog import AccessLog
+from clusterpool.gateway.accesslog import MAX_PENDING, AccessLog
 from clusterpool.gateway.http1 import Request
 from clusterpool.gateway.proxy import Outcome
 
@@ -14,7 +14,10 @@ def line(target: bytes, body: bytes, bodies: bool, out: Outcome) -> dict[str, ob
     req = Request(b"POST", target, "1.1", [], [])
     req.body += body
     stream = io.StringIO()
-    AccessLog(stream).write(req, "::1", out, 10.0, 10.0125, bodies)
+    log = AccessLog(stream)
+    log.write(req, "::1", out, 10.0, 10.0125, bodies)
+    assert stream.getvalue() == ""  # written at the next flush (the gateway's tick)
+    log.flush()
     text = stream.getvalue()
     assert text.endswith("}\n") and text.count("\n") == 1
     parsed: dict[str, object] = json.loads(text)
@@ -42,3 +45,15 @@ def test_a_refused_request_has_nulls_and_no_body_without_log_bodies():
     got = line(b"/", b"secret prompt", False, Outcome())
     assert "body" not in got and (got["endpoint"], got["ttfb_ms"], got["reason"]) == (None, None, None)
     assert got["status"] == 0 and got["request_bytes"] == 13
+
+
+def test_lines_are_written_in_order_at_each_flush_and_when_many_wait():
+    stream = io.StringIO()
+    log = AccessLog(stream)
+    out = Outcome()
+    for n in range(MAX_PENDING + 3):
+        out.attempts = n
+        log.write(Request(b"GET", b"/", "1.1", [], []), "::1", out, 1.0, 1.0, False)
+    assert [json.loads(x)["attempts"] for x in stream.getvalue().splitlines()] == list(range(MAX_PENDING))
+    log.flush()
+    assert [json.loads(x)["attempts"] for x in stream.getvalue().splitlines()] == list(range(MAX_PENDING + 3))
