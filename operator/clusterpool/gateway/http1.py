@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from dataclasses import dataclass, field
 
 import httptools
 
@@ -58,16 +57,26 @@ class RequestError(Exception):
         self.status, self.reason = status, reason  # reason: the rejected_total label
 
 
-@dataclass
 class Request:
-    method: bytes
-    target: bytes
-    version: str
-    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-    body: bytearray = field(default_factory=bytearray)
-    keep_alive: bool = True
-    names: list[bytes] = field(default_factory=list)  # the header names in lowercase, in order
-    first: dict[bytes, bytes] = field(default_factory=dict)  # lowercase name -> its first value
+    """One client request as read: the head as sent (names and values), each name in
+    lowercase in order, the first value of each name, and the whole body."""
+
+    __slots__ = ("body", "first", "headers", "keep_alive", "method", "names", "target", "version")
+
+    def __init__(
+        self,
+        method: bytes,
+        target: bytes,
+        version: str,
+        headers: list[tuple[bytes, bytes]],
+        names: list[bytes],
+        keep_alive: bool = True,
+    ) -> None:
+        self.method, self.target, self.version = method, target, version
+        self.headers, self.names, self.keep_alive = headers, names, keep_alive
+        self.body = bytearray()
+        # reversed: the first of repeated names is written last, so it wins
+        self.first: dict[bytes, bytes] = dict(zip(reversed(names), [v for _, v in reversed(headers)], strict=True))
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of a header (name in lowercase)."""
@@ -88,6 +97,7 @@ class RequestReader:
         self._parser = httptools.HttpRequestParser(self)
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
+        self._names: list[bytes] = []
         self._header_bytes = 0
         self._current: Request | None = None
         self._error: RequestError | None = None
@@ -113,6 +123,7 @@ class RequestReader:
         self.wants_continue = False
         self._url = b""
         self._headers = []
+        self._names = []
         self._header_bytes = 0
 
     def on_url(self, url: bytes) -> None:
@@ -129,29 +140,20 @@ class RequestReader:
                 f"more than {self.limits.max_headers} headers or {self.limits.max_header_bytes} bytes of them",
             )
         self._headers.append((name, value))
+        self._names.append(name.lower())
 
     def on_headers_complete(self) -> None:
         p = self._parser
         version = p.get_http_version()
-        names = [n.lower() for n, _ in self._headers]
-        first: dict[bytes, bytes] = {}
-        for n, (_, value) in zip(reversed(names), reversed(self._headers), strict=True):
-            first[n] = value
+        req = Request(p.get_method(), self._url, version, self._headers, self._names, p.should_keep_alive())
+        first = req.first
         te, cl = first.get(b"transfer-encoding"), first.get(b"content-length")
         expect = (first.get(b"expect") or b"").lower() == b"100-continue"
         if te is not None and (te.strip().lower() != b"chunked" or version == "1.0"):
             self._fail(400, "bad_request", "Transfer-Encoding other than a single `chunked` on HTTP/1.1 is refused")
         if cl is not None and int(cl) > self.limits.max_body_bytes:
             self._fail(413, "too_large", f"the body is larger than {self.limits.max_body_bytes} bytes")
-        self._current = Request(
-            p.get_method(),
-            self._url,
-            version,
-            self._headers,
-            keep_alive=p.should_keep_alive(),
-            names=names,
-            first=first,
-        )
+        self._current = req
         self.in_body = True
         self.wants_continue = expect
 

@@ -23,11 +23,20 @@ from clusterpool.client.pool import CapacityError
 from clusterpool.core.labels import as_selector
 from clusterpool.gateway.accesslog import AccessLog
 from clusterpool.gateway.apikeys import Allowed, ApiKeys, allows, presented_key
-from clusterpool.gateway.http1 import HOP_BY_HOP, LAST_CHUNK, Request, chunk, connection_tokens, model_of, response_head
+from clusterpool.gateway.http1 import (
+    HOP_BY_HOP,
+    LAST_CHUNK,
+    REASONS,
+    Request,
+    chunk,
+    connection_tokens,
+    model_of,
+    response_head,
+)
 from clusterpool.gateway.metrics import GatewayMetrics
 from clusterpool.gateway.routes import PoolRoute, Routes
 from clusterpool.gateway.settings import Settings
-from clusterpool.gateway.upstream import Head, UpstreamConnection, UpstreamError, Upstreams
+from clusterpool.gateway.upstream import EndpointPool, Head, UpstreamConnection, UpstreamError, Upstreams
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"})
 INFERENCE_PATHS = frozenset({b"/v1/chat/completions", b"/v1/completions", b"/v1/embeddings", b"/v1/responses"})
@@ -112,6 +121,8 @@ class Proxy:
         self.access_log = access_log
         self.loop = asyncio.get_running_loop()
         self.draining = False
+        # the gateway's key is not the backend's
+        self._drop_request = DROP_REQUEST | {b"authorization", b"x-api-key"} if keys is not None else DROP_REQUEST
 
     # -- answers the gateway makes itself -----------------------------------------------------
 
@@ -234,16 +245,16 @@ class Proxy:
 
     # -- forwarding ---------------------------------------------------------------------------
 
-    def _upstream_head(self, req: Request, path: bytes, peer: str) -> bytes:
+    def _upstream_head(self, req: Request, peer: str) -> bytes:
         """Everything of the request head after the request line and Host."""
-        drop = DROP_REQUEST | connection_tokens(req.headers) if b"connection" in req.first else DROP_REQUEST
-        if self.keys is not None:
-            drop = drop | {b"authorization", b"x-api-key"}  # the gateway's key is not the backend's
+        first = req.first
+        drop = self._drop_request
+        if b"connection" in first:
+            drop = drop | connection_tokens(req.headers)
         lines = [b"%s: %s\r\n" % nv for nv, n in zip(req.headers, req.names, strict=True) if n not in drop]
-        xff = req.header(b"x-forwarded-for")
+        xff = first.get(b"x-forwarded-for")
         ip = peer.encode()
-        lines.append(b"X-Forwarded-For: %s\r\n" % (xff + b", " + ip if xff else ip))
-        lines.append(b"X-Forwarded-Proto: http\r\n")
+        lines.append(b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: http\r\n" % (xff + b", " + ip if xff else ip))
         if req.body or req.method in (b"POST", b"PUT", b"PATCH"):
             lines.append(b"Content-Length: %d\r\n" % len(req.body))
         lines.append(b"\r\n")
@@ -254,16 +265,21 @@ class Proxy:
     ) -> bool:
         pool, detector = route.client, route.outliers
         pool.budget.deposit()
-        bare_path = path.split(b"?", 1)[0]
+        bare_path = path.split(b"?", 1)[0] if b"?" in path else path
         resend_ok = req.method in IDEMPOTENT or bare_path in INFERENCE_PATHS
-        key = req.header(b"x-clusterpool-key")
-        raw_selector = req.header(b"x-clusterpool-selector")
-        try:
-            selector = as_selector(raw_selector.decode("latin-1") if raw_selector else None)
-        except ValueError as exc:
-            return self._refuse(client, out, 400, "bad_request", str(exc), "invalid_request_error", keep)
-        rest = self._upstream_head(req, path, client.peer) + bytes(req.body)
+        first = req.first
+        raw_key = first.get(b"x-clusterpool-key")
+        key = raw_key.decode("latin-1") if raw_key is not None else None
+        raw_selector = first.get(b"x-clusterpool-selector")
+        selector = None
+        if raw_selector is not None:
+            try:
+                selector = as_selector(raw_selector.decode("latin-1"))
+            except ValueError as exc:
+                return self._refuse(client, out, 400, "bad_request", str(exc), "invalid_request_error", keep)
+        rest = self._upstream_head(req, client.peer) + req.body
         request_line = b"%s %s HTTP/1.1\r\nHost: " % (req.method, path)
+        head_only = req.method == b"HEAD"
         limit = self.settings.timeouts.request
         request_by = start + limit if limit > 0 else 0.0
         tried: set[str] = set()
@@ -273,7 +289,7 @@ class Proxy:
         while True:
             avoid = detector.avoid()
             try:
-                target = pool.acquire(key.decode("latin-1") if key else None, tried | avoid, selector, wait=0)
+                target = pool.acquire(key, tried | avoid if avoid else tried, selector, wait=0)
             except CapacityError:
                 body = openai_error(
                     503, f"every endpoint of {route.namespace}/{route.name} is at capacity", "overloaded"
@@ -282,7 +298,7 @@ class Proxy:
             except NoEndpointError as exc:
                 if avoid:
                     try:
-                        target = pool.acquire(key.decode("latin-1") if key else None, tried, selector, wait=0)
+                        target = pool.acquire(key, tried, selector, wait=0)
                     except NoEndpointError:
                         return self._no_endpoint(client, out, keep, route, last_error, exc)
                 else:
@@ -290,14 +306,11 @@ class Proxy:
             tried.add(target.name)
             out.attempts += 1
             t0 = monotonic()
+            endpoint = self.upstreams.pool(target.address, target.port)
             upstream: UpstreamConnection | None = None
             try:
-                upstream = await self.upstreams.pool(target.address, target.port).get()
-                head_f, done_f = upstream.send(
-                    request_line + b"%s:%d\r\n" % (target.address.encode(), target.port) + rest,
-                    request_by,
-                    req.method == b"HEAD",
-                )
+                upstream = endpoint.take_idle() or await endpoint.connect()
+                head_f = upstream.send(request_line + endpoint.host + rest, request_by, head_only)
                 client.upstream = upstream
                 head = await head_f
             except UpstreamError as exc:
@@ -322,6 +335,8 @@ class Proxy:
                 pool.finished(target, monotonic() - t0, True)  # the client went away: not the endpoint's fault
                 raise
             status = head.status
+            if status == 200:  # the common answer: relayed, nothing to decide
+                return await self._relay(client, req, route, target, endpoint, upstream, head, out, keep, start, t0)
             overloaded = status == 429 or (status == 503 and head.header(b"retry-after") is not None)
             if overloaded:
                 detector.back_off(target.name, _retry_after(head) or 1.0)
@@ -333,7 +348,7 @@ class Proxy:
                     self._record(route, target, GATEWAY_FAILURE)
                 self.metrics.retried(route.namespace, route.name, "overloaded" if overloaded else f"status_{status}")
                 continue
-            return await self._relay(client, req, route, target, upstream, head, done_f, out, keep, start, t0)
+            return await self._relay(client, req, route, target, endpoint, upstream, head, out, keep, start, t0)
 
     def _may_retry(self, route: PoolRoute, allowed: bool, tried: set[str], selector: object, retries: int) -> bool:
         pool = route.client
@@ -379,9 +394,9 @@ class Proxy:
         req: Request,
         route: PoolRoute,
         target: Target,
+        endpoint: EndpointPool,
         upstream: UpstreamConnection,
         head: Head,
-        done: asyncio.Future[None],
         out: Outcome,
         keep: bool,
         start: float,
@@ -389,39 +404,41 @@ class Proxy:
     ) -> bool:
         """Commit to this answer: send its head, then relay its body as it arrives."""
         status = head.status
-        drop = DROP_RESPONSE | connection_tokens(head.headers) if b"connection" in head.first else DROP_RESPONSE
-        headers = [nv for nv, n in zip(head.headers, head.names, strict=True) if n not in drop]
-        length = head.header(b"content-length")
-        bodyless = req.method == b"HEAD" or status in (204, 304)
+        first = head.first
+        drop = DROP_RESPONSE | connection_tokens(head.headers) if b"connection" in first else DROP_RESPONSE
+        lines = [b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, "Unknown").encode())]
+        lines.extend(b"%s: %s\r\n" % nv for nv, n in zip(head.headers, head.names, strict=True) if n not in drop)
+        length = first.get(b"content-length")
         chunked = False
-        if bodyless:
+        if req.method == b"HEAD" or status in (204, 304):
             if length is not None:
-                headers.append((b"Content-Length", length))
-        elif length is not None and head.header(b"transfer-encoding") is None:
-            headers.append((b"Content-Length", length))
+                lines.append(b"Content-Length: %s\r\n" % length)
+        elif length is not None and b"transfer-encoding" not in first:
+            lines.append(b"Content-Length: %s\r\n" % length)
         elif req.version == "1.1":
-            headers.append((b"Transfer-Encoding", b"chunked"))
+            lines.append(b"Transfer-Encoding: chunked\r\n")
             chunked = True
         else:
             keep = False  # an HTTP/1.0 client: the end of the body is the end of the connection
-        headers.append((ENDPOINT_HEADER, target.name.encode()))
-        if not keep:
-            headers.append((b"Connection", b"close"))
+        lines.append(b"%s: %s\r\n" % (ENDPOINT_HEADER, target.name.encode()))
+        lines.append(b"\r\n" if keep else b"Connection: close\r\n\r\n")
         write = client.write
         early = upstream.relay(_chunked(write) if chunked else write)
-        if early and chunked:
-            early = [chunk(b) for b in early if b]
-        write(response_head(status, headers) + b"".join(early))  # head and what came with it: one write
+        if early:
+            lines.extend([chunk(b) for b in early if b] if chunked else early)
+        write(b"".join(lines))  # head and what came with it: one write
         out.status, out.endpoint = status, target.name
         out.ttfb = monotonic() - start
-        if status == 429 or (status == 503 and b"retry-after" in head.first):
+        if status == 429 or (status == 503 and b"retry-after" in first):
             pass  # overloaded, backed off already: not a failure of the endpoint
         elif status >= 500:
             self._record(route, target, GATEWAY_FAILURE if status in GATEWAY_STATUSES else ERROR_5XX)
         else:
             self._record(route, target, SUCCESS)
         try:
-            await done
+            end = upstream.end()
+            if end is not None:
+                await end
         except UpstreamError as exc:
             out.reason = f"after_first_byte_{exc.reason}"
             self._record(route, target, GATEWAY_FAILURE)
@@ -436,6 +453,6 @@ class Proxy:
             client.upstream = None
         if chunked:
             write(LAST_CHUNK)
-        self.upstreams.pool(target.address, target.port).release(upstream, head.keep_alive and req.method != b"HEAD")
+        endpoint.release(upstream, head.keep_alive and req.method != b"HEAD")
         route.client.finished(target, monotonic() - t0, status < 500)
         return keep

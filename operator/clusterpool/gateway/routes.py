@@ -16,6 +16,7 @@ from clusterpool.client.routing import RoutingTable, TableSource
 
 log = logging.getLogger(__name__)
 PoolKey = tuple[str, str]  # (namespace, name)
+HOST_CACHE = 1024  # distinct Host headers remembered (clients send few); beyond, the memory starts over
 
 
 class LiveTable(TableSource):
@@ -53,6 +54,7 @@ class Routes:
         self._budget = (budget_ratio, budget_burst)
         self.pools: dict[PoolKey, PoolRoute] = {}
         self.models: dict[str, PoolRoute] = {}
+        self._hosts: dict[bytes, PoolRoute | None] = {}  # Host header -> its pool, as found; cleared on change
         self.on_change: list[Callable[[], None]] = []
 
     def _client(self, source: LiveTable) -> PoolClient:
@@ -99,6 +101,7 @@ class Routes:
                     continue
                 models[m] = route
         self.models = models
+        self._hosts = {}
         for fn in self.on_change:
             fn()
 
@@ -106,6 +109,15 @@ class Routes:
         """`<pool>.<namespace>`, with or without a port or a longer domain."""
         if not host:
             return None
+        hosts = self._hosts
+        if host in hosts:
+            return hosts[host]
+        if len(hosts) >= HOST_CACHE:
+            hosts.clear()
+        route = hosts[host] = self._find_host(host)
+        return route
+
+    def _find_host(self, host: bytes) -> PoolRoute | None:
         labels = host.split(b":", 1)[0].lower().split(b".")
         if len(labels) < 2:
             return None

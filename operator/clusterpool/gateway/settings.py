@@ -56,7 +56,7 @@ class Settings:
     drain_delay_seconds: float = 0.0  # after SIGTERM, keep accepting this long while readiness is false
     access_log: bool = True
     log_bodies: bool = False
-    tick_seconds: float = 0.1  # how often timeouts are checked (their precision)
+    tick_seconds: float = 0.1  # how often timeouts are checked (their precision) and the access log written
 
 
 def host_port(text: str) -> tuple[str, int]:
@@ -137,7 +137,7 @@ def parser() -> argparse.ArgumentParser:
         ("max-back-off", o.max_back_off_seconds, "longest back-off for an overloaded endpoint, seconds"),
         ("grace-period", d.grace_seconds, "seconds in-flight requests get after SIGTERM"),
         ("drain-delay", d.drain_delay_seconds, "seconds to keep accepting after SIGTERM, not ready"),
-        ("tick", d.tick_seconds, "seconds between timeout checks"),
+        ("tick", d.tick_seconds, "seconds between timeout checks (and access-log writes)"),
     ):
         add(name, seconds, f"{help_} (default {seconds})", float)
     add("access-log", d.access_log, "one JSON line per request on stdout", None, action=argparse.BooleanOptionalAction)

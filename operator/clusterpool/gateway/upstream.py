@@ -32,12 +32,10 @@ class UpstreamError(Exception):
 class Head:
     __slots__ = ("first", "headers", "keep_alive", "names", "status")
 
-    def __init__(self, status: int, headers: list[tuple[bytes, bytes]], keep_alive: bool) -> None:
-        self.status, self.headers, self.keep_alive = status, headers, keep_alive
-        self.names = [n.lower() for n, _ in headers]
-        self.first: dict[bytes, bytes] = {}
-        for n, (_, v) in zip(reversed(self.names), reversed(headers), strict=True):
-            self.first[n] = v
+    def __init__(self, status: int, headers: list[tuple[bytes, bytes]], names: list[bytes], keep_alive: bool) -> None:
+        self.status, self.headers, self.names, self.keep_alive = status, headers, names, keep_alive
+        # reversed: the first of repeated names is written last, so it wins
+        self.first: dict[bytes, bytes] = dict(zip(reversed(names), [v for _, v in reversed(headers)], strict=True))
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of a header (name in lowercase)."""
@@ -45,26 +43,34 @@ class Head:
 
 
 class Exchange:
-    """One request and its response on a connection: the futures the proxy awaits, where
-    the body goes, and the deadlines the ticker checks."""
+    """One request and its response on a connection: the head the proxy awaits, where the
+    body goes, how it ended, and the deadlines the ticker checks. The end is a future only
+    when the proxy has to wait for it (a small answer is usually whole by the time its head
+    is handled, and then no future is made)."""
 
     __slots__ = (
         "buffered",
-        "done",
+        "complete",
+        "error",
         "first_byte_by",
         "head",
         "head_only",
         "last_chunk",
+        "loop",
         "received",
         "request_by",
         "sink",
+        "waiter",
     )
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, first_byte_by: float, request_by: float, head_only: bool
     ) -> None:
+        self.loop = loop
         self.head: asyncio.Future[Head] = loop.create_future()
-        self.done: asyncio.Future[None] = loop.create_future()
+        self.complete = False  # the whole response is in
+        self.error: UpstreamError | None = None
+        self.waiter: asyncio.Future[None] | None = None  # made by `end` when the body is still coming
         self.sink: Callable[[bytes], None] | None = None
         self.buffered: list[bytes] = []
         self.first_byte_by, self.request_by = first_byte_by, request_by
@@ -72,8 +78,23 @@ class Exchange:
         self.head_only = head_only
         self.received = 0  # bytes of the response so far
 
+    @property
+    def over(self) -> bool:
+        return self.complete or self.error is not None
+
+    def end(self) -> asyncio.Future[None] | None:
+        """None when the response is whole; raises its error when it failed; else a future
+        that resolves (or fails) when it ends."""
+        if self.error is not None:
+            raise self.error
+        if self.complete:
+            return None
+        if self.waiter is None:
+            self.waiter = self.loop.create_future()
+        return self.waiter
+
     def expired(self, now: float, idle: float) -> str | None:
-        if self.done.done():
+        if self.over:
             return None
         if self.request_by and now > self.request_by:
             return "request_timeout"
@@ -82,14 +103,20 @@ class Exchange:
         return "idle_timeout" if now > self.last_chunk + idle else None
 
     def fail(self, error: UpstreamError) -> None:
-        for f in (self.head, self.done):
-            if not f.done():
+        if self.over:
+            return
+        self.error = error
+        for f in (self.head, self.waiter):
+            if f is not None and not f.done():
                 f.set_exception(error)
                 f.exception()  # retrieved: a head's error may never be awaited
 
     def finish(self) -> None:
-        if not self.done.done():
-            self.done.set_result(None)
+        if self.over:
+            return
+        self.complete = True
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -101,6 +128,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.exchange: Exchange | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._headers: list[tuple[bytes, bytes]] = []
+        self._names: list[bytes] = []
         self._informational = False
         self._keep_alive = False
         self._close_delimited = False
@@ -112,17 +140,21 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- the exchange -------------------------------------------------------------------------
 
-    def send(
-        self, data: bytes, request_by: float, head_only: bool
-    ) -> tuple[asyncio.Future[Head], asyncio.Future[None]]:
-        """Write one request; the futures resolve with the response's head and end."""
+    def send(self, data: bytes, request_by: float, head_only: bool) -> asyncio.Future[Head]:
+        """Write one request; the future resolves with the response's head (its end: `end`)."""
         assert self.transport is not None
         ex = self.exchange = Exchange(
             self.pool.loop, monotonic() + self.pool.timeouts.first_byte, request_by, head_only
         )
         self._headers = []
+        self._names = []
         self.transport.write(data)
-        return ex.head, ex.done
+        return ex.head
+
+    def end(self) -> asyncio.Future[None] | None:
+        """The end of the current response: None when it is whole, else a future (see Exchange)."""
+        assert self.exchange is not None
+        return self.exchange.end()
 
     def relay(self, sink: Callable[[bytes], None]) -> list[bytes]:
         """The proxy committed: all that follows goes to `sink`; returns what came before
@@ -173,7 +205,7 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         ex = self.exchange
-        if ex is not None and not ex.done.done():
+        if ex is not None and not ex.over:
             if self._close_delimited and ex.head.done():  # a response delimited by the connection's end
                 ex.finish()
             else:
@@ -184,15 +216,17 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
+        self._names.append(name.lower())
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
         if status < 200:  # 1xx: another head follows
             self._informational = True
             self._headers = []
+            self._names = []
             return
         self._keep_alive = self._parser.should_keep_alive()
-        head = Head(status, self._headers, self._keep_alive)
+        head = Head(status, self._headers, self._names, self._keep_alive)
         self._close_delimited = b"content-length" not in head.first and b"transfer-encoding" not in head.first
         ex = self.exchange
         if ex is None:
@@ -226,19 +260,25 @@ class EndpointPool:
 
     def __init__(self, address: str, port: int, timeouts: Timeouts, max_idle: int) -> None:
         self.address, self.port = address, port
+        self.host = b"%s:%d\r\n" % (address.encode(), port)  # the Host line's value, as sent
         self.timeouts = timeouts
         self.max_idle = max_idle
         self.loop = asyncio.get_running_loop()
         self.idle: deque[UpstreamConnection] = deque()
         self.busy: set[UpstreamConnection] = set()
 
-    async def get(self) -> UpstreamConnection:
+    def take_idle(self) -> UpstreamConnection | None:
+        """A kept-alive connection, None when there is none (then `connect`)."""
         while self.idle:
             conn = self.idle.pop()
             if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
                 conn.reused = True
                 self.busy.add(conn)
                 return conn
+        return None
+
+    async def connect(self) -> UpstreamConnection:
+        """A new connection, within the connect timeout."""
         try:
             async with asyncio.timeout(self.timeouts.connect):
                 _, proto = await self.loop.create_connection(lambda: UpstreamConnection(self), self.address, self.port)
