@@ -14,16 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from clusterpool.balancer import Target
+from clusterpool.client.errors import RoutingTableError as RoutingTableError  # its old home
 from clusterpool.core.cache_settings import CacheSettings
 from clusterpool.core.failover import BreakerConfig
 from clusterpool.core.labels import as_labels
 
 log = logging.getLogger(__name__)
 SUPPORTED_SCHEMA = 1
-
-
-class RoutingTableError(ValueError):
-    pass
 
 
 @dataclass(frozen=True)
