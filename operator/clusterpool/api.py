@@ -229,7 +229,7 @@ ModelName = Annotated[
 ]
 _UNIQUE_MODELS = (
     "self.all(m, self.exists_one(n, n == m))",
-    "each model may appear only once in spec.models",
+    "each model may appear only once in spec.models: remove the repeats",
 )
 
 
@@ -1128,7 +1128,7 @@ class ClusterPoolSpec(Model):
     def _unique_models(cls, models: list[str] | None) -> list[str] | None:
         repeated = sorted({m for m in models or [] if (models or []).count(m) > 1})
         if repeated:
-            raise ValueError(f"{_UNIQUE_MODELS[1]} ({', '.join(repeated)} repeats): list each model once")
+            raise ValueError(f"{_UNIQUE_MODELS[1]} (got {', '.join(repeated)} more than once)")
         return models
 
 
