@@ -214,7 +214,7 @@ def profile(pool: PoolClient, out: Path) -> None:
         sync_round(client, 20_000)
         prof.disable()
     text = io.StringIO()
-    pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(30)
+    pstats.Stats(prof, stream=text).strip_dirs().sort_stats("tottime").print_stats(30)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text.getvalue())
     print(f"profile: {out}")

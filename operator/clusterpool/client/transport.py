@@ -138,47 +138,68 @@ class _Router:
         attempt.retries += 1
         return True
 
-    def served(self, response: httpx.Response, target: Target) -> None:
+    def served(
+        self,
+        response: httpx.Response,
+        target: Target,
+        latency: float,
+        tracked: type[_TrackedStream] | type[_AsyncTrackedStream],
+    ) -> httpx.Response:
+        """The response as the caller gets it: naming the endpoint, and telling the pool the
+        request finished when it is closed (at once, if the inner transport read it whole)."""
+        ok = response.status_code < 500
+        if response.is_closed:
+            self.pool.finished(target, latency, ok)
+        else:
+            response.stream = tracked(response.stream, self.pool, target, latency, ok)
         response.headers[ENDPOINT_HEADER] = target.name
         response.extensions[ENDPOINT_EXTENSION] = target.name
+        return response
 
 
-class _TrackedStream(httpx.SyncByteStream):
-    """The response body; closing it tells the pool the request finished."""
+class _Tracked:
+    """A response body whose closing tells the pool the request finished (once)."""
 
     def __init__(
-        self, inner: httpx.SyncByteStream, pool: PoolClient | None, target: Target, latency: float, ok: bool
+        self,
+        inner: httpx.SyncByteStream | httpx.AsyncByteStream,
+        pool: PoolClient | None,
+        target: Target,
+        latency: float,
+        ok: bool,
     ) -> None:
         self.inner, self.pool, self.target, self.latency, self.ok = inner, pool, target, latency, ok
 
+    def _finished(self) -> None:
+        pool, self.pool = self.pool, None
+        if pool is not None:
+            pool.finished(self.target, self.latency, self.ok)
+
+
+class _TrackedStream(_Tracked, httpx.SyncByteStream):
     def __iter__(self) -> Iterator[bytes]:
+        assert isinstance(self.inner, httpx.SyncByteStream)
         return iter(self.inner)
 
     def close(self) -> None:
-        pool, self.pool = self.pool, None
+        assert isinstance(self.inner, httpx.SyncByteStream)
         try:
             self.inner.close()
         finally:
-            if pool is not None:
-                pool.finished(self.target, self.latency, self.ok)
+            self._finished()
 
 
-class _AsyncTrackedStream(httpx.AsyncByteStream):
-    def __init__(
-        self, inner: httpx.AsyncByteStream, pool: PoolClient | None, target: Target, latency: float, ok: bool
-    ) -> None:
-        self.inner, self.pool, self.target, self.latency, self.ok = inner, pool, target, latency, ok
-
+class _AsyncTrackedStream(_Tracked, httpx.AsyncByteStream):
     def __aiter__(self) -> AsyncIterator[bytes]:
+        assert isinstance(self.inner, httpx.AsyncByteStream)
         return self.inner.__aiter__()
 
     async def aclose(self) -> None:
-        pool, self.pool = self.pool, None
+        assert isinstance(self.inner, httpx.AsyncByteStream)
         try:
             await self.inner.aclose()
         finally:
-            if pool is not None:
-                pool.finished(self.target, self.latency, self.ok)
+            self._finished()
 
 
 class PoolTransport(httpx.BaseTransport):
@@ -213,18 +234,11 @@ class PoolTransport(httpx.BaseTransport):
                     continue
                 raise
             latency = time.perf_counter() - start
-            status = response.status_code
-            if status in RETRY_STATUSES and router.may_retry(attempt, None):
+            if response.status_code in RETRY_STATUSES and router.may_retry(attempt, None):
                 response.close()
                 pool.finished(target, latency, False)
                 continue
-            if response.is_closed:  # read whole by the inner transport: done already
-                pool.finished(target, latency, status < 500)
-            else:
-                assert isinstance(response.stream, httpx.SyncByteStream)
-                response.stream = _TrackedStream(response.stream, pool, target, latency, status < 500)
-            router.served(response, target)
-            return response
+            return router.served(response, target, latency, _TrackedStream)
 
     def close(self) -> None:
         self.inner.close()
@@ -264,18 +278,11 @@ class AsyncPoolTransport(httpx.AsyncBaseTransport):
                     continue
                 raise
             latency = time.perf_counter() - start
-            status = response.status_code
-            if status in RETRY_STATUSES and router.may_retry(attempt, None):
+            if response.status_code in RETRY_STATUSES and router.may_retry(attempt, None):
                 await response.aclose()
                 pool.finished(target, latency, False)
                 continue
-            if response.is_closed:  # read whole by the inner transport: done already
-                pool.finished(target, latency, status < 500)
-            else:
-                assert isinstance(response.stream, httpx.AsyncByteStream)
-                response.stream = _AsyncTrackedStream(response.stream, pool, target, latency, status < 500)
-            router.served(response, target)
-            return response
+            return router.served(response, target, latency, _AsyncTrackedStream)
 
     async def aclose(self) -> None:
         await self.inner.aclose()
