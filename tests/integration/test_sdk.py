@@ -3,7 +3,10 @@ operator publishes on the real apiserver."""
 
 import json
 import os
+import socketserver
+import threading
 from collections import Counter
+from types import SimpleNamespace
 
 import httpx
 import openai
@@ -337,3 +340,34 @@ def test_no_eligible_endpoint_is_an_httpx_transport_error_and_openai_a_connectio
         client.chat.completions.create(model="stub", messages=CHAT["messages"])
     client.close()
     assert counts(servers) == [0, 0, 0]
+
+
+class _CutShort(socketserver.BaseRequestHandler):
+    """Sends the status line, headers and part of the body it promised, then closes."""
+
+    def handle(self) -> None:
+        self.server.requests += 1  # type: ignore[attr-defined]
+        self.request.recv(65536)
+        self.request.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nContent-Type: application/json\r\n\r\n{"id"')
+
+
+def test_once_the_answer_has_begun_an_inference_post_is_not_resent(servers, tmp_path):
+    cut = socketserver.ThreadingTCPServer(("127.0.1.9", 0), _CutShort)
+    cut.requests = 0  # type: ignore[attr-defined]
+    threading.Thread(target=cut.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
+    try:
+        backends = [servers[0], SimpleNamespace(host="127.0.1.9", port=cut.server_address[1])]
+        path = tmp_path / "routing.json"
+        write(path, table(backends, failure_threshold=100))
+        with httpx_client(path) as http:
+            results = []
+            for _ in range(4):
+                try:
+                    results.append(http.post("/v1/chat/completions", json=CHAT).headers[ENDPOINT_HEADER])
+                except httpx.RemoteProtocolError:
+                    results.append("broken")
+    finally:
+        cut.shutdown()
+        cut.server_close()
+    assert sorted(results) == ["broken", "broken", "ep-0", "ep-0"]  # the break reached the caller
+    assert cut.requests == 2 and servers[0].requests == 2  # and nothing was sent again
