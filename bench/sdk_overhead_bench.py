@@ -1,14 +1,15 @@
 """The SDK's own cost per request: plain httpx against the pool transport, same backend,
-same run. Results: bench/results/sdk_overhead.json (or --out).
+same run, optionally against the transport of an earlier revision in the same process.
+Results: bench/results/sdk_overhead.json (or --out).
 
-    python bench/sdk_overhead_bench.py [--profile] [--out PATH]
+    python bench/sdk_overhead_bench.py [--baseline e3aaaa1] [--profile] [--out PATH]
 
-Two measurements, each sync and async, their repeats alternating so that load that comes
-and goes on a shared machine hits both alike (medians of REPEATS rounds):
+Three measurements, each sync and async; the sides' rounds alternate so that load that
+comes and goes on a shared machine hits all of them alike:
 
-- `loopback`: requests over keep-alive to one backend on 127.0.0.1 (bench/http_target.py
-  in a process of its own): what an application sees, the backend's and the kernel's
-  time included.
+- `loopback`: GETs over keep-alive to one backend on 127.0.0.1 (bench/http_target.py in a
+  process of its own): what an application sees, the backend's and the kernel's time
+  included.
 - `own_cost`: the same clients over an in-process transport that answers at once (no
   socket), so the difference is the SDK's routing and bookkeeping alone: the pick, the
   breaker, the in-flight count, the rewritten request and the tracked response.
@@ -16,7 +17,11 @@ and goes on a shared machine hits both alike (medians of REPEATS rounds):
   transport, with a chat-completion POST (no httpx.Client around either): the same
   difference without the client's own work in the figures.
 
-Bounded: REQUESTS per round, and each measurement stops early after TIME_LIMIT seconds.
+`--baseline REV` adds the pool transport of git revision REV as a third side: its
+`clusterpool` package is extracted (git archive) under the name `clusterpool_baseline`.
+Each figure is reported as the median and the best of its rounds (other load only adds
+time, so the best round is the closest to a side's own cost). Bounded: REQUESTS per round,
+ROUNDS rounds, and each measurement stops early after TIME_LIMIT seconds.
 --profile writes the top of a cProfile of the pool transport's path (own_cost, sync) to
 bench/results/profiles/sdk_overhead.txt.
 """
@@ -26,15 +31,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import importlib
 import io
 import json
 import os
 import platform
 import pstats
+import re
 import socket
 import statistics
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -45,25 +54,17 @@ import httpx
 from clusterpool.client import AsyncPoolTransport, PoolClient, PoolTransport, RoutingTable, StaticTable
 
 HERE = Path(__file__).resolve().parent
-REPEATS = int(os.environ.get("SDK_BENCH_REPEATS", "7"))
-REQUESTS = {"loopback": 1_000, "own_cost": 10_000}
-TIME_LIMIT = 60.0  # seconds per measurement (both sides, all rounds)
+ROUNDS = int(os.environ.get("SDK_BENCH_ROUNDS", "9"))
+REQUESTS = {"loopback": 1_000, "own_cost": 5_000, "transport_call": 5_000}
+TIME_LIMIT = 90.0  # seconds per measurement (all sides, all rounds)
 BODY = b"ok"
+
+Sync = Callable[[], float]
+Async = Callable[[], Awaitable[float]]
 
 
 def table(port: int) -> RoutingTable:
-    return RoutingTable.parse(
-        json.dumps(
-            {
-                "schemaVersion": 1,
-                "revision": "bench",
-                "strategy": "RoundRobin",
-                "endpoints": [
-                    {"name": "ep-0", "address": "127.0.0.1", "port": port, "effectiveWeight": 1, "eligible": True}
-                ],
-            }
-        )
-    )
+    return RoutingTable.parse(json.dumps(_raw_table(port)))
 
 
 class Answer(httpx.BaseTransport, httpx.AsyncBaseTransport):
@@ -74,6 +75,23 @@ class Answer(httpx.BaseTransport, httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, content=BODY)
+
+
+def load_baseline(rev: str) -> Any:
+    """The `clusterpool.client` package of git revision `rev`, importable beside this one."""
+    folder = Path(tempfile.mkdtemp(prefix="sdk-baseline-"))
+    archive = subprocess.run(
+        ["git", "archive", rev, "operator/clusterpool"], cwd=HERE.parent, check=True, capture_output=True
+    ).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(folder, filter="data")
+    package = folder / "clusterpool_baseline"
+    (folder / "operator" / "clusterpool").rename(package)
+    for path in package.rglob("*.py"):
+        text = path.read_text()
+        path.write_text(re.sub(r"\b(from|import) clusterpool\b", r"\1 clusterpool_baseline", text))
+    sys.path.insert(0, str(folder))
+    return importlib.import_module("clusterpool_baseline.client")
 
 
 def free_port() -> int:
@@ -95,118 +113,119 @@ def start_backend(port: int) -> subprocess.Popen[bytes]:
     raise RuntimeError("the benchmark backend did not start")
 
 
-def sync_round(client: httpx.Client, n: int) -> float:
+def per_request(n: int, send: Callable[[], object]) -> float:
     start = time.perf_counter()
     for _ in range(n):
-        client.get("/v1/models").read()
+        send()
     return (time.perf_counter() - start) / n * 1e6
 
 
-async def async_round(client: httpx.AsyncClient, n: int) -> float:
+async def per_request_async(n: int, send: Callable[[], Awaitable[object]]) -> float:
     start = time.perf_counter()
     for _ in range(n):
-        await (await client.get("/v1/models")).aread()
+        await send()
     return (time.perf_counter() - start) / n * 1e6
 
 
-def paired(plain: Callable[[], float], pooled: Callable[[], float]) -> dict[str, Any]:
-    runs: tuple[list[float], list[float]] = ([], [])
+def rounds(sides: dict[str, Sync]) -> dict[str, Any]:
+    runs: dict[str, list[float]] = {name: [] for name in sides}
     deadline = time.monotonic() + TIME_LIMIT
-    for _ in range(REPEATS):
-        runs[0].append(plain())
-        runs[1].append(pooled())
+    for _ in range(ROUNDS):
+        for name, run in sides.items():
+            runs[name].append(run())
         if time.monotonic() > deadline:
             break
     return summary(runs)
 
 
-async def paired_async(plain: Callable[[], Awaitable[float]], pooled: Callable[[], Awaitable[float]]) -> dict[str, Any]:
-    runs: tuple[list[float], list[float]] = ([], [])
+async def rounds_async(sides: dict[str, Async]) -> dict[str, Any]:
+    runs: dict[str, list[float]] = {name: [] for name in sides}
     deadline = time.monotonic() + TIME_LIMIT
-    for _ in range(REPEATS):
-        runs[0].append(await plain())
-        runs[1].append(await pooled())
+    for _ in range(ROUNDS):
+        for name, run in sides.items():
+            runs[name].append(await run())
         if time.monotonic() > deadline:
             break
     return summary(runs)
 
 
-def summary(runs: tuple[list[float], list[float]]) -> dict[str, Any]:
-    """Medians, and the best rounds: on a shared machine other load only ever adds time, so
-    the fastest round of each side is the closest to its own cost."""
-    plain, pooled = statistics.median(runs[0]), statistics.median(runs[1])
-    best_plain, best_pooled = min(runs[0]), min(runs[1])
-    return {
-        "plain_httpx_us": round(plain, 2),
-        "pool_transport_us": round(pooled, 2),
-        "added_us": round(pooled - plain, 2),
-        "ratio": round(pooled / plain, 3),
-        "best_plain_httpx_us": round(best_plain, 2),
-        "best_pool_transport_us": round(best_pooled, 2),
-        "best_added_us": round(best_pooled - best_plain, 2),
-        "rounds": len(runs[0]),
-    }
+def summary(runs: dict[str, list[float]]) -> dict[str, Any]:
+    """Per side: median and best round (us per request), and what it adds to plain httpx."""
+    median = {name: statistics.median(r) for name, r in runs.items()}
+    best = {name: min(r) for name, r in runs.items()}
+    out: dict[str, Any] = {"rounds": len(runs["plain"])}
+    for name in runs:
+        out[name] = {"median_us": round(median[name], 2), "best_us": round(best[name], 2)}
+        if name != "plain":
+            out[name]["added_median_us"] = round(median[name] - median["plain"], 2)
+            out[name]["added_best_us"] = round(best[name] - best["plain"], 2)
+    return out
 
 
-def measure(
+def through_clients(
     kind: str,
     base_url: str,
     inner: Callable[[], httpx.BaseTransport],
     async_inner: Callable[[], httpx.AsyncBaseTransport],
-    pool: PoolClient,
+    pools: dict[str, tuple[Any, Any, Any]],
 ) -> dict[str, Any]:
+    """`pools`: side name -> (its PoolTransport class, its AsyncPoolTransport class, its PoolClient)."""
     n = REQUESTS[kind]
-    with (
-        httpx.Client(base_url=base_url, transport=inner()) as plain,
-        httpx.Client(base_url="http://pool", transport=PoolTransport(pool, inner())) as pooled,
-    ):
-        sync_round(plain, 50), sync_round(pooled, 50)  # connections open, code warm
-        sync = paired(lambda: sync_round(plain, n), lambda: sync_round(pooled, n))
+    clients = {"plain": httpx.Client(base_url=base_url, transport=inner())}
+    for name, (transport, _, pool) in pools.items():
+        clients[name] = httpx.Client(base_url="http://pool", transport=transport(pool, inner()))
+    for c in clients.values():
+        per_request(50, lambda c=c: c.get("/v1/models").read())  # connections open, code warm
+    sync = rounds(
+        {name: (lambda c=c: per_request(n, lambda: c.get("/v1/models").read())) for name, c in clients.items()}
+    )
+    for c in clients.values():
+        c.close()
 
     async def run_async() -> dict[str, Any]:
-        async with (
-            httpx.AsyncClient(base_url=base_url, transport=async_inner()) as plain,
-            httpx.AsyncClient(base_url="http://pool", transport=AsyncPoolTransport(pool, async_inner())) as pooled,
-        ):
-            await async_round(plain, 50), await async_round(pooled, 50)
-            return await paired_async(lambda: async_round(plain, n), lambda: async_round(pooled, n))
+        aclients = {"plain": httpx.AsyncClient(base_url=base_url, transport=async_inner())}
+        for name, (_, atransport, pool) in pools.items():
+            aclients[name] = httpx.AsyncClient(base_url="http://pool", transport=atransport(pool, async_inner()))
+
+        async def get(c: httpx.AsyncClient) -> None:
+            await (await c.get("/v1/models")).aread()
+
+        for c in aclients.values():
+            await per_request_async(50, lambda c=c: get(c))
+        out = await rounds_async(
+            {name: (lambda c=c: per_request_async(n, lambda: get(c))) for name, c in aclients.items()}
+        )
+        for c in aclients.values():
+            await c.aclose()
+        return out
 
     return {"requests_per_round": n, "sync": sync, "async": asyncio.run(run_async())}
 
 
-def call_round(handle: Callable[[httpx.Request], httpx.Response], request: httpx.Request, n: int) -> float:
-    start = time.perf_counter()
-    for _ in range(n):
-        handle(request).close()
-    return (time.perf_counter() - start) / n * 1e6
-
-
-async def async_call_round(
-    handle: Callable[[httpx.Request], Awaitable[httpx.Response]], request: httpx.Request, n: int
-) -> float:
-    start = time.perf_counter()
-    for _ in range(n):
-        await (await handle(request)).aclose()
-    return (time.perf_counter() - start) / n * 1e6
-
-
-def transport_call(pool: PoolClient) -> dict[str, Any]:
-    """The transport called directly (no httpx.Client around it): the inner transport alone
-    against the pool transport around it, for a chat-completion POST."""
-    n = REQUESTS["own_cost"]
+def transport_call(pools: dict[str, tuple[Any, Any, Any]]) -> dict[str, Any]:
+    """The transports called directly (no httpx.Client around them) with a chat-completion
+    POST: the in-process transport alone, and inside each pool transport."""
+    n = REQUESTS["transport_call"]
     request = httpx.Client(base_url="http://pool").build_request(
         "POST", "/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "hi"}]}
     )
-    inner, pooled = Answer(), PoolTransport(pool, Answer())
-    sync = paired(
-        lambda: call_round(inner.handle_request, request, n), lambda: call_round(pooled.handle_request, request, n)
+    sync_sides: dict[str, httpx.BaseTransport] = {"plain": Answer()}
+    async_sides: dict[str, httpx.AsyncBaseTransport] = {"plain": Answer()}
+    for name, (transport, atransport, pool) in pools.items():
+        sync_sides[name], async_sides[name] = transport(pool, Answer()), atransport(pool, Answer())
+    sync = rounds(
+        {
+            name: (lambda t=t: per_request(n, lambda: t.handle_request(request).close()))
+            for name, t in sync_sides.items()
+        }
     )
-    apooled = AsyncPoolTransport(pool, Answer())
+
+    async def call(t: httpx.AsyncBaseTransport) -> None:
+        await (await t.handle_async_request(request)).aclose()
 
     async def run_async() -> dict[str, Any]:
-        return await paired_async(
-            lambda: async_call_round(inner.handle_async_request, request, n),
-            lambda: async_call_round(apooled.handle_async_request, request, n),
+        return await rounds_async(
+            {name: (lambda t=t: per_request_async(n, lambda: call(t))) for name, t in async_sides.items()}
         )
 
     return {"requests_per_round": n, "sync": sync, "async": asyncio.run(run_async())}
@@ -214,10 +233,10 @@ def transport_call(pool: PoolClient) -> dict[str, Any]:
 
 def profile(pool: PoolClient, out: Path) -> None:
     with httpx.Client(base_url="http://pool", transport=PoolTransport(pool, Answer())) as client:
-        sync_round(client, 100)
+        per_request(100, lambda: client.get("/v1/models").read())
         prof = cProfile.Profile()
         prof.enable()
-        sync_round(client, 20_000)
+        per_request(20_000, lambda: client.get("/v1/models").read())
         prof.disable()
     text = io.StringIO()
     pstats.Stats(prof, stream=text).strip_dirs().sort_stats("tottime").print_stats(30)
@@ -228,23 +247,36 @@ def profile(pool: PoolClient, out: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--baseline", help="also measure the pool transport of this git revision")
     parser.add_argument("--profile", action="store_true", help="also write a cProfile of the transport's path")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "sdk_overhead.json")
     args = parser.parse_args()
     port = free_port()
     backend = start_backend(port)
     try:
-        pool = PoolClient(StaticTable(table(port)))
-        result = {
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "httpx": httpx.__version__},
-            "loopback": measure(
-                "loopback", f"http://127.0.0.1:{port}", httpx.HTTPTransport, httpx.AsyncHTTPTransport, pool
-            ),
-            "own_cost": measure("own_cost", "http://127.0.0.1", Answer, Answer, pool),
-            "transport_call": transport_call(pool),
+        pools: dict[str, tuple[Any, Any, Any]] = {
+            "pool": (PoolTransport, AsyncPoolTransport, PoolClient(StaticTable(table(port))))
         }
+        if args.baseline:
+            old = load_baseline(args.baseline)
+            old_pool = old.PoolClient(old.StaticTable(old.RoutingTable.parse(json.dumps(_raw_table(port)))))
+            pools[f"pool_{args.baseline}"] = (old.PoolTransport, old.AsyncPoolTransport, old_pool)
+        result = {
+            "machine": {
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+                "httpx": httpx.__version__,
+                "load_average_at_start": os.getloadavg(),
+            },
+            "loopback": through_clients(
+                "loopback", f"http://127.0.0.1:{port}", httpx.HTTPTransport, httpx.AsyncHTTPTransport, pools
+            ),
+            "own_cost": through_clients("own_cost", "http://127.0.0.1", Answer, Answer, pools),
+            "transport_call": transport_call(pools),
+        }
+        result["machine"]["load_average_at_end"] = os.getloadavg()
         if args.profile:
-            profile(pool, HERE / "results" / "profiles" / "sdk_overhead.txt")
+            profile(pools["pool"][2], HERE / "results" / "profiles" / "sdk_overhead.txt")
     finally:
         backend.kill()
         backend.wait()
@@ -253,6 +285,15 @@ def main() -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     return 0
+
+
+def _raw_table(port: int) -> dict[str, Any]:
+    return {
+        "schemaVersion": 1,
+        "revision": "bench",
+        "strategy": "RoundRobin",
+        "endpoints": [{"name": "ep-0", "address": "127.0.0.1", "port": port, "effectiveWeight": 1, "eligible": True}],
+    }
 
 
 if __name__ == "__main__":
