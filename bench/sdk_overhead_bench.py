@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import cProfile
 import importlib
 import io
@@ -38,6 +39,7 @@ import os
 import platform
 import pstats
 import re
+import shutil
 import socket
 import statistics
 import subprocess
@@ -80,6 +82,7 @@ class Answer(httpx.BaseTransport, httpx.AsyncBaseTransport):
 def load_baseline(rev: str) -> Any:
     """The `clusterpool.client` package of git revision `rev`, importable beside this one."""
     folder = Path(tempfile.mkdtemp(prefix="sdk-baseline-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
     archive = subprocess.run(
         ["git", "archive", rev, "operator/clusterpool"], cwd=HERE.parent, check=True, capture_output=True
     ).stdout
