@@ -123,6 +123,7 @@ bench: controlplane redis consul
 	$(PY) bench/probe_bench.py
 	$(PY) bench/cache_bench.py
 	$(PY) bench/redis_cache_bench.py
+	$(PY) bench/sdk_overhead_bench.py
 	scripts/netns-run $(PY) bench/detection_bench.py
 	scripts/netns-run $(PY) bench/discovery_bench.py
 	@# 100, 300 and 1,000 pools, 5 create/delete cycles each: about an hour on 2 cores

@@ -42,6 +42,7 @@ from clusterpool.cache_monitor import CacheMonitor
 from clusterpool.core.failover import BreakerConfig, FailoverConfig
 from clusterpool.core.health import Endpoint, Thresholds
 from clusterpool.core.labels import as_labels, parse_capacity
+from clusterpool.core.models import ModelClaim, ModelOwnership, conflict_message, models_condition, ownership
 from clusterpool.core.pool import PoolState, step
 from clusterpool.core.publish import (
     build_endpoint_slices,
@@ -167,6 +168,7 @@ class PoolRunner:
         forget_written: Callable[[], None] = lambda: None,
         read_stored_status: Callable[[], Awaitable[Mapping[str, Any] | None]] | None = None,
         informational_budget: Callable[[], bool] = lambda: True,
+        model_claims: Callable[[], Iterable[ModelClaim]] = tuple,
     ) -> None:
         self.body = body
         self.metrics = metrics  # a live view: kopf updates it as the object changes
@@ -213,6 +215,8 @@ class PoolRunner:
         self.read_stored_status = read_stored_status or self._status_seen
         self.paused = False  # a round found may_drive False since the last write
         self.foreign_version_seen: object = _NEVER  # resourceVersion of the last status another replica wrote
+        self.model_claims = model_claims  # the claims of the namespace's pools on model names
+        self.models = ModelOwnership()  # what this pool serves of spec.models (refresh_models)
         self.objects = SinkTask(
             "publishing the Service, EndpointSlices and ConfigMap",
             self.sync_objects,
@@ -425,6 +429,20 @@ class PoolRunner:
         k8s = self.spec.discovery.kubernetes if self.spec else None
         return k8s is not None and selects(k8s, labels)
 
+    def refresh_models(self) -> None:
+        """spec.models against the claims of the namespace's other pools (core/models.py):
+        what this pool serves; an Event when a conflict appears, changes or clears."""
+        meta = self.body.get("metadata") or {}
+        name = str(meta.get("name"))
+        declared = tuple(self.spec.models or ()) if self.spec is not None else ()
+        owned = ownership(ModelClaim(name, str(meta.get("creationTimestamp") or ""), declared), self.model_claims())
+        if owned.held_elsewhere != self.models.held_elsewhere:
+            if owned.held_elsewhere:
+                self.emit("Warning", "ModelsConflict", conflict_message(name, owned.held_elsewhere))
+            else:
+                self.emit("Normal", "ModelsConflictResolved", f"serves {', '.join(owned.served) or 'no model'} now")
+        self.models = owned
+
     # -- one round ----------------------------------------------------------------------
 
     async def probe_round(self) -> None:
@@ -470,6 +488,8 @@ class PoolRunner:
         cache = self.cache.status()
         if cache is not None:
             out["cache"] = cache
+        if self.spec is not None and self.spec.models:
+            out["models"] = list(self.models.served)
         if self.identity is not None:
             out["drivenBy"] = self.identity
         return out
@@ -526,6 +546,9 @@ class PoolRunner:
             out.append(self.cache_sink.condition)
         if self.spec is not None and (self.spec.discovery.consul or self.spec.discovery.etcd) is not None:
             out.append(self._watched_source_condition())
+        models = models_condition(meta_name(self.body), bool(self.spec and self.spec.models), self.models)
+        if models is not None:
+            out.append(models)
         return out
 
     def _watched_source_condition(self) -> ConditionSpec:
@@ -554,7 +577,7 @@ class PoolRunner:
         meta = self.body.get("metadata") or {}
         pool = {"metadata": {k: meta.get(k) for k in ("name", "namespace", "uid", "generation")}}
         slices, refused = build_endpoint_slices(pool, state)
-        table = build_routing_table(pool, spec, state)
+        table = build_routing_table(pool, spec, state, models=self.models.served)
         objs = [build_service(pool, state), *slices, build_routing_configmap(pool, table)]
         try:
             # a pool whose stored status says it published may find its objects as it would apply them
@@ -638,6 +661,7 @@ class PoolRunner:
         start = time.monotonic()
         await self.refresh_spec()
         self.refresh_members()
+        self.refresh_models()
         await self.probe_round()
         if not self.may_drive():  # observe only: nothing is written until this replica may again
             self.paused = True

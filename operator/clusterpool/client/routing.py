@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from clusterpool.balancer import Target
+from clusterpool.client.errors import RoutingTableError as RoutingTableError  # its old home
 from clusterpool.core.backoff import Backoff
 from clusterpool.core.cache_settings import CacheSettings
 from clusterpool.core.failover import BreakerConfig
@@ -22,10 +23,6 @@ from clusterpool.core.names import ROUTING_KEY, routing_configmap_name
 
 log = logging.getLogger(__name__)
 SUPPORTED_SCHEMA = 1
-
-
-class RoutingTableError(ValueError):
-    pass
 
 
 @dataclass(frozen=True)

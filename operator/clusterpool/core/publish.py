@@ -17,7 +17,7 @@ import ipaddress
 import json
 import re
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from clusterpool import api
@@ -132,7 +132,11 @@ def build_endpoint_slices(pool: Mapping[str, Any], state: PoolState) -> tuple[li
     return slices, refused
 
 
-def build_routing_table(pool: Mapping[str, Any], spec: api.ClusterPoolSpec, state: PoolState) -> dict[str, Any]:
+def build_routing_table(
+    pool: Mapping[str, Any], spec: api.ClusterPoolSpec, state: PoolState, models: Sequence[str] = ()
+) -> dict[str, Any]:
+    """`models`: the model names the pool serves (spec.models less those another pool of the
+    namespace holds; core/models.py)."""
     decisions = {d.name: d for d in state.decision.decisions} if state.decision else {}
     cb = spec.failover.circuit_breaker
     table: dict[str, Any] = {
@@ -166,6 +170,7 @@ def build_routing_table(pool: Mapping[str, Any], spec: api.ClusterPoolSpec, stat
             for ep in state.members
         ],
         "cache": cache_settings(spec, pool["metadata"]["namespace"], pool["metadata"]["name"]),
+        "models": list(models),
     }
     if table["cache"] is not None:
         table["cache"] = table["cache"].to_json()
