@@ -86,7 +86,7 @@ test-e2e: node-build helm
 	scripts/netns-run $(PY) -m pytest tests/e2e
 
 bench-node: node-build helm
-	CLUSTERPOOL_RECORD=1 scripts/netns-run $(PY) -m pytest tests/e2e/test_node_cluster.py -s
+	CLUSTERPOOL_RECORD=1 scripts/netns-run $(PY) -m pytest tests/e2e/test_node_cluster.py tests/e2e/test_gateway_node.py -s
 
 lint: venv
 	$(VENV)/bin/ruff check operator tests scripts bench examples distributions
