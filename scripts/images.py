@@ -302,9 +302,14 @@ def pip_mounts() -> list[str]:
     return mounts
 
 
-def operator_archive(base: str) -> Path:
+def operator_tag() -> str:
+    """The operator image's tag: the project's version (pyproject.toml)."""
     version = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M)
-    tag = version.group(1) if version else "dev"
+    return version.group(1) if version else "dev"
+
+
+def operator_archive(base: str) -> Path:
+    tag = operator_tag()
     key = digest(base, ROOT / "Dockerfile", ROOT / "pyproject.toml", ROOT / "README.md", ROOT / "operator")
     archive = images_dir() / f"operator-{tag}-{key}.tar"
     if archive.exists():
