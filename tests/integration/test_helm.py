@@ -113,7 +113,8 @@ def test_install_upgrades_the_crd_and_uninstall_keeps_it(helm_bin, cluster, kube
             helm_bin, "install", release, str(CHART), "-n", ns, "--create-namespace", kubeconfig=kc, check=False
         )
         assert refused.returncode != 0 and "invalid ownership metadata" in refused.stderr, refused.stderr
-        helm_run(helm_bin, "install", f"{release}b", str(CHART), "-n", ns, "--take-ownership", kubeconfig=kc)
+        again = ("install", f"{release}b", str(CHART), "-n", ns, "--create-namespace", "--take-ownership")
+        helm_run(helm_bin, *again, kubeconfig=kc)
         assert endpoints_list_type(kubectl) == "atomic"
     finally:
         helm_run(helm_bin, "uninstall", f"{release}b", "-n", ns, kubeconfig=kc, check=False)
@@ -655,8 +656,9 @@ def test_the_api_server_refuses_a_misplaced_field(kubectl, crd, helm_bin):
 
 
 def test_install_upgrade_uninstall_on_the_apiserver(helm_bin, cluster, kubectl, crd):
-    ns, release = f"ops-{uuid.uuid4().hex[:6]}", f"cp{uuid.uuid4().hex[:4]}"
+    ns, release, team = f"ops-{uuid.uuid4().hex[:6]}", f"cp{uuid.uuid4().hex[:4]}", f"team-{uuid.uuid4().hex[:6]}"
     kc = cluster.kubeconfig
+    kubectl("create", "namespace", team)
     helm_run(
         helm_bin, "install", release, str(CHART), "-n", ns, "--create-namespace", "--wait=false",
         "--set", "crds.enabled=false", kubeconfig=kc,
@@ -673,26 +675,17 @@ def test_install_upgrade_uninstall_on_the_apiserver(helm_bin, cluster, kubectl, 
         assert can_i(kubectl, sa, "patch", "clusterpools.clusterpool.dev/status", None)
         assert can_i(kubectl, sa, "get", "secrets", "default") and not can_i(kubectl, sa, "list", "secrets", "default")
 
-        helm_run(
-            helm_bin,
-            "upgrade",
-            release,
-            str(CHART),
-            "-n",
-            ns,
-            "--reuse-values",
-            "--set",
-            "watchNamespaces={team-a}",
-            kubeconfig=kc,
-        )
+        upgrade = ("upgrade", release, str(CHART), "-n", ns, "--reuse-values", "--set", f"watchNamespaces={{{team}}}")
+        helm_run(helm_bin, *upgrade, kubeconfig=kc)
         args = json.loads(kubectl("get", "deployment", name, "-n", ns, "-o", "json").stdout)["spec"]["template"]
-        assert args["spec"]["containers"][0]["args"][-2:] == ["--namespace", "team-a"]
+        assert args["spec"]["containers"][0]["args"][-2:] == ["--namespace", team]
         assert not can_i(kubectl, sa, "get", "secrets", "default")  # the upgrade took the cluster-wide grant back
     finally:
         helm_run(helm_bin, "uninstall", release, "-n", ns, kubeconfig=kc)
     assert kubectl("get", "clusterrole", f"{release}-clusterpool-operator", check=False).returncode != 0
     kubectl("get", "crd", "clusterpools.clusterpool.dev")
-    kubectl("delete", "namespace", ns, "--wait=false")
+    for n in (ns, team):
+        kubectl("delete", "namespace", n, "--wait=false")
 
 
 def key_paths(values, prefix=()):
