@@ -412,6 +412,9 @@ def redis_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
 # -- helm --------------------------------------------------------------------------
 
 CHART = ROOT / "charts" / "clusterpool-operator"
+# `helm template` checks the chart's kubeVersion against this (helm built without the
+# Kubernetes version in its ldflags assumes 1.20): the version of the test control plane.
+KUBE_VERSION = ("--kube-version", controlplane.KUBERNETES_VERSION.lstrip("v"))
 
 
 @pytest.fixture(scope="session")
@@ -434,5 +437,5 @@ def helm_run(
 
 def helm_rendered(helm_bin: str, *sets: str) -> dict[tuple[str, str], dict[str, Any]]:
     """`helm template` of the chart as release "rel" in namespace "ops": objects by (kind, name)."""
-    out = helm_run(helm_bin, "template", "rel", str(CHART), "--namespace", "ops", *sets).stdout
+    out = helm_run(helm_bin, "template", "rel", str(CHART), "--namespace", "ops", *KUBE_VERSION, *sets).stdout
     return {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(out) if d}
