@@ -1,6 +1,6 @@
 """The ClusterPool API (clusterpool.dev/v1alpha1): pydantic models of spec and status.
 
-These models are the single source of the CRD: `scripts/gen_crd.py` renders
+These models are the single source of the CRD: `python -m clusterpool.crd` renders
 crds/clusterpool.dev_clusterpools.yaml from them, and a test fails when the two drift.
 Every rule the CRD can check (bounds, enums, CEL) is also checked here, so an object
 stored under an older schema is caught when the operator re-validates it.

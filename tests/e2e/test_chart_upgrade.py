@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from nodekit import CHART, ROOT, Cluster, backend_objects, pool_object, wait_for
 
-import images
+import layout
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -28,8 +28,10 @@ FULLNAME = f"{RELEASE}-clusterpool-operator"
 OPERATOR_SELECTOR = f"app.kubernetes.io/name=clusterpool-operator,app.kubernetes.io/instance={RELEASE}"
 CRD = "clusterpools.clusterpool.dev"
 POOLS = [f"u{i}" for i in range(6)]
+# The image the node imported, under the name the chart of this commit defaults to (the
+# previous chart's default, clusterpool-operator:0.1.0, names no image there).
 IMAGE = [
-    "--set", f"image.repository={images.OPERATOR_IMAGE}", "--set", f"image.tag={images.operator_tag()}",
+    "--set", f"image.repository={layout.IMAGE}", "--set", f"image.tag={layout.version()}",
     "--set", "image.pullPolicy=Never",
 ]  # fmt: skip
 

@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 from nodekit import BACKEND_IMAGE, CHART, ROOT, Cluster, backend_objects, pool_object, wait_for
 
+import layout
+
 pytestmark = pytest.mark.timeout(900)
 
 OPS = "ops"
@@ -55,7 +57,8 @@ def test_the_chart_installs_and_the_operator_runs_as_deployed(release: Cluster) 
     spec = pod["spec"]
     assert spec["serviceAccountName"] == FULLNAME
     container = spec["containers"][0]
-    assert container["image"] == "clusterpool-operator:0.1.0" and container["imagePullPolicy"] == "Never"
+    # the chart's default: the published name with the chart's appVersion (the image was loaded under it)
+    assert container["image"] == f"{layout.IMAGE}:{layout.version()}" and container["imagePullPolicy"] == "Never"
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     # In-cluster configuration: no kubeconfig anywhere, the ServiceAccount token mounted.
     assert not any(e["name"] == "KUBECONFIG" for e in container.get("env", []))
@@ -267,7 +270,7 @@ def start_sdk_app(c: Cluster, name: str, args: list[str]) -> None:
                 "containers": [
                     {
                         "name": "app",
-                        "image": "clusterpool-operator:0.1.0",
+                        "image": f"{layout.IMAGE}:{layout.version()}",
                         "imagePullPolicy": "Never",
                         "command": ["python", "/app/sdk_app.py", *args],
                         "volumeMounts": [

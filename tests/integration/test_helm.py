@@ -12,6 +12,7 @@ import uuid
 import pytest
 import yaml
 
+import layout
 from conftest import (
     CHART,
     KUBE_VERSION,
@@ -47,7 +48,7 @@ def container_of(objs, name=NAME):
 def install_rules():
     return {
         (d["kind"], d["metadata"]["name"]): d
-        for d in yaml.safe_load_all((ROOT / "manifests/install/rbac.yaml").read_text())
+        for d in yaml.safe_load_all((ROOT / "manifests/install/10-rbac.yaml").read_text())
     }
 
 
@@ -143,7 +144,7 @@ def test_the_chart_grants_exactly_the_install_manifests_rules(helm_bin):
     assert shards_binding["subjects"] == binding["subjects"]
     aggregate = {
         (d["kind"], d["metadata"]["name"]): d
-        for d in yaml.safe_load_all((ROOT / "manifests/install/rbac-aggregate.yaml").read_text())
+        for d in yaml.safe_load_all((ROOT / "manifests/install/11-rbac-aggregate.yaml").read_text())
     }
     for suffix in ("edit", "view"):
         chart, plain = (
@@ -336,9 +337,7 @@ def test_the_deployment_is_one_replica_by_default_with_values_applied(helm_bin):
     assert dep3["spec"]["replicas"] == 3
     assert {e["name"]: e for e in container_of(scaled)["env"]}["CLUSTERPOOL_LEASE_SECONDS"]["value"] == "30"
     container = container_of(objs)
-    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
-    values = yaml.safe_load((CHART / "values.yaml").read_text())
-    assert container["image"] == f"{values['image']['repository']}:{chart['appVersion']}"
+    assert container["image"] == f"{layout.IMAGE}:{layout.version()}"  # where the project publishes; appVersion
     assert container["args"] == [
         "--liveness",
         "http://0.0.0.0:8080/healthz",

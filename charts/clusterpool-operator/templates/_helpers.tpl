@@ -122,7 +122,7 @@ httpGet: {path: {{ .path }}, port: {{ .port }}}
 {{- end -}}
 
 {{/* The operator's rules on namespaced resources: in its ClusterRole, or in a Role per
-watched namespace (the same rules as manifests/install/rbac.yaml). */}}
+watched namespace (the same rules as manifests/install/10-rbac.yaml). */}}
 {{- define "clusterpool.operatorNamespacedRules" -}}
 # Watch pools; kopf patches its finalizer and bookkeeping annotations.
 - apiGroups: [clusterpool.dev]

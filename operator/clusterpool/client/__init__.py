@@ -4,10 +4,14 @@
     pool = PoolClient(FileTable("/etc/clusterpool/routing.json"))
     http = httpx.Client(transport=PoolTransport(pool))
 
-See docs/sdk.md. Imports no kopf; the Kubernetes client only for ConfigMapTable.
+See docs/sdk.md. Imports no kopf; the Kubernetes client only for ConfigMapTable, and redis
+only when PoolCache is first used (it needs the [redis] extra of clusterpool-client).
 """
 
-from clusterpool.client.cache import PoolCache, secret_from_api
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from clusterpool.client.pool import CapacityError, PoolClient, RetryBudget
 from clusterpool.client.routing import (
     ConfigMapTable,
@@ -34,3 +38,23 @@ __all__ = [
     "TableSource",
     "secret_from_api",
 ]
+
+if TYPE_CHECKING:
+    from clusterpool.client.cache import PoolCache, secret_from_api
+
+_LAZY = {"PoolCache", "secret_from_api"}  # in clusterpool.client.cache, which imports redis
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        try:
+            from clusterpool.client import cache
+        except ModuleNotFoundError as exc:
+            if exc.name != "redis":
+                raise
+            raise ModuleNotFoundError(
+                f"clusterpool.client.{name} needs the redis package: pip install 'clusterpool-client[redis]'",
+                name="redis",
+            ) from exc
+        return getattr(cache, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 
 from clusterpool.balancer import Balancer, NoEndpointError, Target, make_balancer
+from clusterpool.client.outlier import OutlierDetector
 from clusterpool.client.routing import RoutingTable, TableSource
 from clusterpool.core.failover import Breaker, BreakerConfig, on_probe, tick
 from clusterpool.core.labels import Selector, as_selector, describe, matches
@@ -74,8 +75,12 @@ class PoolClient:
         strategy: str | None = None,
         clock: Callable[[], datetime] | None = None,
         capacity_wait: float = 0.0,
+        outliers: OutlierDetector | None = None,
     ) -> None:
         self.source = source
+        # With a passive outlier detector (client/outlier.py), it decides which endpoints a
+        # request may go to instead of this client's breakers; its owner feeds it outcomes.
+        self.outliers = outliers
         self.retries = retries
         self.budget = budget or RetryBudget()
         self.strategy_override = strategy
@@ -127,6 +132,8 @@ class PoolClient:
             b.failure_threshold, b.open_seconds, b.max_open_seconds, b.half_open_max_probes, b.success_threshold
         )
         names = {t.name for t in table.targets}
+        if self.outliers is not None:
+            self.outliers.retain(names)
         self._breakers = {n: s for n, s in self._breakers.items() if n in names}
         self.table = table
         self._revision = table.revision
@@ -171,7 +178,9 @@ class PoolClient:
 
     def _admit(self, name: str) -> bool:
         """Whether this client's breaker lets a request through to `name` (and, in HalfOpen,
-        counts it as one of the allowed trials)."""
+        counts it as one of the allowed trials), or the outlier detector when there is one."""
+        if self.outliers is not None:
+            return self.outliers.admits(name)
         with self._lock:
             b = tick(self._breakers.get(name, Breaker()), self._clock())
             self._breakers[name] = b
@@ -299,7 +308,8 @@ class PoolClient:
 
     def finished(self, target: Target, latency_s: float, ok: bool) -> None:
         with self._room:
-            self.record(target, ok)
+            if self.outliers is None:
+                self.record(target, ok)
             self._sync().finished(target, latency_s, ok)
             for subset in self._holding.get(target.name, ()):
                 subset.finished(target, latency_s, ok)

@@ -22,17 +22,21 @@ from typing import Any
 
 from clusterpool import api
 from clusterpool.core.cache_settings import CacheSettings, RedisSettings, SecretRef
+
+# isort: off
+# Defined in core/names.py for the clients (it ships in clusterpool-client); re-exported here.
+from clusterpool.core.names import (
+    MANAGED_BY as MANAGED_BY,
+    POOL_LABEL as POOL_LABEL,
+    ROUTING_KEY as ROUTING_KEY,
+    ROUTING_SCHEMA_VERSION as ROUTING_SCHEMA_VERSION,
+    routing_configmap_name as routing_configmap_name,
+)
+
+# isort: on
 from clusterpool.core.pool import PoolState
 
-ROUTING_SCHEMA_VERSION = 1
-ROUTING_KEY = "routing.json"
 PORT_NAME = "backend"
-MANAGED_BY = "clusterpool.dev"
-POOL_LABEL = "clusterpool.dev/pool"
-
-
-def routing_configmap_name(pool: str) -> str:
-    return f"{pool}-routing"
 
 
 def address_type(address: str) -> str | None:
