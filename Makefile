@@ -65,7 +65,7 @@ node-down: venv
 
 crd: venv
 	$(PY) -m clusterpool.crd > crds/clusterpool.dev_clusterpools.yaml
-	cp crds/clusterpool.dev_clusterpools.yaml charts/clusterpool-operator/crds/
+	cp crds/clusterpool.dev_clusterpools.yaml charts/clusterpool-operator/files/crds/  # the chart renders it (templates/crd.yaml)
 
 demo: controlplane redis
 	@$(PY) scripts/demo.py up
@@ -93,6 +93,15 @@ lint: venv
 	$(VENV)/bin/ruff format --check operator tests scripts bench examples distributions
 	$(VENV)/bin/mypy
 	$(PY) scripts/check_docs.py
+	@cmp -s crds/clusterpool.dev_clusterpools.yaml charts/clusterpool-operator/files/crds/clusterpool.dev_clusterpools.yaml \
+		|| { echo "the chart's copy of the CRD is stale: run make crd"; exit 1; }
+	@# the chart: helm lint --strict with the default values and with every value set, when helm
+	@# is built (make helm); tests/integration/test_helm.py has the API server check what it renders
+	@helm=$$($(PY) scripts/helm.py path); if [ -x "$$helm" ]; then \
+		echo "$$helm lint --strict charts/clusterpool-operator"; \
+		"$$helm" lint --strict --quiet charts/clusterpool-operator \
+		&& "$$helm" lint --strict --quiet charts/clusterpool-operator -f tests/chart/values-full.yaml; \
+	else echo "helm is not built (make helm): helm lint --strict skipped"; fi
 
 format: venv
 	$(VENV)/bin/ruff check --fix operator tests scripts bench examples distributions

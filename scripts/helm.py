@@ -3,6 +3,7 @@
 toolchain and cached next to the control plane's binaries.
 
     python scripts/helm.py build     # build (or find) helm, print its path
+    python scripts/helm.py path      # where it is (or will be), built or not
 
 $HELM_BIN, when set, names an existing binary and wins.
 """
@@ -44,8 +45,10 @@ def _build() -> None:
 def main() -> None:
     if sys.argv[1:] == ["build"]:
         print(build())
+    elif sys.argv[1:] == ["path"]:
+        print(binary_path())
     else:
-        raise SystemExit("usage: helm.py build")
+        raise SystemExit("usage: helm.py build | path")
 
 
 if __name__ == "__main__":

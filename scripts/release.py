@@ -121,7 +121,7 @@ def package_chart(out: Path) -> Path:
     return path
 
 
-INSTALL_ORDER = ("00-namespace.yaml", "CRD", "10-rbac.yaml", "20-deployment.yaml")
+INSTALL_ORDER = ("00-namespace.yaml", "CRD", "10-rbac.yaml", "11-rbac-aggregate.yaml", "20-deployment.yaml")
 
 
 def render_manifests(out: Path) -> Path:

@@ -32,6 +32,12 @@ def main(argv: list[str] | None = None) -> int:
         help="liveness endpoint URL (default http://0.0.0.0:8080/healthz); 'none' disables it",
     )
     p.add_argument(
+        "--readiness",
+        default=os.environ.get("CLUSTERPOOL_READINESS", "none"),
+        help="readiness endpoint URL, e.g. http://0.0.0.0:8081/readyz: 200 once this replica drives its share "
+        "of the pools (holds its shard Lease, hand-over wait over), 503 before (default: none)",
+    )
+    p.add_argument(
         "--metrics",
         default=os.environ.get("CLUSTERPOOL_METRICS", "none"),
         help="serve Prometheus metrics at this URL, e.g. http://0.0.0.0:9090/metrics (default: none)",
@@ -63,6 +69,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.identity = args.identity or default_identity()  # never empty: kopf would ask getpass then
 
+    if args.readiness != "none":
+        from clusterpool.readiness import parse_url
+
+        try:
+            parse_url(args.readiness)
+        except ValueError as exc:
+            p.error(str(exc))
+
     kopf.configure(verbose=args.verbose, log_prefix=True)
     import clusterpool.handlers  # noqa: F401  (registers the handlers and their metrics)
 
@@ -89,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
             lease_namespace=args.lease_namespace,
             lease_seconds=args.lease_seconds,
             give_back_seconds=args.give_back_seconds,
+            readiness=args.readiness,
+            # Namespaces given by name: the published objects are listed in each (namespaced
+            # RBAC grants no list in other namespaces); with a glob, in every namespace.
+            list_namespaces=() if any(set("*?[!,") & set(n) for n in args.namespace) else tuple(args.namespace),
         ),
     )
     return 0

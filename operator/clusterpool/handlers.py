@@ -29,6 +29,7 @@ from clusterpool.k8s.shards import Shards
 from clusterpool.k8s.writes import NotOwnedError, WriteQueue
 from clusterpool.memory import GIVE_BACK_EVERY, FreedMemory
 from clusterpool.metrics import Metrics
+from clusterpool.readiness import serve_readiness
 from clusterpool.runner import INFORMATIONAL_PER_SECOND, PoolRunner, remove_published
 
 FINALIZER = f"{api.GROUP}/finalizer"
@@ -86,7 +87,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     writes = WriteQueue(request_timeout=lease_seconds / 4)
     memo["writes"] = writes
     memo["status_writer"] = StatusWriter(client, writes, field_manager=FIELD_MANAGER)
-    memo["publisher"] = Publisher(client, writes)
+    memo["publisher"] = Publisher(client, writes, namespaces=tuple(memo.get("list_namespaces") or ()))
     memo["events"] = EventRecorder(client, writes, identity)
     memo["secrets"] = SecretReader(client)
     freed_memory = memo["freed_memory"] = FreedMemory(timed=METRICS.give_back.observe)
@@ -131,6 +132,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     )
     writes.fence = lambda pool: shards.may_drive(*pool)  # type: ignore[misc]
     memo["shards_task"] = asyncio.create_task(shards.run(), name="shards")
+    if str(memo.get("readiness") or "none") != "none":
+        memo["readiness_task"] = asyncio.create_task(
+            serve_readiness(str(memo["readiness"]), shards.drives_its_share), name="readiness"
+        )
     memo["shards_relay"] = asyncio.create_task(_wake_on_shard_changes(shards, runners), name="shards-relay")
 
 
@@ -145,7 +150,7 @@ async def _wake_on_shard_changes(shards: Shards, runners: dict[tuple[str, str], 
 
 @kopf.on.cleanup(id="stop-api-watch")
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    for key in ("api_watch", "loop_lag", "shards_relay", "give_back"):
+    for key in ("api_watch", "loop_lag", "shards_relay", "give_back", "readiness_task"):
         task = memo.get(key)
         if task is not None:
             task.cancel()

@@ -106,6 +106,27 @@ def crd(kubectl: Kubectl) -> None:
     )
 
 
+def service_account_kubeconfig(
+    admin_kubeconfig: str, k8s: kubernetes.client.ApiClient, namespace: str, name: str, path: Path
+) -> str:
+    """A kubeconfig at `path` that authenticates as ServiceAccount namespace/name with a real
+    token (TokenRequest, an hour), against the cluster of `admin_kubeconfig`."""
+    token = (
+        kubernetes.client.CoreV1Api(k8s)
+        .create_namespaced_service_account_token(name, namespace, {"spec": {"expirationSeconds": 3600}})
+        .status.token
+    )
+    admin = yaml.safe_load(Path(admin_kubeconfig).read_text())
+    cfg = {
+        **admin,
+        "users": [{"name": name, "user": {"token": token}}],
+        "contexts": [{"name": "sa", "context": {"cluster": admin["clusters"][0]["name"], "user": name}}],
+        "current-context": "sa",
+    }
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
 def as_uid_without_passwd_entry(uid: int) -> list[str]:
     """A command prefix: the process sees itself as `uid` (in a user namespace of its own),
     as in a container image that has no passwd entry for its user; files stay readable."""
@@ -405,6 +426,9 @@ def redis_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
 # -- helm --------------------------------------------------------------------------
 
 CHART = ROOT / "charts" / "clusterpool-operator"
+# `helm template` checks the chart's kubeVersion against this (helm built without the
+# Kubernetes version in its ldflags assumes 1.20): the version of the test control plane.
+KUBE_VERSION = ("--kube-version", controlplane.KUBERNETES_VERSION.lstrip("v"))
 
 
 @pytest.fixture(scope="session")
@@ -427,7 +451,7 @@ def helm_run(
 
 def helm_rendered(helm_bin: str, *sets: str) -> dict[tuple[str, str], dict[str, Any]]:
     """`helm template` of the chart as release "rel" in namespace "ops": objects by (kind, name)."""
-    out = helm_run(helm_bin, "template", "rel", str(CHART), "--namespace", "ops", *sets).stdout
+    out = helm_run(helm_bin, "template", "rel", str(CHART), "--namespace", "ops", *KUBE_VERSION, *sets).stdout
     return {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(out) if d}
 
 

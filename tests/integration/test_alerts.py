@@ -1,6 +1,7 @@
 """The chart's PrometheusRule with the real promtool: the rendered rules pass `promtool
 check rules`, and every alert expression fires (and only then) as tests/chart/alerts.test.yaml
-says, under `promtool test rules`. Every alert has its runbook in docs/operations.md."""
+says, under `promtool test rules`, pools handed from one replica to another included. Every
+alert has its runbook in docs/operations.md, at an absolute URL."""
 
 import re
 import shutil
@@ -13,6 +14,9 @@ import promtool
 from conftest import ROOT, helm_rendered
 
 ALERT_TESTS = ROOT / "tests" / "chart" / "alerts.test.yaml"
+DEFAULT_RUNBOOKS = yaml.safe_load((ROOT / "charts/clusterpool-operator/values.yaml").read_text())["prometheusRule"][
+    "runbookBaseUrl"
+]
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +26,9 @@ def promtool_bin():
 
 @pytest.fixture
 def rules(helm_bin, tmp_path):
-    """The PrometheusRule as rendered with the default values, as a plain rules file."""
-    objs = helm_rendered(helm_bin, "--set", "prometheusRule.enabled=true")
+    """The PrometheusRule as rendered with the default values (and the gateway's alerts), as a
+    plain rules file."""
+    objs = helm_rendered(helm_bin, "--set", "prometheusRule.enabled=true", "--set", "gateway.enabled=true")
     rule = objs[("PrometheusRule", "rel-clusterpool-operator")]
     path = tmp_path / "rules.yaml"
     path.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}, sort_keys=False))
@@ -65,12 +70,32 @@ def test_a_wrong_expectation_fails_promtool_test(promtool_bin, rules):
     assert r.returncode != 0 and "ClusterPoolPanic" in r.stdout + r.stderr
 
 
+def test_the_hand_over_keeps_an_alert_only_when_series_are_merged_by_pool(promtool_bin, rules):
+    """The hand-over group fails against rules that alert on each replica's series as they
+    come (the chart's rules before they merged them by namespace and pool)."""
+    per_series = {
+        "ClusterPoolNotReady": "clusterpool_pool_ready == 0",
+        "ClusterPoolEndpointsEjected": 'clusterpool_pool_endpoints{state="ejected"} > 0',
+    }
+    doc = yaml.safe_load(rules.read_text())
+    for group in doc["groups"]:
+        for rule in group["rules"]:
+            rule["expr"] = per_series.get(rule.get("alert"), rule["expr"])
+    rules.write_text(yaml.safe_dump(doc, sort_keys=False))
+    shutil.copy(ALERT_TESTS, rules.parent / ALERT_TESTS.name)
+    r = promtool_run(promtool_bin, "test", "rules", ALERT_TESTS.name, cwd=rules.parent)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and 'pool="moved"' in out and "ClusterPoolEndpointsEjected" in out, out
+
+
 def test_every_alert_has_a_runbook_section(rules):
     doc = (ROOT / "docs" / "operations.md").read_text()
     sections = {
         re.sub(r"[^a-z0-9-]", "", h.strip().lower().replace(" ", "-")) for h in re.findall(r"^### (.+)$", doc, re.M)
     }
+    assert DEFAULT_RUNBOOKS.startswith("https://") and DEFAULT_RUNBOOKS.endswith("/docs/operations.md")
     for rule in alert_rules(rules):
         url = rule["annotations"]["runbook_url"]
-        assert url.startswith("docs/operations.md#") and url.split("#", 1)[1] in sections, url
+        base, section = url.split("#", 1)
+        assert base == DEFAULT_RUNBOOKS and section in sections, url
         assert rule["alert"].lower() in sections

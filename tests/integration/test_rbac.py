@@ -3,16 +3,14 @@ apiserver with RBAC on, authenticated with a real ServiceAccount token."""
 
 import asyncio
 import contextlib
-import json
 import time
-from pathlib import Path
 
 import kubernetes
 import pytest
 from kubernetes.client.exceptions import ApiException
 
 from clusterpool.k8s.shards import Shards
-from conftest import ROOT, OperatorProcess, endpoints_of, wait_for
+from conftest import ROOT, OperatorProcess, endpoints_of, service_account_kubeconfig, wait_for
 
 SA, NS = "clusterpool-operator", "clusterpool-system"
 AS_SA = f"--as=system:serviceaccount:{NS}:{SA}"
@@ -22,21 +20,7 @@ AS_SA = f"--as=system:serviceaccount:{NS}:{SA}"
 def sa_kubeconfig(cluster, kubectl, k8s, tmp_path):
     kubectl("apply", "-f", str(ROOT / "manifests/install/00-namespace.yaml"))
     kubectl("apply", "-f", str(ROOT / "manifests/install/10-rbac.yaml"))
-    token = (
-        kubernetes.client.CoreV1Api(k8s)
-        .create_namespaced_service_account_token(SA, NS, {"spec": {"expirationSeconds": 3600}})
-        .status.token
-    )
-    admin = json.loads(Path(cluster.kubeconfig).read_text())
-    cfg = {
-        **admin,
-        "users": [{"name": SA, "user": {"token": token}}],
-        "contexts": [{"name": "sa", "context": {"cluster": admin["clusters"][0]["name"], "user": SA}}],
-        "current-context": "sa",
-    }
-    path = tmp_path / "sa-kubeconfig"
-    path.write_text(json.dumps(cfg))
-    return str(path)
+    return service_account_kubeconfig(cluster.kubeconfig, k8s, NS, SA, tmp_path / "sa-kubeconfig")
 
 
 def test_the_role_grants_what_the_operator_needs_and_no_more(kubectl, crd, sa_kubeconfig):

@@ -52,8 +52,8 @@ def test_http_expected_statuses():
 
 def test_committed_crd_is_generated_from_the_models():
     assert CRD_FILE.read_text() == render(), "crds/ is stale: run `make crd`"
-    chart_copy = ROOT / "charts" / "clusterpool-operator" / "crds" / CRD_FILE.name
-    assert chart_copy.read_text() == render(), "the Helm chart's crds/ is stale: run `make crd`"
+    chart_copy = ROOT / "charts" / "clusterpool-operator" / "files" / "crds" / CRD_FILE.name
+    assert chart_copy.read_text() == render(), "the Helm chart's files/crds/ is stale: run `make crd`"
 
 
 def _walk(schema, path="openAPIV3Schema"):

@@ -119,9 +119,16 @@ class Publisher:
     a metrics scrape only counts the pools (`remembered`)."""
 
     def __init__(
-        self, client: kubernetes.client.ApiClient, writes: WriteQueue, clock: Callable[[], float] = time.monotonic
+        self,
+        client: kubernetes.client.ApiClient,
+        writes: WriteQueue,
+        clock: Callable[[], float] = time.monotonic,
+        namespaces: tuple[str, ...] = (),
     ) -> None:
+        """`namespaces`: list what is stored in these only (the operator's watched namespaces,
+        under namespaced RBAC); empty: in every namespace."""
         self.writes = writes
+        self.namespaces = namespaces
         self._clock = clock
         self.core = kubernetes.client.CoreV1Api(client)
         self.discovery = kubernetes.client.DiscoveryV1Api(client)
@@ -294,17 +301,28 @@ class Publisher:
 
     def _list_sync(self, started: float) -> dict[Pool, dict[Key, _Applied]]:
         stored: dict[Pool, dict[Key, _Applied]] = {}
-        calls = (
-            ("Service", self.core.list_service_for_all_namespaces),
-            ("ConfigMap", self.core.list_config_map_for_all_namespaces),
-            ("EndpointSlice", self.discovery.list_endpoint_slice_for_all_namespaces),
-        )
-        for kind, call in calls:
+        calls: list[tuple[str, Callable[..., Any], tuple[str, ...]]] = [
+            ("Service", self.core.list_service_for_all_namespaces, ()),
+            ("ConfigMap", self.core.list_config_map_for_all_namespaces, ()),
+            ("EndpointSlice", self.discovery.list_endpoint_slice_for_all_namespaces, ()),
+        ]
+        if self.namespaces:
+            calls = [
+                (kind, call, (namespace,))
+                for namespace in self.namespaces
+                for kind, call in (
+                    ("Service", self.core.list_namespaced_service),
+                    ("ConfigMap", self.core.list_namespaced_config_map),
+                    ("EndpointSlice", self.discovery.list_namespaced_endpoint_slice),
+                )
+            ]
+        for kind, call, args in calls:
             after: str | None = None
             while True:
                 page = json.loads(
                     send(
                         call,
+                        *args,
                         label_selector=POOL_LABEL,
                         limit=LIST_PAGE,
                         _continue=after,

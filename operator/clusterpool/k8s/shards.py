@@ -166,6 +166,11 @@ class Shards:
     def holds_lease(self) -> bool:
         return self.view.holds_lease(self._clock())
 
+    def drives_its_share(self) -> bool:
+        """Holds its Lease and the hold period's hand-over wait is over: it drives what the ring gives it."""
+        now = self._clock()
+        return self.view.holds_lease(now) and now >= self.view.drivable_from()
+
     def owner_of(self, namespace: str, name: str) -> str | None:
         return self.view.owner_of(f"{namespace}/{name}", self._clock())
 
