@@ -438,7 +438,7 @@ def test_the_chart_works_as_a_subchart(helm_bin):
 
 def test_chart_metadata(helm_bin):
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
-    assert chart["kubeVersion"] == ">=1.30.0-0"  # the CRD's CEL rules use optionalOldSelf (on by default from 1.30)
+    assert chart["kubeVersion"] == ">=1.31.0-0"  # the CRD's CEL rules use isIP() (the IP library, 1.31)
     assert "optionalOldSelf: true" in CRD_FILE.read_text()
     assert chart["sources"] and all(s.startswith("https://") for s in chart["sources"])
     assert "artifacthub.io/crds" in chart["annotations"]
