@@ -27,9 +27,12 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 
 from clusterpool.balancer import Balancer, NoEndpointError, Target, make_balancer
+from clusterpool.balancer.registry import LOAD_AWARE
+from clusterpool.client.load import LoadScraper
 from clusterpool.client.routing import RoutingTable, TableSource
 from clusterpool.core.failover import Breaker, BreakerConfig, on_probe, tick
 from clusterpool.core.labels import Selector, as_selector, describe, matches
+from clusterpool.engines.profiles import find_profile
 
 MAX_SELECTORS = 64  # balancers kept for distinct selectors; the oldest goes beyond this
 CAPACITY_POLL = 0.01  # seconds between checks while an async request waits for room
@@ -74,8 +77,11 @@ class PoolClient:
         strategy: str | None = None,
         clock: Callable[[], datetime] | None = None,
         capacity_wait: float = 0.0,
+        load: LoadScraper | None = None,
     ) -> None:
         self.source = source
+        self.load = load  # engine load for LeastLoaded and PrefixAffinity (client/load.py); None: opt out
+        self._scraped: frozenset[tuple[str, int]] = frozenset()
         self.retries = retries
         self.budget = budget or RetryBudget()
         self.strategy_override = strategy
@@ -113,7 +119,7 @@ class PoolClient:
         strategy = self.strategy_override or table.strategy
         if self._balancer is None or strategy != self._strategy:
             old = self._balancer
-            self._balancer = make_balancer(strategy)
+            self._balancer = make_balancer(strategy, self.load)
             self._balancer.update(table.targets, old.inflight if old is not None else None)
             self._strategy = strategy
             self._subsets = {}
@@ -130,6 +136,20 @@ class PoolClient:
         self._breakers = {n: s for n, s in self._breakers.items() if n in names}
         self.table = table
         self._revision = table.revision
+        self._follow_load(table, strategy)
+
+    def _follow_load(self, table: RoutingTable, strategy: str) -> None:
+        """Have the scraper watch the eligible endpoints while the strategy reads engine load."""
+        if self.load is None:
+            return
+        profile = find_profile(table.engine) if strategy in LOAD_AWARE else None
+        want = frozenset((t.address, t.port) for t in table.targets) if profile is not None else frozenset()
+        for address, port in want - self._scraped:
+            assert profile is not None
+            self.load.watch(address, port, profile)
+        for address, port in self._scraped - want:
+            self.load.unwatch(address, port)
+        self._scraped = want
 
     @property
     def balancer(self) -> Balancer:
@@ -151,7 +171,7 @@ class PoolClient:
             subset = self._subsets.get(selector)
             if subset is None:
                 assert self._strategy is not None
-                subset = make_balancer(self._strategy)
+                subset = make_balancer(self._strategy, self.load)
                 subset.update([t for t in main.targets if matches(t.labels, selector)], main.inflight)
                 if len(self._subsets) >= MAX_SELECTORS:
                     del self._subsets[next(iter(self._subsets))]
@@ -319,4 +339,8 @@ class PoolClient:
             self.finished(target, time.perf_counter() - start, ok)
 
     def close(self) -> None:
+        if self.load is not None:
+            for address, port in self._scraped:
+                self.load.unwatch(address, port)
+            self._scraped = frozenset()
         self.source.close()

@@ -34,6 +34,7 @@ class RoutingTable:
     breaker: BreakerConfig
     panic: bool = False
     cache: CacheSettings | None = None  # the pool's cache settings (spec.cache), None without a cache
+    engine: str | None = None  # spec.engine: whose load gauges to scrape (engines/profiles.py)
 
     @classmethod
     def parse(cls, text: str | bytes) -> RoutingTable:
@@ -60,8 +61,15 @@ class RoutingTable:
                 success_threshold=int(cb.get("successThreshold", 2)),
             )
             cache = CacheSettings.from_json(raw["cache"]) if raw.get("cache") else None
+            engine = str(raw["engine"]) if raw.get("engine") else None
             return cls(
-                str(raw.get("revision", "")), str(raw["strategy"]), targets, breaker, bool(raw.get("panic")), cache
+                str(raw.get("revision", "")),
+                str(raw["strategy"]),
+                targets,
+                breaker,
+                bool(raw.get("panic")),
+                cache,
+                engine,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise RoutingTableError(f"the routing table is malformed: {exc!r}") from exc
