@@ -215,3 +215,11 @@ def test_load_weights_are_configurable():
         b.update(targets(2))
     assert by_queue.pick().name == "e1"
     assert by_kv.pick().name == "e0"
+
+
+def test_prefix_affinity_keeps_the_keys_endpoint_while_nothing_is_known_of_any():
+    ts = targets(4)
+    b = PrefixAffinity(View({t.address: SATURATED for t in ts}))
+    b.update(ts)
+    key = "p:feed"
+    assert b.pick(key) == ts[rendezvous_order(key, ts)[0]]

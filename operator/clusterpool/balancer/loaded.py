@@ -128,7 +128,13 @@ class PrefixAffinity(LoadAware):
         if key is None:
             return self._fallback.pick()
         mean = self._total / len(targets)
-        for i in rendezvous_order(key, targets):
-            if not self.bound.over(self.load_of(targets[i]), self._loads[i], mean):
+        order = rendezvous_order(key, targets)
+        informed = False
+        for i in order:
+            load = self.load_of(targets[i])
+            if not self.bound.over(load, self._loads[i], mean):
                 return targets[i]
-        return self._fallback.pick()
+            informed = informed or not load.saturated
+        # all over the bound: the least loaded, unless nothing is known of any of them (no
+        # fresh reading yet, as when the process starts): then the key's own endpoint
+        return self._fallback.pick() if informed else targets[order[0]]

@@ -76,8 +76,7 @@ PROFILES: dict[Engine, EngineProfile] = {
         gauges=(
             Gauge("waiting", ("llamacpp:requests_deferred",)),
             Gauge("running", ("llamacpp:requests_processing",)),
-            Gauge("kvUsage", ("llamacpp:kv_cache_usage_ratio",)),  # older servers only
-        ),
+        ),  # older servers had llamacpp:kv_cache_usage_ratio; current ones report no KV use
     ),
     "Ollama": EngineProfile(
         "Ollama", health_path="/", deep_probe_path="/api/version", metrics_path=None, busy_status=503
