@@ -24,6 +24,7 @@ import tarfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from controlplane import cache_root
@@ -154,10 +155,14 @@ def model() -> Path:
     import numpy as np
 
     vocab = gguf.GGUFReader(fetch_source() / "models" / "ggml-vocab-llama-spm.gguf")
-    tokens = [bytes(vocab.fields["tokenizer.ggml.tokens"].parts[i]) for i in vocab.fields["tokenizer.ggml.tokens"].data]
-    scores = [float(vocab.fields["tokenizer.ggml.scores"].parts[i][0]) for i in vocab.fields["tokenizer.ggml.scores"].data]
-    types = [int(vocab.fields["tokenizer.ggml.token_type"].parts[i][0])
-             for i in vocab.fields["tokenizer.ggml.token_type"].data]  # fmt: skip
+
+    def array(name: str) -> list[Any]:
+        f = vocab.fields[name]
+        return [f.parts[i] for i in f.data]
+
+    tokens = [bytes(p) for p in array("tokenizer.ggml.tokens")]
+    scores = [float(p[0]) for p in array("tokenizer.ggml.scores")]
+    types = [int(p[0]) for p in array("tokenizer.ggml.token_type")]
 
     def scalar(name: str) -> int:
         f = vocab.fields[name]
