@@ -285,3 +285,19 @@ def test_prefix_affinity_makes_the_engines_prefix_caches_hit(engines):
     # tenants to every engine and they evict each other; affinity gives each engine its own
     assert affinity > 0.8, (affinity, round_robin)
     assert affinity > round_robin + 0.3, (affinity, round_robin)
+
+
+def test_failed_scrapes_open_the_clients_breaker_for_that_endpoint(engines):
+    dead, alive = engines("vllm"), engines("vllm")
+    s = LoadScraper(interval=0.05).start()
+    pool = PoolClient(StaticTable(table("LeastLoaded", "vLLM", [dead, alive])), load=s)
+    try:
+        wait_for(lambda: not s.load(dead.host, dead.port).saturated, 10, "a first reading")
+        assert pool.breaker_state("e0") == "Closed"
+        dead.stop()
+        wait_for(lambda: pool.breaker_state("e0") == "Open", 10, "the breaker opened by failed scrapes")
+        assert pool.breaker_state("e1") == "Closed"
+        assert {pool.choose().name for _ in range(10)} == {"e1"}
+    finally:
+        pool.close()
+        s.stop()

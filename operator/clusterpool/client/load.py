@@ -197,8 +197,8 @@ class LoadScraper:
     ) -> None:
         self.interval = interval
         self.stale_after = stale_after if stale_after is not None else 4 * interval
-        self.on_failure = on_failure
         self.on_success = on_success
+        self._failure_hooks: list[FailureHook] = [on_failure] if on_failure is not None else []
         self._clock = clock
         self._limit = concurrency
         self._watched: dict[Key, Watched] = {}
@@ -237,6 +237,12 @@ class LoadScraper:
 
     def watched(self) -> list[Key]:
         return list(self._watched)
+
+    def subscribe(self, on_failure: FailureHook) -> Callable[[], None]:
+        """Also tell `on_failure` of failed scrapes (each pool client of the process feeds its
+        breakers with them); returns the call that unsubscribes it."""
+        self._failure_hooks.append(on_failure)
+        return lambda: self._failure_hooks.remove(on_failure) if on_failure in self._failure_hooks else None
 
     def report_busy(self, address: str, port: int, seconds: float = 1.0) -> None:
         """A passive signal: the engine answered that its queue is full (Ollama's 503); it
@@ -297,8 +303,8 @@ class LoadScraper:
     def _failed(self, w: Watched, address: str, port: int, why: str) -> None:
         w.failures += 1
         w.next_at = self._clock() + min(MAX_BACKOFF, self.interval * 2 ** (w.failures - 1))
-        if self.on_failure is not None:
-            self.on_failure(address, port, why)
+        for hook in list(self._failure_hooks):
+            hook(address, port, why)
 
     async def run(self) -> None:
         """Scrape every watched endpoint each `interval` until stop()."""

@@ -101,6 +101,7 @@ class PoolClient:
         self._cfg = BreakerConfig()
         self.table = source.current()
         self._sync()
+        self._unsubscribe = load.subscribe(self._scrape_failed) if load is not None else None
 
     # -- the table ---------------------------------------------------------------------------
 
@@ -208,6 +209,14 @@ class PoolClient:
             if b.state == "HalfOpen":
                 self._trials[target.name] = max(0, self._trials.get(target.name, 0) - 1)
             self._breakers[target.name] = on_probe(b, ok, self._cfg, self._clock())
+
+    def _scrape_failed(self, address: str, port: int, why: str) -> None:
+        """Passive health from the load scraper: a failed scrape of an endpoint's metrics
+        (refused, timed out, an error status) counts as a failure for this client's breaker
+        of every target at that address."""
+        for t in self.table.targets:
+            if t.address == address and t.port == port:
+                self.record(t, ok=False)
 
     def breaker_state(self, name: str) -> str:
         return self._breakers.get(name, Breaker()).state
@@ -339,6 +348,8 @@ class PoolClient:
             self.finished(target, time.perf_counter() - start, ok)
 
     def close(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
         if self.load is not None:
             for address, port in self._scraped:
                 self.load.unwatch(address, port)
