@@ -159,7 +159,8 @@ class MetricsWriter:
             lines = [
                 ("llamacpp:requests_processing", "gauge", c.running),
                 ("llamacpp:requests_deferred", "gauge", c.waiting),
-                ("llamacpp:prompt_tokens_total", "counter", c.prompt_tokens),
+                # llama.cpp counts prompt tokens processed, the cached ones apart
+                ("llamacpp:prompt_tokens_total", "counter", c.prompt_tokens - c.cached_prompt_tokens),
                 ("llamacpp:prompt_tokens_cached_total", "counter", c.cached_prompt_tokens),
                 ("llamacpp:tokens_predicted_total", "counter", c.generation_tokens),
             ]
