@@ -7,9 +7,9 @@
 
 Every strategy is safe to share between threads and asyncio tasks: a pick never awaits,
 and state shared between picks is changed under a lock (RoundRobin and Weighted use an
-itertools counter, whose next() is atomic under the GIL). LeastLoaded and PrefixAffinity
-read engine load from a LoadView (make_balancer(name, load=view); client/load.py scrapes it). `update` swaps in a new
-snapshot, so picks never see a half-updated list.
+itertools counter, whose next() is atomic under the GIL). `update` swaps in a new
+snapshot, so picks never see a half-updated list. LeastLoaded and PrefixAffinity read
+engine load from a LoadView (make_balancer(name, load=view); client/load.py scrapes it).
 """
 
 from clusterpool.balancer.loaded import LeastLoaded, LoadAware, PrefixAffinity, rendezvous_order

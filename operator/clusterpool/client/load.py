@@ -367,6 +367,30 @@ def _why(exc: BaseException) -> str:
     return f"MetricsFailed: {exc.__class__.__name__}: {exc}"
 
 
+class ScrapedPool:
+    """What one pool client has the scraper watch: the eligible endpoints of its routing
+    table while its strategy reads engine load, and its breakers told of failed scrapes."""
+
+    def __init__(self, scraper: LoadScraper, on_failure: FailureHook) -> None:
+        self.scraper = scraper
+        self._watched: frozenset[Key] = frozenset()
+        self._unsubscribe = scraper.subscribe(on_failure)
+
+    def follow(self, endpoints: frozenset[Key], profile: EngineProfile | None) -> None:
+        """Watch `endpoints` with `profile` (None: watch nothing), and no others."""
+        want = endpoints if profile is not None else frozenset()
+        for address, port in want - self._watched:
+            assert profile is not None
+            self.scraper.watch(address, port, profile)
+        for address, port in self._watched - want:
+            self.scraper.unwatch(address, port)
+        self._watched = want
+
+    def close(self) -> None:
+        self.follow(frozenset(), None)
+        self._unsubscribe()
+
+
 _shared: LoadScraper | None = None
 _shared_lock = threading.Lock()
 

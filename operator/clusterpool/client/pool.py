@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 
 from clusterpool.balancer import Balancer, NoEndpointError, Target, make_balancer
 from clusterpool.balancer.registry import LOAD_AWARE
-from clusterpool.client.load import LoadScraper
+from clusterpool.client.load import LoadScraper, ScrapedPool
 from clusterpool.client.routing import RoutingTable, TableSource
 from clusterpool.core.failover import Breaker, BreakerConfig, on_probe, tick
 from clusterpool.core.labels import Selector, as_selector, describe, matches
@@ -81,7 +81,7 @@ class PoolClient:
     ) -> None:
         self.source = source
         self.load = load  # engine load for LeastLoaded and PrefixAffinity (client/load.py); None: opt out
-        self._scraped: frozenset[tuple[str, int]] = frozenset()
+        self._scraped: ScrapedPool | None = None
         self.retries = retries
         self.budget = budget or RetryBudget()
         self.strategy_override = strategy
@@ -100,8 +100,9 @@ class PoolClient:
         self._trials: dict[str, int] = {}
         self._cfg = BreakerConfig()
         self.table = source.current()
+        if load is not None:
+            self._scraped = ScrapedPool(load, self._scrape_failed)
         self._sync()
-        self._unsubscribe = load.subscribe(self._scrape_failed) if load is not None else None
 
     # -- the table ---------------------------------------------------------------------------
 
@@ -137,20 +138,9 @@ class PoolClient:
         self._breakers = {n: s for n, s in self._breakers.items() if n in names}
         self.table = table
         self._revision = table.revision
-        self._follow_load(table, strategy)
-
-    def _follow_load(self, table: RoutingTable, strategy: str) -> None:
-        """Have the scraper watch the eligible endpoints while the strategy reads engine load."""
-        if self.load is None:
-            return
-        profile = find_profile(table.engine) if strategy in LOAD_AWARE else None
-        want = frozenset((t.address, t.port) for t in table.targets) if profile is not None else frozenset()
-        for address, port in want - self._scraped:
-            assert profile is not None
-            self.load.watch(address, port, profile)
-        for address, port in self._scraped - want:
-            self.load.unwatch(address, port)
-        self._scraped = want
+        if self._scraped is not None:  # the scraper watches the eligible endpoints while the strategy reads load
+            profile = find_profile(table.engine) if strategy in LOAD_AWARE else None
+            self._scraped.follow(frozenset((t.address, t.port) for t in table.targets), profile)
 
     @property
     def balancer(self) -> Balancer:
@@ -348,10 +338,6 @@ class PoolClient:
             self.finished(target, time.perf_counter() - start, ok)
 
     def close(self) -> None:
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-        if self.load is not None:
-            for address, port in self._scraped:
-                self.load.unwatch(address, port)
-            self._scraped = frozenset()
+        if self._scraped is not None:
+            self._scraped.close()
         self.source.close()
