@@ -232,8 +232,12 @@ class LoadScraper:
             if w.holders <= 0:
                 del self._watched[(address, port)]
                 self._readings.pop((address, port), None)
-                if w.conn is not None:
-                    w.conn.close()
+                if w.conn is not None:  # its transport belongs to the scraper's loop
+                    loop = self._loop
+                    if loop is not None and loop.is_running():
+                        loop.call_soon_threadsafe(w.conn.close)
+                    else:
+                        w.conn.close()
 
     def watched(self) -> list[Key]:
         return list(self._watched)
