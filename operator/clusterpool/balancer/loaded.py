@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import xxhash
@@ -82,22 +83,30 @@ def rendezvous_order(key: str, targets: Sequence[Target]) -> list[int]:
     """Indexes of `targets`, best first, by weighted rendezvous (highest random weight)
     hashing: each target's score is -weight / ln(u), u a hash of key and target name in
     (0, 1). The order depends only on the key and the names and weights, so every process
-    computes the same; a target leaving moves only the keys it was first for."""
+    computes the same; a target leaving moves only the keys it was first for. With equal
+    weights the order is that of the hashes themselves (the score is monotonic in u), which
+    saves a logarithm per target."""
     prefix = key.encode() + b"\x00"
-    scores = []
-    for i, t in enumerate(targets):
-        u = (xxhash.xxh3_64_intdigest(prefix + t.name.encode()) + 0.5) / TWO_64
-        scores.append((-max(t.weight, 1) / math.log(u), i))
-    scores.sort(reverse=True)
-    return [i for _, i in scores]
+    hashes = [xxhash.xxh3_64_intdigest(prefix + t.name.encode()) for t in targets]
+    weights = {t.weight for t in targets}
+    if len(weights) <= 1:
+        scores: list[float] | list[int] = hashes
+    else:
+        scores = [-max(t.weight, 1) / math.log((h + 0.5) / TWO_64) for t, h in zip(targets, hashes, strict=True)]
+    return sorted(range(len(targets)), key=scores.__getitem__, reverse=True)
 
 
 class PrefixAffinity(LoadAware):
     """Requests with the same key (a prompt prefix or a session id, balancer/prefix.py) go
     to the same target, chosen by rendezvous hashing over the eligible targets, as long as
     it is under the load bound (queue, KV use, in-flight: core/load.py LoadBound); when it
-    is over, the next one in the key's rendezvous order, and when all are, the least loaded.
-    A request without a key goes to the least loaded target."""
+    is over, the next one in the key's rendezvous order, and when all are, the least loaded
+    (or, when no endpoint has a fresh reading, the key's first). A request without a key
+    goes to the least loaded target. The orders of the last ORDERS keys are remembered
+    (prefixes and sessions repeat), so a repeated key costs a few lookups, not a hash per
+    target."""
+
+    ORDERS = 4096
 
     def __init__(
         self,
@@ -109,9 +118,12 @@ class PrefixAffinity(LoadAware):
         super().__init__(load)
         self.bound = bound or LoadBound()
         self._fallback = LeastLoaded(load, weights, rng)
+        # the targets and the orders computed over them, swapped together by update()
+        self._snapshot: tuple[tuple[Target, ...], OrderedDict[str, list[int]]] = ((), OrderedDict())
 
     def _rebuild(self) -> None:
         self._fallback.update(self._targets, self.inflight)
+        self._snapshot = (self._targets, OrderedDict())
 
     def started(self, target: Target) -> None:
         super().started(target)
@@ -122,17 +134,21 @@ class PrefixAffinity(LoadAware):
         self._fallback.finished(target, latency_s, ok)
 
     def pick(self, key: str | None = None) -> Target:
-        targets = self._targets
+        targets, orders = self._snapshot
         if not targets:
             raise self._empty()
         if key is None:
             return self._fallback.pick()
+        order = orders.get(key)
+        if order is None:
+            order = orders[key] = rendezvous_order(key, targets)
+            if len(orders) > self.ORDERS:
+                orders.popitem(last=False)
         mean = self._total / len(targets)
-        order = rendezvous_order(key, targets)
         informed = False
         for i in order:
             load = self.load_of(targets[i])
-            if not self.bound.over(load, self._loads[i], mean):
+            if not self.bound.over(load, self.inflight(targets[i].name), mean):
                 return targets[i]
             informed = informed or not load.saturated
         # all over the bound: the least loaded, unless nothing is known of any of them (no
