@@ -71,7 +71,9 @@ class LlamaServer:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
-    binary, model = llama.build(), llama.model()  # cached by `make llama` (a prerequisite of `make test`)
+    if not llama.server_path().exists():  # a cold build takes minutes, more than a test's timeout
+        pytest.fail(f"no llama-server at {llama.server_path()}: run `make llama` first (a prerequisite of `make test`)")
+    binary, model = llama.build(), llama.model()
     s = LlamaServer(binary, model, tmp_path_factory.mktemp("llama") / "server.log")
     try:
         wait_for(lambda: s.get("/health")[0] == 200, 120, "llama-server to load the model",
