@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: help version stamp lock release wheelhouse venv controlplane redis consul helm promtool test-tools node-build node-up node-down crd demo demo-down test test-unit test-integration test-e2e lint format bench bench-node bench-tools bench-peers bench-gateway clean
+.PHONY: help version stamp lock release wheelhouse venv controlplane redis consul helm promtool llama test-tools node-build node-up node-down crd demo demo-down test test-unit test-integration test-e2e lint format bench bench-node bench-tools bench-peers bench-gateway clean
 
 help:
 	@echo "make demo        start a local control plane, demo backends and the operator; apply a pool"
@@ -48,10 +48,14 @@ helm: venv  # the chart's tests (integration and end-to-end)
 promtool: venv  # the chart's alert tests
 	@$(PY) scripts/promtool.py build >/dev/null
 
+llama: venv  # llama.cpp's llama-server built from source (about 4 min cold, cached) and the tiny model
+	@$(PY) scripts/llama.py build >/dev/null
+	@$(PY) scripts/llama.py model >/dev/null
+
 wheelhouse: venv  # the wheels of the client's dependencies: the client-only install test installs offline
 	@$(PY) scripts/release.py wheelhouse >/dev/null
 
-test-tools: controlplane redis consul helm promtool wheelhouse  # everything the integration tests run
+test-tools: controlplane redis consul helm promtool llama wheelhouse  # everything the integration tests run
 
 node-build: controlplane
 	@$(PY) scripts/node.py build >/dev/null

@@ -137,6 +137,8 @@ VALID: dict[str, dict[str, Any]] = {
     "redis-bracketed-ipv6": static(
         cache={"type": "Redis", "redis": {"address": "[fd00::9]:6379", "username": "app-user"}}
     ),
+    "engine-prefix-affinity": static(engine="vLLM", strategy="PrefixAffinity", healthCheck={"http": {}}),
+    "engine-ollama-least-loaded": static(engine="Ollama", strategy="LeastLoaded"),
     "etcd-minimal": etcd(),
     "etcd-tls-and-user": etcd(
         endpoints=["https://etcd-0.etcd:2379", "https://etcd-1.etcd:2379"],
@@ -210,6 +212,8 @@ INVALID_NAMES = {
 
 
 INVALID: dict[str, dict[str, Any]] = {
+    "engine-unknown": static(engine="vllm"),
+    "strategy-unknown": static(strategy="Random"),
     "no-source": {"discovery": {}},
     "model-with-space": static(models=["llama 3"]),
     "model-empty": static(models=[""]),

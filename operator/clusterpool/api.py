@@ -28,6 +28,7 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, core_schema
 
 from clusterpool.core import labels as label_rules
+from clusterpool.engines.profiles import ENGINES, Engine, profile_for
 
 GROUP = "clusterpool.dev"
 VERSION = "v1alpha1"
@@ -254,7 +255,9 @@ class Model(BaseModel):
     model_config = ConfigDict(frozen=True, alias_generator=to_camel, populate_by_name=True, extra="forbid")
 
 
-Strategy = Literal["RoundRobin", "LeastConnections", "Weighted", "ConsistentHash", "Adaptive"]
+Strategy = Literal[
+    "RoundRobin", "LeastConnections", "Weighted", "ConsistentHash", "Adaptive", "LeastLoaded", "PrefixAffinity"
+]
 Source = Literal["Static", "Kubernetes", "Consul", "Etcd"]
 
 
@@ -592,6 +595,7 @@ class HTTPHeader(Model):
     value: HeaderValue = Field(max_length=1024, description="Header value (printable ASCII, no CR/LF).")
 
 
+DEFAULT_HEALTH_PATH = "/health"
 _TLS_ONLY = (
     "!has(self.insecureSkipVerify) || !self.insecureSkipVerify || self.scheme == 'HTTPS'",
     "spec.healthCheck.http.insecureSkipVerify applies only with scheme HTTPS",
@@ -613,11 +617,12 @@ class HTTPCheck(Model):
     method: Literal["GET", "HEAD", "POST", "OPTIONS"] = Field(
         default="GET", description="Request method: GET (default), HEAD, POST or OPTIONS."
     )
-    path: HTTPPath = Field(
-        default="/health",
+    path: HTTPPath | None = Field(
+        default=None,
         min_length=1,
         max_length=1024,
-        description="Path to request, starting with `/`, printable ASCII without spaces (default `/health`).",
+        description="Path to request, starting with `/`, printable ASCII without spaces (default: the health "
+        "path of spec.engine's profile, else `/health`).",
     )
     port: int | None = Field(
         default=None, ge=1, le=65535, description="Port to probe; defaults to the endpoint's port."
@@ -663,6 +668,11 @@ class HTTPCheck(Model):
         if len(set(names)) != len(names):
             raise ValueError(_UNIQUE_HEADERS[1])
         return self
+
+    def path_for(self, engine: str | None) -> str:
+        """The path to request: this check's, else the engine profile's health path, else /health."""
+        profile = profile_for(engine)
+        return self.path or (profile.health_path if profile is not None else DEFAULT_HEALTH_PATH)
 
     def accepts(self, status: int) -> bool:
         for s in self.expected_statuses:
@@ -1097,7 +1107,16 @@ class ClusterPoolSpec(Model):
     strategy: Strategy = Field(
         default="RoundRobin",
         description="How clients pick an endpoint per request: RoundRobin (default), "
-        "LeastConnections, Weighted, ConsistentHash or Adaptive.",
+        "LeastConnections, Weighted, ConsistentHash, Adaptive, LeastLoaded (engine-reported queue and KV "
+        "use, see spec.engine) or PrefixAffinity (the same prompt prefix or x-session-id to the same "
+        "endpoint, within a load bound). See docs/load-balancing.md.",
+    )
+    engine: Engine | None = Field(
+        default=None,
+        description=f"The inference engine the endpoints run: {', '.join(ENGINES)} (a generic "
+        "OpenAI-compatible API). Names its health path (used by HTTP probes that set no path) and the "
+        "load gauges clients scrape for LeastLoaded and PrefixAffinity. Default: none (client-side "
+        "signals only).",
     )
     discovery: Discovery = Field(description="Where the pool's endpoints come from.")
     health_check: HealthCheck = Field(

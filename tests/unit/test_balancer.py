@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from clusterpool.balancer import (
+    STRATEGIES,
     Adaptive,
     ConsistentHash,
     LeastConnections,
@@ -23,7 +24,7 @@ def targets(n, weights=None):
     return [Target(f"t{i}", f"198.18.0.{i}", 8000, (weights or [1] * n)[i]) for i in range(n)]
 
 
-@pytest.mark.parametrize("name", ["RoundRobin", "LeastConnections", "Weighted", "ConsistentHash", "Adaptive"])
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
 def test_every_strategy_refuses_an_empty_pool_and_picks_from_the_targets(name):
     b = make_balancer(name)
     with pytest.raises(NoEndpointError):

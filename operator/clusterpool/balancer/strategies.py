@@ -1,4 +1,5 @@
-"""The five strategies. See the package docstring for the contract."""
+"""The strategies on client-side signals alone (the five of the first release). See the
+package docstring for the contract; balancer/loaded.py has those that read engine load."""
 
 from __future__ import annotations
 
@@ -372,19 +373,3 @@ class Adaptive(Balancer):
         now = self._clock()
         ewma, at = self._ewma.get(name, (0.0, now))
         return ewma * math.exp(-(now - at) / self.decay_s)
-
-
-STRATEGIES: dict[str, Callable[[], Balancer]] = {
-    "RoundRobin": RoundRobin,
-    "LeastConnections": LeastConnections,
-    "Weighted": Weighted,
-    "ConsistentHash": ConsistentHash,
-    "Adaptive": Adaptive,
-}
-
-
-def make_balancer(strategy: str) -> Balancer:
-    try:
-        return STRATEGIES[strategy]()
-    except KeyError:
-        raise ValueError(f"unknown strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}") from None

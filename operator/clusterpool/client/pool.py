@@ -27,12 +27,15 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 
 from clusterpool.balancer import Balancer, Target, make_balancer
+from clusterpool.balancer.registry import LOAD_AWARE
 from clusterpool.client.errors import CapacityError as CapacityError  # its old home
 from clusterpool.client.errors import NoEndpointError
+from clusterpool.client.load import LoadScraper, ScrapedPool
 from clusterpool.client.outlier import OutlierDetector
 from clusterpool.client.routing import RoutingTable, TableSource
 from clusterpool.core.failover import Breaker, BreakerConfig, on_probe, tick
 from clusterpool.core.labels import Selector, as_selector, describe, matches
+from clusterpool.engines.profiles import find_profile
 
 MAX_SELECTORS = 64  # balancers kept for distinct selectors; the oldest goes beyond this
 CAPACITY_POLL = 0.01  # seconds between checks while an async request waits for room
@@ -73,11 +76,14 @@ class PoolClient:
         clock: Callable[[], datetime] | None = None,
         capacity_wait: float = 0.0,
         outliers: OutlierDetector | None = None,
+        load: LoadScraper | None = None,
     ) -> None:
         self.source = source
         # With a passive outlier detector (client/outlier.py), it decides which endpoints a
         # request may go to instead of this client's breakers; its owner feeds it outcomes.
         self.outliers = outliers
+        self.load = load  # engine load for LeastLoaded and PrefixAffinity (client/load.py); None: opt out
+        self._scraped: ScrapedPool | None = None
         self.retries = retries
         self.budget = budget or RetryBudget()
         self.strategy_override = strategy
@@ -97,6 +103,8 @@ class PoolClient:
         self._trials: dict[str, int] = {}
         self._cfg = BreakerConfig()
         self.table = source.current()
+        if load is not None:
+            self._scraped = ScrapedPool(load, self._scrape_failed)
         self._sync()
 
     # -- the table ---------------------------------------------------------------------------
@@ -116,7 +124,7 @@ class PoolClient:
         strategy = self.strategy_override or table.strategy
         if self._balancer is None or strategy != self._strategy:
             old = self._balancer
-            self._balancer = make_balancer(strategy)
+            self._balancer = make_balancer(strategy, self.load)
             self._balancer.update(table.targets, old.inflight if old is not None else None)
             self._strategy = strategy
             self._subsets = {}
@@ -135,6 +143,9 @@ class PoolClient:
         self._breakers = {n: s for n, s in self._breakers.items() if n in names}
         self.table = table
         self._revision = table.revision
+        if self._scraped is not None:  # the scraper watches the eligible endpoints while the strategy reads load
+            profile = find_profile(table.engine) if strategy in LOAD_AWARE else None
+            self._scraped.follow(frozenset((t.address, t.port) for t in table.targets), profile)
 
     @property
     def balancer(self) -> Balancer:
@@ -156,7 +167,7 @@ class PoolClient:
             subset = self._subsets.get(selector)
             if subset is None:
                 assert self._strategy is not None
-                subset = make_balancer(self._strategy)
+                subset = make_balancer(self._strategy, self.load)
                 subset.update([t for t in main.targets if matches(t.labels, selector)], main.inflight)
                 if len(self._subsets) >= MAX_SELECTORS:
                     del self._subsets[next(iter(self._subsets))]
@@ -201,6 +212,14 @@ class PoolClient:
             if b.state == "HalfOpen":
                 self._trials[target.name] = max(0, self._trials.get(target.name, 0) - 1)
             self._breakers[target.name] = on_probe(b, ok, self._cfg, self._clock())
+
+    def _scrape_failed(self, address: str, port: int, why: str) -> None:
+        """Passive health from the load scraper: a failed scrape of an endpoint's metrics
+        (refused, timed out, an error status) counts as a failure for this client's breaker
+        of every target at that address."""
+        for t in self.table.targets:
+            if t.address == address and t.port == port:
+                self.record(t, ok=False)
 
     def breaker_state(self, name: str) -> str:
         return self._breakers.get(name, Breaker()).state
@@ -346,4 +365,6 @@ class PoolClient:
             self.finished(target, time.perf_counter() - start, ok)
 
     def close(self) -> None:
+        if self._scraped is not None:
+            self._scraped.close()
         self.source.close()

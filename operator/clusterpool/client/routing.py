@@ -36,6 +36,7 @@ class RoutingTable:
     models: tuple[str, ...] = ()  # the model names the pool serves (spec.models); () without any
     namespace: str = ""  # which pool ("pool" in the table); "" in tables without it
     pool: str = ""
+    engine: str | None = None  # spec.engine: whose load gauges to scrape (engines/profiles.py)
 
     @classmethod
     def parse(cls, text: str | bytes) -> RoutingTable:
@@ -68,6 +69,7 @@ class RoutingTable:
             pool = raw.get("pool") or {}
             if not isinstance(pool, dict):
                 raise TypeError(f"pool must be an object with namespace and name, not {pool!r}")
+            engine = str(raw["engine"]) if raw.get("engine") else None
             return cls(
                 str(raw.get("revision", "")),
                 str(raw["strategy"]),
@@ -78,6 +80,7 @@ class RoutingTable:
                 tuple(models),
                 str(pool.get("namespace") or ""),
                 str(pool.get("name") or ""),
+                engine,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise RoutingTableError(f"the routing table is malformed: {exc!r}") from exc

@@ -174,6 +174,8 @@ def build_routing_table(
     }
     if table["cache"] is not None:
         table["cache"] = table["cache"].to_json()
+    if spec.engine is not None:  # only when set, so tables of pools without one keep their revision
+        table["engine"] = spec.engine
     table["revision"] = hashlib.sha256(json.dumps(table, sort_keys=True).encode()).hexdigest()[:16]
     return table
 

@@ -301,9 +301,10 @@ class HTTPProber:
     reaches the wire; an endpoint address that is not an IP or DNS name fails its probe
     with InvalidAddress instead of going into the Host header."""
 
-    def __init__(self, check: HTTPCheck, timeout: float) -> None:
+    def __init__(self, check: HTTPCheck, timeout: float, engine: str | None = None) -> None:
         HTTPCheck.model_validate(check.model_dump())  # raises ValueError naming the field
         self.check = check
+        self.path = check.path_for(engine)  # the check's path, else the engine profile's health path
         self.timeout = timeout
         self.tls: ssl.SSLContext | None = None
         if check.scheme == "HTTPS":
@@ -316,7 +317,7 @@ class HTTPProber:
     def _request(self, host: str, port: int) -> bytes:
         authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         lines = [
-            f"{self.check.method} {self.check.path} HTTP/1.1",
+            f"{self.check.method} {self.path} HTTP/1.1",
             f"Host: {authority}",
             f"User-Agent: {USER_AGENT}",
             "Accept: */*",
@@ -373,9 +374,9 @@ class HTTPProber:
             return ProbeResult(
                 False,
                 "InvalidAddress",
-                f"{self.check.method} {self.check.path} on {host!r}:{port}: not probed: the address {exc}",
+                f"{self.check.method} {self.path} on {host!r}:{port}: not probed: the address {exc}",
             )
-        what = f"{self.check.method} {self.check.path} on {host}:{port}"
+        what = f"{self.check.method} {self.path} on {host}:{port}"
         start = time.perf_counter()
         progress = Progress()
         deadline = Deadline(self.timeout)
@@ -417,10 +418,12 @@ Check = Callable[[Endpoint], Awaitable[ProbeResult]]
 
 class Prober:
     """What a HealthCheck describes, as one callable per endpoint; close() ends idle
-    keep-alive connections."""
+    keep-alive connections. HTTP checks without a path request `engine`'s health path
+    (engines/profiles.py), or /health without an engine."""
 
-    def __init__(self, check: HealthCheck) -> None:
+    def __init__(self, check: HealthCheck, engine: str | None = None) -> None:
         self.timeout = float(check.timeout_seconds)
+        self.engine = engine
         self._http: list[HTTPProber] = []
         self.composite: CompositeCheck | None = check.composite
         self.checks: list[tuple[str, Check]] = []
@@ -432,7 +435,7 @@ class Prober:
 
     def _one(self, http: HTTPCheck | None, tcp_port: int | None) -> Check:
         if http is not None:
-            prober = HTTPProber(http, self.timeout)
+            prober = HTTPProber(http, self.timeout, self.engine)
             self._http.append(prober)
 
             async def run_http(ep: Endpoint) -> ProbeResult:
@@ -468,8 +471,9 @@ def combine(mode: str, names: list[str], results: list[ProbeResult]) -> ProbeRes
     return ProbeResult(False, "ChecksFailed", f"{summary}: {'; '.join(failing)}", latency)
 
 
-def prober_for(check: HealthCheck) -> Prober:
-    return Prober(check)
+def prober_for(check: HealthCheck, engine: str | None = None) -> Prober:
+    """The prober of a pool: `prober_for(spec.health_check, spec.engine)`."""
+    return Prober(check, engine)
 
 
 async def probe_all(members: tuple[Endpoint, ...], prober: Check) -> dict[str, ProbeResult]:

@@ -1,0 +1,225 @@
+"""LeastLoaded and PrefixAffinity over a view of engine load, and the affinity keys."""
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from clusterpool.balancer import (
+    LeastLoaded,
+    NoEndpointError,
+    PrefixAffinity,
+    Target,
+    affinity_key,
+    make_balancer,
+    rendezvous_order,
+)
+from clusterpool.balancer.prefix import block_hashes, prefix_key, prompt_text
+from clusterpool.core.load import NO_SIGNAL, SATURATED, Load, LoadBound
+
+
+class View:
+    """A LoadView the test sets by hand: address -> Load (unset: no signal)."""
+
+    def __init__(self, loads=None):
+        self.loads = dict(loads or {})
+
+    def load(self, address, port):
+        return self.loads.get(address, NO_SIGNAL)
+
+
+def targets(n):
+    return [Target(f"e{i}", f"198.18.0.{i + 1}", 8000) for i in range(n)]
+
+
+def test_least_loaded_takes_the_shortest_queue_and_least_kv_use():
+    view = View({"198.18.0.1": Load(waiting=5, kv_usage=0.2), "198.18.0.2": Load(waiting=0, kv_usage=0.9),
+                 "198.18.0.3": Load(waiting=0, kv_usage=0.1)})  # fmt: skip
+    b = LeastLoaded(view)
+    b.update(targets(3))
+    assert {b.pick().name for _ in range(20)} == {"e2"}
+
+
+def test_least_loaded_never_prefers_a_stale_reading_to_a_fresh_busy_one():
+    view = View({"198.18.0.1": SATURATED, "198.18.0.2": Load(waiting=40, kv_usage=1.0)})
+    b = LeastLoaded(view)
+    b.update(targets(2))
+    assert {b.pick().name for _ in range(20)} == {"e1"}
+
+
+def test_least_loaded_counts_its_own_requests_in_flight_between_scrapes():
+    b = LeastLoaded(View())
+    b.update(targets(2))
+    first = b.pick()
+    b.started(first)
+    assert b.pick().name != first.name
+
+
+def test_without_a_view_the_load_strategies_work_on_in_flight_counts():
+    for name in ("LeastLoaded", "PrefixAffinity"):
+        b = make_balancer(name)
+        with pytest.raises(NoEndpointError):
+            b.pick("k")
+        b.update(targets(3))
+        t = b.pick("k")
+        assert t.name in {"e0", "e1", "e2"}
+
+
+def test_missing_gauges_are_reported_per_target():
+    view = View({"198.18.0.1": Load(waiting=1, missing=("kvUsage",))})
+    b = LeastLoaded(view)
+    b.update(targets(2))
+    assert b.missing_gauges() == {"e0": ("kvUsage",)}
+
+
+def test_prefix_affinity_sends_a_prefix_to_one_endpoint_and_spreads_prefixes():
+    b = PrefixAffinity(View())
+    b.update(targets(4))
+    chosen = {}
+    for tenant in range(200):
+        key = prefix_key(f"tenant {tenant} system prompt " * 20)
+        picks = {b.pick(key).name for _ in range(5)}
+        assert len(picks) == 1
+        chosen[tenant] = picks.pop()
+    counts = [list(chosen.values()).count(f"e{i}") for i in range(4)]
+    assert min(counts) > 25, counts  # 200 prefixes over 4 endpoints: about 50 each
+
+
+def test_prefix_affinity_moves_to_the_next_in_order_when_the_preferred_is_over_the_bound():
+    ts = targets(4)
+    key = "p:0123"
+    order = [ts[i].name for i in rendezvous_order(key, ts)]
+    view = View()
+    b = PrefixAffinity(view, bound=LoadBound(waiting=4))
+    b.update(ts)
+    assert b.pick(key).name == order[0]
+    view.loads[f"198.18.0.{int(order[0][1:]) + 1}"] = Load(waiting=5)
+    assert b.pick(key).name == order[1]
+    view.loads[f"198.18.0.{int(order[1][1:]) + 1}"] = SATURATED
+    assert b.pick(key).name == order[2]
+
+
+def test_a_session_id_wins_over_the_prompt():
+    body = {"messages": [{"role": "user", "content": "hello"}]}
+    assert affinity_key(body, "abc") == "s:abc"
+    assert affinity_key(body) == prefix_key(prompt_text(body))
+    assert affinity_key({}) is None
+
+
+def test_chat_prompts_with_the_same_system_prompt_share_a_key():
+    system = {"role": "system", "content": "You answer questions about the tenant's invoices. " * 10}
+    a = affinity_key({"messages": [system, {"role": "user", "content": "Why is March high?"}]})
+    b = affinity_key({"messages": [system, {"role": "user", "content": "Who paid in May?"}]})
+    other = affinity_key({"messages": [{**system, "content": "Another tenant. " * 40}]})
+    assert a == b != other
+
+
+def test_block_hashes_are_chained():
+    one = block_hashes("a" * 64 + "b" * 64)
+    two = block_hashes("c" * 64 + "b" * 64)
+    assert len(one) == 2 and one[1] != two[1]  # same second block, different prefix
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(2, 12), leaving=st.integers(0, 11), keys=st.lists(st.text(min_size=1), min_size=50, max_size=200))
+def test_when_an_endpoint_leaves_only_its_prefixes_move(n, leaving, keys):
+    leaving %= n
+    all_targets = targets(n)
+    rest = [t for i, t in enumerate(all_targets) if i != leaving]
+    before, after = PrefixAffinity(View()), PrefixAffinity(View())
+    before.update(all_targets)
+    after.update(rest)
+    for key in keys:
+        was, now = before.pick(key).name, after.pick(key).name
+        if was != all_targets[leaving].name:
+            assert now == was, key
+    # and joining is the reverse: only keys the newcomer wins move, all of them to it
+    for key in keys:
+        was, now = after.pick(key).name, before.pick(key).name
+        assert now in (was, all_targets[leaving].name)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    waits=st.lists(st.integers(0, 10), min_size=2, max_size=8),
+    kvs=st.lists(st.floats(0, 1), min_size=8, max_size=8),
+    key=st.text(min_size=1),
+)
+def test_the_load_bound_is_respected_whenever_some_endpoint_is_under_it(waits, kvs, key):
+    bound = LoadBound(waiting=4, kv_usage=0.8)
+    ts = targets(len(waits))
+    view = View({t.address: Load(waiting=w, kv_usage=kvs[i]) for i, (t, w) in enumerate(zip(ts, waits, strict=True))})
+    b = PrefixAffinity(view, bound=bound)
+    b.update(ts)
+    picked = b.pick(key)
+    under = [t for t in ts if not bound.over(view.load(t.address, t.port), 0, 0.0)]
+    if under:
+        assert picked in under
+        first_under = next(ts[i] for i in rendezvous_order(key, ts) if ts[i] in under)
+        assert picked == first_under
+
+
+def test_in_flight_bound_spreads_a_hot_prefix():
+    b = PrefixAffinity(View(), bound=LoadBound(inflight_factor=1.5))
+    b.update(targets(4))
+    hot = prefix_key("the one tenant everybody uses " * 10)
+    names = []
+    for _ in range(12):
+        t = b.pick(hot)
+        b.started(t)
+        names.append(t.name)
+    assert len(set(names)) >= 2  # the bound moved the overflow on
+    assert max(names.count(n) for n in set(names)) <= 6  # 1.5 x (mean 3 + 1)
+
+
+def test_rendezvous_honours_weights():
+    ts = [Target("heavy", "198.18.0.1", 8000, weight=3), Target("light", "198.18.0.2", 8000, weight=1)]
+    firsts = [ts[rendezvous_order(f"k{i}", ts)[0]].name for i in range(4000)]
+    share = firsts.count("heavy") / len(firsts)
+    assert 0.70 < share < 0.80, share
+
+
+CHOOSER = """
+import json, sys
+from clusterpool.balancer import PrefixAffinity, Target, affinity_key
+b = PrefixAffinity()
+b.update([Target(f"e{i}", f"198.18.0.{i + 1}", 8000) for i in range(8)])
+prompts = json.loads(sys.stdin.read())
+print(json.dumps([b.pick(affinity_key({"prompt": p})).name for p in prompts]))
+"""
+
+
+def test_three_processes_choose_alike_for_the_same_prefixes():
+    prompts = [f"tenant {i}: " + "shared instructions " * (5 + i % 7) + f"question {i}" for i in range(300)]
+    runs = []
+    for seed in ("0", "1", "random"):  # different hash seeds: Python's hash() would differ
+        env = {"PYTHONHASHSEED": seed, "PATH": ""}
+        out = subprocess.run([sys.executable, "-c", CHOOSER], input=json.dumps(prompts), env=env,
+                             capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+        runs.append(json.loads(out.stdout))
+    assert runs[0] == runs[1] == runs[2]
+    assert len(set(runs[0])) == 8
+
+
+def test_load_weights_are_configurable():
+    from clusterpool.core.load import LoadWeights
+
+    view = View({"198.18.0.1": Load(waiting=2, kv_usage=0.0), "198.18.0.2": Load(waiting=0, kv_usage=0.9)})
+    by_queue = LeastLoaded(view, LoadWeights(waiting=1.0, kv_usage=0.0))
+    by_kv = LeastLoaded(view, replace(LoadWeights(), waiting=0.1, kv_usage=10.0))
+    for b in (by_queue, by_kv):
+        b.update(targets(2))
+    assert by_queue.pick().name == "e1"
+    assert by_kv.pick().name == "e0"
+
+
+def test_prefix_affinity_keeps_the_keys_endpoint_while_nothing_is_known_of_any():
+    ts = targets(4)
+    b = PrefixAffinity(View({t.address: SATURATED for t in ts}))
+    b.update(ts)
+    key = "p:feed"
+    assert b.pick(key) == ts[rendezvous_order(key, ts)[0]]
