@@ -28,7 +28,7 @@ CLIENT, OPERATOR = "clusterpool-client", "clusterpool-operator"
 IMAGE = "ghcr.io/clusterpool/clusterpool-operator"
 
 # Paths relative to operator/clusterpool; a folder takes everything under it.
-CLIENT_OWNS = ("__init__.py", "py.typed", "core", "balancer", "cache", "client", "gateway")
+CLIENT_OWNS = ("__init__.py", "py.typed", "core", "balancer", "cache", "client", "engines", "gateway")
 # Files inside the client's folders that only the operator needs (they import its api.py).
 OPERATOR_OWNS_WITHIN = ("core/publish.py",)
 
