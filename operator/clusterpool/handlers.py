@@ -19,22 +19,25 @@ import kopf
 
 from clusterpool import api
 from clusterpool.core.budget import TokenBucket
-from clusterpool.core.publish import MANAGED_BY
-from clusterpool.discovery.kubernetes import MANAGED_BY_LABEL
-from clusterpool.k8s.client import SecretReader, StatusWriter, load_config, watch_api
+from clusterpool.core.publish import MANAGED_BY, OPERATOR, SLICE_MANAGED_BY_LABEL
+from clusterpool.k8s.client import APIHealth, SecretsClient, StatusWriter, load_config, watch_api
 from clusterpool.k8s.events import COMPONENT, EventRecorder
 from clusterpool.k8s.publish import FIELD_MANAGER, Publisher
 from clusterpool.k8s.shards import Shards
 from clusterpool.k8s.writes import NotOwnedError, WriteQueue
 from clusterpool.memory import GIVE_BACK_EVERY, FreedMemory
 from clusterpool.metrics import Metrics
-from clusterpool.runner import INFORMATIONAL_PER_SECOND, PoolRunner, remove_published
+from clusterpool.pool_status import InformationalPace
+from clusterpool.runner import PoolRunner, PoolWiring
+from clusterpool.sinks.pool import remove_published
+from clusterpool.stages import Fence, PoolSecrets
 
 FINALIZER = f"{api.GROUP}/finalizer"
 STOP_GRACE = 3.0  # seconds a stopped pool's round may take to finish before it is cancelled
 FINALIZER_WAIT = 10.0  # seconds a new pool's daemon waits for kopf's finalizer before its first write
 NOT_OURS_WAIT = 120.0  # seconds a replica's delete handler waits for a pool another replica drives
 METRICS = Metrics()  # prometheus_client's default registry, served by __main__ with --metrics
+INFORMATIONAL_PER_SECOND = 5.0  # status writes of informational fields alone, all pools together
 
 
 class NoDiffBase(kopf.DiffBaseStorage):
@@ -78,7 +81,7 @@ def configure_settings(settings: kopf.OperatorSettings) -> None:
 @kopf.on.startup(id="configure")
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     configure_settings(settings)
-    identity = str(memo.get("identity") or "clusterpool-operator")
+    identity = str(memo.get("identity") or OPERATOR)
     settings.posting.reporting_instance = identity
     client = load_config()
     lease_seconds = float(memo.get("lease_seconds") or 15)
@@ -87,7 +90,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo["status_writer"] = StatusWriter(client, writes, field_manager=FIELD_MANAGER)
     memo["publisher"] = Publisher(client, writes)
     memo["events"] = EventRecorder(client, writes, identity)
-    memo["secrets"] = SecretReader(client)
+    memo["secrets"] = SecretsClient(client)
     freed_memory = memo["freed_memory"] = FreedMemory(timed=METRICS.give_back.observe)
     memo["give_back"] = asyncio.create_task(
         freed_memory.give_back_every(float(memo.get("give_back_seconds", GIVE_BACK_EVERY))), name="give-back"
@@ -95,7 +98,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo["informational"] = TokenBucket(INFORMATIONAL_PER_SECOND, 1 / INFORMATIONAL_PER_SECOND, time.monotonic())
     memo["runners"] = {}  # (namespace, name) -> PoolRunner; shared: per-object memos copy this dict's reference
     runners: dict[tuple[str, str], PoolRunner] = memo["runners"]
-    memo["api_watch"] = asyncio.create_task(watch_api(client, lambda: [*runners.values(), METRICS]), name="api-watch")
+    memo["api_health"] = api_health = APIHealth()  # held once: whether the API server answers
+    memo["api_watch"] = asyncio.create_task(
+        watch_api(client, api_health, lambda: [*runners.values(), METRICS]), name="api-watch"
+    )
     memo["loop_lag"] = asyncio.create_task(METRICS.watch_loop_lag(), name="loop-lag")
     memo["unwatch_gc"] = METRICS.watch_gc()
     shards = Shards(
@@ -138,7 +144,7 @@ async def _wake_on_shard_changes(shards: Shards, runners: dict[tuple[str, str], 
         await shards.changed()
         for (namespace, name), runner in list(runners.items()):
             if not shards.may_drive(namespace, name):
-                runner.wake.set()
+                runner.wake("this replica may no longer drive the pool")
 
 
 @kopf.on.cleanup(id="stop-api-watch")
@@ -208,22 +214,11 @@ async def pool_daemon(
         if not may_drive():  # another replica's pool, or not yet certainly ours
             await _first_of(shards.changed(), stopped.wait())
             continue
-        runner = PoolRunner(
-            body,
-            write_status,
-            emit,
-            logger,
-            publisher=memo["publisher"],
-            slices=slices,
-            secrets=memo["secrets"].read,
-            metrics=metrics,
-            may_drive=may_drive,
-            keeps=keeps,
-            identity=memo.get("identity"),
-            forget_written=forget_written,
-            read_stored_status=lambda: writer.read(namespace, name),
-            informational_budget=lambda: memo["informational"].take(time.monotonic()),
-        )
+        fence = Fence(may_drive, keeps, memo.get("identity"), forget_written, lambda: writer.read(namespace, name))
+        wiring = PoolWiring(write_status, emit, logger, memo["publisher"], slices, memo["secrets"].read, metrics, fence)
+        wiring.api_health = memo["api_health"]
+        wiring.informational = InformationalPace(lambda: memo["informational"].take(time.monotonic()))
+        runner = PoolRunner(body, wiring)
         runners[(namespace, name)] = runner
         run = asyncio.create_task(runner.run(), name=f"pool {namespace}/{name}")
         relay = asyncio.create_task(_stop_when(stopped, runner, run))
@@ -326,7 +321,8 @@ async def remove_pool_objects(
         # a write the stopped loop queued (an EndpointSlice apply) must not land after the removal
         await memo["writes"].settle((namespace, name))
         try:
-            await remove_published(body, memo["publisher"], memo["secrets"].read)
+            secrets = PoolSecrets(memo["secrets"].read, namespace)
+            await remove_published(body, memo["publisher"], secrets)
         except NotOwnedError:
             # The shard fence refused a removal: this replica's Lease turned uncertain
             # meanwhile (renewals time out under a delete storm). Wait here until the pool
@@ -345,7 +341,7 @@ async def remove_pool_objects(
 
 def _not_ours(labels: kopf.Labels, **_: Any) -> bool:
     """The EndpointSlices pools publish feed no pool: kopf drops their events early."""
-    return labels.get(MANAGED_BY_LABEL) != MANAGED_BY
+    return labels.get(SLICE_MANAGED_BY_LABEL) != MANAGED_BY
 
 
 @kopf.index("discovery.k8s.io", "v1", "endpointslices", id="slices_by_namespace", when=_not_ours)
@@ -366,7 +362,7 @@ async def slice_changed(namespace: str | None, labels: kopf.Labels, memo: kopf.M
     it runs on the event loop, where the runners' asyncio.Events live."""
     for (ns, _name), runner in list(memo["runners"].items()):
         if ns == namespace and runner.follows(labels):
-            runner.wake.set()
+            runner.wake("an EndpointSlice changed")
 
 
 def _spec_moved(body: kopf.Body, memo: kopf.Memo, **_: Any) -> bool:
@@ -385,4 +381,4 @@ async def spec_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Wake the pool's runner, so a spec change applies now, not after the interval."""
     runner = memo["runners"].get((body.metadata.namespace, body.metadata.name))
     if runner is not None:
-        runner.wake.set()
+        runner.wake("the spec changed")

@@ -28,6 +28,8 @@ ROUTING_SCHEMA_VERSION = 1
 ROUTING_KEY = "routing.json"
 PORT_NAME = "backend"
 MANAGED_BY = "clusterpool.dev"
+OPERATOR = "clusterpool-operator"  # the field manager, the Events' reporter, the objects' managed-by label
+SLICE_MANAGED_BY_LABEL = "endpointslice.kubernetes.io/managed-by"  # which controller fills an EndpointSlice
 POOL_LABEL = "clusterpool.dev/pool"
 
 
@@ -62,7 +64,7 @@ def owner_reference(pool: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _meta(pool: Mapping[str, Any], name: str, extra_labels: Mapping[str, str] | None = None) -> dict[str, Any]:
-    labels = {"app.kubernetes.io/managed-by": "clusterpool-operator", POOL_LABEL: pool["metadata"]["name"]}
+    labels = {"app.kubernetes.io/managed-by": OPERATOR, POOL_LABEL: pool["metadata"]["name"]}
     labels.update(extra_labels or {})
     return {
         "name": name,
@@ -114,7 +116,7 @@ def build_endpoint_slices(pool: Mapping[str, Any], state: PoolState) -> tuple[li
                     f"{name}-{kind.lower()}-{port}",
                     {
                         "kubernetes.io/service-name": name,
-                        "endpointslice.kubernetes.io/managed-by": MANAGED_BY,
+                        SLICE_MANAGED_BY_LABEL: MANAGED_BY,
                     },
                 ),
                 "addressType": kind,
