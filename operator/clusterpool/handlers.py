@@ -178,7 +178,7 @@ async def pool_daemon(
     """Drives the pool while it exists. Cleanup is not here: it is the delete handler's."""
     writer: StatusWriter = memo["status_writer"]
     events: EventRecorder = memo["events"]
-    namespace, name = body.metadata.namespace or "default", body.metadata.name or ""
+    namespace, name = _pool_key(body)
 
     async def write_status(status: dict[str, Any], stored: dict[str, Any], version: str | None) -> bool:
         return await writer.write(namespace, name, status, stored, version)
@@ -250,6 +250,11 @@ async def pool_daemon(
             logger.info("no longer driving the pool here (it belongs to %s now)", shards.owner_of(namespace, name))
 
 
+def _pool_key(body: kopf.Body) -> tuple[str, str]:
+    """(namespace, name): how the wiring knows a pool (the runners, the shards, the writers)."""
+    return body.metadata.namespace or "default", body.metadata.name or ""
+
+
 async def _until_finalizer_seen(body: kopf.Body, stopped: kopf.DaemonStopped) -> None:
     """kopf spawns a new pool's daemon, then patches its finalizer in: a status write
     sent before the watch shows that patch names the version before it, is refused (409)
@@ -300,7 +305,7 @@ async def remove_pool_objects(
     cancelled. Any failure raises, kopf retries, and the finalizer stays until this
     succeeds. (A real cluster's garbage collector would remove the Kubernetes objects
     through their ownerReferences too; Consul has no such collector.)"""
-    namespace, name = body.metadata.namespace or "default", body.metadata.name or ""
+    namespace, name = _pool_key(body)
     shards: Shards = memo["shards"]
     # The replica that drives the pool cleans it up. The others wait here, for the pool to
     # become theirs or for a long while, rather than fail and be retried at once: every
@@ -372,13 +377,13 @@ def _spec_moved(body: kopf.Body, memo: kopf.Memo, **_: Any) -> bool:
     its loop is stopped by kopf, not woken."""
     if body.metadata.get("deletionTimestamp") is not None:
         return False
-    runner = memo["runners"].get((body.metadata.namespace, body.metadata.name))
+    runner = memo["runners"].get(_pool_key(body))
     return runner is not None and runner.generation != body.metadata.get("generation")
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL, id="spec-changed", when=_spec_moved)
 async def spec_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Wake the pool's runner, so a spec change applies now, not after the interval."""
-    runner = memo["runners"].get((body.metadata.namespace, body.metadata.name))
+    runner = memo["runners"].get(_pool_key(body))
     if runner is not None:
         runner.wake("the spec changed")

@@ -137,7 +137,7 @@ class PoolStatus:
             return  # only counters, latencies and messages moved: they go with a later write
         self._emit_ready_change(status)
         stored = plain(self.body.get("status") or {})
-        version = (self.body.get("metadata") or {}).get("resourceVersion")
+        version = self._version()
         if await self.write_fn(status, stored, version):
             self.last_written = status
             self.pace.written()
@@ -158,7 +158,11 @@ class PoolStatus:
         stored_by = (self.body.get("status") or {}).get("drivenBy")
         if self.last_written is None or stored_by in (None, self.fence.identity):
             return False
-        return (self.body.get("metadata") or {}).get("resourceVersion") != self.foreign_version_seen
+        return self._version() != self.foreign_version_seen
+
+    def _version(self) -> str | None:
+        version = (self.body.get("metadata") or {}).get("resourceVersion")
+        return None if version is None else str(version)
 
     async def _resume(self) -> None:
         """Writing again after a pause: while this replica's Lease was uncertain or its
@@ -169,7 +173,7 @@ class PoolStatus:
         Otherwise every writer compares with what is stored from now on."""
         read = self.fence.read_stored_status
         stored = await read() if read is not None else self.body.get("status")
-        self.foreign_version_seen = (self.body.get("metadata") or {}).get("resourceVersion")
+        self.foreign_version_seen = self._version()
         self.last_written = None if stored is None else plain(stored)
         identity = self.fence.identity
         if identity is None or stored is None or stored.get("drivenBy") != identity:
