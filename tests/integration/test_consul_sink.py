@@ -186,4 +186,4 @@ async def test_a_stopped_loop_leaves_no_connection_to_consul_open(consul_agent, 
         finally:
             runner.stop()
             await task
-    await wait_until(lambda: open_sockets_to(port) == before, 5, "every connection to Consul closed")
+    await wait_until(lambda: open_sockets_to(port) <= before, 5, "every connection to Consul closed")

@@ -140,9 +140,8 @@ class ConsulPublisher:
             await self._deregister(iid, headers)
 
     async def close(self) -> None:
-        http, self._http = self._http, None
-        if http is not None:
-            await http.aclose()
+        if self._http is not None:
+            await self._http.aclose()  # a use after this fails loudly rather than opening a new client
 
 
 class ConsulSink:
