@@ -141,7 +141,7 @@ async def test_a_spec_change_during_a_sync_neither_breaks_it_nor_reports_a_failu
             await task
     first = next(i for i, w in enumerate(rec.writes) if consul_condition(w) is not None)
     seen = [consul_condition(w) for w in rec.writes[first:]]
-    assert all(c is not None and c["status"] == "True" for c in seen), seen
+    assert all(c is not None and c["status"] == "True" for c in seen), [c and (c["status"], c["reason"]) for c in seen]
     assert "ConsulPublishFailed" not in [e[1] for e in rec.events]
 
 
