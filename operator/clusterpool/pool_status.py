@@ -36,10 +36,9 @@ class HeldEvents:
         self.paused = False  # this replica could not write since its last write: resume first
 
     def __call__(self, type_: str, reason: str, message: str) -> None:
-        if not self.paused and self.may_drive():
+        if not self.paused and not self.held and self.may_drive():
             self.post(type_, reason, message)
-        else:
-            self.paused = True
+        else:  # (a pause is what a round or a refused write finds: see PoolStatus.may_write)
             self.held.append((type_, reason, message))
 
     def release(self) -> None:
