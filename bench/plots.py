@@ -231,7 +231,123 @@ def caches(plt: Any) -> Any:
     return fig
 
 
+GATEWAY_PROXIES = ("direct", "gateway", "haproxy", "vllm-router", "litellm-proxy")
+
+
+GATEWAY_BAR = 0.38
+GATEWAY_KINDS = (("completion", "#4c72b0"), ("stream", "#dd8452"))
+
+
+def not_measured(ax: Any, x: float) -> None:
+    ax.text(x, 0.06, "n/a", ha="center", va="bottom", fontsize=7, transform=ax.get_xaxis_transform())
+
+
+def kind_bars(
+    ax: Any,
+    rows: dict[tuple[str, str], dict[str, Any]],
+    proxies: list[str],
+    draw: Callable[[Any, float, dict[str, Any], str, str | None], bool],
+) -> None:
+    """A pair of bars (completion, stream) per proxy drawn by `draw`, which returns False when
+    the row has no such figure; a row not measured is marked n/a."""
+    for k, (kind, shade) in enumerate(GATEWAY_KINDS):
+        label: str | None = kind
+        for x, proxy in enumerate(proxies):
+            r = rows.get((proxy, kind))
+            pos = x + (k - 0.5) * GATEWAY_BAR
+            if r is None or not r["available"] or not draw(ax, pos, r, shade, label):
+                not_measured(ax, pos)
+            else:
+                label = None
+    ax.set_xticks(range(len(proxies)), proxies, fontsize=7)
+
+
+def gateway(plt: Any, path: Path | None = None) -> Any | None:
+    """bench/results/gateway.json: req/s per core, added latency at half capacity and RSS with
+    open streams, per proxy; a proxy that did not run is marked n/a, never drawn as zero."""
+    path = path or RESULTS / "gateway.json"
+    if not path.exists():
+        return None
+    d = json.loads(path.read_text())
+    rows = {(r["proxy"], r["kind"]): r for r in d["rows"]}
+    proxies = [p for p in GATEWAY_PROXIES if any(k[0] == p for k in rows)]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.9))
+
+    def capacity(ax: Any, pos: float, r: dict[str, Any], shade: str, label: str | None) -> bool:
+        c = r["capacity"]
+        value = c["req_per_s"] if r["proxy"] == "direct" else c["req_per_s_per_core"]
+        ax.bar(pos, value, GATEWAY_BAR, color=shade, label=label)
+        ax.text(pos, value, f"{value:,.0f}", ha="center", va="bottom", fontsize=6, rotation=90)
+        return True
+
+    def added(ax: Any, pos: float, r: dict[str, Any], shade: str, label: str | None) -> bool:
+        half = r["half_capacity"]
+        if "added_p50_us" not in half:
+            return False
+        p50, p99 = max(half["added_p50_us"], 1) / 1000, max(half["added_p99_us"], 1) / 1000
+        ax.bar(pos, p99, GATEWAY_BAR, color=shade, alpha=0.35)
+        ax.bar(pos, p50, GATEWAY_BAR, color=shade, label=label and f"{label} p50 (p99 pale)")
+        return True
+
+    ax = axes[0]
+    kind_bars(ax, rows, proxies, capacity)
+    ax.set_yscale("log")
+    ax.set_ylabel("requests/s per proxy core (direct: req/s)")
+    ax.set_title("Capacity (wrk, 32 connections)", fontsize=9)
+    ax.legend(fontsize=7)
+    ax = axes[1]
+    kind_bars(ax, rows, [p for p in proxies if p != "direct"], added)
+    ax.axhline(0.3, color="green", linestyle="--", label="goal p50 0.3 ms")
+    ax.axhline(1.0, color="green", linestyle=":", label="goal p99 1 ms")
+    ax.set_yscale("log")
+    ax.set_ylabel("added latency at half capacity (ms, log)")
+    ax.set_title("Added latency vs direct, same rate", fontsize=9)
+    ax.legend(fontsize=6)
+    ax = axes[2]
+    rss = {r["proxy"]: r for r in d["rss"]}
+    names = [p for p in proxies if p in rss]
+    for x, proxy in enumerate(names):
+        m = rss[proxy]
+        if not m["available"]:
+            not_measured(ax, x)
+            continue
+        half = GATEWAY_BAR / 2
+        ax.bar(x - half, m["idle_mib"], GATEWAY_BAR, color="#8c8c8c", label="idle" if x == 0 else None)
+        ax.bar(x + half, m["open_mib"], GATEWAY_BAR, color="#55a868", label="streams open" if x == 0 else None)
+        ax.text(x + half, m["open_mib"], f"{m['streams_open']}", ha="center", va="bottom", fontsize=6)
+    ax.axhline(100, color="green", linestyle="--", label="goal 100 MiB (gateway)")
+    ax.set_xticks(range(len(names)), names, fontsize=7)
+    ax.set_ylabel(f"RSS (MiB) with {d['method']['open_streams']} open streams")
+    ax.set_title("Memory (numbers: streams held open)", fontsize=9)
+    ax.legend(fontsize=6)
+    m = d["machine"]
+    load = f"load average {m['load_average_before'][0]} before, {m['load_average_after'][0]} after"
+    fig.suptitle(
+        f"Gateway and peers ({path.name}, {d['date']}{', quick' if d['quick'] else ''}; proxy on core 0, "
+        f"load and backend on core 1; {load}{': busy machine' if m.get('busy') else ''})",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    return fig
+
+
+def draw_gateway(results: Path, out: Path) -> None:
+    """Draw the gateway figure from one results file (bench/gateway_bench.py calls this)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = gateway(plt, results)
+    if fig is None:
+        raise FileNotFoundError(results)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100, metadata={"Software": None})
+    plt.close(fig)
+
+
 FIGURES: dict[str, Callable[[Any], Any]] = {
+    "gateway.png": gateway,
     "balancer-picks.png": balancer_picks,
     "balancer-vs-litellm.png": balancer_vs_litellm,
     "balancer-selectors.png": balancer_selectors,

@@ -33,6 +33,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "distributions"))
+import layout
 from controlplane import cache_root, go_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,7 +43,6 @@ SUITE = "bookworm"
 # Debian's python3 is 3.11 on bookworm, as in python:3.11-slim. ca-certificates as there.
 BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
 APT_PACKAGES = ("podman", "buildah", "debootstrap", "runc", "uidmap")
-OPERATOR_IMAGE = "clusterpool-operator"
 BACKEND_IMAGE = "localhost/clusterpool-backend"
 PAUSE_IMAGE = "localhost/clusterpool-pause"
 
@@ -303,14 +304,16 @@ def pip_mounts() -> list[str]:
 
 
 def operator_archive(base: str) -> Path:
-    version = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M)
-    tag = version.group(1) if version else "dev"
-    key = digest(base, ROOT / "Dockerfile", ROOT / "pyproject.toml", ROOT / "README.md", ROOT / "operator")
+    tag = layout.version()
+    inputs = ("Dockerfile", ".dockerignore", "requirements", "distributions", "LICENSE", "README.md", "operator")
+    key = digest(base, *(ROOT / name for name in inputs))
     archive = images_dir() / f"operator-{tag}-{key}.tar"
     if archive.exists():
         log(f"operator image cached ({archive.name})")
         return archive
-    ref = f"{OPERATOR_IMAGE}:{tag}"
+    # The name the project publishes under (the chart's default), so that the chart's
+    # defaults find the image that the node imported.
+    ref = f"{layout.IMAGE}:{tag}"
     log(f"building {ref} from the Dockerfile (BASE_IMAGE={base})")
     start = time.monotonic()
     podman(
@@ -320,16 +323,16 @@ def operator_archive(base: str) -> Path:
         *pip_mounts(),
         "--build-arg",
         f"BASE_IMAGE={base}",
+        "--build-arg",
+        f"VERSION={tag}",
         "-t",
-        f"localhost/{ref}",
+        ref,
         "-f",
         str(ROOT / "Dockerfile"),
         str(ROOT),
     )
-    # Charts name the image without a registry; containerd knows it as docker.io/library/...
-    podman("tag", f"localhost/{ref}", f"docker.io/library/{ref}")
     log(f"  built in {time.monotonic() - start:.0f}s; saving")
-    return save(f"docker.io/library/{ref}", archive)
+    return save(ref, archive)
 
 
 def backend_archive(base: str) -> Path:

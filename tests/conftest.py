@@ -3,8 +3,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# The project's dev tools (control plane, loopback backends) live in scripts/.
+# The project's dev tools (control plane, loopback backends) live in scripts/; its release
+# facts (version, distributions, image name) in distributions/layout.py.
 sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "distributions"))
 
 
 def _interrupt(signum: int, _frame: object) -> None:

@@ -16,6 +16,7 @@ def etcd(**fields: Any) -> dict[str, Any]:
 
 VALID: dict[str, dict[str, Any]] = {
     "minimal": static(),
+    "models": static(models=["llama-3-8b", "meta-llama/Llama-3.1-8B-Instruct", "qwen2.5:7b", "gpt-4o@2024+x"]),
     "http-check": static(healthCheck={"intervalSeconds": 5, "timeoutSeconds": 1, "http": {"path": "/v1/models"}}),
     "http-statuses": static(healthCheck={"http": {"expectedStatuses": ["200", "204-299", "401"]}}),
     "tcp-port": static(healthCheck={"tcp": {"port": 9000}}, strategy="LeastConnections"),
@@ -210,6 +211,12 @@ INVALID_NAMES = {
 
 INVALID: dict[str, dict[str, Any]] = {
     "no-source": {"discovery": {}},
+    "model-with-space": static(models=["llama 3"]),
+    "model-empty": static(models=[""]),
+    "model-leading-dash": static(models=["-llama"]),
+    "model-too-long": static(models=["m" * 254]),
+    "model-twice": static(models=["llama-3-8b", "qwen", "llama-3-8b"]),
+    "too-many-models": static(models=[f"m-{i}" for i in range(65)]),
     "empty-endpoints": static([]),
     "bad-name": static([{"name": "Not_A_Label", "address": "127.0.0.2", "port": 1}]),
     "port-zero": static([{"name": "a", "address": "127.0.0.2", "port": 0}]),

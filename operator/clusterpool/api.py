@@ -1,6 +1,6 @@
 """The ClusterPool API (clusterpool.dev/v1alpha1): pydantic models of spec and status.
 
-These models are the single source of the CRD: `scripts/gen_crd.py` renders
+These models are the single source of the CRD: `python -m clusterpool.crd` renders
 crds/clusterpool.dev_clusterpools.yaml from them, and a test fails when the two drift.
 Every rule the CRD can check (bounds, enums, CEL) is also checked here, so an object
 stored under an older schema is caught when the operator re-validates it.
@@ -20,6 +20,7 @@ from pydantic import (
     GetCoreSchemaHandler,
     GetJsonSchemaHandler,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
@@ -38,6 +39,8 @@ SHORT_NAMES = ["cpool"]
 CATEGORIES = ["llm"]
 
 MAX_ENDPOINTS = 256
+MAX_MODELS = 64  # model names one pool serves
+MODEL_NAME_MAX = 253
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 STATUS_RANGE = r"^[1-5][0-9]{2}(-[1-5][0-9]{2})?$"
 
@@ -210,6 +213,24 @@ RedisUser = Annotated[str, _Text(r"^[!-~]+$", "must be printable ASCII without s
 LabelValue = Annotated[
     str, _Text(label_rules.LABEL_VALUE, "must be a label value: at most 63 of a-z, A-Z, 0-9, '-', '_', '.'; e.g. vllm")
 ]
+
+
+# An OpenAI model name as clients send it in `model`: letters and digits first, then also
+# the punctuation real names use (meta-llama/Llama-3.1-8B-Instruct, qwen2.5:7b, gpt-4o@2024).
+MODEL_NAME = r"^[A-Za-z0-9][-A-Za-z0-9._:/@+]*$"
+ModelName = Annotated[
+    str,
+    Field(min_length=1, max_length=MODEL_NAME_MAX),
+    _Text(
+        MODEL_NAME,
+        f"must be a model name as clients send it (at most {MODEL_NAME_MAX} characters: a letter or digit, then "
+        "letters, digits and - . _ : / @ +; no spaces); e.g. llama-3-8b or meta-llama/Llama-3.1-8B-Instruct",
+    ),
+]
+_UNIQUE_MODELS = (
+    "self.all(m, self.exists_one(n, n == m))",
+    "each model may appear only once in spec.models: remove the repeats",
+)
 
 
 def _port_name_ok(v: str) -> bool:
@@ -1093,6 +1114,22 @@ class ClusterPoolSpec(Model):
     cache: CacheSpec | None = Field(
         default=None, description="The response cache clients use (default: none). See docs/caching.md."
     )
+    models: list[ModelName] | None = Field(
+        default=None,
+        max_length=MAX_MODELS,
+        description=f"The OpenAI model names the pool serves (the `model` field of a request), at most {MAX_MODELS}, "
+        "each once. Unique per namespace: when two pools claim a model, the one created first keeps it and the "
+        "other reports ModelsConflict. The gateway routes requests by them; they are in the routing table.",
+        json_schema_extra=cel_when_changed(_UNIQUE_MODELS),
+    )
+
+    @field_validator("models")
+    @classmethod
+    def _unique_models(cls, models: list[str] | None) -> list[str] | None:
+        repeated = sorted({m for m in models or [] if (models or []).count(m) > 1})
+        if repeated:
+            raise ValueError(f"{_UNIQUE_MODELS[1]} (got {', '.join(repeated)} more than once)")
+        return models
 
 
 # ------------------------------------------------------------------------- status
@@ -1220,6 +1257,12 @@ class ClusterPoolStatus(Model):
         json_schema_extra={"x-kubernetes-list-type": "atomic"},
     )
     cache: CacheStatus | None = Field(default=None, description="The pool's cache, when spec.cache is set.")
+    models: list[Annotated[str, Field(max_length=MODEL_NAME_MAX)]] | None = Field(
+        default=None,
+        max_length=MAX_MODELS,
+        description="The models of spec.models this pool serves: those no pool of the namespace created "
+        "earlier claims (see the ModelsConflict condition).",
+    )
     driven_by: str | None = Field(
         default=None,
         max_length=253,
@@ -1229,7 +1272,8 @@ class ClusterPoolStatus(Model):
         default_factory=list,
         max_length=16,
         description="Ready (at least one healthy endpoint), Degraded (some unhealthy or ejected), "
-        "Panic (routing to all endpoints), SpecValid (the spec could be used), CacheReady (the cache answers).",
+        "Panic (routing to all endpoints), SpecValid (the spec could be used), CacheReady (the cache answers), "
+        "ModelsConflict (a model of spec.models is served by a pool created earlier).",
         json_schema_extra=_list_map("type"),
     )
 
@@ -1247,6 +1291,9 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Panic", "type": "boolean", "jsonPath": ".status.panic", "priority": 1},
     {"name": "Cache", "type": "string", "jsonPath": _CACHE_READY, "priority": 1},
     {"name": "Driven-By", "type": "string", "jsonPath": ".status.drivenBy", "priority": 1},
+    # In the wide view: names like meta-llama/Llama-3.1-8B-Instruct, several per pool, would
+    # push the default table past a terminal's width; a conflict shows in `describe`.
+    {"name": "Models", "type": "string", "jsonPath": ".status.models", "priority": 1},
 ]
 
 

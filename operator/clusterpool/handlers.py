@@ -19,6 +19,7 @@ import kopf
 
 from clusterpool import api
 from clusterpool.core.budget import TokenBucket
+from clusterpool.core.models import claims_from
 from clusterpool.core.publish import MANAGED_BY, OPERATOR, SLICE_MANAGED_BY_LABEL
 from clusterpool.k8s.client import APIHealth, SecretsClient, StatusWriter, load_config, watch_api
 from clusterpool.k8s.events import COMPONENT, EventRecorder
@@ -97,6 +98,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     )
     memo["informational"] = TokenBucket(INFORMATIONAL_PER_SECOND, 1 / INFORMATIONAL_PER_SECOND, time.monotonic())
     memo["runners"] = {}  # (namespace, name) -> PoolRunner; shared: per-object memos copy this dict's reference
+    memo["models_seen"] = {}  # (namespace, name) -> the spec.models last seen (see models_changed)
     runners: dict[tuple[str, str], PoolRunner] = memo["runners"]
     memo["api_health"] = api_health = APIHealth()  # held once: whether the API server answers
     memo["api_watch"] = asyncio.create_task(
@@ -190,6 +192,7 @@ async def pool_daemon(
             metrics.event(type_, reason)
 
     index: kopf.Index[str, Any] = kwargs["slices_by_namespace"]
+    models_index: kopf.Index[str, Any] = kwargs["models_by_namespace"]
 
     def slices() -> list[Any]:
         return list(index.get(namespace, []))
@@ -218,6 +221,7 @@ async def pool_daemon(
         wiring = PoolWiring(write_status, emit, logger, memo["publisher"], slices, memo["secrets"].read, metrics, fence)
         wiring.api_health = memo["api_health"]
         wiring.informational = InformationalPace(lambda: memo["informational"].take(time.monotonic()))
+        wiring.model_claims = lambda: claims_from(models_index.get(namespace, []))
         runner = PoolRunner(body, wiring)
         runners[(namespace, name)] = runner
         run = asyncio.create_task(runner.run(), name=f"pool {namespace}/{name}")
@@ -387,3 +391,47 @@ async def spec_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     runner = memo["runners"].get(_pool_key(body))
     if runner is not None:
         runner.wake("the spec changed")
+
+
+# -- spec.models: unique per namespace (core/models.py decides; each runner reports) ------
+
+
+def _claimed_models(body: kopf.Body) -> tuple[str, ...]:
+    """The models a pool claims: none once it is being deleted."""
+    if body.metadata.get("deletionTimestamp") is not None:
+        return ()
+    models = (body.get("spec") or {}).get("models")
+    return tuple(m for m in models if isinstance(m, str)) if isinstance(models, list) else ()
+
+
+@kopf.index(api.GROUP, api.VERSION, api.PLURAL, id="models_by_namespace")
+async def models_by_namespace(namespace: str | None, body: kopf.Body, **_: Any) -> dict[str | None, Any]:
+    """Each pool's claim on model names, by namespace (kopf keeps it from its watch)."""
+    return {
+        namespace: {
+            "name": body.metadata.name,
+            "created": body.metadata.get("creationTimestamp"),
+            "models": list(_claimed_models(body)),
+        }
+    }
+
+
+def _models_moved(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> bool:  # noqa: A002 - kopf's name
+    """A pool's claim changed (its spec.models, its deletion): the other pools of its
+    namespace may gain or lose a model. Most events (status writes) change nothing here."""
+    claimed = () if type == "DELETED" else _claimed_models(body)
+    return bool(memo["models_seen"].get((body.metadata.namespace, body.metadata.name), ()) != claimed)
+
+
+@kopf.on.event(api.GROUP, api.VERSION, api.PLURAL, id="models-changed", when=_models_moved)
+async def models_changed(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:  # noqa: A002
+    """Wake the namespace's pools, so a conflict appears or clears now, not after their interval."""
+    key = (body.metadata.namespace, body.metadata.name)
+    claimed = () if type == "DELETED" else _claimed_models(body)
+    if claimed:
+        memo["models_seen"][key] = claimed
+    else:
+        memo["models_seen"].pop(key, None)
+    for (ns, _name), runner in list(memo["runners"].items()):
+        if ns == key[0]:
+            runner.wake("a pool's spec.models changed")

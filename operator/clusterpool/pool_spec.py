@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from pydantic import ValidationError
@@ -10,7 +10,8 @@ from pydantic import ValidationError
 from clusterpool import api
 from clusterpool.core.failover import BreakerConfig, FailoverConfig
 from clusterpool.core.health import Thresholds
-from clusterpool.core.status import FAILURE_CAP
+from clusterpool.core.models import ModelClaim, ModelOwnership, conflict_message, models_condition, ownership
+from clusterpool.core.status import FAILURE_CAP, ConditionSpec
 from clusterpool.stages import Emit, Log, PoolRef
 
 
@@ -51,8 +52,12 @@ class SpecTracker:
     (SpecValid=False with the field and the fix, and a Warning Event) and the last valid
     one stays in use."""
 
-    def __init__(self, body: Mapping[str, Any], emit: Emit, log: Log) -> None:
+    def __init__(
+        self, body: Mapping[str, Any], emit: Emit, log: Log, claims: Callable[[], Iterable[ModelClaim]] = tuple
+    ) -> None:
         self.body, self.emit, self.log = body, emit, log
+        self.claims = claims  # the claims of the namespace's pools on model names
+        self.models = ModelOwnership()  # what this pool serves of spec.models (refresh_models)
         self.spec: api.ClusterPoolSpec | None = None
         self.error: str | None = None
         self.generation: int | None = None
@@ -82,6 +87,24 @@ class SpecTracker:
             f"{self.error}; " + ("the last valid spec stays in use" if self.spec else "nothing runs until it is fixed"),
         )
         return None
+
+    def refresh_models(self) -> None:
+        """spec.models against the claims of the namespace's other pools (core/models.py):
+        what this pool serves; an Event when a conflict appears, changes or clears."""
+        meta = self.body.get("metadata") or {}
+        name = PoolRef.of(self.body).name
+        declared = tuple(self.spec.models or ()) if self.spec is not None else ()
+        owned = ownership(ModelClaim(name, str(meta.get("creationTimestamp") or ""), declared), self.claims())
+        if owned.held_elsewhere != self.models.held_elsewhere:
+            if owned.held_elsewhere:
+                self.emit("Warning", "ModelsConflict", conflict_message(name, owned.held_elsewhere))
+            else:
+                self.emit("Normal", "ModelsConflictResolved", f"serves {', '.join(owned.served) or 'no model'} now")
+        self.models = owned
+
+    def models_condition(self) -> ConditionSpec | None:
+        declared = bool(self.spec and self.spec.models)
+        return models_condition(PoolRef.of(self.body).name, declared, self.models)
 
     def _current_generation(self) -> int | None:
         gen = (self.body.get("metadata") or {}).get("generation")

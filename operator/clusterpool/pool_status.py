@@ -120,6 +120,8 @@ class PoolStatus:
         )
         if cache is not None:
             out["cache"] = cache
+        if specs.spec is not None and specs.spec.models:
+            out["models"] = list(specs.models.served)
         if self.fence.identity is not None:
             out["drivenBy"] = self.fence.identity
         return out

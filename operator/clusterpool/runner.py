@@ -26,11 +26,12 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from clusterpool.core.health import Endpoint
+from clusterpool.core.models import ModelClaim
 from clusterpool.core.pool import PoolState, step
 from clusterpool.core.status import restore_state
 from clusterpool.discovery.source import OutageNotice, SliceSource, SourceContext, SourceSlot, follows
@@ -62,6 +63,7 @@ class PoolWiring:
     informational: InformationalPace | None = None  # None: every INFORMATIONAL_EVERY, no shared budget
     sink_timeout: float = SINK_TIMEOUT
     rand: Callable[[], float] = random.random
+    model_claims: Callable[[], Iterable[ModelClaim]] = tuple  # the namespace's pools' claims on model names
 
 
 class PoolRunner:
@@ -73,7 +75,7 @@ class PoolRunner:
         self.pool = PoolState()
         self.prober: Prober | None = None
         events = HeldEvents(wiring.emit, wiring.fence.may_drive)
-        self.specs = SpecTracker(body, events, wiring.log)
+        self.specs = SpecTracker(body, events, wiring.log, wiring.model_claims)
         pace = wiring.informational or InformationalPace(lambda: True)
         self.status = PoolStatus(body, wiring.write_status, wiring.fence, events, pace, wiring.metrics)
         secrets = PoolSecrets(wiring.secrets, PoolRef.of(body).namespace)
@@ -148,10 +150,11 @@ class PoolRunner:
     async def publish(self) -> None:
         """The status from the state (not behind the sinks), then the sinks."""
         seen = self.sources.seen.condition if self.specs.spec is not None else None
-        conditions = [*self.sinks.conditions(), *([seen] if seen is not None else [])]
+        models = self.specs.models_condition()
+        conditions = [*self.sinks.conditions(), *(c for c in (seen, models) if c is not None)]
         await self.status.write(self.status.render(self.pool, self.specs, conditions, self.sinks.cache_status()))
         if self.specs.spec is not None:
-            self.sinks.offer(Snapshot(self.specs.spec, self.pool))
+            self.sinks.offer(Snapshot(self.specs.spec, self.pool, self.specs.models.served))
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -166,6 +169,7 @@ class PoolRunner:
         start = time.monotonic()
         await self.refresh_spec()
         await self.observe()
+        self.specs.refresh_models()
         await self.probe_round()
         if await self.status.may_write():  # else observe only: nothing is written until it may again
             await self.publish()

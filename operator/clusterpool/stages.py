@@ -118,6 +118,7 @@ class Snapshot:
 
     spec: api.ClusterPoolSpec
     state: PoolState
+    models: tuple[str, ...] = ()  # the model names the pool serves (spec.models less those held elsewhere)
 
 
 class Sink(Protocol):

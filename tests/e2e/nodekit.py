@@ -106,6 +106,38 @@ class Cluster:
             for a in e["addresses"]
         }
 
+    def start_pod(self, namespace: str, name: str, command: list[str], files: str | None = None) -> None:
+        """A one-off pod (restartPolicy Never) of the backend image running `command`, with
+        the ConfigMap `files` mounted at /files if given; an earlier pod of that name goes first."""
+        self.kubectl("delete", "pod", name, "-n", namespace, "--ignore-not-found", "--wait=true")
+        container: dict[str, Any] = {
+            "name": "c",
+            "image": BACKEND_IMAGE,
+            "imagePullPolicy": "Never",
+            "command": command,
+        }
+        spec: dict[str, Any] = {"restartPolicy": "Never", "containers": [container]}
+        if files is not None:
+            container["volumeMounts"] = [{"name": "files", "mountPath": "/files", "readOnly": True}]
+            spec["volumes"] = [{"name": "files", "configMap": {"name": files}}]
+        self.apply(
+            {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+        )
+
+    def finished_pod_log(self, namespace: str, name: str, timeout: float) -> str:
+        """The log of a one-off pod once it has finished, which must be with success; the pod
+        is deleted then."""
+
+        def done() -> str | None:
+            phase = ((self.get("pod", name, "-n", namespace) or {}).get("status") or {}).get("phase")
+            return phase if phase in ("Succeeded", "Failed") else None
+
+        phase = wait_for(done, timeout, f"pod {name} to finish", interval=0.5)
+        out = self.kubectl("logs", "-n", namespace, name).stdout
+        assert phase == "Succeeded", f"pod {name} {phase}: {out[-2000:]}"
+        self.kubectl("delete", "pod", name, "-n", namespace, "--wait=false")
+        return out
+
     def exec_http(self, namespace: str, pod: str, method: str, path: str) -> None:
         code = (
             "import urllib.request as u;"

@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from nodekit import BACKEND_IMAGE, CHART, ROOT, Cluster, backend_objects, pool_object, wait_for
+from nodekit import CHART, ROOT, Cluster, backend_objects, pool_object, wait_for
+
+import layout
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -55,7 +57,8 @@ def test_the_chart_installs_and_the_operator_runs_as_deployed(release: Cluster) 
     spec = pod["spec"]
     assert spec["serviceAccountName"] == FULLNAME
     container = spec["containers"][0]
-    assert container["image"] == "clusterpool-operator:0.1.0" and container["imagePullPolicy"] == "Never"
+    # the chart's default: the published name with the chart's appVersion (the image was loaded under it)
+    assert container["image"] == f"{layout.IMAGE}:{layout.version()}" and container["imagePullPolicy"] == "Never"
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     # In-cluster configuration: no kubeconfig anywhere, the ServiceAccount token mounted.
     assert not any(e["name"] == "KUBECONFIG" for e in container.get("env", []))
@@ -122,28 +125,8 @@ def test_metrics_are_scraped_through_the_charts_service_from_another_pod(release
 
 def run_pod(c: Cluster, name: str, command: list[str], timeout: float = 120) -> str:
     """Run a one-off pod of the backend image in APPS to completion; return its log."""
-    c.kubectl("delete", "pod", name, "-n", APPS, "--ignore-not-found", "--wait=true")
-    c.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": name, "namespace": APPS},
-            "spec": {
-                "restartPolicy": "Never",
-                "containers": [{"name": "c", "image": BACKEND_IMAGE, "imagePullPolicy": "Never", "command": command}],
-            },
-        }
-    )
-
-    def done() -> str | None:
-        phase = ((c.get("pod", name, "-n", APPS) or {}).get("status") or {}).get("phase")
-        return phase if phase in ("Succeeded", "Failed") else None
-
-    phase = wait_for(done, timeout, f"pod {name} to finish", interval=0.5)
-    out = c.kubectl("logs", "-n", APPS, name).stdout
-    assert phase == "Succeeded", f"pod {name} {phase}: {out[-2000:]}"
-    c.kubectl("delete", "pod", name, "-n", APPS, "--wait=false")
-    return out
+    c.start_pod(APPS, name, command)
+    return c.finished_pod_log(APPS, name, timeout)
 
 
 def pool_members(c: Cluster) -> dict[str, str]:
@@ -267,7 +250,7 @@ def start_sdk_app(c: Cluster, name: str, args: list[str]) -> None:
                 "containers": [
                     {
                         "name": "app",
-                        "image": "clusterpool-operator:0.1.0",
+                        "image": f"{layout.IMAGE}:{layout.version()}",
                         "imagePullPolicy": "Never",
                         "command": ["python", "/app/sdk_app.py", *args],
                         "volumeMounts": [

@@ -351,6 +351,20 @@ def net_backends() -> Iterator[Callable[[int], list[HTTPBackend]]]:
         b.stop()
 
 
+def labelled_table(servers: list[HTTPBackend], models: list[str]) -> dict[str, Any]:
+    """A routing table of `servers`, all eligible, each labelled with its model."""
+    return {
+        "schemaVersion": 1,
+        "revision": "r1",
+        "strategy": "RoundRobin",
+        "circuitBreaker": {},
+        "endpoints": [
+            {"name": s.name, "address": s.host, "port": s.port, "eligible": True, "labels": {"model": m}}
+            for s, m in zip(servers, models, strict=True)
+        ],
+    }
+
+
 def endpoints_of(backends: list[Any]) -> list[dict[str, Any]]:
     return [{"name": f"ep-{i}", "address": b.host, "port": b.port} for i, b in enumerate(backends)]
 
@@ -415,3 +429,7 @@ def helm_rendered(helm_bin: str, *sets: str) -> dict[tuple[str, str], dict[str, 
     """`helm template` of the chart as release "rel" in namespace "ops": objects by (kind, name)."""
     out = helm_run(helm_bin, "template", "rel", str(CHART), "--namespace", "ops", *sets).stdout
     return {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(out) if d}
+
+
+# -- the gateway's backends and process (tests/integration/gateway_process.py) -----------------
+from gateway_process import gateway, openai_backends  # noqa: E402, F401 - fixtures

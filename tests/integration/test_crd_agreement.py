@@ -74,6 +74,8 @@ def test_the_longest_service_name_is_a_valid_pool_name(pools):
         ("probe-path-with-crlf", "spec.healthCheck.http.path"),
         ("redis-password-secret-bad-name", "spec.cache.redis.passwordSecretRef.name"),
         ("kubernetes-port-zero", "spec.discovery.kubernetes.port"),
+        ("model-with-space", "spec.models[0]"),
+        ("model-twice", "spec.models"),
     ],
 )
 def test_the_apiserver_and_the_models_give_the_same_message(pools, sample, field):

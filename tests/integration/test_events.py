@@ -31,7 +31,6 @@ async def test_repeats_are_counted_and_new_events_are_bounded_per_pool(k8s):
             assert recorder.post(flapping, "Warning", "EndpointUnhealthy", "ep-0 failed its probes")
         posted = [recorder.post(flapping, "Normal", "Step", f"step {i}") for i in range(BURST + 10)]
         assert recorder.post(calm, "Normal", "PoolReady", "1 of 1 endpoints healthy")  # another pool's budget
-        await asyncio.sleep(0)
         loop = asyncio.get_running_loop()
 
         def settled():
@@ -71,9 +70,15 @@ def test_every_event_of_a_running_operator_names_the_operator_as_reporter(pools,
     pools.create("who", spec)
     pools.wait_ready("who", 2)
     backends[0].stop()
-    wait_for(lambda: pools.events("who", "EndpointUnhealthy"), 20, "an EndpointUnhealthy Event")
-    events = pools.core.list_namespaced_event(pools.namespace).items
-    assert {e.reason for e in events} >= {"EndpointUnhealthy"}
+
+    def posted():  # the operator's Events of both kinds: the pool's and an endpoint's
+        events = pools.core.list_namespaced_event(pools.namespace).items
+        return events if {"PoolReady", "EndpointUnhealthy"} <= {e.reason for e in events} else None
+
+    events = wait_for(posted, 20, "the PoolReady and EndpointUnhealthy Events")
+    unhealthy = [e for e in events if e.reason == "EndpointUnhealthy"]
+    assert [(e.involved_object.kind, e.involved_object.name) for e in unhealthy] == [("ClusterPool", "who")]
+    assert "endpoint ep-0 " in unhealthy[0].message, unhealthy[0].message
     reporters = {(e.reporting_component, e.source.component, e.reporting_instance) for e in events}
     assert reporters == {(COMPONENT, COMPONENT, operator.identity)}
 

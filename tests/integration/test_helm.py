@@ -8,6 +8,7 @@ import uuid
 import pytest
 import yaml
 
+import layout
 from conftest import CHART, ROOT, helm_rendered, helm_run
 
 
@@ -18,7 +19,7 @@ def test_the_chart_lints_clean(helm_bin):
 
 def test_the_chart_grants_exactly_the_install_manifests_rules(helm_bin):
     objs = helm_rendered(helm_bin)
-    manifests = {d["kind"]: d for d in yaml.safe_load_all((ROOT / "manifests/install/rbac.yaml").read_text())}
+    manifests = {d["kind"]: d for d in yaml.safe_load_all((ROOT / "manifests/install/10-rbac.yaml").read_text())}
     role = objs[("ClusterRole", "rel-clusterpool-operator")]
     assert role["rules"] == manifests["ClusterRole"]["rules"]
     binding = objs[("ClusterRoleBinding", "rel-clusterpool-operator")]
@@ -45,7 +46,7 @@ def test_the_deployment_is_one_replica_by_default_with_values_applied(helm_bin):
         "CLUSTERPOOL_LEASE_SECONDS"
     ]["value"] == "30"
     container = dep["spec"]["template"]["spec"]["containers"][0]
-    assert container["image"] == "clusterpool-operator:0.1.0"  # the chart's appVersion
+    assert container["image"] == f"{layout.IMAGE}:{layout.version()}"  # where the project publishes; appVersion
     assert container["args"] == [
         "--liveness",
         "http://0.0.0.0:8080/healthz",

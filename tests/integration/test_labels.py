@@ -16,7 +16,7 @@ from test_discovery import make_slice
 
 from backends import HTTPBackend, free_port
 from clusterpool.client import CapacityError, ConfigMapTable, FileTable, PoolClient, PoolTransport
-from conftest import ROOT, endpoints_of, wait_for
+from conftest import ROOT, endpoints_of, labelled_table, wait_for
 
 PROMPT = 5
 
@@ -188,16 +188,7 @@ def test_the_models_by_label_example_sends_each_model_to_its_endpoints(tmp_path)
     servers = [HTTPBackend(f"127.0.2.{i + 1}", port, name=f"s{i}").start() for i in range(3)]
     try:
         models = ["llama-3-8b", "org_qwen-2", "llama-3-8b"]
-        table = {
-            "schemaVersion": 1,
-            "revision": "r1",
-            "strategy": "RoundRobin",
-            "circuitBreaker": {},
-            "endpoints": [
-                {"name": s.name, "address": s.host, "port": s.port, "eligible": True, "labels": {"model": m}}
-                for s, m in zip(servers, models, strict=True)
-            ],
-        }
+        table = labelled_table(servers, models)
         (tmp_path / "routing.json").write_text(json.dumps(table))
         pool = PoolClient(FileTable(tmp_path / "routing.json"))
         client = openai.OpenAI(

@@ -180,11 +180,17 @@ def test_status_endpoints_are_one_entry_in_managed_fields(pools, http_backends):
 def test_status_holds_nothing_that_changes_while_health_does_not(pools, http_backends):
     # (An identical patch does not bump resourceVersion, so this guards the content of
     # status; that the operator skips identical writes is tested in test_runner.py.)
-    pools.create("p", static(http_backends(2)))
+    backends = http_backends(2)
+    pools.create("p", static(backends))
     pools.wait_ready("p", healthy=2)
-    time.sleep(1)
+    wait_for(lambda: pools.condition("p", "Published").get("status") == "True", 15, "the pool's objects published")
     version = pools.get("p")["metadata"]["resourceVersion"]
-    time.sleep(3 * INTERVAL * (1 + JITTER / 100))  # three probe rounds, all passing
+    probed = [b.requests for b in backends]
+    wait_for(  # three probe rounds, all passing, seen by the backends (an operator that hangs fails here)
+        lambda: all(b.requests >= n + 3 for b, n in zip(backends, probed, strict=True)),
+        3 * detect_bound(0),
+        "three more probes of each backend",
+    )
     assert pools.get("p")["metadata"]["resourceVersion"] == version
 
 

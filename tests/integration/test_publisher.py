@@ -1,8 +1,10 @@
 """The Publisher against the real API server: an object it refuses is not sent again
-unchanged on every round, only after a backoff; the other objects go on being applied."""
+unchanged on every round, only after a backoff; the other objects go on being applied;
+what it adopts, what others changed, and a prune that runs while a listing is checked."""
 
 import asyncio
 import uuid
+from collections.abc import Callable
 
 import kubernetes
 import pytest
@@ -11,6 +13,7 @@ from kubernetes.client.exceptions import ApiException
 from clusterpool.core.publish import POOL_LABEL
 from clusterpool.k8s.publish import Publisher
 from clusterpool.k8s.writes import Lane, WriteQueue
+from conftest import wait_for
 
 
 @pytest.fixture
@@ -47,13 +50,15 @@ async def test_a_refused_object_waits_out_a_backoff_and_the_others_still_go(k8s,
 
         assert await apply(invalid, config_map(namespace, "good", "1")) == 2
         assert await apply(invalid, config_map(namespace, "good", "2")) == 1  # the good one only
+        # The backoff is jittered (core/backoff.py): the first wait lies in [2.5 s, 5 s], the
+        # second, doubled, in [5 s, 10 s].
+        now[0] += 2.4
+        assert await apply(invalid) == 0
+        now[0] += 2.7  # past 5 s after the refusal
+        assert await apply(invalid) == 1
         now[0] += 4.9
         assert await apply(invalid) == 0
-        now[0] += 0.2  # 5 s after the refusal
-        assert await apply(invalid) == 1
-        now[0] += 9.0  # the wait doubled: 10 s
-        assert await apply(invalid) == 0
-        now[0] += 1.1
+        now[0] += 5.2  # past 10 s
         assert await apply(invalid) == 1
         changed = config_map(namespace, "bad", "y" * 64)  # a changed object is sent at once
         assert await apply(changed) == 1
@@ -147,6 +152,76 @@ async def test_what_someone_else_changed_or_removed_is_applied_again_after_the_n
         assert await sent_by(publisher, writes, objs, adopt=False) == 2
         assert core.read_namespaced_config_map("a-routing", namespace).data == {"routing.json": "mine"}
         assert core.read_namespaced_service("a", namespace).metadata.labels[POOL_LABEL] == "a"
+    finally:
+        await publisher.close()
+        await writes.close()
+
+
+def endpoint_slice(namespace, pool, name):
+    labels = {POOL_LABEL: pool, "kubernetes.io/service-name": pool}
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "addressType": "IPv4",
+        "ports": [{"name": "backend", "port": 8000, "protocol": "TCP"}],
+        "endpoints": [{"addresses": ["198.18.0.1"]}],
+    }
+
+
+async def test_a_prune_that_runs_while_a_listing_is_checked_breaks_neither(k8s, namespace):
+    """A prune of pool a's EndpointSlices runs on a write worker while the check of a
+    listing (someone else changed one of those slices) runs on the event loop: the apply
+    that waited for the listing succeeds, and a slice applied again after the prune is
+    stored again."""
+    slices = kubernetes.client.DiscoveryV1Api(k8s)
+    stall: list[Callable[[], None]] = []  # run once, at the first comparison of two readings
+
+    class Reading(float):
+        """A clock reading; the first comparison after `stall` was armed holds the event
+        loop (the listing's check is underway) until the prune has gone past the slice."""
+
+        def __lt__(self, other: float) -> bool:
+            if stall:
+                stall.pop()()
+            return float(self) < float(other)
+
+    now = [1000.0]
+    writes = WriteQueue()
+    publisher = Publisher(k8s, writes, clock=lambda: Reading(now[0]))
+    changed = endpoint_slice(namespace, "a", "a-m")
+    try:
+        assert await publisher.apply([changed, routing(namespace, "a", "1")]) == []
+        slices.patch_namespaced_endpoint_slice("a-m", namespace, {"metadata": {"labels": {"by": "someone-else"}}})
+        # slices of pool a it never applied: the prune deletes them in name order, these
+        # first (a prune slower than the listing), then a-m, then a-z
+        for i in range(100):
+            slices.create_namespaced_endpoint_slice(namespace, endpoint_slice(namespace, "a", f"a-f{i:03d}"))
+        slices.create_namespaced_endpoint_slice(namespace, endpoint_slice(namespace, "a", "a-z"))
+
+        def stored() -> set[str]:
+            listed = slices.list_namespaced_endpoint_slice(namespace, label_selector=f"{POOL_LABEL}=a")
+            return {s.metadata.name for s in listed.items}
+
+        not_yet_pruned: list[bool] = []
+
+        def until_pruned() -> None:  # on the event loop, blocking it: the prune goes on in its thread
+            not_yet_pruned.append("a-m" in stored())
+            wait_for(lambda: "a-z" not in stored(), 30, "the prune to delete a-z")
+
+        now[0] += 10.0
+        stall.append(until_pruned)
+        listing = asyncio.ensure_future(publisher.apply([routing(namespace, "b", "1")], adopt=True))
+        prune = asyncio.ensure_future(publisher.prune_slices(namespace, "a", keep=set()))
+        assert await listing == []  # the listing's check did not break on what the prune removed
+        await prune
+        # the race was set up: the check began before the prune removed a-m, and was held
+        # until the prune had gone past it
+        assert not_yet_pruned == [True], "the prune removed a-m before the listing was checked"
+        assert stored() == set()
+
+        assert await publisher.apply([changed, routing(namespace, "a", "1")]) == []
+        assert stored() == {"a-m"}
     finally:
         await publisher.close()
         await writes.close()

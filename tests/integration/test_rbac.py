@@ -1,4 +1,4 @@
-"""The operator works under exactly the ClusterRole in manifests/install/rbac.yaml, on an
+"""The operator works under exactly the ClusterRole in manifests/install/10-rbac.yaml, on an
 apiserver with RBAC on, authenticated with a real ServiceAccount token."""
 
 import asyncio
@@ -20,8 +20,8 @@ AS_SA = f"--as=system:serviceaccount:{NS}:{SA}"
 
 @pytest.fixture
 def sa_kubeconfig(cluster, kubectl, k8s, tmp_path):
-    kubectl("apply", "-f", str(ROOT / "manifests/install/namespace.yaml"))
-    kubectl("apply", "-f", str(ROOT / "manifests/install/rbac.yaml"))
+    kubectl("apply", "-f", str(ROOT / "manifests/install/00-namespace.yaml"))
+    kubectl("apply", "-f", str(ROOT / "manifests/install/10-rbac.yaml"))
     token = (
         kubernetes.client.CoreV1Api(k8s)
         .create_namespaced_service_account_token(SA, NS, {"spec": {"expirationSeconds": 3600}})

@@ -3,7 +3,10 @@ operator publishes on the real apiserver."""
 
 import json
 import os
+import socketserver
+import threading
 from collections import Counter
+from types import SimpleNamespace
 
 import httpx
 import openai
@@ -11,14 +14,20 @@ import pytest
 
 from backends import HTTPBackend, free_port
 from clusterpool.client import (
+    ENDPOINT_EXTENSION,
+    ENDPOINT_HEADER,
     AsyncPoolTransport,
+    ClusterPoolError,
     ConfigMapTable,
     FileTable,
+    NoEndpointError,
     PoolClient,
     PoolTransport,
     RetryBudget,
     RoutingTable,
     RoutingTableError,
+    async_httpx_client,
+    httpx_client,
 )
 from conftest import endpoints_of, wait_for
 
@@ -228,3 +237,137 @@ async def test_langchain_chat_openai_uses_the_pool_unchanged(servers, tmp_path):
     answers = {llm.invoke("hi").content for _ in range(3)}
     answers |= {(await llm.ainvoke("hi")).content for _ in range(3)}
     assert answers == {"hello from ep-0", "hello from ep-1", "hello from ep-2"}
+
+
+CHAT = {"model": "stub", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def test_inference_posts_move_to_another_endpoint_on_503_and_name_the_one_that_served(servers, tmp_path):
+    path = tmp_path / "routing.json"
+    write(path, table(servers, failure_threshold=100))  # keep the breaker out of it
+    servers[0].mode = "unavailable"
+    with httpx_client(path, retries=2) as http:
+        answers = [http.post("/v1/chat/completions", json=CHAT) for _ in range(9)]
+        others = Counter(http.post("/v1/rerank", json={}).status_code for _ in range(9))
+    assert [r.status_code for r in answers] == [200] * 9
+    assert servers[0].requests >= 1  # it was asked, answered 503, and the request went on
+    served = Counter(r.headers[ENDPOINT_HEADER] for r in answers)
+    assert set(served) == {"ep-1", "ep-2"} and sum(served.values()) == 9
+    assert all(r.extensions[ENDPOINT_EXTENSION] == r.headers[ENDPOINT_HEADER] for r in answers)
+    assert all(
+        r.json()["choices"][0]["message"]["content"] == f"hello from {r.headers[ENDPOINT_HEADER]}" for r in answers
+    )
+    assert others[503] == 3  # any other POST may have been acted on: not resent
+
+
+def test_an_inference_post_is_never_sent_twice_to_one_endpoint(servers, tmp_path):
+    path = tmp_path / "routing.json"
+    write(path, table(servers, failure_threshold=100))
+    for s in servers:
+        s.mode = "unavailable"
+    with httpx_client(path, retries=10) as http:
+        r = http.post("/v1/completions", json={"model": "stub", "prompt": "hi"})
+    assert r.status_code == 503  # every endpoint tried once, the last answer returned
+    assert counts(servers) == [1, 1, 1]
+
+
+def test_an_inference_post_moves_on_after_a_broken_answer_before_the_first_byte(servers, tmp_path):
+    path = tmp_path / "routing.json"
+    write(path, table(servers, failure_threshold=100))
+    servers[1].mode = "garbage"  # answers with a line that is not HTTP, then closes
+    with httpx_client(path) as http:
+        statuses = [http.post("/v1/embeddings", json={"input": "x"}).status_code for _ in range(9)]
+        assert servers[1].requests >= 1
+
+        def three_uploads() -> None:
+            for _ in range(3):  # one of them meets ep-1
+                http.post("/v1/files", json={})
+
+        with pytest.raises(httpx.RemoteProtocolError):  # not an inference path: not resent
+            three_uploads()
+    assert statuses == [200] * 9
+
+
+async def test_the_async_transport_moves_inference_posts_on_503(servers, tmp_path):
+    path = tmp_path / "routing.json"
+    write(path, table(servers, failure_threshold=100))
+    servers[2].mode = "unavailable"
+    async with async_httpx_client(path) as http:
+        answers = [await http.post("/v1/chat/completions", json=CHAT) for _ in range(9)]
+    assert [r.status_code for r in answers] == [200] * 9
+    assert servers[2].requests >= 1 and {r.headers[ENDPOINT_HEADER] for r in answers} == {"ep-0", "ep-1"}
+
+
+def test_the_openai_client_gets_a_completion_through_a_pool_where_one_backend_answers_503(servers, tmp_path):
+    path = tmp_path / "routing.json"
+    write(path, table(servers, failure_threshold=100))
+    servers[1].mode = "unavailable"
+    client = openai.OpenAI(base_url="http://pool/v1", api_key="unused", http_client=httpx_client(path), max_retries=0)
+    replies = [
+        client.chat.completions.with_raw_response.create(model="stub", messages=CHAT["messages"]) for _ in range(6)
+    ]
+    assert {r.headers[ENDPOINT_HEADER] for r in replies} == {"ep-0", "ep-2"}
+    assert {r.parse().choices[0].message.content for r in replies} == {"hello from ep-0", "hello from ep-2"}
+    assert servers[1].requests >= 1
+    client.close()
+
+
+async def test_the_async_openai_client_gets_a_completion_through_a_pool_where_one_backend_answers_503(
+    servers, tmp_path
+):
+    path = tmp_path / "routing.json"
+    write(path, table(servers, failure_threshold=100))
+    servers[0].mode = "unavailable"
+    client = openai.AsyncOpenAI(
+        base_url="http://pool/v1", api_key="unused", http_client=async_httpx_client(path), max_retries=0
+    )
+    for _ in range(6):
+        reply = await client.chat.completions.create(model="stub", messages=CHAT["messages"])
+        assert reply.choices[0].message.content in {"hello from ep-1", "hello from ep-2"}
+    assert servers[0].requests >= 1
+    await client.close()
+
+
+def test_no_eligible_endpoint_is_an_httpx_transport_error_and_openai_a_connection_error(servers, tmp_path):
+    path = tmp_path / "routing.json"
+    write(path, table(servers, eligible=set()))
+    with httpx_client(path) as http, pytest.raises(httpx.TransportError) as caught:
+        http.get("/v1/models")
+    assert isinstance(caught.value, NoEndpointError) and isinstance(caught.value, ClusterPoolError)
+    assert caught.value.request.url.path == "/v1/models"  # httpx attached the request
+    client = openai.OpenAI(base_url="http://pool/v1", api_key="unused", http_client=httpx_client(path), max_retries=0)
+    with pytest.raises(openai.APIConnectionError):
+        client.chat.completions.create(model="stub", messages=CHAT["messages"])
+    client.close()
+    assert counts(servers) == [0, 0, 0]
+
+
+class _CutShort(socketserver.BaseRequestHandler):
+    """Sends the status line, headers and part of the body it promised, then closes."""
+
+    def handle(self) -> None:
+        self.server.requests += 1  # type: ignore[attr-defined]
+        self.request.recv(65536)
+        self.request.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nContent-Type: application/json\r\n\r\n{"id"')
+
+
+def test_once_the_answer_has_begun_an_inference_post_is_not_resent(servers, tmp_path):
+    cut = socketserver.ThreadingTCPServer(("127.0.1.9", 0), _CutShort)
+    cut.requests = 0  # type: ignore[attr-defined]
+    threading.Thread(target=cut.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
+    try:
+        backends = [servers[0], SimpleNamespace(host="127.0.1.9", port=cut.server_address[1])]
+        path = tmp_path / "routing.json"
+        write(path, table(backends, failure_threshold=100))
+        with httpx_client(path) as http:
+            results = []
+            for _ in range(4):
+                try:
+                    results.append(http.post("/v1/chat/completions", json=CHAT).headers[ENDPOINT_HEADER])
+                except httpx.RemoteProtocolError:
+                    results.append("broken")
+    finally:
+        cut.shutdown()
+        cut.server_close()
+    assert sorted(results) == ["broken", "broken", "ep-0", "ep-0"]  # the break reached the caller
+    assert cut.requests == 2 and servers[0].requests == 2  # and nothing was sent again

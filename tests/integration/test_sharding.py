@@ -15,12 +15,13 @@ import urllib3
 
 from clusterpool import api
 from clusterpool.core.publish import POOL_LABEL
+from clusterpool.core.ring import HashRing
 from clusterpool.k8s.client import StatusWriter
 from clusterpool.k8s.publish import APPLY, FIELD_MANAGER, Publisher
 from clusterpool.k8s.writes import NotOwnedError, WriteQueue
 from conftest import OperatorProcess, endpoints_of, wait_for
 
-LEASE = 9.0  # seconds; renewals every LEASE / 5
+LEASE = 9.0  # seconds; renewals every LEASE / 10
 INTERVAL = 2
 
 
@@ -133,14 +134,21 @@ def test_three_replicas_share_the_pools_and_a_killed_one_hands_over(replicas, po
         create_pools(pools, backends, names)
         for n in names:
             pools.wait_ready(n, healthy=1, timeout=60)
-        wait_until_each_drives_some(pools, names, ops)
-        time.sleep(2 * INTERVAL)  # the last of the newcomers' pools written
+        # every pool driven by its owner on the ring of all three (the hand-overs done)
+        ring = HashRing(ops)
+        drivers = {n: ring.owner(f"{pools.namespace}/{n}") for n in names}
+        assert set(drivers.values()) == set(ops), f"every replica owns some pools: {drivers}"
+        wait_for(
+            lambda: current_drivers(pools, names) == drivers,
+            60,
+            "each pool driven by its owner among the three",
+            describe=lambda: current_drivers(pools, names),
+        )
         settled = time.monotonic()
-        time.sleep(3 * INTERVAL)
-        drivers = current_drivers(pools, names)
-        assert set(drivers.values()) == set(ops), f"every replica drives some pools: {drivers}"
+        # the log sees every pool again within a watch's span (it lists them when it restarts)
+        wait_for(lambda: all(log.drivers(n, since=settled) for n in names), 30, "every pool's status seen again")
         for n in names:  # nobody else wrote for a pool once the replicas were all up
-            assert len(log.drivers(n, since=settled)) == 1, (n, log.drivers(n, since=settled))
+            assert log.drivers(n, since=settled) == [drivers[n]], (n, log.drivers(n, since=settled))
 
         victim = "rep-b"
         moved = [n for n, by in drivers.items() if by == victim]
@@ -192,20 +200,20 @@ def test_a_frozen_replica_writes_nothing_for_the_pools_it_lost(replicas, pools, 
             wait_for(lambda n=n: pools.status(n).get("healthy") == 0, 4 * INTERVAL + 5, f"{n} down")
         resumed = time.monotonic()
         os.kill(proc.pid, signal.SIGCONT)
-        time.sleep(LEASE * 0.8)  # the resumed replica must wait a full Lease before driving anything again
-        late = [(round(t - resumed, 2), p) for t, p, by in log.writes if by == frozen and t >= resumed]
-        assert late == [], f"the frozen replica wrote after it lost its Lease: {late}"
-        for n in lost:
-            assert pools.status(n)["healthy"] == 0, "a stale write overwrote the survivor's status"
-
-        # Back after its wait, the replica drives its pools again and says so, although
-        # their health is what it last wrote before it froze.
-        backends[0].mode = "ok"
+        # Back after a full Lease of waiting, the replica drives its pools again and says
+        # so; before that it writes nothing (a write it had in flight when it froze
+        # would land right away, with the health it saw then).
         wait_for(
             lambda: all(pools.status(n).get("drivenBy") == frozen for n in lost),
-            LEASE + 3 * INTERVAL + 10,
+            2 * LEASE + 3 * INTERVAL + 10,
             "the resumed replica driving its pools again",
         )
+        late = sorted((round(t - resumed, 2), p) for t, p, by in log.writes if by == frozen and t >= resumed)
+        assert late, "the resumed replica's writes were not seen"
+        assert late[0][0] >= LEASE * 0.8, f"the frozen replica wrote before a Lease had passed since it resumed: {late}"
+        for n in lost:  # what it wrote is what it probes now, not what it saw before it froze
+            wait_for(lambda n=n: pools.status(n).get("healthy") == 0, 4 * INTERVAL + 5, f"{n} still down")
+        backends[0].mode = "ok"
         for n in lost:
             wait_for(lambda n=n: pools.status(n).get("healthy") == 1, 4 * INTERVAL + 5, f"{n} up again")
     finally:

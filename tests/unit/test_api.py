@@ -91,6 +91,7 @@ def test_crd_has_printer_columns_and_status_subresource():
         "Panic",
         "Cache",
         "Driven-By",
+        "Models",
     ]
     assert version["subresources"] == {"status": {}}
 

@@ -4,29 +4,60 @@ regularly while the operator runs."""
 import asyncio
 import gc
 import threading
+import time
 import weakref
 
 from clusterpool.memory import MALLOC_TRIM, FreedMemory
 
 
-async def test_a_burst_of_deletes_gives_memory_back_once_after_the_last():
+class VirtualTimeLoop(asyncio.SelectorEventLoop):
+    """An event loop whose clock moves only when the test moves it (`advance`): timers
+    fire exactly when due, whatever the machine's load."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 0.0
+
+    def time(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock on and run what became due (a turn of the loop)."""
+        self.now += seconds
+        self.run_until_complete(asyncio.sleep(0))
+
+
+def test_a_burst_of_deletes_gives_memory_back_once_after_the_last():
     calls: list[int] = []
-    done = threading.Event()
+    called = threading.Event()
 
     def trim(pad: int) -> int:
         calls.append(pad)
-        done.set()
+        called.set()
         return 1
 
-    freed = FreedMemory(delay=0.2, trim=trim)
-    for _ in range(5):
-        freed.pools_gone()
-        await asyncio.sleep(0.05)
-    assert calls == []  # still within the burst
-    assert await asyncio.to_thread(done.wait, 10)
-    await asyncio.sleep(0.3)
-    assert calls == [0]
-    assert freed.trims == 1
+    loop = VirtualTimeLoop()
+    try:
+        freed = FreedMemory(delay=0.2, trim=trim)
+
+        async def pool_deleted() -> None:
+            freed.pools_gone()
+
+        for _ in range(5):  # a burst over 0.4 s, each delete 0.1 s after the one before
+            loop.run_until_complete(pool_deleted())
+            loop.advance(0.1)
+            assert freed.trims == 0, "memory given back within the burst"
+        loop.advance(0.09)  # 0.19 s after the last delete
+        assert freed.trims == 0
+        loop.advance(0.02)  # 0.21 s after it
+        assert freed.trims == 1
+        assert called.wait(10), "malloc_trim was not called"
+        loop.advance(60.0)  # and nothing more, however long after
+        assert freed.trims == 1
+        assert calls == [0]
+    finally:
+        loop.run_until_complete(loop.shutdown_default_executor())
+        loop.close()
 
 
 async def test_the_real_malloc_trim_runs_where_the_c_library_has_it():
@@ -78,17 +109,24 @@ def test_collect_less_often_freezes_what_exists_and_raises_the_young_threshold()
 
 async def test_while_the_operator_runs_memory_is_given_back_regularly_and_each_give_back_is_timed():
     calls: list[int] = []
-    took: list[float] = []
+    lasted: list[float] = []  # how long each trim took, as the trim itself measured it
+    took: list[float] = []  # what the metrics were told
     third = asyncio.Event()
 
-    def trim(pad: int) -> int:
+    def trim(pad: int) -> int:  # called in a worker thread
+        started = time.perf_counter()
         calls.append(pad)
-        if len(calls) == 3:  # called in a worker thread
-            loop.call_soon_threadsafe(third.set)
+        time.sleep(0.01)  # a malloc_trim that walks large heaps
+        lasted.append(time.perf_counter() - started)
         return 1
 
+    def timed(seconds: float) -> None:
+        took.append(seconds)
+        if len(took) == 3:
+            loop.call_soon_threadsafe(third.set)
+
     loop = asyncio.get_running_loop()
-    freed = FreedMemory(trim=trim, timed=took.append)
+    freed = FreedMemory(trim=trim, timed=timed)
     regularly = asyncio.create_task(freed.give_back_every(0.01))
     try:
         await asyncio.wait_for(third.wait(), 10)
@@ -96,7 +134,9 @@ async def test_while_the_operator_runs_memory_is_given_back_regularly_and_each_g
         regularly.cancel()
         await asyncio.wait({regularly})
     assert calls[:3] == [0, 0, 0]
-    assert len(took) >= 3 and all(t >= 0 for t in took)
+    # each give-back is timed, and the time told is that of the trim it followed
+    for seconds, trim_lasted in zip(took[:3], lasted[:3], strict=True):
+        assert trim_lasted <= seconds < trim_lasted + 1.0, (took, lasted)
     assert freed.trims == 0  # the count of give-backs after deletes
 
 

@@ -92,3 +92,12 @@ def test_routing_table_is_versioned_and_its_revision_follows_content():
     assert other["revision"] != table["revision"]
     cm = build_routing_configmap(POOL, table)
     assert cm["metadata"]["name"] == "llm-routing" and json.loads(cm["data"]["routing.json"]) == table
+
+
+def test_the_routing_table_lists_the_models_the_pool_serves_and_they_move_its_revision():
+    s = state({"a": OK, "b": OK, "c": OK, "d": OK, "e": OK})
+    without = build_routing_table(POOL, SPEC, s)
+    assert without["models"] == []  # a pool without spec.models (clients read an absent list alike)
+    served = build_routing_table(POOL, SPEC, s, models=("llama-3-8b", "qwen2.5:7b"))
+    assert served["models"] == ["llama-3-8b", "qwen2.5:7b"]
+    assert served["revision"] != without["revision"]

@@ -25,9 +25,9 @@ Writes:
 
 Outages: a Redis error (refused, timed out, cluster down) marks Redis down. Callers get no
 error: reads miss to the local layer, writes stay local (write-through) or queued
-(write-back). Redis is not called again for `retry_seconds` (doubling up to
-`max_retry_seconds`), so an outage costs no timeouts on the hot path; the first call after
-that tries again, and on success the queue is flushed.
+(write-back). Redis is not called again for `retry_seconds` (jittered down to half,
+doubling up to `max_retry_seconds`: core/backoff.py), so an outage costs no timeouts on the
+hot path; the first call after that tries again, and on success the queue is flushed.
 
 What a killed process loses (SIGKILL, no close()): the local layer, and with write-back
 the pending writes: while Redis is up, the writes of the last `flush_interval` seconds
@@ -52,6 +52,7 @@ import redis
 
 from clusterpool.cache.memory import CacheStats, MemoryCache
 from clusterpool.cache.redis import RedisCache, Value
+from clusterpool.core.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +75,14 @@ class LayeredStats:
 
 
 class Outage:
-    """Whether to call Redis now: after a failure, not for `retry` seconds (doubling up to
-    `max_retry` while failures go on)."""
+    """Whether to call Redis now: after a failure, not for about `retry` seconds (doubling
+    up to `max_retry` while failures go on, jittered so that replicas do not come back at once)."""
 
     def __init__(self, retry: float, max_retry: float, clock: Callable[[], float]) -> None:
-        self.retry, self.max_retry, self.clock = retry, max_retry, clock
+        self.clock = clock
         self.down = False
         self.next_try = 0.0
-        self.backoff = retry
+        self.backoff = Backoff(retry, max(retry, max_retry))
         self.last_error: str | None = None
 
     def available(self) -> bool:
@@ -90,11 +91,9 @@ class Outage:
     def failed(self, exc: BaseException) -> None:
         if not self.down:
             log.warning("Redis is unreachable (%s: %s); serving from the local layer", type(exc).__name__, exc)
-            self.backoff = self.retry
-        else:
-            self.backoff = min(self.backoff * 2, self.max_retry)
+            self.backoff.reset()
         self.down, self.last_error = True, f"{type(exc).__name__}: {exc}"
-        self.next_try = self.clock() + self.backoff
+        self.next_try = self.clock() + self.backoff.next()
 
     def succeeded(self) -> bool:
         """True when this success ends an outage."""

@@ -26,7 +26,10 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
-from clusterpool.balancer import Balancer, NoEndpointError, Target, make_balancer
+from clusterpool.balancer import Balancer, Target, make_balancer
+from clusterpool.client.errors import CapacityError as CapacityError  # its old home
+from clusterpool.client.errors import NoEndpointError
+from clusterpool.client.outlier import OutlierDetector
 from clusterpool.client.routing import RoutingTable, TableSource
 from clusterpool.core.failover import Breaker, BreakerConfig, on_probe, tick
 from clusterpool.core.labels import Selector, as_selector, describe, matches
@@ -35,11 +38,6 @@ MAX_SELECTORS = 64  # balancers kept for distinct selectors; the oldest goes bey
 CAPACITY_POLL = 0.01  # seconds between checks while an async request waits for room
 
 SelectorArg = Mapping[str, str] | str | Selector | None
-
-
-class CapacityError(NoEndpointError):
-    """Every endpoint that matches the request is at its capacity, and the wait (if any)
-    ran out."""
 
 
 class RetryBudget:
@@ -74,8 +72,12 @@ class PoolClient:
         strategy: str | None = None,
         clock: Callable[[], datetime] | None = None,
         capacity_wait: float = 0.0,
+        outliers: OutlierDetector | None = None,
     ) -> None:
         self.source = source
+        # With a passive outlier detector (client/outlier.py), it decides which endpoints a
+        # request may go to instead of this client's breakers; its owner feeds it outcomes.
+        self.outliers = outliers
         self.retries = retries
         self.budget = budget or RetryBudget()
         self.strategy_override = strategy
@@ -85,6 +87,7 @@ class PoolClient:
         # request takes an endpoint's room in one step; `_room` wakes requests waiting for it.
         self._lock = threading.RLock()
         self._room = threading.Condition(self._lock)
+        self._waiting = 0  # threads waiting in acquire for room (finished wakes them)
         self._revision: str | None = None
         self._strategy: str | None = None
         self._balancer: Balancer | None = None
@@ -127,6 +130,8 @@ class PoolClient:
             b.failure_threshold, b.open_seconds, b.max_open_seconds, b.half_open_max_probes, b.success_threshold
         )
         names = {t.name for t in table.targets}
+        if self.outliers is not None:
+            self.outliers.retain(names)
         self._breakers = {n: s for n, s in self._breakers.items() if n in names}
         self.table = table
         self._revision = table.revision
@@ -171,7 +176,12 @@ class PoolClient:
 
     def _admit(self, name: str) -> bool:
         """Whether this client's breaker lets a request through to `name` (and, in HalfOpen,
-        counts it as one of the allowed trials)."""
+        counts it as one of the allowed trials), or the outlier detector when there is one."""
+        if self.outliers is not None:
+            return self.outliers.admits(name)
+        b = self._breakers.get(name)
+        if b is None or b.state == "Closed":  # the common case; time moves only Open breakers
+            return True
         with self._lock:
             b = tick(self._breakers.get(name, Breaker()), self._clock())
             self._breakers[name] = b
@@ -183,6 +193,9 @@ class PoolClient:
             return False
 
     def record(self, target: Target, ok: bool) -> None:
+        b = self._breakers.get(target.name)
+        if ok and (b is None or (b.state == "Closed" and b.failures == 0)):
+            return  # a success that changes nothing (on_probe would return the same breaker)
         with self._lock:
             b = self._breakers.get(target.name, Breaker())
             if b.state == "HalfOpen":
@@ -241,7 +254,7 @@ class PoolClient:
         with self._lock:
             t = self._choose_in(self._subset(sel), sel, key, exclude)
             if t is not None:
-                self.started(t)
+                self._count_started(self._balancer, t)
             return t
 
     def acquire(
@@ -255,6 +268,9 @@ class PoolClient:
         room in between. When every matching endpoint is full, waits up to `wait` seconds
         (default: capacity_wait) for a request to finish, then raises CapacityError."""
         sel = as_selector(selector)
+        t = self._try_acquire(sel, key, exclude)
+        if t is not None:
+            return t
         wait = self.capacity_wait if wait is None else wait
         deadline = time.monotonic() + wait
         with self._room:
@@ -265,7 +281,11 @@ class PoolClient:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise self._full(sel, wait)
-                self._room.wait(min(left, 1.0))  # a finished request wakes it; a new table within 1 s
+                self._waiting += 1
+                try:
+                    self._room.wait(min(left, 1.0))  # a finished request wakes it; a new table within 1 s
+                finally:
+                    self._waiting -= 1
 
     async def acquire_async(
         self,
@@ -293,17 +313,24 @@ class PoolClient:
 
     def started(self, target: Target) -> None:
         with self._lock:
-            self._sync().started(target)
-            for subset in self._holding.get(target.name, ()):
-                subset.started(target)
+            self._count_started(self._sync(), target)
+
+    def _count_started(self, main: Balancer | None, target: Target) -> None:
+        """Count the request in flight, in every balancer that holds the endpoint (lock held)."""
+        assert main is not None
+        main.started(target)
+        for subset in self._holding.get(target.name, ()):
+            subset.started(target)
 
     def finished(self, target: Target, latency_s: float, ok: bool) -> None:
         with self._room:
-            self.record(target, ok)
+            if self.outliers is None:
+                self.record(target, ok)
             self._sync().finished(target, latency_s, ok)
             for subset in self._holding.get(target.name, ()):
                 subset.finished(target, latency_s, ok)
-            self._room.notify_all()
+            if self._waiting:
+                self._room.notify_all()
 
     @contextmanager
     def request(

@@ -14,16 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from clusterpool.balancer import Target
+from clusterpool.client.errors import RoutingTableError as RoutingTableError  # its old home
+from clusterpool.core.backoff import Backoff
 from clusterpool.core.cache_settings import CacheSettings
 from clusterpool.core.failover import BreakerConfig
 from clusterpool.core.labels import as_labels
+from clusterpool.core.names import ROUTING_KEY, routing_configmap_name
 
 log = logging.getLogger(__name__)
 SUPPORTED_SCHEMA = 1
-
-
-class RoutingTableError(ValueError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -34,6 +33,9 @@ class RoutingTable:
     breaker: BreakerConfig
     panic: bool = False
     cache: CacheSettings | None = None  # the pool's cache settings (spec.cache), None without a cache
+    models: tuple[str, ...] = ()  # the model names the pool serves (spec.models); () without any
+    namespace: str = ""  # which pool ("pool" in the table); "" in tables without it
+    pool: str = ""
 
     @classmethod
     def parse(cls, text: str | bytes) -> RoutingTable:
@@ -60,8 +62,22 @@ class RoutingTable:
                 success_threshold=int(cb.get("successThreshold", 2)),
             )
             cache = CacheSettings.from_json(raw["cache"]) if raw.get("cache") else None
+            models = raw.get("models") or []
+            if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
+                raise TypeError(f"models must be a list of strings, not {models!r}")
+            pool = raw.get("pool") or {}
+            if not isinstance(pool, dict):
+                raise TypeError(f"pool must be an object with namespace and name, not {pool!r}")
             return cls(
-                str(raw.get("revision", "")), str(raw["strategy"]), targets, breaker, bool(raw.get("panic")), cache
+                str(raw.get("revision", "")),
+                str(raw["strategy"]),
+                targets,
+                breaker,
+                bool(raw.get("panic")),
+                cache,
+                tuple(models),
+                str(pool.get("namespace") or ""),
+                str(pool.get("name") or ""),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise RoutingTableError(f"the routing table is malformed: {exc!r}") from exc
@@ -153,10 +169,10 @@ class ConfigMapTable(TableSource):
         import kubernetes
 
         self.core = kubernetes.client.CoreV1Api(api_client)
-        self.namespace, self.name = namespace, f"{pool}-routing"
+        self.namespace, self.name = namespace, routing_configmap_name(pool)
         self.on_change = on_change
         cm = self.core.read_namespaced_config_map(self.name, namespace)
-        self._table = RoutingTable.parse((cm.data or {})["routing.json"])
+        self._table = RoutingTable.parse((cm.data or {})[ROUTING_KEY])
         self._version = cm.metadata.resource_version if cm.metadata else None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True, name=f"clusterpool-watch-{pool}")
@@ -165,7 +181,7 @@ class ConfigMapTable(TableSource):
     def _watch(self) -> None:
         import kubernetes
 
-        backoff = 0.5
+        backoff = Backoff(0.5, 30.0)
         while not self._stop.is_set():
             w = kubernetes.watch.Watch()  # type: ignore[no-untyped-call]
             try:
@@ -178,7 +194,7 @@ class ConfigMapTable(TableSource):
                 ):
                     obj = ev["object"]
                     self._version = obj.metadata.resource_version
-                    data = (obj.data or {}).get("routing.json")
+                    data = (obj.data or {}).get(ROUTING_KEY)
                     if ev["type"] in ("ADDED", "MODIFIED") and data:
                         try:
                             self._table = RoutingTable.parse(data)
@@ -189,12 +205,12 @@ class ConfigMapTable(TableSource):
                             self.on_change(self._table)
                     if self._stop.is_set():
                         break
-                backoff = 0.5
+                backoff.reset()
             except Exception as exc:  # the API is away: keep the last table, retry
-                log.warning("routing table watch failed (%s); retrying in %.1fs", exc, backoff)
+                wait = backoff.next()
+                log.warning("routing table watch failed (%s); retrying in %.1fs", exc, wait)
                 self._version = None
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
+                self._stop.wait(wait)
             finally:
                 w.stop()  # type: ignore[no-untyped-call]
 

@@ -5,13 +5,22 @@
     ahttp = httpx.AsyncClient(transport=AsyncPoolTransport(pool))    # async
     openai.OpenAI(base_url="http://pool/v1", api_key="...", http_client=http)
 
-The host of the request URL is replaced by the chosen endpoint's address and port. A
-request that could not connect is retried on another endpoint whatever its method
-(nothing reached the server); an idempotent one (GET, HEAD, OPTIONS, PUT, DELETE) is also
-retried after a read error or a 502/503/504. Retries are bounded by `PoolClient.retries`
-and its RetryBudget. The endpoint counts as in flight until the response is closed, so
-LeastConnections and Adaptive see streaming answers for as long as they stream. The
-header `X-ClusterPool-Key` (or the `key` function) feeds ConsistentHash. The header
+(`clusterpool.client.httpx_client(path)` builds the three in one line.)
+
+The host of the request URL is replaced by the chosen endpoint's address and port. Until
+the response's first byte, a failed attempt moves the request to another eligible
+endpoint, never one already tried, within `PoolClient.retries` and its RetryBudget:
+- a connect error (or a pool timeout): whatever the method, since nothing reached a server;
+- a reset, a timeout, a protocol error or a 502/503/504: for idempotent methods (GET, HEAD,
+  OPTIONS, PUT, DELETE) and for POSTs to the inference paths (/v1/chat/completions,
+  /v1/completions, /v1/embeddings, /v1/responses, under any prefix), which are safe to
+  resend until output starts; their body must be replayable (httpx's `content=`/`json=`).
+Once the response has begun, nothing is retried. The endpoint counts as in flight until
+the response is closed, so LeastConnections and Adaptive see streaming answers for as long
+as they stream. Every response names the endpoint that served it in the header
+`X-ClusterPool-Endpoint` and in `response.extensions["clusterpool_endpoint"]`.
+
+The header `X-ClusterPool-Key` (or the `key` function) feeds ConsistentHash. The header
 `X-ClusterPool-Selector: model=llama-3-8b,zone=a` (or the `selector` function) keeps the
 request on the endpoints with those labels; when all of them are at capacity the request
 waits up to the PoolClient's `capacity_wait`, then raises CapacityError. Both headers are
@@ -20,6 +29,7 @@ removed before the request leaves.
 
 from __future__ import annotations
 
+import operator
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 
@@ -31,93 +41,165 @@ from clusterpool.core.labels import Selector, as_selector
 
 KEY_HEADER = "x-clusterpool-key"
 SELECTOR_HEADER = "x-clusterpool-selector"
+ENDPOINT_HEADER = "X-ClusterPool-Endpoint"  # the gateway names the serving endpoint the same way
+ENDPOINT_EXTENSION = "clusterpool_endpoint"
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+INFERENCE_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses")
 RETRY_STATUSES = frozenset({502, 503, 504})
-CONNECT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout)
+NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)  # nothing reached a server
+CONNECT_ERRORS = NOT_SENT  # the old name
+URL_CACHE = 1024  # rewritten URLs kept (per transport), by endpoint and request URL
+
+_ROUTING = frozenset({KEY_HEADER.encode(), SELECTOR_HEADER.encode()})
+_NAME = operator.itemgetter(0)
 
 KeyFn = Callable[[httpx.Request], str | None]
 SelectorFn = Callable[[httpx.Request], Mapping[str, str] | None]
 
 
-def _key(request: httpx.Request, fn: KeyFn | None) -> str | None:
-    return fn(request) if fn is not None else request.headers.get(KEY_HEADER)
+def resendable(request: httpx.Request) -> bool:
+    """Whether the request may be sent again after it reached a server, until the response
+    begins: an idempotent method, or a POST to an inference path with a replayable body."""
+    if request.method in IDEMPOTENT:
+        return True
+    return (
+        request.method == "POST"
+        and request.url.path.endswith(INFERENCE_PATHS)
+        and isinstance(request.stream, httpx.ByteStream)
+    )
 
 
-def _selector(request: httpx.Request, fn: SelectorFn | None) -> Selector:
-    return as_selector(fn(request) if fn is not None else request.headers.get(SELECTOR_HEADER))
+class _Attempt:
+    """One request's way through the pool: its key and selector, the headers it leaves
+    with, the endpoints tried, and whether a failure may move it to another."""
+
+    __slots__ = ("headers", "key", "request", "retries", "selector", "tried")
+
+    def __init__(self, router: _Router, request: httpx.Request) -> None:
+        key: str | None = None
+        selector_text: str | None = None
+        headers = request.headers
+        if not _ROUTING.isdisjoint(map(bytes.lower, map(_NAME, headers.raw))):  # rare: drop them from a copy
+            key, selector_text = headers.get(KEY_HEADER), headers.get(SELECTOR_HEADER)
+            headers = httpx.Headers(headers)
+            headers.pop(KEY_HEADER, None)
+            headers.pop(SELECTOR_HEADER, None)
+        self.headers = headers
+        self.key = router.key(request) if router.key is not None else key
+        chosen = router.selector(request) if router.selector is not None else selector_text
+        self.selector: Selector = as_selector(chosen)
+        self.request = request
+        self.tried: set[str] = set()
+        self.retries = 0
 
 
-def _to(request: httpx.Request, target: Target, scheme: str) -> httpx.Request:
-    url = request.url.copy_with(scheme=scheme, host=target.address, port=target.port)
-    headers = httpx.Headers(request.headers)
-    headers["host"] = url.netloc.decode("ascii")
-    headers.pop(KEY_HEADER, None)
-    headers.pop(SELECTOR_HEADER, None)
-    return httpx.Request(request.method, url, headers=headers, stream=request.stream, extensions=request.extensions)
+class _Router:
+    """What the sync and async transports share: the request rewritten for an endpoint,
+    the retry decisions and the response marked with the endpoint that served it."""
+
+    def __init__(self, pool: PoolClient, scheme: str, key: KeyFn | None, selector: SelectorFn | None) -> None:
+        self.pool, self.scheme, self.key, self.selector = pool, scheme, key, selector
+        self._urls: dict[tuple[str, int, bytes], tuple[httpx.URL, str]] = {}
+
+    def start(self, request: httpx.Request) -> _Attempt:
+        self.pool.budget.deposit()
+        return _Attempt(self, request)
+
+    def to(self, request: httpx.Request, attempt: _Attempt, target: Target) -> httpx.Request:
+        """The request as it leaves for `target`: its URL's scheme, host and port replaced
+        (no user info: httpx turned it into a header already), Host set to match, the
+        routing headers removed."""
+        attempt.tried.add(target.name)
+        cache_key = (target.address, target.port, request.url.raw_path)
+        cached = self._urls.get(cache_key)
+        if cached is None:
+            url = request.url.copy_with(scheme=self.scheme, host=target.address, port=target.port, userinfo=b"")
+            cached = (url, url.netloc.decode("ascii"))
+            if len(self._urls) >= URL_CACHE:
+                self._urls.clear()
+            self._urls[cache_key] = cached
+        out = httpx.Request(
+            request.method, cached[0], headers=attempt.headers, stream=request.stream, extensions=request.extensions
+        )
+        out.headers["Host"] = cached[1]
+        return out
+
+    def may_retry(self, attempt: _Attempt, error: Exception | None) -> bool:
+        """After a transport error (`error`) or a 502/503/504 (None), before the response
+        began: whether the request moves to another endpoint. Spends a retry and a token
+        of the budget when it does."""
+        if not (isinstance(error, NOT_SENT) or resendable(attempt.request)):
+            return False
+        pool = self.pool
+        if attempt.retries >= pool.retries or len(attempt.tried) >= pool.matching(attempt.selector):
+            return False
+        if not pool.budget.withdraw():
+            return False
+        attempt.retries += 1
+        return True
+
+    def served(
+        self,
+        response: httpx.Response,
+        target: Target,
+        latency: float,
+        tracked: type[_TrackedStream] | type[_AsyncTrackedStream],
+    ) -> httpx.Response:
+        """The response as the caller gets it: naming the endpoint, and telling the pool the
+        request finished when it is closed (at once, if the inner transport read it whole)."""
+        ok = response.status_code < 500
+        if response.is_closed:
+            self.pool.finished(target, latency, ok)
+        else:
+            response.stream = tracked(response.stream, self.pool, target, latency, ok)
+        response.headers[ENDPOINT_HEADER] = target.name
+        response.extensions[ENDPOINT_EXTENSION] = target.name
+        return response
 
 
-class _Done:
-    """Call the pool's `finished` once, when the response is closed."""
+class _Tracked:
+    """A response body whose closing tells the pool the request finished (once)."""
 
-    def __init__(self, pool: PoolClient, target: Target, latency: float, ok: bool) -> None:
-        self.pool, self.target, self.latency, self.ok = pool, target, latency, ok
-        self.called = False
+    def __init__(
+        self,
+        inner: httpx.SyncByteStream | httpx.AsyncByteStream,
+        pool: PoolClient | None,
+        target: Target,
+        latency: float,
+        ok: bool,
+    ) -> None:
+        self.inner, self.pool, self.target, self.latency, self.ok = inner, pool, target, latency, ok
 
-    def __call__(self) -> None:
-        if not self.called:
-            self.called = True
-            self.pool.finished(self.target, self.latency, self.ok)
+    def _finished(self) -> None:
+        pool, self.pool = self.pool, None
+        if pool is not None:
+            pool.finished(self.target, self.latency, self.ok)
 
 
-class _TrackedStream(httpx.SyncByteStream):
-    def __init__(self, inner: httpx.SyncByteStream, done: _Done) -> None:
-        self.inner, self.done = inner, done
-
+class _TrackedStream(_Tracked, httpx.SyncByteStream):
     def __iter__(self) -> Iterator[bytes]:
-        yield from self.inner
+        assert isinstance(self.inner, httpx.SyncByteStream)
+        return iter(self.inner)
 
     def close(self) -> None:
+        assert isinstance(self.inner, httpx.SyncByteStream)
         try:
             self.inner.close()
         finally:
-            self.done()
+            self._finished()
 
 
-class _AsyncTrackedStream(httpx.AsyncByteStream):
-    def __init__(self, inner: httpx.AsyncByteStream, done: _Done) -> None:
-        self.inner, self.done = inner, done
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self.inner:
-            yield chunk
+class _AsyncTrackedStream(_Tracked, httpx.AsyncByteStream):
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        assert isinstance(self.inner, httpx.AsyncByteStream)
+        return self.inner.__aiter__()
 
     async def aclose(self) -> None:
+        assert isinstance(self.inner, httpx.AsyncByteStream)
         try:
             await self.inner.aclose()
         finally:
-            self.done()
-
-
-class _Attempts:
-    """The retry decisions, shared by the sync and async transports."""
-
-    def __init__(self, pool: PoolClient, request: httpx.Request, selector: Selector) -> None:
-        self.pool = pool
-        self.selector = selector
-        self.idempotent = request.method in IDEMPOTENT
-        self.tried: set[str] = set()
-        self.retries = 0
-        pool.budget.deposit()
-
-    def may_retry(self, connect_failed: bool) -> bool:
-        if not (connect_failed or self.idempotent):
-            return False
-        if self.retries >= self.pool.retries or len(self.tried) >= self.pool.matching(self.selector):
-            return False
-        if not self.pool.budget.withdraw():
-            return False
-        self.retries += 1
-        return True
+            self._finished()
 
 
 class PoolTransport(httpx.BaseTransport):
@@ -129,44 +211,39 @@ class PoolTransport(httpx.BaseTransport):
         scheme: str = "http",
         key: KeyFn | None = None,
         selector: SelectorFn | None = None,
+        owns_pool: bool = False,
     ) -> None:
+        """`owns_pool`: closing the transport closes the PoolClient (and its table source) too."""
         self.pool = pool
         self.inner = transport or httpx.HTTPTransport()
-        self.scheme = scheme
-        self.key = key
-        self.selector = selector
+        self.scheme, self.key, self.selector = scheme, key, selector
+        self.owns_pool = owns_pool
+        self._router = _Router(pool, scheme, key, selector)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        selector = _selector(request, self.selector)
-        attempts = _Attempts(self.pool, request, selector)
-        key = _key(request, self.key)
+        router, pool = self._router, self.pool
+        attempt = router.start(request)
         while True:
-            target = self.pool.acquire(key, attempts.tried, selector)
-            attempts.tried.add(target.name)
+            target = pool.acquire(attempt.key, attempt.tried, attempt.selector)
             start = time.perf_counter()
             try:
-                response = self.inner.handle_request(_to(request, target, self.scheme))
+                response = self.inner.handle_request(router.to(request, attempt, target))
             except httpx.TransportError as exc:
-                self.pool.finished(target, time.perf_counter() - start, False)
-                if attempts.may_retry(isinstance(exc, CONNECT_ERRORS)):
+                pool.finished(target, time.perf_counter() - start, False)
+                if router.may_retry(attempt, exc):
                     continue
                 raise
             latency = time.perf_counter() - start
-            if response.status_code in RETRY_STATUSES and attempts.may_retry(False):
+            if response.status_code in RETRY_STATUSES and router.may_retry(attempt, None):
                 response.close()
-                self.pool.finished(target, latency, False)
+                pool.finished(target, latency, False)
                 continue
-            done = _Done(self.pool, target, latency, response.status_code < 500)
-            assert isinstance(response.stream, httpx.SyncByteStream)
-            return httpx.Response(
-                response.status_code,
-                headers=response.headers,
-                stream=_TrackedStream(response.stream, done),
-                extensions=response.extensions,
-            )
+            return router.served(response, target, latency, _TrackedStream)
 
     def close(self) -> None:
         self.inner.close()
+        if self.owns_pool:
+            self.pool.close()
 
 
 class AsyncPoolTransport(httpx.AsyncBaseTransport):
@@ -178,41 +255,36 @@ class AsyncPoolTransport(httpx.AsyncBaseTransport):
         scheme: str = "http",
         key: KeyFn | None = None,
         selector: SelectorFn | None = None,
+        owns_pool: bool = False,
     ) -> None:
+        """`owns_pool`: closing the transport closes the PoolClient (and its table source) too."""
         self.pool = pool
         self.inner = transport or httpx.AsyncHTTPTransport()
-        self.scheme = scheme
-        self.key = key
-        self.selector = selector
+        self.scheme, self.key, self.selector = scheme, key, selector
+        self.owns_pool = owns_pool
+        self._router = _Router(pool, scheme, key, selector)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        selector = _selector(request, self.selector)
-        attempts = _Attempts(self.pool, request, selector)
-        key = _key(request, self.key)
+        router, pool = self._router, self.pool
+        attempt = router.start(request)
         while True:
-            target = await self.pool.acquire_async(key, attempts.tried, selector)
-            attempts.tried.add(target.name)
+            target = await pool.acquire_async(attempt.key, attempt.tried, attempt.selector)
             start = time.perf_counter()
             try:
-                response = await self.inner.handle_async_request(_to(request, target, self.scheme))
+                response = await self.inner.handle_async_request(router.to(request, attempt, target))
             except httpx.TransportError as exc:
-                self.pool.finished(target, time.perf_counter() - start, False)
-                if attempts.may_retry(isinstance(exc, CONNECT_ERRORS)):
+                pool.finished(target, time.perf_counter() - start, False)
+                if router.may_retry(attempt, exc):
                     continue
                 raise
             latency = time.perf_counter() - start
-            if response.status_code in RETRY_STATUSES and attempts.may_retry(False):
+            if response.status_code in RETRY_STATUSES and router.may_retry(attempt, None):
                 await response.aclose()
-                self.pool.finished(target, latency, False)
+                pool.finished(target, latency, False)
                 continue
-            done = _Done(self.pool, target, latency, response.status_code < 500)
-            assert isinstance(response.stream, httpx.AsyncByteStream)
-            return httpx.Response(
-                response.status_code,
-                headers=response.headers,
-                stream=_AsyncTrackedStream(response.stream, done),
-                extensions=response.extensions,
-            )
+            return router.served(response, target, latency, _AsyncTrackedStream)
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+        if self.owns_pool:
+            self.pool.close()

@@ -17,24 +17,28 @@ import ipaddress
 import json
 import re
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from clusterpool import api
 from clusterpool.core.cache_settings import CacheSettings, RedisSettings, SecretRef
+
+# isort: off
+# Defined in core/names.py for the clients (it ships in clusterpool-client); re-exported here.
+from clusterpool.core.names import (
+    MANAGED_BY as MANAGED_BY,
+    POOL_LABEL as POOL_LABEL,
+    ROUTING_KEY as ROUTING_KEY,
+    ROUTING_SCHEMA_VERSION as ROUTING_SCHEMA_VERSION,
+    routing_configmap_name as routing_configmap_name,
+)
+
+# isort: on
 from clusterpool.core.pool import PoolState
 
-ROUTING_SCHEMA_VERSION = 1
-ROUTING_KEY = "routing.json"
 PORT_NAME = "backend"
-MANAGED_BY = "clusterpool.dev"
 OPERATOR = "clusterpool-operator"  # the field manager, the Events' reporter, the objects' managed-by label
 SLICE_MANAGED_BY_LABEL = "endpointslice.kubernetes.io/managed-by"  # which controller fills an EndpointSlice
-POOL_LABEL = "clusterpool.dev/pool"
-
-
-def routing_configmap_name(pool: str) -> str:
-    return f"{pool}-routing"
 
 
 def address_type(address: str) -> str | None:
@@ -130,7 +134,11 @@ def build_endpoint_slices(pool: Mapping[str, Any], state: PoolState) -> tuple[li
     return slices, refused
 
 
-def build_routing_table(pool: Mapping[str, Any], spec: api.ClusterPoolSpec, state: PoolState) -> dict[str, Any]:
+def build_routing_table(
+    pool: Mapping[str, Any], spec: api.ClusterPoolSpec, state: PoolState, models: Sequence[str] = ()
+) -> dict[str, Any]:
+    """`models`: the model names the pool serves (spec.models less those another pool of the
+    namespace holds; core/models.py)."""
     decisions = {d.name: d for d in state.decision.decisions} if state.decision else {}
     cb = spec.failover.circuit_breaker
     table: dict[str, Any] = {
@@ -164,6 +172,7 @@ def build_routing_table(pool: Mapping[str, Any], spec: api.ClusterPoolSpec, stat
             for ep in state.members
         ],
         "cache": cache_settings(spec, pool["metadata"]["namespace"], pool["metadata"]["name"]),
+        "models": list(models),
     }
     if table["cache"] is not None:
         table["cache"] = table["cache"].to_json()

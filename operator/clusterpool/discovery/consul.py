@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import ssl
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 import httpx
 
 from clusterpool.api import ConsulConnection, ConsulDiscovery
+from clusterpool.core.backoff import Backoff
 from clusterpool.core.health import Endpoint
 from clusterpool.core.labels import Labels, parse_capacity, valid_labels
 from clusterpool.discovery.kubernetes import member_name
@@ -151,7 +151,7 @@ class ConsulWatcher:
         return params
 
     async def _run(self) -> None:
-        index, backoff = 0, 0.5
+        index, backoff = 0, Backoff(0.5, self.max_backoff)
         url = f"{self.spec.address}/v1/health/service/{self.spec.service}"
         timeout = httpx.Timeout(10.0, read=self.spec.wait_seconds + 15.0)
         http: httpx.AsyncClient | None = None
@@ -168,7 +168,7 @@ class ConsulWatcher:
                     index = new_index if new_index >= index else 0  # backwards: start over
                     members = members_from_consul(r.json(), self.spec.only_passing)
                     self.on_health(None)
-                    backoff = 0.5
+                    backoff.reset()
                     if members != self.members:
                         self.members = members
                         self.on_change(members)
@@ -176,8 +176,7 @@ class ConsulWatcher:
                     raise
                 except (httpx.HTTPError, ConsulError, ValueError, ssl.SSLError) as exc:
                     self.on_health(f"{type(exc).__name__}: {exc}"[:300])
-                    await asyncio.sleep(backoff * (0.5 + random.random()))
-                    backoff = min(backoff * 2, self.max_backoff)
+                    await asyncio.sleep(backoff.next())
         finally:
             if http is not None:
                 await http.aclose()

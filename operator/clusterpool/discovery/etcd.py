@@ -23,7 +23,6 @@ import hashlib
 import json
 import logging
 import os
-import random
 import ssl
 import tempfile
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -33,6 +32,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from clusterpool.api import EtcdDiscovery, SecretKeyRef
+from clusterpool.core.backoff import Backoff
 from clusterpool.core.health import Endpoint
 from clusterpool.core.labels import MAX_CAPACITY, valid_labels
 from clusterpool.discovery.kubernetes import member_name
@@ -169,7 +169,7 @@ class EtcdWatcher:
         self.revision: int | None = None  # every change up to here is known; None: read everything
         self._endpoint = 0  # the endpoint in use (modulo their number)
         self._failures = 0  # in a row, over all endpoints
-        self._backoff = 0.5
+        self._backoff = Backoff(0.5, max_backoff)
         self._token: str | None = None  # etcd's auth token, kept while it works (asking costs etcd a bcrypt)
         self._task: asyncio.Task[None] | None = None
 
@@ -299,7 +299,8 @@ class EtcdWatcher:
         return f"{type(exc).__name__}: {base} closed the connection{hint}"
 
     def _reachable(self) -> None:
-        self._failures, self._backoff = 0, 0.5
+        self._failures = 0
+        self._backoff.reset()
         self.on_health(None)
 
     async def _run(self) -> None:
@@ -332,8 +333,7 @@ class EtcdWatcher:
                     if self._failures % len(self.spec.endpoints):
                         continue  # the next endpoint at once; an outage is when none answers
                     self.on_health(problem)
-                    await asyncio.sleep(self._backoff * (0.5 + random.random()))
-                    self._backoff = min(self._backoff * 2, self.max_backoff)
+                    await asyncio.sleep(self._backoff.next())
         finally:
             if http is not None:
                 await http.aclose()

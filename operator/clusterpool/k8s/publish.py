@@ -27,6 +27,7 @@ from typing import Any, TypeGuard
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
+from clusterpool.core.backoff import BackoffPolicy
 from clusterpool.core.publish import OPERATOR, POOL_LABEL, routing_configmap_name
 from clusterpool.k8s.writes import Lane, WriteQueue, send, version_of
 
@@ -62,7 +63,7 @@ def _digest(obj: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
-REFUSED_FIRST, REFUSED_LONGEST = 5.0, 300.0  # backoff of an object the API server refused
+REFUSED_BACKOFF = BackoffPolicy(first=5.0, longest=300.0)  # of an object the API server refused
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ class _Refused:
     digest: str  # of what was refused
     error: ApiException
     retry_at: float  # on the Publisher's clock
-    wait: float  # the backoff that led to retry_at
+    attempt: int  # refusals in a row of this digest, less one
 
 
 def _refused_as_such(exc: BaseException) -> TypeGuard[ApiException]:
@@ -110,7 +111,12 @@ class Publisher:
     applied (its resourceVersion, a precondition): an apply that had passed the shard
     fence and was still being sent when its replica froze cannot overwrite what the new
     driver applied since. On a conflict the object is applied again, unconditionally,
-    through the queue, so the fence is asked again first."""
+    through the queue, so the fence is asked again first.
+
+    What was applied, refused and listed is the event loop's alone: a write worker is
+    handed what it needs (the version to apply on) and never reads or changes it (a
+    worker forgetting pruned slices while the loop forgot drifted ones raised KeyError);
+    a metrics scrape only counts the pools (`remembered`)."""
 
     def __init__(
         self, client: kubernetes.client.ApiClient, writes: WriteQueue, clock: Callable[[], float] = time.monotonic
@@ -129,11 +135,11 @@ class Publisher:
         self.adopted = 0  # objects found stored as they would have been applied
         self.drifted = 0  # objects found changed or removed by someone else (applied again)
 
-    def _apply_sync(self, obj: dict[str, Any], pool: Pool, conditional: bool) -> str | None:
+    def _apply_sync(self, obj: dict[str, Any], on_version: str | None) -> str | None:
+        """On a write worker: apply `obj`, on `on_version` when given (a precondition)."""
         kind, meta = obj["kind"], obj["metadata"]
-        known = self._applied.get(pool, {}).get((kind, meta["name"])) if conditional else None
-        if known is not None and known.version is not None:
-            obj = {**obj, "metadata": {**meta, "resourceVersion": known.version}}
+        if on_version is not None:
+            obj = {**obj, "metadata": {**meta, "resourceVersion": on_version}}
         args = (meta["name"], meta["namespace"], obj)
         kw: dict[str, Any] = {
             "field_manager": FIELD_MANAGER,
@@ -168,8 +174,8 @@ class Publisher:
     async def apply(self, objs: list[dict[str, Any]], adopt: bool = False) -> list[str]:
         """Apply the objects that changed since last applied, concurrently. Returns the
         problems (the others are still applied). An object the API server refused as
-        invalid or forbidden is not sent again unchanged until its backoff ran out (5 s,
-        doubling up to 5 min): its refusal is raised again instead.
+        invalid or forbidden is not sent again unchanged until its backoff ran out (2.5-5 s,
+        doubling up to 5 min, jittered): its refusal is raised again instead.
 
         `adopt`: the pool may have published before; if nothing is known here of what it
         applied, what is stored now is listed first and kept where it is what would be
@@ -216,24 +222,22 @@ class Publisher:
 
     def _refuse(self, pool: Pool, key: Key, digest: str, error: ApiException) -> None:
         before = self._refused.get(pool, {}).get(key)
-        wait = (
-            min(before.wait * 2, REFUSED_LONGEST) if before is not None and before.digest == digest else REFUSED_FIRST
-        )
-        self._refused.setdefault(pool, {})[key] = _Refused(digest, error, self._clock() + wait, wait)
+        attempt = before.attempt + 1 if before is not None and before.digest == digest else 0
+        wait = REFUSED_BACKOFF.delay(attempt)
+        self._refused.setdefault(pool, {})[key] = _Refused(digest, error, self._clock() + wait, attempt)
 
     async def _apply_one(self, obj: dict[str, Any], pool: Pool, key: Key) -> str | None:
         object_key = (*key, obj["metadata"]["namespace"])
+        known = self._applied.get(pool, {}).get(key)
         try:
             version: str | None = await self.writes.write(
-                Lane.HEALTH, object_key, pool, partial(self._apply_sync, obj, pool, True)
+                Lane.HEALTH, object_key, pool, partial(self._apply_sync, obj, known.version if known else None)
             )
         except ApiException as exc:
             if exc.status != 409:
                 raise
             self.conflicts += 1
-            version = await self.writes.write(
-                Lane.HEALTH, object_key, pool, partial(self._apply_sync, obj, pool, False)
-            )
+            version = await self.writes.write(Lane.HEALTH, object_key, pool, partial(self._apply_sync, obj, None))
         return version
 
     async def _adopt(self, keyed: list[tuple[Pool, Key, str, dict[str, Any]]], since: float) -> None:
@@ -276,7 +280,7 @@ class Publisher:
             except Exception as exc:  # the next apply or check lists again
                 hint = (
                     "; the operator's ClusterRole needs list on services, configmaps and endpointslices "
-                    "(charts/clusterpool-operator, manifests/install/rbac.yaml)"
+                    "(charts/clusterpool-operator, manifests/install/10-rbac.yaml)"
                     if isinstance(exc, ApiException) and exc.status == 403
                     else ""
                 )
@@ -337,6 +341,12 @@ class Publisher:
             await asyncio.wait({task})
 
     async def prune_slices(self, namespace: str, pool: str, keep: set[str]) -> None:
+        """Delete the pool's EndpointSlices not named in `keep`. What was applied of them is
+        forgotten first, here on the event loop: one applied again later is sent again."""
+        applied = self._applied.get((namespace, pool), {})
+        for key in [k for k in applied if k[0] == "EndpointSlice" and k[1] not in keep]:
+            del applied[key]
+
         def run() -> None:
             slices = self.discovery.list_namespaced_endpoint_slice(
                 namespace, label_selector=f"{POOL_LABEL}={pool}", _request_timeout=self.writes.request_timeout
@@ -345,7 +355,6 @@ class Publisher:
                 name = str(s.metadata.name) if s.metadata else ""
                 if name and name not in keep:
                     self._delete(self.discovery.delete_namespaced_endpoint_slice, name, namespace)
-                    self._applied.get((namespace, pool), {}).pop(("EndpointSlice", name), None)
 
         await self.writes.write(Lane.HEALTH, ("EndpointSlice/prune", namespace, pool), (namespace, pool), run)
 

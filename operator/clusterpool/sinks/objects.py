@@ -33,7 +33,7 @@ class ObjectsSink:
         pool = self._pool()
         meta = pool["metadata"]
         slices, refused = build_endpoint_slices(pool, snapshot.state)
-        table = build_routing_table(pool, snapshot.spec, snapshot.state)
+        table = build_routing_table(pool, snapshot.spec, snapshot.state, models=snapshot.models)
         objs = [build_service(pool, snapshot.state), *slices, build_routing_configmap(pool, table)]
         try:
             # a pool whose stored status says it published may find its objects as it would apply them
