@@ -640,6 +640,15 @@ class Profile:
 
 FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^:()]+)(?::(?P<line>\d+))?\)$")
 
+# the pool loop: runner.py and the stages it runs (pool_status.py, sinks/, the Source factory)
+LOOP_FILES = (
+    "clusterpool/runner.py",
+    "clusterpool/pool_status.py",
+    "clusterpool/pool_spec.py",
+    "clusterpool/stages.py",
+    "clusterpool/sinks/",
+    "clusterpool/discovery/source.py",
+)
 GROUPS: list[tuple[str, tuple[str, ...]]] = [
     # (group, substrings of "file:function"); the first group found from the leaf up wins
     ("deepcopy", ("/copy.py:",)),
@@ -659,8 +668,8 @@ GROUPS: list[tuple[str, tuple[str, ...]]] = [
     ("clusterpool k8s/publish.py", ("clusterpool/k8s/publish.py",)),
     ("clusterpool k8s/client.py", ("clusterpool/k8s/client.py",)),
     (
-        "clusterpool runner/handlers/metrics",
-        ("clusterpool/runner.py", "clusterpool/handlers.py", "clusterpool/metrics"),
+        "clusterpool loop/handlers/metrics",
+        (*LOOP_FILES, "clusterpool/handlers.py", "clusterpool/metrics"),
     ),
     ("clusterpool other", ("clusterpool/",)),
     ("asyncio event loop", ("/asyncio/", "/selectors.py:")),
@@ -679,7 +688,7 @@ INCLUSIVE: list[tuple[str, tuple[str, ...]]] = [
     ("publish: k8s/publish.py (Service/Slice/ConfigMap applies, owner reads, prunes)", ("clusterpool/k8s/publish.py",)),
     ("status writes (patch_namespaced_custom_object_status)", ("patch_namespaced_custom_object_status",)),
     ("probes (clusterpool/health)", ("clusterpool/health/",)),
-    ("runner.py", ("clusterpool/runner.py",)),
+    ("the pool loop (runner.py and its stages)", LOOP_FILES),
     ("core (status render, step, publish builders)", ("clusterpool/core/",)),
     ("metrics (ours) + prometheus_client", ("clusterpool/metrics.py", "/prometheus_client/")),
     (
@@ -714,7 +723,9 @@ KOPF_PARTS = [
 OURS = [
     ("clusterpool: probes", "clusterpool/health/"),
     ("clusterpool: core (status render, step, publish builders)", "clusterpool/core/"),
-    ("clusterpool: runner.py (incl. _plain/_same comparisons)", "clusterpool/runner.py"),
+    ("clusterpool: runner.py", "clusterpool/runner.py"),
+    ("clusterpool: pool_status.py (incl. plain/same comparisons)", "clusterpool/pool_status.py"),
+    ("clusterpool: sinks/", "clusterpool/sinks/"),
     ("clusterpool: metrics.py", "clusterpool/metrics.py"),
     ("clusterpool: handlers.py", "clusterpool/handlers.py"),
     ("clusterpool: cache monitor", "clusterpool/cache"),

@@ -20,23 +20,26 @@ import kopf
 from clusterpool import api
 from clusterpool.core.budget import TokenBucket
 from clusterpool.core.models import claims_from
-from clusterpool.core.publish import MANAGED_BY
-from clusterpool.discovery.kubernetes import MANAGED_BY_LABEL
-from clusterpool.k8s.client import SecretReader, StatusWriter, load_config, watch_api
+from clusterpool.core.publish import MANAGED_BY, OPERATOR, SLICE_MANAGED_BY_LABEL
+from clusterpool.k8s.client import APIHealth, SecretsClient, StatusWriter, load_config, watch_api
 from clusterpool.k8s.events import COMPONENT, EventRecorder
 from clusterpool.k8s.publish import FIELD_MANAGER, Publisher
 from clusterpool.k8s.shards import Shards
 from clusterpool.k8s.writes import NotOwnedError, WriteQueue
 from clusterpool.memory import GIVE_BACK_EVERY, FreedMemory
 from clusterpool.metrics import Metrics
+from clusterpool.pool_status import InformationalPace
 from clusterpool.readiness import serve_readiness
-from clusterpool.runner import INFORMATIONAL_PER_SECOND, PoolRunner, remove_published
+from clusterpool.runner import PoolRunner, PoolWiring
+from clusterpool.sinks.pool import remove_published
+from clusterpool.stages import Fence, PoolSecrets
 
 FINALIZER = f"{api.GROUP}/finalizer"
 STOP_GRACE = 3.0  # seconds a stopped pool's round may take to finish before it is cancelled
 FINALIZER_WAIT = 10.0  # seconds a new pool's daemon waits for kopf's finalizer before its first write
 NOT_OURS_WAIT = 120.0  # seconds a replica's delete handler waits for a pool another replica drives
 METRICS = Metrics()  # prometheus_client's default registry, served by __main__ with --metrics
+INFORMATIONAL_PER_SECOND = 5.0  # status writes of informational fields alone, all pools together
 
 
 class NoDiffBase(kopf.DiffBaseStorage):
@@ -80,7 +83,7 @@ def configure_settings(settings: kopf.OperatorSettings) -> None:
 @kopf.on.startup(id="configure")
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     configure_settings(settings)
-    identity = str(memo.get("identity") or "clusterpool-operator")
+    identity = str(memo.get("identity") or OPERATOR)
     settings.posting.reporting_instance = identity
     client = load_config()
     lease_seconds = float(memo.get("lease_seconds") or 15)
@@ -89,7 +92,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo["status_writer"] = StatusWriter(client, writes, field_manager=FIELD_MANAGER)
     memo["publisher"] = Publisher(client, writes, namespaces=tuple(memo.get("list_namespaces") or ()))
     memo["events"] = EventRecorder(client, writes, identity)
-    memo["secrets"] = SecretReader(client)
+    memo["secrets"] = SecretsClient(client)
     freed_memory = memo["freed_memory"] = FreedMemory(timed=METRICS.give_back.observe)
     memo["give_back"] = asyncio.create_task(
         freed_memory.give_back_every(float(memo.get("give_back_seconds", GIVE_BACK_EVERY))), name="give-back"
@@ -98,7 +101,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo["runners"] = {}  # (namespace, name) -> PoolRunner; shared: per-object memos copy this dict's reference
     memo["models_seen"] = {}  # (namespace, name) -> the spec.models last seen (see models_changed)
     runners: dict[tuple[str, str], PoolRunner] = memo["runners"]
-    memo["api_watch"] = asyncio.create_task(watch_api(client, lambda: [*runners.values(), METRICS]), name="api-watch")
+    memo["api_health"] = api_health = APIHealth()  # held once: whether the API server answers
+    memo["api_watch"] = asyncio.create_task(
+        watch_api(client, api_health, lambda: [*runners.values(), METRICS]), name="api-watch"
+    )
     memo["loop_lag"] = asyncio.create_task(METRICS.watch_loop_lag(), name="loop-lag")
     memo["unwatch_gc"] = METRICS.watch_gc()
     shards = Shards(
@@ -145,7 +151,7 @@ async def _wake_on_shard_changes(shards: Shards, runners: dict[tuple[str, str], 
         await shards.changed()
         for (namespace, name), runner in list(runners.items()):
             if not shards.may_drive(namespace, name):
-                runner.wake.set()
+                runner.wake("this replica may no longer drive the pool")
 
 
 @kopf.on.cleanup(id="stop-api-watch")
@@ -179,7 +185,7 @@ async def pool_daemon(
     """Drives the pool while it exists. Cleanup is not here: it is the delete handler's."""
     writer: StatusWriter = memo["status_writer"]
     events: EventRecorder = memo["events"]
-    namespace, name = body.metadata.namespace or "default", body.metadata.name or ""
+    namespace, name = _pool_key(body)
 
     async def write_status(status: dict[str, Any], stored: dict[str, Any], version: str | None) -> bool:
         return await writer.write(namespace, name, status, stored, version)
@@ -216,23 +222,12 @@ async def pool_daemon(
         if not may_drive():  # another replica's pool, or not yet certainly ours
             await _first_of(shards.changed(), stopped.wait())
             continue
-        runner = PoolRunner(
-            body,
-            write_status,
-            emit,
-            logger,
-            publisher=memo["publisher"],
-            slices=slices,
-            secrets=memo["secrets"].read,
-            metrics=metrics,
-            may_drive=may_drive,
-            keeps=keeps,
-            identity=memo.get("identity"),
-            forget_written=forget_written,
-            read_stored_status=lambda: writer.read(namespace, name),
-            informational_budget=lambda: memo["informational"].take(time.monotonic()),
-            model_claims=lambda: claims_from(models_index.get(namespace, [])),
-        )
+        fence = Fence(may_drive, keeps, memo.get("identity"), forget_written, lambda: writer.read(namespace, name))
+        wiring = PoolWiring(write_status, emit, logger, memo["publisher"], slices, memo["secrets"].read, metrics, fence)
+        wiring.api_health = memo["api_health"]
+        wiring.informational = InformationalPace(lambda: memo["informational"].take(time.monotonic()))
+        wiring.model_claims = lambda: claims_from(models_index.get(namespace, []))
+        runner = PoolRunner(body, wiring)
         runners[(namespace, name)] = runner
         run = asyncio.create_task(runner.run(), name=f"pool {namespace}/{name}")
         relay = asyncio.create_task(_stop_when(stopped, runner, run))
@@ -262,6 +257,11 @@ async def pool_daemon(
             run.result()  # a runner that failed ends the daemon with its error, as before
         if not stopped:
             logger.info("no longer driving the pool here (it belongs to %s now)", shards.owner_of(namespace, name))
+
+
+def _pool_key(body: kopf.Body) -> tuple[str, str]:
+    """(namespace, name): how the wiring knows a pool (the runners, the shards, the writers)."""
+    return body.metadata.namespace or "default", body.metadata.name or ""
 
 
 async def _until_finalizer_seen(body: kopf.Body, stopped: kopf.DaemonStopped) -> None:
@@ -314,7 +314,7 @@ async def remove_pool_objects(
     cancelled. Any failure raises, kopf retries, and the finalizer stays until this
     succeeds. (A real cluster's garbage collector would remove the Kubernetes objects
     through their ownerReferences too; Consul has no such collector.)"""
-    namespace, name = body.metadata.namespace or "default", body.metadata.name or ""
+    namespace, name = _pool_key(body)
     shards: Shards = memo["shards"]
     # The replica that drives the pool cleans it up. The others wait here, for the pool to
     # become theirs or for a long while, rather than fail and be retried at once: every
@@ -335,7 +335,8 @@ async def remove_pool_objects(
         # a write the stopped loop queued (an EndpointSlice apply) must not land after the removal
         await memo["writes"].settle((namespace, name))
         try:
-            await remove_published(body, memo["publisher"], memo["secrets"].read)
+            secrets = PoolSecrets(memo["secrets"].read, namespace)
+            await remove_published(body, memo["publisher"], secrets)
         except NotOwnedError:
             # The shard fence refused a removal: this replica's Lease turned uncertain
             # meanwhile (renewals time out under a delete storm). Wait here until the pool
@@ -354,7 +355,7 @@ async def remove_pool_objects(
 
 def _not_ours(labels: kopf.Labels, **_: Any) -> bool:
     """The EndpointSlices pools publish feed no pool: kopf drops their events early."""
-    return labels.get(MANAGED_BY_LABEL) != MANAGED_BY
+    return labels.get(SLICE_MANAGED_BY_LABEL) != MANAGED_BY
 
 
 @kopf.index("discovery.k8s.io", "v1", "endpointslices", id="slices_by_namespace", when=_not_ours)
@@ -375,7 +376,7 @@ async def slice_changed(namespace: str | None, labels: kopf.Labels, memo: kopf.M
     it runs on the event loop, where the runners' asyncio.Events live."""
     for (ns, _name), runner in list(memo["runners"].items()):
         if ns == namespace and runner.follows(labels):
-            runner.wake.set()
+            runner.wake("an EndpointSlice changed")
 
 
 def _spec_moved(body: kopf.Body, memo: kopf.Memo, **_: Any) -> bool:
@@ -385,16 +386,16 @@ def _spec_moved(body: kopf.Body, memo: kopf.Memo, **_: Any) -> bool:
     its loop is stopped by kopf, not woken."""
     if body.metadata.get("deletionTimestamp") is not None:
         return False
-    runner = memo["runners"].get((body.metadata.namespace, body.metadata.name))
+    runner = memo["runners"].get(_pool_key(body))
     return runner is not None and runner.generation != body.metadata.get("generation")
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL, id="spec-changed", when=_spec_moved)
 async def spec_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Wake the pool's runner, so a spec change applies now, not after the interval."""
-    runner = memo["runners"].get((body.metadata.namespace, body.metadata.name))
+    runner = memo["runners"].get(_pool_key(body))
     if runner is not None:
-        runner.wake.set()
+        runner.wake("the spec changed")
 
 
 # -- spec.models: unique per namespace (core/models.py decides; each runner reports) ------
@@ -438,4 +439,4 @@ async def models_changed(body: kopf.Body, type: str | None, memo: kopf.Memo, **_
         memo["models_seen"].pop(key, None)
     for (ns, _name), runner in list(memo["runners"].items()):
         if ns == key[0]:
-            runner.wake.set()
+            runner.wake("a pool's spec.models changed")

@@ -71,6 +71,8 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from clusterpool.core.status import DISCOVERY_DEGRADED
+
 __all__ = ["REGISTRY", "Metrics", "PoolMetrics", "serve"]
 
 BREAKER = {"Closed": 0.0, "HalfOpen": 0.5, "Open": 1.0}
@@ -239,7 +241,7 @@ class PoolMetrics:
             ("clusterpool_pool_ready", "", 1 if conditions.get("Ready") == "True" else 0),
             *(("clusterpool_pool_endpoints", f',state="{s}"', int(status.get(s) or 0)) for s in STATES),
             ("clusterpool_pool_panic", "", 1 if status.get("panic") else 0),
-            ("clusterpool_pool_discovery_degraded", "", 1 if conditions.get("DiscoveryDegraded") == "True" else 0),
+            ("clusterpool_pool_discovery_degraded", "", 1 if conditions.get(DISCOVERY_DEGRADED) == "True" else 0),
             ("clusterpool_pool_active_tier", "", int(status.get("activeTier") or 0)),
         ]
         latencies: list[tuple[str, str, float]] = []

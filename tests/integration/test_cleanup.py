@@ -12,7 +12,7 @@ import kubernetes
 from test_consul import consul_agent  # noqa: F401  (the fixture)
 
 from clusterpool.handlers import remove_pool_objects
-from clusterpool.k8s.client import SecretReader
+from clusterpool.k8s.client import SecretsClient
 from clusterpool.k8s.events import EventRecorder
 from clusterpool.k8s.publish import Publisher
 from clusterpool.k8s.shards import Shards
@@ -170,7 +170,7 @@ async def test_a_removal_the_shard_fence_refused_is_made_once_the_pool_is_certai
         runners={},
         writes=writes,
         publisher=publisher,
-        secrets=SecretReader(k8s),
+        secrets=SecretsClient(k8s),
         events=EventRecorder(k8s, writes, "rep-remover"),
         freed_memory=FreedMemory(),
     )

@@ -1,4 +1,7 @@
-"""PoolRunner with real backends and an in-memory object body: what it writes and emits."""
+"""PoolRunner with real backends and an in-memory object body: what it writes and emits.
+
+The Recorder stands where the API server would: each test checks what the runner sent
+there (status writes, Events, reads), never the runner's own attributes."""
 
 import asyncio
 import logging
@@ -8,7 +11,11 @@ import pytest
 
 from backends import HTTPBackend, free_port
 from clusterpool.k8s.writes import NotOwnedError
-from clusterpool.runner import PoolRunner
+from clusterpool.pool_status import InformationalPace
+from clusterpool.runner import PoolRunner, PoolWiring
+from clusterpool.stages import Fence
+
+LOG = logging.getLogger("t")
 
 
 @pytest.fixture
@@ -30,20 +37,33 @@ def body_for(backends, generation=1, **check):
 
 
 class Recorder:
-    def __init__(self):
-        self.writes, self.events = [], []
+    """What reached the API server, in order: status writes, Events, and quorum reads."""
+
+    def __init__(self, stored=None):
+        self.writes, self.events, self.timeline = [], [], []
+        self.stored = stored  # the status the API server holds, for quorum reads
 
     async def write(self, status, stored, version):
         self.writes.append(status)
+        self.timeline.append(("write", status))
         return True
 
     def emit(self, type_, reason, message):
         self.events.append((type_, reason, message))
+        self.timeline.append(("event", reason, message))
+
+    async def read(self):
+        self.timeline.append(("read",))
+        return self.stored
+
+
+def runner_for(body, rec, **wiring):
+    return PoolRunner(body, PoolWiring(rec.write, rec.emit, LOG, **wiring))
 
 
 async def test_writes_status_once_while_nothing_changes(backends):
     rec = Recorder()
-    runner = PoolRunner(body_for(backends), rec.write, rec.emit, logging.getLogger("t"))
+    runner = runner_for(body_for(backends), rec)
     await runner.run_once()  # written as the probes answer (one or two batches)
     first_round = len(rec.writes)
     assert rec.writes[-1]["healthy"] == 2
@@ -58,7 +78,7 @@ async def test_writes_status_once_while_nothing_changes(backends):
 async def test_an_invalid_spec_keeps_the_last_valid_one(backends):
     rec = Recorder()
     body = body_for(backends)
-    runner = PoolRunner(body, rec.write, rec.emit, logging.getLogger("t"))
+    runner = runner_for(body, rec)
     await runner.run_once()
     body["metadata"]["generation"] = 2
     body["spec"]["healthCheck"]["timeoutSeconds"] = 5  # not below the interval: invalid
@@ -79,7 +99,7 @@ async def test_a_pool_that_never_had_a_valid_spec_is_not_ready(backends):
     rec = Recorder()
     body = body_for(backends)
     body["spec"]["discovery"] = {}
-    runner = PoolRunner(body, rec.write, rec.emit, logging.getLogger("t"))
+    runner = runner_for(body, rec)
     await runner.run_once()
     ready = next(c for c in rec.writes[-1]["conditions"] if c["type"] == "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec")
@@ -90,7 +110,7 @@ async def test_a_pool_whose_name_cannot_name_its_service_runs_nothing(backends):
     rec = Recorder()
     body = body_for(backends)
     body["metadata"]["name"] = "llm.pool"
-    runner = PoolRunner(body, rec.write, rec.emit, logging.getLogger("t"))
+    runner = runner_for(body, rec)
     await runner.run_once()
     conditions = {c["type"]: c for c in rec.writes[-1]["conditions"]}
     assert (conditions["Ready"]["status"], conditions["Ready"]["reason"]) == ("False", "InvalidSpec")
@@ -103,18 +123,22 @@ async def test_a_pool_whose_name_cannot_name_its_service_runs_nothing(backends):
 
 async def test_jitter_stretches_the_interval_within_its_bound(backends):
     rec = Recorder()
-    runner = PoolRunner(
-        body_for(backends, intervalJitterPercent=50), rec.write, rec.emit, logging.getLogger("t"), rand=lambda: 1.0
-    )
+    runner = runner_for(body_for(backends, intervalJitterPercent=50), rec, rand=lambda: 1.0)
     await runner.run_once()
     assert runner.next_delay(0.5) == pytest.approx(2 * 1.5 - 0.5)
 
 
 class HangingPublisher:
-    """A sink that never answers (an API server that accepts and stalls)."""
+    """A sink's API server that accepts and never answers: it counts the applies begun
+    and ended."""
+
+    def __init__(self):
+        self.begun = self.ended = 0
 
     async def apply(self, objs, adopt=False):
+        self.begun += 1
         await asyncio.sleep(3600)
+        self.ended += 1
 
     async def prune_slices(self, namespace, pool, keep):
         await asyncio.sleep(3600)
@@ -125,27 +149,32 @@ class HangingPublisher:
 
 async def test_a_hanging_sink_delays_neither_detection_nor_the_status(backends):
     rec = Recorder()
-    runner = PoolRunner(
-        body_for(backends, unhealthyThreshold=1),
-        rec.write,
-        rec.emit,
-        logging.getLogger("t"),
-        publisher=HangingPublisher(),
-        sink_timeout=0.5,
-    )
+    publisher = HangingPublisher()
+    runner = runner_for(body_for(backends, unhealthyThreshold=1), rec, publisher=publisher, sink_timeout=0.5)
+    task = asyncio.create_task(runner.run())
     try:
-        await runner.run_once()
-        assert rec.writes[-1]["healthy"] == 2  # written although publishing hangs
+        await wait_until(lambda: rec.writes and rec.writes[-1]["healthy"] == 2)  # written although publishing hangs
+        await wait_until(lambda: publisher.begun == 1)
         backends[1].stop()
-        await runner.run_once()
-        assert runner.objects.syncs == 0  # the round did not wait for the sink, still in its first sync
-        assert rec.writes[-1]["healthy"] == 1
-        await asyncio.sleep(0.7)  # the sink's own timeout passes: its condition says so
-        await runner.run_once()
-        published = next(c for c in rec.writes[-1]["conditions"] if c["type"] == "Published")
-        assert (published["status"], published["reason"]) == ("False", "Timeout")
+        runner.wake("test: probe now")
+        await wait_until(lambda: rec.writes[-1]["healthy"] == 1)
+        assert (publisher.begun, publisher.ended) == (1, 0)  # the first apply still hangs
+        # the sink's own timeout passes: its condition says so
+        await wait_until(lambda: ("False", "Timeout") in conditions_of(rec.writes[-1], "Published"))
     finally:
-        await runner.objects.close()
+        runner.stop()
+        await task
+
+
+def conditions_of(status, type_):
+    return [(c["status"], c["reason"]) for c in status["conditions"] if c["type"] == type_]
+
+
+async def wait_until(condition, timeout=10.0):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
 
 
 async def test_a_refused_endpoint_is_reported_before_a_hanging_probe_times_out(backends):
@@ -159,7 +188,7 @@ async def test_a_refused_endpoint_is_reported_before_a_hanging_probe_times_out(b
             {"name": "silent", "address": "127.0.0.9", "port": silent.getsockname()[1]}
         )
         rec = Recorder()
-        runner = PoolRunner(body, rec.write, rec.emit, logging.getLogger("t"))
+        runner = runner_for(body, rec)
         await runner.run_once()
         health = [{e["name"]: e["health"] for e in w["endpoints"]} for w in rec.writes]
         # written while the silent endpoint's probe was still waiting for its timeout
@@ -172,19 +201,51 @@ async def test_a_refused_endpoint_is_reported_before_a_hanging_probe_times_out(b
 async def test_while_it_may_not_write_it_keeps_probing_and_holds_its_events(backends):
     rec = Recorder()
     allowed = [True]
-    runner = PoolRunner(body_for(backends, unhealthyThreshold=1), rec.write, rec.emit, logging.getLogger("t"))
-    runner.may_drive = lambda: allowed[0]
+    runner = runner_for(body_for(backends, unhealthyThreshold=1), rec, fence=Fence(may_drive=lambda: allowed[0]))
     await runner.run_once()
     writes, events = len(rec.writes), len(rec.events)
     allowed[0] = False  # e.g. the API server is away and the Lease cannot be renewed
     backends[1].stop()
     await runner.run_once()
-    assert runner.pool.health.of("ep-1").health == "Unhealthy"  # still probing
-    assert (len(rec.writes), len(rec.events)) == (writes, events)  # but nothing written or posted
+    assert (len(rec.writes), len(rec.events)) == (writes, events)  # nothing written or posted
     allowed[0] = True
     await runner.run_once()
     assert rec.writes[-1]["healthy"] == 1
-    assert "EndpointUnhealthy" in [e[1] for e in rec.events[events:]]  # the held Event, posted now
+    # the Event of the transition the paused round saw (it kept probing), posted now
+    assert [e[1] for e in rec.events[events:]].count("EndpointUnhealthy") == 1
+
+
+async def test_a_transition_in_the_first_round_after_a_pause_is_written_after_the_resume(backends):
+    """The first round after a pause finds a transition: nothing is written or posted
+    before the runner has read what the API server holds (another replica may have driven
+    the pool meanwhile), the Events held in the pause go out before the new ones, and the
+    Ready change is judged against the stored status, not this runner's own last write."""
+    body = body_for(backends, unhealthyThreshold=1)
+    rec = Recorder()
+    allowed = [True]
+    runner = runner_for(body, rec, fence=Fence(lambda: allowed[0], identity="me", read_stored_status=rec.read))
+    await runner.run_once()
+    await runner.run_once()
+    assert rec.writes[-1]["healthy"] == 2
+    allowed[0] = False
+    backends[1].stop()
+    await runner.run_once()  # ep-1 Unhealthy: its Event held
+    # meanwhile another replica drove the pool and found it not ready (its Event posted by it)
+    ready = {"type": "Ready", "status": "False", "reason": "NoHealthyEndpoints", "message": "0 of 2 endpoints healthy"}
+    rec.stored = {**rec.writes[-1], "drivenBy": "other"}
+    rec.stored["conditions"] = [ready if c["type"] == "Ready" else c for c in rec.stored["conditions"]]
+    body["status"] = rec.stored
+    allowed[0] = True
+    backends[0].stop()
+    mark = len(rec.timeline)
+    await runner.run_once()  # ep-0 Unhealthy in the first round after the pause
+    after = rec.timeline[mark:]
+    assert after[0] == ("read",), after[:3]  # resumed before anything was written or posted
+    unhealthy = [e[2] for e in after if e[0] == "event" and e[1] == "EndpointUnhealthy"]
+    assert [m.split()[1] for m in unhealthy] == ["ep-1", "ep-0"], unhealthy  # the held one first
+    assert "PoolNotReady" not in [e[1] for e in after if e[0] == "event"]  # the stored status said so already
+    written = [e[1] for e in after if e[0] == "write"]
+    assert written and written[-1]["healthy"] == 0 and written[-1]["drivenBy"] == "me"
 
 
 async def test_after_a_pause_it_compares_with_what_another_replica_wrote(backends):
@@ -195,10 +256,8 @@ async def test_after_a_pause_it_compares_with_what_another_replica_wrote(backend
     forgotten = []
     allowed = [True]
     body = body_for(backends)
-    runner = PoolRunner(
-        body, rec.write, rec.emit, logging.getLogger("t"), identity="me", forget_written=lambda: forgotten.append(1)
-    )
-    runner.may_drive = lambda: allowed[0]
+    fence = Fence(lambda: allowed[0], identity="me", forget_written=lambda: forgotten.append(1))
+    runner = runner_for(body, rec, fence=fence)
     await runner.run_once()
     mine = rec.writes[-1]
     assert mine["drivenBy"] == "me"
@@ -222,45 +281,37 @@ async def test_after_a_pause_no_one_else_wrote_in_it_keeps_what_it_knows_it_wrot
     unchanged health is not written again, so a busy replica's Lease blip costs one read
     per pool, not a re-publication of every pool. The read is the API server's, not
     kopf's copy of the body (which may lag a write of the other replica)."""
-    rec = Recorder()
-    forgotten, reads = [], []
+    rec = Recorder(stored={})
+    forgotten = []
     allowed = [True]
     body = body_for(backends)
-    stored: dict = {}
-
-    async def read_stored_status():
-        reads.append(1)
-        return stored
-
-    runner = PoolRunner(
-        body,
-        rec.write,
-        rec.emit,
-        logging.getLogger("t"),
-        identity="me",
-        forget_written=lambda: forgotten.append(1),
-        read_stored_status=read_stored_status,
+    fence = Fence(
+        lambda: allowed[0], identity="me", forget_written=lambda: forgotten.append(1), read_stored_status=rec.read
     )
-    runner.may_drive = lambda: allowed[0]
+    runner = runner_for(body, rec, fence=fence)
+
+    def reads():
+        return rec.timeline.count(("read",))
+
     await runner.run_once()
     await runner.run_once()  # both endpoints answered twice: the health is settled
-    stored.update(rec.writes[-1])
-    body["status"] = dict(stored)
+    rec.stored.update(rec.writes[-1])
+    body["status"] = dict(rec.stored)
     writes = len(rec.writes)
     allowed[0] = False
     await runner.run_once()
     allowed[0] = True
     await runner.run_once()
-    assert (len(rec.writes), forgotten, len(reads)) == (writes, [], 1)
+    assert (len(rec.writes), forgotten, reads()) == (writes, [], 1)
     await runner.run_once()  # resumed once: no read per round
-    assert len(reads) == 1
+    assert reads() == 1
 
     allowed[0] = False  # a second pause, in which another replica wrote (kopf has not seen it)
     await runner.run_once()
-    stored["drivenBy"] = "other"
+    rec.stored["drivenBy"] = "other"
     allowed[0] = True
     await runner.run_once()
-    assert forgotten == [1] and len(reads) == 2
+    assert forgotten == [1] and reads() == 2
     assert len(rec.writes) == writes + 1 and rec.writes[-1]["drivenBy"] == "me"
 
 
@@ -269,7 +320,7 @@ async def test_a_status_another_replica_wrote_is_compared_afresh_even_without_a_
     hand-over); the stored status naming another driver is enough to compare afresh."""
     rec = Recorder()
     body = body_for(backends)
-    runner = PoolRunner(body, rec.write, rec.emit, logging.getLogger("t"), identity="me")
+    runner = runner_for(body, rec, fence=Fence(identity="me"))
     await runner.run_once()
     mine = rec.writes[-1]
     body["status"] = {**mine, "drivenBy": "other"}
@@ -292,33 +343,27 @@ async def test_a_status_write_the_fence_refused_is_no_error_and_is_compared_afre
         return await rec.write(status, stored, version)
 
     caplog.set_level(logging.DEBUG)
-    runner = PoolRunner(
-        body_for(backends), write, rec.emit, logging.getLogger("t"), forget_written=lambda: forgotten.append(1)
-    )
+    wiring = PoolWiring(write, rec.emit, LOG, fence=Fence(forget_written=lambda: forgotten.append(1)))
+    runner = PoolRunner(body_for(backends), wiring)
     task = asyncio.create_task(runner.run())
-    for _ in range(200):
-        if refused:
-            break
-        await asyncio.sleep(0.05)
-    runner.wake.set()
-    for _ in range(200):
-        if rec.writes:
-            break
-        await asyncio.sleep(0.05)
-    runner.stop()
-    await task
-    assert refused and rec.writes and forgotten == [1]
+    try:
+        await wait_until(lambda: refused)
+        runner.wake("test: write again now")
+        await wait_until(lambda: rec.writes)
+    finally:
+        runner.stop()
+        await task
+    assert forgotten == [1]
     assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 async def test_a_change_of_counters_alone_waits_for_the_next_health_change(backends):
     rec = Recorder()
-    runner = PoolRunner(body_for(backends, unhealthyThreshold=2), rec.write, rec.emit, logging.getLogger("t"))
+    runner = runner_for(body_for(backends, unhealthyThreshold=2), rec)
     await runner.run_once()
     writes = len(rec.writes)
     backends[1].stop()
     await runner.run_once()  # one failure: only consecutiveFailures and the message moved
-    assert runner.pool.health.of("ep-1").failures == 1
     assert len(rec.writes) == writes
     await runner.run_once()  # the second makes it Unhealthy: written, with the counters
     ep1 = next(e for e in rec.writes[-1]["endpoints"] if e["name"] == "ep-1")
@@ -330,22 +375,28 @@ async def test_counters_alone_are_written_when_due_and_the_shared_budget_has_a_t
     INFORMATIONAL_EVERY, and only with a token of the budget all pools share."""
     rec = Recorder()
     tokens = [False]
-    runner = PoolRunner(
-        body_for(backends, unhealthyThreshold=3),
-        rec.write,
-        rec.emit,
-        logging.getLogger("t"),
-        informational_budget=lambda: tokens[0],
-    )
+    due = InformationalPace(lambda: tokens[0], every=0.0)  # always due: the budget decides
+    runner = runner_for(body_for(backends, unhealthyThreshold=3), rec, informational=due)
     await runner.run_once()
     writes = len(rec.writes)
     backends[1].stop()
-    runner.informational_due = 0.0  # due
     await runner.run_once()  # one failure of three: only the counters and the message moved
-    assert runner.pool.health.of("ep-1").failures == 1
     assert len(rec.writes) == writes  # due, but no token
     tokens[0] = True
     await runner.run_once()
     assert len(rec.writes) == writes + 1
     ep1 = next(e for e in rec.writes[-1]["endpoints"] if e["name"] == "ep-1")
     assert (ep1["health"], ep1["consecutiveFailures"]) == ("Healthy", 2)
+
+
+async def test_counters_alone_wait_for_their_pace(backends):
+    """Not due yet (the pace has not passed since the last write): not written, even with
+    a token to spare."""
+    rec = Recorder()
+    runner = runner_for(body_for(backends, unhealthyThreshold=3), rec, informational=InformationalPace(lambda: True))
+    await runner.run_once()
+    writes = len(rec.writes)
+    backends[1].stop()
+    await runner.run_once()
+    await runner.run_once()
+    assert len(rec.writes) == writes

@@ -10,11 +10,12 @@ import redis
 from clusterpool import api
 from clusterpool.cache.admin import classify
 from clusterpool.cache.redis import KeySpace, RedisConnection
-from clusterpool.cache_monitor import CacheMonitor
 from clusterpool.client import RoutingTable
 from clusterpool.core.cache_settings import CacheSettings, SecretRef
 from clusterpool.core.pool import PoolState
 from clusterpool.core.publish import build_routing_table, cache_settings
+from clusterpool.sinks.cache import CacheMonitor
+from clusterpool.stages import PoolSecrets
 from samples import VALID
 
 POOL = {"metadata": {"name": "chat", "namespace": "team", "uid": "u", "generation": 1}}
@@ -78,7 +79,7 @@ def test_classify_names_the_field_to_fix():
 
 async def test_monitor_conditions_without_redis():
     events = []
-    m = CacheMonitor("ns", None, lambda *e: events.append(e), logging.getLogger("t"), lambda: None)
+    m = CacheMonitor(PoolSecrets(None, "ns"), lambda *e: events.append(e), logging.getLogger("t"), lambda why: None)
     assert m.condition() is None and m.status() is None
     await m.update(api.CacheSpec(type="Memory"), CacheSettings(type="Memory"))
     assert m.condition().reason == "LocalOnly" and m.status() == {"type": "Memory", "version": 1}
@@ -91,7 +92,11 @@ async def test_monitor_conditions_without_redis():
 async def test_monitor_restored_version_emits_nothing_on_restart():
     events = []
     m = CacheMonitor(
-        "ns", None, lambda *e: events.append(e), logging.getLogger("t"), lambda: None, {"type": "Memory", "version": 4}
+        PoolSecrets(None, "ns"),
+        lambda *e: events.append(e),
+        logging.getLogger("t"),
+        lambda why: None,
+        {"type": "Memory", "version": 4},
     )
     await m.update(api.CacheSpec(type="Memory", version=4), CacheSettings(type="Memory", version=4))
     assert events == []

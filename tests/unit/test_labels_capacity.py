@@ -21,8 +21,8 @@ from clusterpool.core.publish import build_routing_table
 from clusterpool.core.status import render_status
 from clusterpool.discovery.consul import members_from_consul
 from clusterpool.discovery.kubernetes import members_from_slices
+from clusterpool.discovery.source import members_from_status
 from clusterpool.discovery.static import static_members
-from clusterpool.runner import members_from_status
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -37,6 +37,8 @@ from clusterpool.core.names import (
 from clusterpool.core.pool import PoolState
 
 PORT_NAME = "backend"
+OPERATOR = "clusterpool-operator"  # the field manager, the Events' reporter, the objects' managed-by label
+SLICE_MANAGED_BY_LABEL = "endpointslice.kubernetes.io/managed-by"  # which controller fills an EndpointSlice
 
 
 def address_type(address: str) -> str | None:
@@ -66,7 +68,7 @@ def owner_reference(pool: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _meta(pool: Mapping[str, Any], name: str, extra_labels: Mapping[str, str] | None = None) -> dict[str, Any]:
-    labels = {"app.kubernetes.io/managed-by": "clusterpool-operator", POOL_LABEL: pool["metadata"]["name"]}
+    labels = {"app.kubernetes.io/managed-by": OPERATOR, POOL_LABEL: pool["metadata"]["name"]}
     labels.update(extra_labels or {})
     return {
         "name": name,
@@ -118,7 +120,7 @@ def build_endpoint_slices(pool: Mapping[str, Any], state: PoolState) -> tuple[li
                     f"{name}-{kind.lower()}-{port}",
                     {
                         "kubernetes.io/service-name": name,
-                        "endpointslice.kubernetes.io/managed-by": MANAGED_BY,
+                        SLICE_MANAGED_BY_LABEL: MANAGED_BY,
                     },
                 ),
                 "addressType": kind,

@@ -16,6 +16,13 @@ from clusterpool.core.failover import Breaker, Decision, PoolDecision
 from clusterpool.core.health import Endpoint, EndpointHealth, PoolHealth
 from clusterpool.core.pool import PoolState
 
+# the condition types the stages report (Ready, Degraded, Panic and SpecValid are the core's own)
+PUBLISHED = "Published"
+PUBLISHED_TO_CONSUL = "PublishedToConsul"
+CACHE_READY = "CacheReady"
+DISCOVERY_DEGRADED = "DiscoveryDegraded"
+FAILURE_CAP = 100  # consecutive failures reported at most, before a spec says how many eject
+
 
 def rfc3339(t: datetime) -> str:
     return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -154,7 +161,7 @@ def render_status(
     spec_error: str | None = None,
     have_spec: bool = True,
     extra_conditions: Sequence[ConditionSpec] = (),
-    failure_cap: int = 100,
+    failure_cap: int = FAILURE_CAP,
 ) -> dict[str, Any]:
     """`failure_cap`: consecutive failures are reported up to the count that ejects, so a
     long-dead endpoint does not rewrite the status every round."""

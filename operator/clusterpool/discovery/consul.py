@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import httpx
@@ -27,6 +27,7 @@ from clusterpool.core.backoff import Backoff
 from clusterpool.core.health import Endpoint
 from clusterpool.core.labels import Labels, parse_capacity, valid_labels
 from clusterpool.discovery.kubernetes import member_name
+from clusterpool.stages import SecretValue
 
 log = logging.getLogger(__name__)
 RANK = {"passing": 0, "warning": 1, "critical": 2, "maintenance": 2}
@@ -83,9 +84,6 @@ def members_from_consul(entries: Iterable[Mapping[str, Any]], only_passing: bool
 
 OnChange = Callable[[tuple[Endpoint, ...]], None]
 OnHealth = Callable[[str | None], None]  # None: reachable; else what failed
-
-
-SecretValue = Callable[[], Awaitable[str | None]]
 
 
 async def consul_client(spec: ConsulConnection, ca: SecretValue | None, **kw: Any) -> httpx.AsyncClient:

@@ -28,10 +28,9 @@ from typing import Any
 from clusterpool.api import KubernetesDiscovery
 from clusterpool.core.health import Endpoint
 from clusterpool.core.labels import Labels, parse_capacity, valid_labels
-from clusterpool.core.publish import MANAGED_BY
+from clusterpool.core.publish import MANAGED_BY, SLICE_MANAGED_BY_LABEL
 
 SERVICE_LABEL = "kubernetes.io/service-name"
-MANAGED_BY_LABEL = "endpointslice.kubernetes.io/managed-by"
 CAPACITY_LABEL = "clusterpool.dev/capacity"
 ZONE_LABEL = "topology.kubernetes.io/zone"
 NODE_LABEL = "clusterpool.dev/node"
@@ -40,7 +39,7 @@ MACHINERY_PREFIXES = ("kubernetes.io/", "endpointslice.kubernetes.io/", "service
 
 
 def selects(spec: KubernetesDiscovery, labels: Mapping[str, str]) -> bool:
-    if labels.get(MANAGED_BY_LABEL) == MANAGED_BY:
+    if labels.get(SLICE_MANAGED_BY_LABEL) == MANAGED_BY:
         return False
     if spec.service is not None:
         return labels.get(SERVICE_LABEL) == spec.service

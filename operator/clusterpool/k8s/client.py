@@ -11,6 +11,7 @@ import asyncio
 import base64
 import logging
 from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import kubernetes
@@ -143,7 +144,7 @@ class StatusWriter:
         return len(self._written)
 
 
-class SecretReader:
+class SecretsClient:
     """Reads one key of a Secret (credentials are only ever taken from Secrets). Values are
     never logged; a missing Secret or key reads as None."""
 
@@ -162,13 +163,35 @@ class SecretReader:
         return base64.b64decode(value).decode() if value else None
 
 
+class APIHealth:
+    """Whether the API server answers, held once for the whole operator: since when it has
+    not, and how long the last outage lasted."""
+
+    def __init__(self) -> None:
+        self.down_since: datetime | None = None
+        self.last_outage: tuple[int, datetime] | None = None  # (seconds, when it ended)
+
+    def down(self) -> None:
+        if self.down_since is None:
+            self.down_since = datetime.now(UTC)
+
+    def up(self) -> None:
+        if self.down_since is not None:
+            now = datetime.now(UTC)
+            self.last_outage = (int((now - self.down_since).total_seconds()), now)
+            self.down_since = None
+
+
 class APIReachable(Protocol):
     def api_down(self, exc: BaseException) -> None: ...
     def api_up(self) -> None: ...
 
 
 async def watch_api(
-    client: kubernetes.client.ApiClient, listeners: Callable[[], Iterable[APIReachable]], interval: float = 2.0
+    client: kubernetes.client.ApiClient,
+    health: APIHealth,
+    listeners: Callable[[], Iterable[APIReachable]],
+    interval: float = 2.0,
 ) -> None:
     """Ask the API server whether it is ready every `interval` seconds and tell the
     listeners (the pools' runners) when it stops and starts being so. A pool with nothing
@@ -191,9 +214,11 @@ async def watch_api(
         try:
             await asyncio.to_thread(ready)
         except Exception as exc:  # any failure to answer is an outage here
+            health.down()
             for listener in listeners():
                 listener.api_down(exc)
         else:
+            health.up()
             for listener in listeners():
                 listener.api_up()
         await asyncio.sleep(interval)

@@ -33,12 +33,13 @@ from kubernetes.client.exceptions import ApiException
 
 from clusterpool import api
 from clusterpool.core.budget import TokenBucket
+from clusterpool.core.publish import OPERATOR
 from clusterpool.core.status import rfc3339
 from clusterpool.k8s.writes import Lane, WriteQueue, send
 
 log = logging.getLogger(__name__)
 
-COMPONENT = "clusterpool-operator"
+COMPONENT = OPERATOR
 REPEAT_WINDOW = 600.0  # seconds, as client-go
 BURST = 25
 REFILL_SECONDS = 10.0

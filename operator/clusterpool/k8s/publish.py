@@ -28,10 +28,10 @@ import kubernetes
 from kubernetes.client.exceptions import ApiException
 
 from clusterpool.core.backoff import BackoffPolicy
-from clusterpool.core.publish import POOL_LABEL, routing_configmap_name
+from clusterpool.core.publish import OPERATOR, POOL_LABEL, routing_configmap_name
 from clusterpool.k8s.writes import Lane, WriteQueue, send, version_of
 
-FIELD_MANAGER = "clusterpool-operator"
+FIELD_MANAGER = OPERATOR
 APPLY = "application/apply-patch+yaml"
 DIGEST_ANNOTATION = "clusterpool.dev/applied-digest"
 METADATA_ONLY = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"

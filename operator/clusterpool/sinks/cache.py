@@ -1,5 +1,4 @@
-"""The operator's watch over one pool's cache: spec.cache -> status.cache, the CacheReady
-condition and Events.
+"""The cache sink: the operator's watch over one pool's cache (spec.cache -> status.cache, CacheReady, Events).
 
 Each pool round calls `update()`: it checks Redis (one PING, the key count every
 KEY_COUNT_EVERY seconds) and notices version changes. A version change emits
@@ -14,9 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,37 +23,50 @@ from clusterpool import api
 from clusterpool.cache.admin import CacheAdmin, classify
 from clusterpool.cache.build import redis_connection
 from clusterpool.core.cache_settings import CacheSettings, SecretRef
-from clusterpool.core.status import ConditionSpec, rfc3339
+from clusterpool.core.publish import cache_settings
+from clusterpool.core.status import CACHE_READY, ConditionSpec, rfc3339
+from clusterpool.stages import Emit, Log, PoolRef, PoolSecrets, Snapshot, Wake
 
 KEY_COUNT_EVERY = 30.0
-Emit = Callable[[str, str, str], None]
-SecretReader = Callable[[str, str, str], Awaitable[str | None]]
+
+
+@dataclass
+class CacheFigures:
+    """What status.cache reports (restored from the stored status until the first check)."""
+
+    version: int | None = None
+    reachable: bool | None = None
+    latency_us: int | None = None
+    keys: int | None = None
+    keys_at: str | None = None
+    removed: int | None = None
+    warmed: int | None = None
+    problem: tuple[str, str] | None = None  # (reason, message) while Redis does not answer
+
+    @classmethod
+    def restored(cls, stored: Mapping[str, Any]) -> CacheFigures:
+        return cls(
+            stored.get("version") if isinstance(stored.get("version"), int) else None,
+            stored.get("reachable") if isinstance(stored.get("reachable"), bool) else None,
+            stored.get("latencyMicroseconds"),
+            stored.get("keys"),
+            stored.get("keysCountedAt"),
+            stored.get("removedKeys"),
+            stored.get("warmedKeys"),
+        )
 
 
 class CacheMonitor:
     def __init__(
-        self,
-        namespace: str,
-        secrets: SecretReader | None,
-        emit: Emit,
-        log: logging.Logger | logging.LoggerAdapter[logging.Logger],
-        wake: Callable[[], None],
-        restored: Mapping[str, Any] | None = None,
+        self, secrets: PoolSecrets, emit: Emit, log: Log, wake: Wake, restored: Mapping[str, Any] | None = None
     ) -> None:
-        self.namespace, self.secrets, self.emit, self.log, self.wake = namespace, secrets, emit, log, wake
+        self.secrets, self.emit, self.log, self.wake = secrets, emit, log, wake
         restored = restored or {}
         self.restored: dict[str, Any] | None = dict(restored) or None  # reported until the first check
         self.settings: CacheSettings | None = None
         self.spec: api.CacheSpec | None = None
         self.admin: CacheAdmin | None = None
-        self.version: int | None = restored.get("version") if isinstance(restored.get("version"), int) else None
-        self.reachable: bool | None = restored.get("reachable") if isinstance(restored.get("reachable"), bool) else None
-        self.latency_us: int | None = restored.get("latencyMicroseconds")
-        self.keys: int | None = restored.get("keys")
-        self.keys_at: str | None = restored.get("keysCountedAt")
-        self.removed: int | None = restored.get("removedKeys")
-        self.warmed: int | None = restored.get("warmedKeys")
-        self.problem: tuple[str, str] | None = None
+        self.figures = CacheFigures.restored(restored)
         self.next_count = 0.0
         self.cleanup_needed = True  # once per operator start too: a previous one may have died midway
         self.cleanup: asyncio.Task[None] | None = None
@@ -80,8 +92,8 @@ class CacheMonitor:
                 latency = await self.admin.ping()
             if time.monotonic() >= self.next_count:
                 async with asyncio.timeout(30):
-                    self.keys = await self.admin.count(settings.version)
-                self.keys_at = rfc3339(datetime.now(UTC))
+                    self.figures.keys = await self.admin.count(settings.version)
+                self.figures.keys_at = rfc3339(datetime.now(UTC))
                 self.next_count = time.monotonic() + KEY_COUNT_EVERY
         except Exception as exc:  # any failure to answer: report it, keep the pool going
             reason, message = classify(exc)
@@ -90,8 +102,8 @@ class CacheMonitor:
                 await self._close_admin()  # read the Secret again next round: it may have been fixed
             return
         us = int(latency * 1e6)
-        if self.latency_us is None or abs(us - self.latency_us) > self.latency_us / 4:
-            self.latency_us = us
+        if self.figures.latency_us is None or abs(us - self.figures.latency_us) > self.figures.latency_us / 4:
+            self.figures.latency_us = us
         self._reachable()
         if self.cleanup_needed and (self.cleanup is None or self.cleanup.done()):
             self.cleanup = asyncio.create_task(self._clean(settings.version))
@@ -100,9 +112,9 @@ class CacheMonitor:
         old = self.settings
         if old is None or settings is None or (old.redis, old.key_prefix) != (settings.redis, settings.key_prefix):
             await self._close_admin()
-            self.problem = None
+            self.figures.problem = None
             self.next_count = 0.0
-        if settings is not None and self.version is not None and settings.version != self.version:
+        if settings is not None and self.figures.version is not None and settings.version != self.figures.version:
             what = (
                 "; removing them from Redis in the background"
                 if settings.redis is not None
@@ -111,24 +123,24 @@ class CacheMonitor:
             self.emit(
                 "Normal",
                 "CacheVersionChanged",
-                f"cache version {self.version} -> {settings.version}: entries of version {self.version} "
-                f"are unreachable now{what}",
+                f"cache version {self.figures.version} -> {settings.version}: entries of version "
+                f"{self.figures.version} are unreachable now{what}",
             )
             self.cleanup_needed = True
             self.next_count = 0.0
-            self.removed = self.warmed = None
-        if settings is not None and settings.version != self.version:
-            self.keys = None
-        self.version = settings.version if settings is not None else None
+            self.figures.removed = self.figures.warmed = None
+        if settings is not None and settings.version != self.figures.version:
+            self.figures.keys = None
+        self.figures.version = settings.version if settings is not None else None
         self.settings, self.spec = settings, spec
         if settings is None or settings.redis is None:
-            self.reachable = self.latency_us = self.keys = self.keys_at = None
+            self.figures.reachable = self.figures.latency_us = self.figures.keys = self.figures.keys_at = None
 
     async def _secret(self, ref: SecretRef | None, field: str) -> str | None:
         """A Secret's value; on failure reports SecretNotFound naming the field."""
         if ref is None:
             return None
-        value = await self.secrets(ref.namespace, ref.name, ref.key) if self.secrets else None
+        value = await self.secrets.read(ref)
         if value is None:
             self._unreachable(
                 "SecretNotFound",
@@ -138,15 +150,17 @@ class CacheMonitor:
         return value
 
     def _unreachable(self, reason: str, message: str) -> None:
-        if self.reachable is not False or (self.problem is not None and self.problem[0] != reason):
+        if self.figures.reachable is not False or (
+            self.figures.problem is not None and self.figures.problem[0] != reason
+        ):
             self.emit("Warning", "CacheUnreachable", f"{reason}: {message}; {self._fallback()}")
             self.log.warning("cache unreachable: %s: %s", reason, message)
-        self.problem, self.reachable = (reason, message), False
+        self.figures.problem, self.figures.reachable = (reason, message), False
 
     def _reachable(self) -> None:
-        if self.reachable is False:
+        if self.figures.reachable is False:
             self.emit("Normal", "CacheReachable", f"Redis at {self._where()} answers again")
-        self.reachable, self.problem = True, None
+        self.figures.reachable, self.figures.problem = True, None
 
     async def _clean(self, version: int) -> None:
         admin, spec = self.admin, self.spec
@@ -161,17 +175,17 @@ class CacheMonitor:
         except Exception as exc:  # retried next round
             self.log.warning("removing old cache versions failed (%s: %s); retrying", type(exc).__name__, exc)
             return
-        if self.version != version:
+        if self.figures.version != version:
             return  # the version moved on meanwhile; the next task cleans for it
         self.cleanup_needed = False
-        self.removed, self.warmed = removed, warmed
+        self.figures.removed, self.figures.warmed = removed, warmed
         if removed or warmed:
             copied = f"copied {warmed} entries of version {warm.from_version}, " if warm and warmed is not None else ""
             self.emit(
                 "Normal", "CacheInvalidated", f"{copied}removed {removed} entries of versions other than {version}"
             )
         self.next_count = 0.0
-        self.wake()
+        self.wake("old cache versions removed")
 
     # -- what it reports ----------------------------------------------------------------
 
@@ -191,16 +205,14 @@ class CacheMonitor:
         if s is None or s.type == "None":
             return None
         if s.redis is None:
-            return ConditionSpec(
-                "CacheReady", "True", "LocalOnly", f"each client keeps its own {s.policy} memory cache"
-            )
-        if self.reachable is None:
-            return ConditionSpec("CacheReady", "Unknown", "Checking", f"checking Redis at {self._where()}")
-        if not self.reachable:
-            reason, message = self.problem or ("Unreachable", "Redis does not answer")
-            return ConditionSpec("CacheReady", "False", reason, f"{message}; {self._fallback()}")
+            return ConditionSpec(CACHE_READY, "True", "LocalOnly", f"each client keeps its own {s.policy} memory cache")
+        if self.figures.reachable is None:
+            return ConditionSpec(CACHE_READY, "Unknown", "Checking", f"checking Redis at {self._where()}")
+        if not self.figures.reachable:
+            reason, message = self.figures.problem or ("Unreachable", "Redis does not answer")
+            return ConditionSpec(CACHE_READY, "False", reason, f"{message}; {self._fallback()}")
         kind = "Redis Cluster" if s.redis.cluster_nodes else "Redis"
-        return ConditionSpec("CacheReady", "True", "Reachable", f"{kind} at {self._where()} answers")
+        return ConditionSpec(CACHE_READY, "True", "Reachable", f"{kind} at {self._where()} answers")
 
     def status(self) -> dict[str, Any] | None:
         s = self.settings
@@ -208,16 +220,16 @@ class CacheMonitor:
             return self.restored
         out: dict[str, Any] = {"type": s.type, "version": s.version}
         optional = {
-            "reachable": self.reachable,
-            "latencyMicroseconds": self.latency_us if self.reachable else None,
-            "keys": self.keys,
-            "keysCountedAt": self.keys_at,
-            "removedKeys": self.removed,
-            "warmedKeys": self.warmed,
+            "reachable": self.figures.reachable,
+            "latencyMicroseconds": self.figures.latency_us if self.figures.reachable else None,
+            "keys": self.figures.keys,
+            "keysCountedAt": self.figures.keys_at,
+            "removedKeys": self.figures.removed,
+            "warmedKeys": self.figures.warmed,
         }
         out.update({k: v for k, v in optional.items() if v is not None})
-        if self.reachable is False and self.problem:
-            out["message"] = self.problem[1][:1024]
+        if self.figures.reachable is False and self.figures.problem:
+            out["message"] = self.figures.problem[1][:1024]
         return out
 
     async def _close_admin(self) -> None:
@@ -232,3 +244,28 @@ class CacheMonitor:
 
     async def close(self) -> None:
         await self._close_admin()
+
+
+class CacheSink:
+    """Sink: Redis checked, old versions cleaned; the CacheMonitor keeps status.cache."""
+
+    condition_type = CACHE_READY
+
+    def __init__(self, body: Mapping[str, Any], monitor: CacheMonitor, wake: Wake) -> None:
+        self.body, self.monitor, self.wake = body, monitor, wake
+        self.condition: ConditionSpec | None = None
+
+    async def sync(self, snapshot: Snapshot) -> ConditionSpec | None:
+        pool = PoolRef.of(self.body)
+        settings = cache_settings(snapshot.spec, pool.namespace, pool.name)
+        before = self.monitor.status()
+        await self.monitor.update(snapshot.spec.cache, settings)
+        if self.monitor.status() != before:
+            self.wake("status.cache changed")  # a new version, a count: written now, not next interval
+        return self.monitor.condition()
+
+    async def close(self) -> None:
+        await self.monitor.close()
+
+    async def remove(self) -> None:
+        """Nothing to remove: the cache's entries are the applications'."""
