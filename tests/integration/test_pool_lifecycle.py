@@ -118,14 +118,19 @@ def test_http_answers_that_are_not_healthy_mark_the_endpoint(pools, http_backend
 
 
 def test_kubectl_get_clusterpools_prints_the_columns(pools, http_backends, kubectl):
-    pools.create("shown", static(http_backends(3), strategy="LeastConnections"))
+    spec = static(http_backends(3), strategy="LeastConnections")
+    spec["models"] = ["m-shown", "m-too"]
+    pools.create("shown", spec)
     pools.wait_ready("shown", healthy=3)
     out = kubectl("get", "clusterpools", "-n", pools.namespace).stdout.splitlines()
     assert out[0].split() == ["NAME", "READY", "HEALTHY", "TOTAL", "EJECTED", "STRATEGY", "SOURCE", "AGE"]
     assert out[1].split()[:7] == ["shown", "True", "3", "3", "0", "LeastConnections", "Static"]
     wide = kubectl("get", "clusterpools", "-n", pools.namespace, "-o", "wide").stdout.splitlines()
-    assert wide[0].split()[-4:] == ["TIER", "PANIC", "CACHE", "DRIVEN-BY"]
-    assert wide[1].split()[-3:] == ["0", "false", "test-operator"]  # CACHE stays empty without spec.cache
+    assert wide[0].split()[-5:] == ["TIER", "PANIC", "CACHE", "DRIVEN-BY", "MODELS"]
+    wait_for(lambda: pools.get("shown")["status"].get("models") == ["m-shown", "m-too"], 15, "status.models")
+    wide = kubectl("get", "clusterpools", "-n", pools.namespace, "-o", "wide").stdout.splitlines()
+    # CACHE stays empty without spec.cache; MODELS lists what the pool serves (kubectl prints the list as JSON)
+    assert wide[1].split()[-4:] == ["0", "false", "test-operator", '["m-shown","m-too"]']
     # the short name and the category reach the same objects
     assert "shown" in kubectl("get", "cpool", "-n", pools.namespace).stdout
     assert "shown" in kubectl("get", "llm", "-n", pools.namespace).stdout
