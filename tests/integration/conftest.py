@@ -456,4 +456,5 @@ def helm_rendered(helm_bin: str, *sets: str) -> dict[tuple[str, str], dict[str, 
 
 
 # -- the gateway's backends and process (tests/integration/gateway_process.py) -----------------
+from fake_engines import engines  # noqa: E402, F401 - a fixture
 from gateway_process import gateway, openai_backends  # noqa: E402, F401 - fixtures

@@ -151,6 +151,13 @@ class PoolClient:
     def balancer(self) -> Balancer:
         return self._sync()
 
+    @property
+    def strategy(self) -> str:
+        """The strategy in force: the override, else the current table's."""
+        self._sync()
+        assert self._strategy is not None
+        return self._strategy
+
     def balancer_for(self, selector: SelectorArg = None) -> Balancer:
         """The balancer over the endpoints that match `selector` (all of them without one)."""
         return self._subset(as_selector(selector))

@@ -18,9 +18,12 @@ from time import monotonic
 from typing import Protocol
 
 from clusterpool.balancer import NoEndpointError, Target
+from clusterpool.balancer.prefix import SESSION_HEADER, affinity_key
+from clusterpool.client.load import LoadScraper
 from clusterpool.client.outlier import ERROR_5XX, GATEWAY_FAILURE, SUCCESS
 from clusterpool.client.pool import CapacityError
 from clusterpool.core.labels import as_selector
+from clusterpool.engines import find_profile
 from clusterpool.gateway.accesslog import AccessLog
 from clusterpool.gateway.apikeys import Allowed, ApiKeys, allows, presented_key
 from clusterpool.gateway.http1 import (
@@ -54,6 +57,7 @@ DROP_REQUEST = HOP_BY_HOP | {
 DROP_RESPONSE = HOP_BY_HOP | {b"content-length", b"x-clusterpool-endpoint"}
 ENDPOINT_HEADER = b"X-ClusterPool-Endpoint"
 CLIENT_CLOSED = 499  # the status access logs give a request whose client went away first
+SESSION = SESSION_HEADER.encode()
 TIMEOUT_REASONS = frozenset({"first_byte_timeout", "idle_timeout", "request_timeout", "connect_timeout"})
 
 
@@ -79,6 +83,27 @@ def _retry_after(head: Head) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         return 1.0  # an HTTP date: back off a little; the next answer tells more
+
+
+def request_affinity(req: Request) -> str | None:
+    """The PrefixAffinity key of a request: its x-session-id, else its prompt's prefix; None
+    for a body that is not a JSON object with a prompt."""
+    session = req.first.get(SESSION)
+    if session:
+        return affinity_key(None, session.decode("latin-1"))
+    try:
+        doc = json.loads(req.body)
+    except (ValueError, RecursionError):
+        return None
+    return affinity_key(doc) if isinstance(doc, dict) else None
+
+
+def report_busy(load: LoadScraper, route: PoolRoute, target: Target, head: Head) -> None:
+    """An engine whose profile says this status means its queue is full (Ollama's 503)
+    counts as saturated for the strategies for a while."""
+    profile = find_profile(route.table.engine)
+    if profile is not None and head.status == profile.busy_status:
+        load.report_busy(target.address, target.port, _retry_after(head) or 1.0)
 
 
 def _chunked(write: Callable[[bytes], None]) -> Callable[[bytes], None]:
@@ -269,7 +294,10 @@ class Proxy:
         resend_ok = req.method in IDEMPOTENT or bare_path in INFERENCE_PATHS
         first = req.first
         raw_key = first.get(b"x-clusterpool-key")
-        key = raw_key.decode("latin-1") if raw_key is not None else None
+        if raw_key is not None:
+            key: str | None = raw_key.decode("latin-1")
+        else:
+            key = request_affinity(req) if pool.strategy == "PrefixAffinity" else None
         raw_selector = first.get(b"x-clusterpool-selector")
         selector = None
         if raw_selector is not None:
@@ -338,6 +366,8 @@ class Proxy:
             if status == 200:  # the common answer: relayed, nothing to decide
                 return await self._relay(client, req, route, target, endpoint, upstream, head, out, keep, start, t0)
             overloaded = status == 429 or (status == 503 and head.header(b"retry-after") is not None)
+            if pool.load is not None:
+                report_busy(pool.load, route, target, head)
             if overloaded:
                 detector.back_off(target.name, _retry_after(head) or 1.0)
             if status in RETRY_STATUSES and resend_ok and self._may_retry(route, True, tried, selector, retries):

@@ -2,7 +2,9 @@
 `/pools/<namespace>/<pool>/`, the Host `<pool>.<namespace>[...]`, or the `model` field.
 
 Each pool routes with the SDK's own PoolClient over a table the loaders replace, with a
-passive outlier detector (client/outlier.py) in place of the client breakers.
+passive outlier detector (client/outlier.py) in place of the client breakers, and the
+gateway's one LoadScraper (client/load.py), which the client has scrape only the endpoints
+of pools whose strategy reads engine load (LeastLoaded, PrefixAffinity).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from clusterpool.client.load import LoadScraper
 from clusterpool.client.outlier import OutlierDetector, OutlierSettings
 from clusterpool.client.pool import PoolClient, RetryBudget
 from clusterpool.client.routing import RoutingTable, TableSource
@@ -49,8 +52,16 @@ class PoolRoute:
 
 
 class Routes:
-    def __init__(self, outliers: OutlierSettings, retries: int, budget_ratio: float, budget_burst: float) -> None:
+    def __init__(
+        self,
+        outliers: OutlierSettings,
+        retries: int,
+        budget_ratio: float,
+        budget_burst: float,
+        load: LoadScraper | None = None,
+    ) -> None:
         self._outliers, self._retries = outliers, retries
+        self.load = load
         self._budget = (budget_ratio, budget_burst)
         self.pools: dict[PoolKey, PoolRoute] = {}
         self.models: dict[str, PoolRoute] = {}
@@ -63,6 +74,7 @@ class Routes:
             retries=self._retries,
             budget=RetryBudget(*self._budget),
             outliers=OutlierDetector(self._outliers),
+            load=self.load,
         )
 
     def put(self, key: PoolKey, table: RoutingTable) -> None:
@@ -78,7 +90,9 @@ class Routes:
         self._index()
 
     def remove(self, key: PoolKey) -> None:
-        if self.pools.pop(key, None) is not None:
+        route = self.pools.pop(key, None)
+        if route is not None:
+            route.client.close()
             log.info("no longer serving pool %s/%s", *key)
             self._index()
 

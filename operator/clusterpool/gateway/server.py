@@ -12,6 +12,7 @@ import socket
 from time import monotonic
 from typing import Any, cast
 
+from clusterpool.client.load import LoadScraper
 from clusterpool.gateway.accesslog import AccessLog
 from clusterpool.gateway.apikeys import ApiKeys
 from clusterpool.gateway.http1 import Request, RequestError, RequestReader, response_head
@@ -188,7 +189,8 @@ class Gateway:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         s = settings
-        self.routes = Routes(s.outliers, s.retries, s.retry_budget_ratio, s.retry_budget_burst)
+        self.load = LoadScraper()  # engine load for LeastLoaded/PrefixAffinity pools, scraped on the gateway's loop
+        self.routes = Routes(s.outliers, s.retries, s.retry_budget_ratio, s.retry_budget_burst, self.load)
         self.metrics = GatewayMetrics(lambda: [(r.namespace, r.name, r.in_flight) for r in self.routes.pools.values()])
         self.upstreams = Upstreams(s.timeouts, s.upstream_idle_connections)
         self.keys = ApiKeys("/".join(s.api_keys_secret)) if s.api_keys_secret else None
@@ -224,6 +226,7 @@ class Gateway:
         ahost, aport = s.admin_listen
         self._servers.append(await asyncio.start_server(self._admin, ahost, aport))
         self._ticker = loop.create_task(self._tick())
+        self._scraping = loop.create_task(self.load.run())
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: loop.create_task(self.shutdown()))
         log.info("gateway listening on %s:%d, admin on %s:%d", host, port, ahost, aport)
@@ -269,6 +272,8 @@ class Gateway:
         for conn in list(self.connections):
             conn.abort()
         self.upstreams.close()
+        self.load.stop()
+        await self._scraping
         self.sources.stop()
         if self.access_log is not None:
             self.access_log.flush()
