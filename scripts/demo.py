@@ -40,6 +40,9 @@ SAMPLE = ROOT / "manifests" / "samples" / "static-pool.yaml"
 BACKENDS = {"llm-a": "127.0.0.2", "llm-b": "127.0.0.3", "llm-c": "127.0.0.4"}
 PORT = 18080
 REDIS_PORT = 16379
+# The demo operator's shard Leases live in a namespace of their own, so an operator already
+# running on the same cluster (a real install, or another test's) never shares its pools.
+LEASE_NAMESPACE = "clusterpool-demo"
 
 
 def say(msg: str) -> None:
@@ -154,6 +157,10 @@ def up() -> int:
     say("installing the ClusterPool CRD")
     kubectl("apply", "-f", str(ROOT / "crds"), env=env)
     wait_established("crd/clusterpools.clusterpool.dev", env)
+    if subprocess.run(
+        [str(controlplane.kubectl_path()), "get", "namespace", LEASE_NAMESPACE], env=env, capture_output=True
+    ).returncode:
+        kubectl("create", "namespace", LEASE_NAMESPACE, env=env)
 
     for name, host in BACKENDS.items():
         if still_running(f"backend-{name}"):
@@ -190,7 +197,7 @@ def up() -> int:
         if dead_identity:
             # Its shard Lease would hold the pool until it expires: the process is gone, so
             # the Lease goes now and the new operator takes the pool at once.
-            lease = ["lease", lease_name(dead_identity), "-n", "default", "--ignore-not-found"]
+            lease = ["lease", lease_name(dead_identity), "-n", LEASE_NAMESPACE, "--ignore-not-found"]
             subprocess.run(
                 [str(controlplane.kubectl_path()), "delete", *lease],
                 env=env,
@@ -211,6 +218,8 @@ def up() -> int:
             metrics,
             "--identity",
             identity,
+            "--lease-namespace",
+            LEASE_NAMESPACE,
         ]
         spawn("operator", cmd, op_env)
         (STATE / "operator.identity").write_text(identity)
