@@ -76,7 +76,7 @@ def test_the_old_names_of_the_errors_still_catch_them():
 
 
 def test_a_routing_table_error_says_what_to_do():
-    with pytest.raises(ClusterPoolError, match="upgrade the clusterpool package"):
+    with pytest.raises(ClusterPoolError, match="upgrade the clusterpool-client package"):
         RoutingTable.parse(json.dumps({"schemaVersion": 99}))
 
 

@@ -19,10 +19,10 @@ from clusterpool.core.backoff import Backoff
 from clusterpool.core.cache_settings import CacheSettings
 from clusterpool.core.failover import BreakerConfig
 from clusterpool.core.labels import as_labels
-from clusterpool.core.names import ROUTING_KEY, routing_configmap_name
+from clusterpool.core.names import ROUTING_KEY, ROUTING_SCHEMA_VERSION, routing_configmap_name
 
 log = logging.getLogger(__name__)
-SUPPORTED_SCHEMA = 1
+OLDEST_MAJOR = 1  # the oldest routing-table major this client still reads; the newest is ROUTING_SCHEMA_VERSION
 
 
 @dataclass(frozen=True)
@@ -47,10 +47,10 @@ class RoutingTable:
         if not isinstance(raw, dict):
             raise RoutingTableError("the routing table is not a JSON object")
         version = raw.get("schemaVersion")
-        if version != SUPPORTED_SCHEMA:
+        if not OLDEST_MAJOR <= schema_major(version) <= ROUTING_SCHEMA_VERSION:
             raise RoutingTableError(
-                f"routing table schemaVersion {version!r} is not supported by this client (it reads "
-                f"{SUPPORTED_SCHEMA}); upgrade the clusterpool package"
+                f"routing table schemaVersion {version!r} is not supported by this client (it reads majors "
+                f"{OLDEST_MAJOR} to {ROUTING_SCHEMA_VERSION}, any minor); upgrade the clusterpool-client package"
             )
         try:
             targets = tuple(_target(e) for e in raw["endpoints"] if e.get("eligible"))
@@ -84,6 +84,21 @@ class RoutingTable:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise RoutingTableError(f"the routing table is malformed: {exc!r}") from exc
+
+
+def schema_major(version: object) -> int:
+    """The major of a table's schemaVersion: an integer major (1 reads as "1.0") or the
+    string "<major>.<minor>". Minors only add fields, so a client reads every minor of a
+    major it knows, older or newer (docs/upgrading.md)."""
+    if isinstance(version, int) and not isinstance(version, bool) and version >= 0:
+        return version
+    if isinstance(version, str):
+        major, dot, minor = version.partition(".")
+        if major.isdecimal() and (minor.isdecimal() if dot else True):
+            return int(major)
+    raise RoutingTableError(
+        f'routing table schemaVersion {version!r} is not a version: write an integer major or "<major>.<minor>"'
+    )
 
 
 def _target(e: dict[str, Any]) -> Target:
