@@ -23,6 +23,8 @@ from typing import Any
 import pytest
 from nodekit import CHART, ROOT, Cluster, backend_objects, pool_object, wait_for
 
+import layout
+
 pytestmark = pytest.mark.timeout(900)
 
 OPS = "gw-ops"
@@ -32,7 +34,7 @@ POOL = "chat"
 BACKENDS = 4  # two may fail at once and stay within the ejection cap (50%) without panic
 GATEWAY = "gateway"
 GATEWAY_SELECTOR = "app=gateway"
-IMAGE = "clusterpool-operator:0.1.0"
+IMAGE = f"{layout.IMAGE}:{layout.version()}"  # the operator image the node has (scripts/images.py)
 # On SIGTERM the gateway turns unready and keeps accepting for DRAIN_S, so that the
 # EndpointSlice and kube-proxy stop sending new connections before its listener closes;
 # requests in flight then get GRACE_S. The pod's own grace period covers both.
@@ -161,6 +163,9 @@ def gw(cluster: Cluster) -> Iterator[Cluster]:
         c.kubectl("delete", "clusterpool", POOL, "-n", APPS, "--timeout=60s", check=False)
         c.helm("uninstall", RELEASE, "-n", OPS, "--wait", "--timeout=2m", check=False)
         c.kubectl("delete", "namespace", OPS, APPS, "--wait=false", check=False)
+        # The chart keeps its CRD on uninstall (crds.keep), still labelled as this release's:
+        # another module's `helm install` would refuse to take it over.
+        c.kubectl("delete", "crd", "clusterpools.clusterpool.dev", "--timeout=60s", check=False)
 
 
 def start_client(c: Cluster, name: str, args: list[str]) -> None:

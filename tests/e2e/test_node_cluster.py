@@ -456,3 +456,6 @@ def test_helm_upgrade_rollback_and_uninstall(release: Cluster) -> None:
     assert c.get("clusterrole", FULLNAME) is None and c.get("serviceaccount", FULLNAME, "-n", OPS) is None
     assert not (c.get("clusterpools", "-A") or {}).get("items"), "no ClusterPool left behind"
     c.kubectl("delete", "namespace", OPS, "--timeout=90s")
+    # The chart keeps its CRD on uninstall (crds.keep); remove it so a later module installs afresh.
+    assert c.get("crd", "clusterpools.clusterpool.dev") is not None
+    c.kubectl("delete", "crd", "clusterpools.clusterpool.dev", "--timeout=60s")
