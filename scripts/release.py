@@ -298,14 +298,15 @@ def uv(*args: str) -> None:
 
 def lock() -> None:
     """The image installs these with --require-hashes: the operator's and the client's
-    dependencies at the versions the tests run, and setuptools to build the two."""
+    dependencies (the client's gateway extra too: the same image runs the gateway) at the
+    versions the tests run, and setuptools to build the two."""
     LOCKS.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="clusterpool-lock-") as tmp:
         trees = layout.stage(Path(tmp))
         (Path(tmp) / "constraints.txt").write_text("\n".join(dev_pins()) + "\n")
         (Path(tmp) / "operator.in").write_text(
             f"clusterpool-operator @ {trees[layout.OPERATOR].as_uri()}\n"
-            f"clusterpool-client[redis,kubernetes] @ {trees[layout.CLIENT].as_uri()}\n"
+            f"clusterpool-client[redis,kubernetes,gateway] @ {trees[layout.CLIENT].as_uri()}\n"
         )
         (Path(tmp) / "build.in").write_text("setuptools>=77\n")
         common = ["--generate-hashes", "--python-version", "3.11", "--universal", "--no-annotate"]

@@ -141,23 +141,23 @@ def gw(cluster: Cluster) -> Iterator[Cluster]:
     c = cluster
     c.kubectl("create", "namespace", OPS)
     c.kubectl("create", "namespace", APPS)
-    c.helm(
-        "install", RELEASE, str(CHART), "-n", OPS, "--set", "image.pullPolicy=Never",
-        "--set", f"watchNamespaces={{{APPS}}}", "--wait", "--timeout=3m",
-    )  # fmt: skip
-    files = [
-        ROOT / "scripts" / "openai_backend.py",
-        *(Path(__file__).parent / f for f in ("openai_pod.py", "chat_client.py")),
-    ]
-    c.kubectl("create", "configmap", "chat-app", "-n", APPS, *(f"--from-file={f}" for f in files))
-    for obj in openai_backend_objects():
-        c.apply(obj)
-    c.apply(pool_object(APPS, POOL))
-    pool_ready(c)
-    for obj in gateway_objects():
-        c.apply(obj)
-    c.ready_pods(OPS, GATEWAY_SELECTOR, 2, timeout=180)
-    try:
+    try:  # the cleanup runs after a failed setup too: the next module needs the CRD gone
+        c.helm(
+            "install", RELEASE, str(CHART), "-n", OPS, "--set", "image.pullPolicy=Never",
+            "--set", f"watchNamespaces={{{APPS}}}", "--wait", "--timeout=3m",
+        )  # fmt: skip
+        files = [
+            ROOT / "scripts" / "openai_backend.py",
+            *(Path(__file__).parent / f for f in ("openai_pod.py", "chat_client.py")),
+        ]
+        c.kubectl("create", "configmap", "chat-app", "-n", APPS, *(f"--from-file={f}" for f in files))
+        for obj in openai_backend_objects():
+            c.apply(obj)
+        c.apply(pool_object(APPS, POOL))
+        pool_ready(c)
+        for obj in gateway_objects():
+            c.apply(obj)
+        c.ready_pods(OPS, GATEWAY_SELECTOR, 2, timeout=180)
         yield c
     finally:
         c.kubectl("delete", "clusterpool", POOL, "-n", APPS, "--timeout=60s", check=False)
