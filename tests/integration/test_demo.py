@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+import controlplane
 from conftest import ROOT, Kubectl, wait_for
 
 
@@ -46,8 +47,22 @@ class Demo:
 
 
 @pytest.fixture
-def demo(cluster, crd, tmp_path) -> Iterator[Demo]:
-    d = Demo(tmp_path / "demo", cluster.kubeconfig)
+def own_cluster(tmp_path: Path) -> Iterator[controlplane.State]:
+    """A control plane of the demo's own: the session's operator watches every namespace of
+    the shared one, and would drive the demo's pool beside the demo's operator."""
+    state = controlplane.up(tmp_path / "controlplane")
+    yield state
+    controlplane.down(tmp_path / "controlplane")
+
+
+@pytest.fixture
+def kubectl(own_cluster: controlplane.State) -> Kubectl:
+    return Kubectl(own_cluster.kubeconfig)
+
+
+@pytest.fixture
+def demo(own_cluster: controlplane.State, tmp_path: Path) -> Iterator[Demo]:
+    d = Demo(tmp_path / "demo", own_cluster.kubeconfig)
     yield d
     d("down")
 
