@@ -136,15 +136,18 @@ class PoolStatus:
             return
         if same(health_view(previous), health_view(status)) and not self.pace.allows():
             return  # only counters, latencies and messages moved: they go with a later write
-        self._emit_ready_change(status)
+        before = self.last_written or dict(self.body.get("status") or {})
         stored = plain(self.body.get("status") or {})
         version = self._version()
         if await self.write_fn(status, stored, version):
             self.last_written = status
             self.pace.written()
+            # announced once it is stored: a write that failed (and is sent again next
+            # round) must not post the same PoolReady twice
+            self._emit_ready_change(before, status)
 
-    def _emit_ready_change(self, status: dict[str, Any]) -> None:
-        before = _condition(self.last_written or dict(self.body.get("status") or {}), "Ready")
+    def _emit_ready_change(self, before_status: Mapping[str, Any], status: Mapping[str, Any]) -> None:
+        before = _condition(before_status, "Ready")
         after = _condition(status, "Ready")
         if after is None or (before is not None and before.get("status") == after.get("status")):
             return

@@ -75,6 +75,33 @@ async def test_writes_status_once_while_nothing_changes(backends):
     assert len(ready) == 1 and ready[0][2] in ("1 of 2 endpoints healthy", "2 of 2 endpoints healthy")
 
 
+async def test_a_status_write_that_failed_does_not_post_its_ready_event_twice(backends):
+    """The API server timed out on the write that made the pool Ready: PoolReady is posted
+    once, after the status saying so is stored, not once per attempt."""
+
+    class FailingFirst(Recorder):
+        failures = 2
+
+        async def write(self, status, stored, version):
+            if self.failures:
+                self.failures -= 1
+                self.timeline.append(("failed write", status))
+                raise TimeoutError("the API server did not answer")
+            return await super().write(status, stored, version)
+
+    rec = FailingFirst()
+    runner = runner_for(body_for(backends), rec)
+    for _ in range(4):
+        try:
+            await runner.run_once()
+        except TimeoutError:
+            pass
+    ready = [i for i, e in enumerate(rec.timeline) if e[:2] == ("event", "PoolReady")]
+    assert len(ready) == 1, rec.timeline
+    first_write = next(i for i, e in enumerate(rec.timeline) if e[0] == "write")
+    assert ready[0] > first_write  # announced once stored
+
+
 async def test_an_invalid_spec_keeps_the_last_valid_one(backends):
     rec = Recorder()
     body = body_for(backends)
