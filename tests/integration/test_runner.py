@@ -4,6 +4,7 @@ The Recorder stands where the API server would: each test checks what the runner
 there (status writes, Events, reads), never the runner's own attributes."""
 
 import asyncio
+import contextlib
 import logging
 import socket
 
@@ -92,10 +93,8 @@ async def test_a_status_write_that_failed_does_not_post_its_ready_event_twice(ba
     rec = FailingFirst()
     runner = runner_for(body_for(backends), rec)
     for _ in range(4):
-        try:
+        with contextlib.suppress(TimeoutError):
             await runner.run_once()
-        except TimeoutError:
-            pass
     ready = [i for i, e in enumerate(rec.timeline) if e[:2] == ("event", "PoolReady")]
     assert len(ready) == 1, rec.timeline
     first_write = next(i for i, e in enumerate(rec.timeline) if e[0] == "write")
