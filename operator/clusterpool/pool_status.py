@@ -86,6 +86,9 @@ class PoolStatus:
             metrics,
         )
         self.last_written: dict[str, Any] | None = None
+        # the Ready condition's status as last announced by an Event (here or by whoever
+        # wrote the stored status): a change is announced once, when it is seen stored
+        self.ready_announced = _ready_of(body.get("status") or {})
         self.foreign_version_seen: object = _NEVER  # resourceVersion of the last status another replica wrote
 
     async def may_write(self) -> bool:
@@ -131,26 +134,27 @@ class PoolStatus:
         if self.metrics is not None:
             self.metrics.status(status)
         previous = self.last_written if self.last_written is not None else plain(self.body.get("status") or {})
-        if same(previous, status):
+        if same(previous, status):  # (also: a write whose answer was lost had landed)
             self.last_written = status
+            self._announce_ready_change(status)
             return
         if same(health_view(previous), health_view(status)) and not self.pace.allows():
             return  # only counters, latencies and messages moved: they go with a later write
-        before = self.last_written or dict(self.body.get("status") or {})
         stored = plain(self.body.get("status") or {})
         version = self._version()
         if await self.write_fn(status, stored, version):
             self.last_written = status
             self.pace.written()
-            # announced once it is stored: a write that failed (and is sent again next
-            # round) must not post the same PoolReady twice
-            self._emit_ready_change(before, status)
+            self._announce_ready_change(status)
 
-    def _emit_ready_change(self, before_status: Mapping[str, Any], status: Mapping[str, Any]) -> None:
-        before = _condition(before_status, "Ready")
+    def _announce_ready_change(self, status: Mapping[str, Any]) -> None:
+        """PoolReady / PoolNotReady once per change of the stored Ready condition: a write
+        that failed and is sent again must not announce it twice, nor one that landed
+        though its answer was lost not at all."""
         after = _condition(status, "Ready")
-        if after is None or (before is not None and before.get("status") == after.get("status")):
+        if after is None or after.get("status") == self.ready_announced:
             return
+        self.ready_announced = after.get("status")
         if after["status"] == "True":
             self.events("Normal", "PoolReady", after["message"])
         elif after["status"] == "False":
@@ -179,9 +183,16 @@ class PoolStatus:
         stored = await read() if read is not None else self.body.get("status")
         self.foreign_version_seen = self._version()
         self.last_written = None if stored is None else plain(stored)
+        if stored is not None:  # whoever wrote it announced its Ready change
+            self.ready_announced = _ready_of(stored)
         identity = self.fence.identity
         if identity is None or stored is None or stored.get("drivenBy") != identity:
             self.fence.forget_written()
+
+
+def _ready_of(status: Mapping[str, Any]) -> str | None:
+    ready = _condition(status, "Ready")
+    return None if ready is None else ready.get("status")
 
 
 def _condition(status: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:

@@ -76,9 +76,12 @@ async def test_writes_status_once_while_nothing_changes(backends):
     assert len(ready) == 1 and ready[0][2] in ("1 of 2 endpoints healthy", "2 of 2 endpoints healthy")
 
 
-async def test_a_status_write_that_failed_does_not_post_its_ready_event_twice(backends):
-    """The API server timed out on the write that made the pool Ready: PoolReady is posted
-    once, after the status saying so is stored, not once per attempt."""
+@pytest.mark.parametrize("landed", [False, True], ids=["write-lost", "answer-lost"])
+async def test_a_status_write_that_failed_posts_its_ready_event_once(backends, landed):
+    """The API server timed out on the write that made the pool Ready, either before
+    storing it or after (the answer lost): PoolReady is posted exactly once, once the
+    status saying so is stored, not once per attempt, nor never."""
+    body = body_for(backends)
 
     class FailingFirst(Recorder):
         failures = 2
@@ -86,18 +89,20 @@ async def test_a_status_write_that_failed_does_not_post_its_ready_event_twice(ba
         async def write(self, status, stored, version):
             if self.failures:
                 self.failures -= 1
+                if landed:
+                    body["status"] = status  # stored, and seen by the watch
                 self.timeline.append(("failed write", status))
                 raise TimeoutError("the API server did not answer")
             return await super().write(status, stored, version)
 
     rec = FailingFirst()
-    runner = runner_for(body_for(backends), rec)
+    runner = runner_for(body, rec)
     for _ in range(4):
         with contextlib.suppress(TimeoutError):
             await runner.run_once()
     ready = [i for i, e in enumerate(rec.timeline) if e[:2] == ("event", "PoolReady")]
     assert len(ready) == 1, rec.timeline
-    first_write = next(i for i, e in enumerate(rec.timeline) if e[0] == "write")
+    first_write = next(i for i, e in enumerate(rec.timeline) if e[0] == "failed write")
     assert ready[0] > first_write  # announced once stored
 
 
