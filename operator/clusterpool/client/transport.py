@@ -15,7 +15,8 @@ endpoint, never one already tried, within `PoolClient.retries` and its RetryBudg
   OPTIONS, PUT, DELETE) and for POSTs to the inference paths (/v1/chat/completions,
   /v1/completions, /v1/embeddings, /v1/responses, under any prefix), which are safe to
   resend until output starts; their body must be replayable (httpx's `content=`/`json=`).
-Once the response has begun, nothing is retried. The endpoint counts as in flight until
+Once the response has begun, nothing is retried. With the table's `hedging` (spec.hedging),
+AsyncPoolTransport also races such a request over endpoints: see _HedgedRequest. The endpoint counts as in flight until
 the response is closed, so LeastConnections and Adaptive see streaming answers for as long
 as they stream. Every response names the endpoint that served it in the header
 `X-ClusterPool-Endpoint` and in `response.extensions["clusterpool_endpoint"]`.
