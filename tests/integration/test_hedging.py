@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -47,6 +48,12 @@ def until_one_hangs(slow: OpenAIBackend, ask: Callable[[], httpx.Response]) -> l
     return answers
 
 
+def owner_of(bs: list[OpenAIBackend], key: str) -> str:
+    """Which endpoint the table's strategy gives `key` first (the SDK's own choice)."""
+    pool = sdk_pool(hedged_table(bs, "ConsistentHash"))
+    return pool.choose(key).name
+
+
 # -- the gateway ------------------------------------------------------------------------------
 
 
@@ -63,6 +70,21 @@ def test_gateway_hedges_a_late_first_byte_and_closes_the_losers_connection(opena
     wait_for(lambda: len(gw.access_log()) == len(answers), 5, "an access-log line per request")
     hedged = [line for line in gw.access_log() if line["attempts"] == 2]
     assert len(hedged) == 1 and hedged[0]["endpoint"] == "ep-1" and hedged[0]["status"] == 200
+
+
+def test_gateway_sends_up_to_max_hedges_one_deadline_apart(openai_backends, gateway):
+    bs = openai_backends(3)
+    bs[0].mode = bs[1].mode = "hang"
+    gw = gateway(bs, table=hedged_table(bs, "ConsistentHash", maxHedges=2))
+    key = next(f"k{i}" for i in range(100) if owner_of(bs, f"k{i}") == "ep-0")  # tried first: ep-0
+    started = time.monotonic()
+    r = post(gw, headers={"x-clusterpool-key": key})
+    took = time.monotonic() - started
+    assert r.status_code == 200 and r.headers["x-clusterpool-endpoint"] == "ep-2"
+    assert took >= 0.4  # two deadlines of 200 ms went by before the second hedge
+    assert gw.value("clusterpool_gateway_hedges_total") == 2
+    assert gw.value("clusterpool_gateway_hedges_won_total") == 1
+    wait_for(lambda: bs[0].hung_up == bs[1].hung_up == 1, 5, "both losers' connections closed")
 
 
 def test_gateway_does_not_hedge_after_the_first_byte(openai_backends, gateway):

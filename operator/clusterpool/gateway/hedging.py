@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from time import monotonic
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from clusterpool.balancer import NoEndpointError, Target
 from clusterpool.client.outlier import GATEWAY_FAILURE
@@ -32,6 +32,15 @@ if TYPE_CHECKING:
 RETRY_STATUSES = frozenset({429, 502, 503, 504})  # as the proxy's
 
 
+class Outgoing(NamedTuple):
+    """The request as it goes to any endpoint: its line up to Host, all after the Host line."""
+
+    line: bytes
+    rest: bytes
+    request_by: float
+    head_only: bool
+
+
 class Runner:
     """One attempt in the race: where it went, its connection once it has one, its task."""
 
@@ -42,10 +51,10 @@ class Runner:
         self.upstream: UpstreamConnection | None = None
         self.t0 = monotonic()
 
-    async def send(self, data: bytes, request_by: float, head_only: bool) -> Head:
+    async def send(self, req: Outgoing) -> Head:
         endpoint = self.endpoint
         upstream = self.upstream = endpoint.take_idle() or await endpoint.connect()
-        return await upstream.send(data, request_by, head_only)
+        return await upstream.send(req.line + endpoint.host + req.rest, req.request_by, req.head_only)
 
     def cancel(self, task: asyncio.Task[Head]) -> None:
         """Stop it: its connection closed (the endpoint sees it go), not returned to the pool."""
@@ -60,18 +69,15 @@ class Race:
         proxy: Proxy,
         route: PoolRoute,
         policy: HedgePolicy,
-        key: str | None,
-        selector: Selector | None,
-        request: tuple[bytes, bytes],  # the request line up to Host, and all after the Host line
-        request_by: float,
-        head_only: bool,
+        pick: tuple[str | None, Selector | None],  # the request's key and selector
+        outgoing: Outgoing,
         out: Outcome,
     ) -> None:
-        self.proxy, self.route, self.policy, self.key, self.selector = proxy, route, policy, key, selector
-        self.request, self.request_by, self.head_only, self.out = request, request_by, head_only, out
+        self.proxy, self.route, self.policy, self.pick, self.outgoing = proxy, route, policy, pick, outgoing
+        self.out = out
         self.running: dict[asyncio.Task[Head], Runner] = {}
         self.tried: set[str] = set()
-        self.counts = [0, 0]  # hedges, retries
+        self.hedges = self.retries = 0
         self.hedging = True  # false once the budget or the endpoints ran out
         self.stale_retry_used = False
 
@@ -79,17 +85,15 @@ class Race:
 
     def _start(self, hedge: bool) -> None:
         """Another attempt, at an endpoint not tried yet; raises NoEndpointError, CapacityError."""
-        target = self.route.acquire(self.key, self.tried, self.selector)
+        target = self.route.acquire(self.pick[0], self.tried, self.pick[1])
         self.tried.add(target.name)
         self.out.attempts += 1
         runner = Runner(target, self.proxy.upstreams.pool(target.address, target.port), hedge)
-        line, rest = self.request
-        task = asyncio.ensure_future(runner.send(line + runner.endpoint.host + rest, self.request_by, self.head_only))
-        self.running[task] = runner
+        self.running[asyncio.ensure_future(runner.send(self.outgoing))] = runner
 
     def _may_hedge(self) -> bool:
-        matching = self.route.client.matching(self.selector)
-        return self.hedging and self.policy.allows(self.counts[0], len(self.tried), matching)
+        matching = self.route.client.matching(self.pick[1])
+        return self.hedging and self.policy.allows(self.hedges, len(self.tried), matching)
 
     def _hedge(self) -> None:
         route = self.route
@@ -101,15 +105,15 @@ class Race:
         except (NoEndpointError, CapacityError):
             self.hedging = False
             return
-        self.counts[0] += 1
+        self.hedges += 1
         self.proxy.metrics.hedged(route.namespace, route.name)
 
     def _retry(self, reason: str) -> bool:
         """With no attempt left racing: whether a retry went out."""
         route = self.route
-        if not self.proxy._may_retry(route, True, self.tried, self.selector, self.counts[1]):
+        if not self.proxy._may_retry(route, True, self.tried, self.pick[1], self.retries):
             return False
-        self.counts[1] += 1
+        self.retries += 1
         self.proxy.metrics.retried(route.namespace, route.name, reason)
         self._start(hedge=False)
         return True

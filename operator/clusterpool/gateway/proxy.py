@@ -26,7 +26,7 @@ from clusterpool.core.labels import as_selector
 from clusterpool.engines import find_profile
 from clusterpool.gateway.accesslog import AccessLog
 from clusterpool.gateway.apikeys import Allowed, ApiKeys, allows, presented_key
-from clusterpool.gateway.hedging import Race
+from clusterpool.gateway.hedging import Outgoing, Race
 from clusterpool.gateway.http1 import (
     HOP_BY_HOP,
     LAST_CHUNK,
@@ -317,7 +317,7 @@ class Proxy:
         last_error: UpstreamError | None = None
         policy = route.table.hedging
         if policy is not None and resend_ok:
-            race = Race(self, route, policy, key, selector, (request_line, rest), request_by, head_only, out)
+            race = Race(self, route, policy, (key, selector), Outgoing(request_line, rest, request_by, head_only), out)
             return await race.answer(client, req, keep, start)
         while True:
             try:
