@@ -9,8 +9,8 @@ from pydantic import ValidationError
 from clusterpool import api
 from clusterpool.client.routing import RoutingTable
 from clusterpool.core.hedging import HedgePolicy
-from clusterpool.core.publish import build_routing_table
 from clusterpool.core.pool import PoolState
+from clusterpool.core.publish import build_routing_table
 from samples import INVALID, VALID
 
 POOL = {"metadata": {"name": "llm", "namespace": "ns", "uid": "u-1", "generation": 3}}
