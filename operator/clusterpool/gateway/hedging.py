@@ -51,12 +51,20 @@ class Runner:
         self.upstream: UpstreamConnection | None = None
         self.t0 = monotonic()
 
-    async def send(self, req: Outgoing) -> Head:
-        endpoint = self.endpoint
-        upstream = self.upstream = endpoint.take_idle() or await endpoint.connect()
-        return await upstream.send(req.line + endpoint.host + req.rest, req.request_by, req.head_only)
+    def send(self, req: Outgoing) -> asyncio.Future[Head]:
+        """The response head to come: on a kept-alive connection the exchange's own future,
+        else a task that connects first."""
+        upstream = self.endpoint.take_idle()
+        if upstream is None:
+            return asyncio.ensure_future(self._connect_and_send(req))
+        self.upstream = upstream
+        return upstream.send(req.line + self.endpoint.host + req.rest, req.request_by, req.head_only)
 
-    def cancel(self, task: asyncio.Task[Head]) -> None:
+    async def _connect_and_send(self, req: Outgoing) -> Head:
+        upstream = self.upstream = await self.endpoint.connect()
+        return await upstream.send(req.line + self.endpoint.host + req.rest, req.request_by, req.head_only)
+
+    def cancel(self, task: asyncio.Future[Head]) -> None:
         """Stop it: its connection closed (the endpoint sees it go), not returned to the pool."""
         task.cancel()
         if self.upstream is not None:
@@ -75,7 +83,7 @@ class Race:
     ) -> None:
         self.proxy, self.route, self.policy, self.pick, self.outgoing = proxy, route, policy, pick, outgoing
         self.out = out
-        self.running: dict[asyncio.Task[Head], Runner] = {}
+        self.running: dict[asyncio.Future[Head], Runner] = {}
         self.tried: set[str] = set()
         self.hedges = self.retries = 0
         self.hedging = True  # false once the budget or the endpoints ran out
@@ -89,7 +97,7 @@ class Race:
         self.tried.add(target.name)
         self.out.attempts += 1
         runner = Runner(target, self.proxy.upstreams.pool(target.address, target.port), hedge)
-        self.running[asyncio.ensure_future(runner.send(self.outgoing))] = runner
+        self.running[runner.send(self.outgoing)] = runner
 
     def _may_hedge(self) -> bool:
         matching = self.route.client.matching(self.pick[1])
