@@ -114,8 +114,9 @@ def test_gateway_hedge_budget_is_the_retry_budget(openai_backends, gateway):
 # -- the SDK ----------------------------------------------------------------------------------
 
 
-async def _ask(transport: AsyncPoolTransport, n: int, **headers: str) -> list[httpx.Response]:
-    async with httpx.AsyncClient(transport=transport, base_url="http://pool", timeout=1.5) as http:
+async def _ask(transport: AsyncPoolTransport, n: int, timeout: float = 10, **headers: str) -> list[httpx.Response]:
+    """`n` requests one after the other; a timeout reads as a 504."""
+    async with httpx.AsyncClient(transport=transport, base_url="http://pool", timeout=timeout) as http:
         out = []
         for _ in range(n):
             try:
@@ -129,9 +130,19 @@ def test_sdk_async_transport_hedges_and_closes_the_losers_connection(openai_back
     slow, fast = openai_backends(2)
     slow.mode = "hang"
     transport = AsyncPoolTransport(sdk_pool(hedged_table([slow, fast])))
-    answers = until_one_hangs(slow, lambda: asyncio.run(_ask(transport, 1))[0])
+
+    async def run() -> list[httpx.Response]:
+        async with httpx.AsyncClient(transport=transport, base_url="http://pool", timeout=30) as http:
+            answers = [await http.post(CHAT, json=BODY)]
+            if not slow.requests:  # RoundRobin: the first or the second goes to the hanging endpoint
+                answers.append(await http.post(CHAT, json=BODY))
+            # while the client is still open (closing it would close every connection anyway)
+            await asyncio.to_thread(wait_for, lambda: slow.hung_up == 1, 5, "the loser's connection closed")
+            return answers
+
+    answers = asyncio.run(run())
     assert all(r.status_code == 200 and r.headers["x-clusterpool-endpoint"] == "ep-1" for r in answers)
-    wait_for(lambda: slow.hung_up == 1, 5, "the hanging endpoint sees its connection closed")
+    assert slow.requests == 1
     assert (transport.hedges.sent, transport.hedges.won) == (1, 1)
 
 
@@ -139,7 +150,7 @@ def test_sdk_hedge_budget_is_the_retry_budget(openai_backends):
     slow, fast = openai_backends(2)
     slow.mode = "hang"
     transport = AsyncPoolTransport(sdk_pool(hedged_table([slow, fast]), RetryBudget(ratio=0, burst=1)))
-    codes = [r.status_code for r in asyncio.run(_ask(transport, 4))]
+    codes = [r.status_code for r in asyncio.run(_ask(transport, 4, timeout=1.5))]
     assert codes.count(504) == slow.requests - 1 >= 1, codes
     assert transport.hedges.sent == 1
 

@@ -304,16 +304,18 @@ class _HedgedRequest:
         """Cancel the attempts still racing: an unfinished one is cancelled (httpx closes its
         connection), a finished one's response is closed unread (its connection too)."""
         racing, self.racing = self.racing, {}
+        if not racing:
+            return
         for task in racing:
             task.cancel()
-        for task, (target, start) in racing.items():
-            try:
-                response = await task
-            except (asyncio.CancelledError, Exception):
-                pass
-            else:
-                await response.aclose()
-            self.router.pool.finished(target, time.perf_counter() - start, True)  # not the endpoint's fault
+        try:
+            ended = await asyncio.gather(*racing, return_exceptions=True)
+            for response in ended:
+                if isinstance(response, httpx.Response):
+                    await response.aclose()
+        finally:
+            for target, start in racing.values():
+                self.router.pool.finished(target, time.perf_counter() - start, True)  # not the endpoint's fault
 
 
 class PoolTransport(httpx.BaseTransport):
