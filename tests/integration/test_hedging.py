@@ -146,6 +146,20 @@ def test_sdk_async_transport_hedges_and_closes_the_losers_connection(openai_back
     assert (transport.hedges.sent, transport.hedges.won) == (1, 1)
 
 
+def test_sdk_does_not_hedge_after_the_first_byte(openai_backends):
+    bs = openai_backends(2, chunks=4, chunk_delay=0.15)  # the head at once, the stream over 0.6 s
+    transport = AsyncPoolTransport(sdk_pool(hedged_table(bs)))
+
+    async def run() -> str:
+        async with httpx.AsyncClient(transport=transport, base_url="http://pool", timeout=10) as http:
+            r = await http.post(CHAT, json={**BODY, "stream": True})
+            return r.text
+
+    assert asyncio.run(run()).count("data: ") == 5
+    assert transport.hedges.sent == 0
+    assert sum(b.requests for b in bs) == 1
+
+
 def test_sdk_hedge_budget_is_the_retry_budget(openai_backends):
     slow, fast = openai_backends(2)
     slow.mode = "hang"
