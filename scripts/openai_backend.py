@@ -11,7 +11,8 @@ Modes: ok, fail (500), unavailable (503, Retry-After when `retry_after` is set),
 (429 + Retry-After), reset (closes the connection without answering), hang (answers
 nothing until `release()`), break_stream (a stream that stops after `break_after`
 chunks without its end). `chunks` and `chunk_delay` shape streams. It counts requests,
-streams in progress and streams the client abandoned (`abandoned`).
+streams in progress, streams the client abandoned (`abandoned`) and requests whose client
+closed the connection while they hung (`hung_up`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class OpenAIBackend:
         self.streaming = 0  # streams in progress
         self.abandoned = 0  # streams whose client went away before the end
         self.completed = 0  # streams sent to their end
+        self.hung_up = 0  # hanging requests whose client closed the connection
         self.last_headers: dict[str, str] = {}
         self.last_body: bytes = b""
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -127,7 +129,7 @@ class OpenAIBackend:
                 req = await self._read(reader)
                 if req is None:
                     return
-                if not await self._answer(writer, *req):
+                if not await self._answer(reader, writer, *req):
                     return
         except (ConnectionError, asyncio.IncompleteReadError, ValueError):
             return
@@ -145,7 +147,13 @@ class OpenAIBackend:
         )
 
     async def _answer(
-        self, writer: asyncio.StreamWriter, method: str, path: str, headers: dict[str, str], body: bytes
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        body: bytes,
     ) -> bool:
         self.requests += 1
         self.last_headers, self.last_body = headers, body
@@ -154,7 +162,13 @@ class OpenAIBackend:
             return False
         if mode == "hang":
             assert self._release is not None
-            await self._release.wait()
+            released = asyncio.ensure_future(self._release.wait())
+            closed = asyncio.ensure_future(reader.read(1))  # b"": the client closed the connection
+            await asyncio.wait((released, closed), return_when=asyncio.FIRST_COMPLETED)
+            released.cancel()
+            if closed.done() and not closed.exception() and closed.result() == b"":
+                self.hung_up += 1
+            closed.cancel()
             return False
         if mode == "fail":
             self._json(writer, 500, {"error": {"message": f"{self.name} failed", "type": "server_error"}})

@@ -16,6 +16,7 @@ def etcd(**fields: Any) -> dict[str, Any]:
 
 VALID: dict[str, dict[str, Any]] = {
     "minimal": static(),
+    "hedging": static(hedging={"afterMilliseconds": 800}),
     "models": static(models=["llama-3-8b", "meta-llama/Llama-3.1-8B-Instruct", "qwen2.5:7b", "gpt-4o@2024+x"]),
     "http-check": static(healthCheck={"intervalSeconds": 5, "timeoutSeconds": 1, "http": {"path": "/v1/models"}}),
     "http-statuses": static(healthCheck={"http": {"expectedStatuses": ["200", "204-299", "401"]}}),
@@ -214,6 +215,9 @@ INVALID_NAMES = {
 INVALID: dict[str, dict[str, Any]] = {
     "engine-unknown": static(engine="vllm"),
     "strategy-unknown": static(strategy="Random"),
+    "hedging-without-after": static(hedging={"maxHedges": 1}),
+    "hedging-after-zero": static(hedging={"afterMilliseconds": 0}),
+    "hedging-too-many": static(hedging={"afterMilliseconds": 500, "maxHedges": 5}),
     "no-source": {"discovery": {}},
     "model-with-space": static(models=["llama 3"]),
     "model-empty": static(models=[""]),

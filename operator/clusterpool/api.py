@@ -1101,6 +1101,25 @@ class CacheSpec(Model):
         return self
 
 
+class Hedging(Model):
+    """Hedged requests: when no response head has come from an attempt by a deadline, send the
+    request to another endpoint too; the first head wins and the other attempt is cancelled."""
+
+    after_milliseconds: int = Field(
+        ge=1,
+        le=600000,
+        description="How long an attempt waits for its response head before a hedge goes to another endpoint "
+        "(e.g. the pool's time to first token at p95). Required.",
+    )
+    max_hedges: int = Field(
+        default=1,
+        ge=1,
+        le=4,
+        description="Most hedges per request, one more each afterMilliseconds (default 1). Hedges and retries "
+        "draw from the same retry budget.",
+    )
+
+
 class ClusterPoolSpec(Model):
     """The desired pool: where its endpoints come from, how they are probed and balanced."""
 
@@ -1117,6 +1136,12 @@ class ClusterPoolSpec(Model):
         "OpenAI-compatible API). Names its health path (used by HTTP probes that set no path) and the "
         "load gauges clients scrape for LeastLoaded and PrefixAffinity. Default: none (client-side "
         "signals only).",
+    )
+    hedging: Hedging | None = Field(
+        default=None,
+        description="Hedge requests whose response head is late (inference POSTs and idempotent methods, "
+        "before any output): the gateway and the SDK's async transport send a second attempt to an endpoint "
+        "not tried yet and cancel the loser. Default: off. See docs/load-balancing.md.",
     )
     discovery: Discovery = Field(description="Where the pool's endpoints come from.")
     health_check: HealthCheck = Field(

@@ -18,6 +18,7 @@ from clusterpool.client.errors import RoutingTableError as RoutingTableError  # 
 from clusterpool.core.backoff import Backoff
 from clusterpool.core.cache_settings import CacheSettings
 from clusterpool.core.failover import BreakerConfig
+from clusterpool.core.hedging import HedgePolicy
 from clusterpool.core.labels import as_labels
 from clusterpool.core.names import ROUTING_KEY, ROUTING_SCHEMA_VERSION, routing_configmap_name
 
@@ -37,6 +38,7 @@ class RoutingTable:
     namespace: str = ""  # which pool ("pool" in the table); "" in tables without it
     pool: str = ""
     engine: str | None = None  # spec.engine: whose load gauges to scrape (engines/profiles.py)
+    hedging: HedgePolicy | None = None  # spec.hedging; None: no hedges
 
     @classmethod
     def parse(cls, text: str | bytes) -> RoutingTable:
@@ -70,6 +72,7 @@ class RoutingTable:
             if not isinstance(pool, dict):
                 raise TypeError(f"pool must be an object with namespace and name, not {pool!r}")
             engine = str(raw["engine"]) if raw.get("engine") else None
+            hedging = HedgePolicy.from_json(raw["hedging"]) if raw.get("hedging") else None
             return cls(
                 str(raw.get("revision", "")),
                 str(raw["strategy"]),
@@ -81,6 +84,7 @@ class RoutingTable:
                 str(pool.get("namespace") or ""),
                 str(pool.get("name") or ""),
                 engine,
+                hedging,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise RoutingTableError(f"the routing table is malformed: {exc!r}") from exc

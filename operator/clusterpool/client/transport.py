@@ -15,7 +15,8 @@ endpoint, never one already tried, within `PoolClient.retries` and its RetryBudg
   OPTIONS, PUT, DELETE) and for POSTs to the inference paths (/v1/chat/completions,
   /v1/completions, /v1/embeddings, /v1/responses, under any prefix), which are safe to
   resend until output starts; their body must be replayable (httpx's `content=`/`json=`).
-Once the response has begun, nothing is retried. The endpoint counts as in flight until
+Once the response has begun, nothing is retried. With the table's `hedging` (spec.hedging),
+AsyncPoolTransport also races such a request over endpoints: see _HedgedRequest. The endpoint counts as in flight until
 the response is closed, so LeastConnections and Adaptive see streaming answers for as long
 as they stream. Every response names the endpoint that served it in the header
 `X-ClusterPool-Endpoint` and in `response.extensions["clusterpool_endpoint"]`.
@@ -29,14 +30,18 @@ removed before the request leaves.
 
 from __future__ import annotations
 
+import asyncio
 import operator
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from dataclasses import dataclass
 
 import httpx
 
 from clusterpool.balancer import Target
+from clusterpool.client.errors import CapacityError, NoEndpointError
 from clusterpool.client.pool import PoolClient
+from clusterpool.core.hedging import HedgePolicy
 from clusterpool.core.labels import Selector, as_selector
 
 KEY_HEADER = "x-clusterpool-key"
@@ -202,6 +207,117 @@ class _AsyncTrackedStream(_Tracked, httpx.AsyncByteStream):
             self._finished()
 
 
+@dataclass
+class HedgeCounts:
+    sent: int = 0  # hedges sent
+    won: int = 0  # hedges whose response head came first, and so served the request
+
+
+class _HedgedRequest:
+    """One request raced over endpoints (AsyncPoolTransport with the table's `hedging`): an
+    attempt whose response head has not come by `policy.after` gets a hedge to an endpoint
+    not tried yet, chosen by the pool's strategy; the first head wins and the other attempts
+    are cancelled (their connections closed, not kept). A failed attempt is retried only once
+    no other is still racing. Hedges and retries draw from the pool's one RetryBudget."""
+
+    def __init__(
+        self,
+        router: _Router,
+        attempt: _Attempt,
+        policy: HedgePolicy,
+        inner: httpx.AsyncBaseTransport,
+        counts: HedgeCounts,
+    ) -> None:
+        self.router, self.attempt, self.policy, self.inner, self.counts = router, attempt, policy, inner, counts
+        self.racing: dict[asyncio.Task[httpx.Response], tuple[Target, float]] = {}
+        self.hedge_tasks: set[asyncio.Task[httpx.Response]] = set()
+        self.hedges = 0
+        self.hedging = True  # false once the budget or the endpoints ran out
+
+    async def _launch(self) -> asyncio.Task[httpx.Response]:
+        pool, attempt = self.router.pool, self.attempt
+        target = await pool.acquire_async(attempt.key, attempt.tried, attempt.selector)
+        out = self.router.to(attempt.request, attempt, target)
+        task = asyncio.ensure_future(self.inner.handle_async_request(out))
+        self.racing[task] = (target, time.perf_counter())
+        return task
+
+    async def _hedge(self) -> None:
+        if not self.router.pool.budget.withdraw():
+            self.hedging = False
+            return
+        try:
+            task = await self._launch()
+        except (CapacityError, NoEndpointError):
+            self.hedging = False
+            return
+        self.hedge_tasks.add(task)
+        self.hedges += 1
+        self.counts.sent += 1
+
+    def _may_hedge(self) -> bool:
+        pool, attempt = self.router.pool, self.attempt
+        return self.hedging and self.policy.allows(self.hedges, len(attempt.tried), pool.matching(attempt.selector))
+
+    async def run(self) -> httpx.Response:
+        try:
+            await self._launch()
+            while True:
+                timeout = self.policy.after if self._may_hedge() else None
+                done, _ = await asyncio.wait(self.racing, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                if not done:
+                    await self._hedge()
+                    continue
+                for task in done:
+                    response = await self._settle(task)
+                    if response is not None:
+                        return response
+        finally:
+            await self._cancel_rest()
+
+    async def _settle(self, task: asyncio.Task[httpx.Response]) -> httpx.Response | None:
+        """An attempt that ended: its response when it wins, None when the race goes on (a
+        failure while others still race, or one retried); raises when nothing is left."""
+        router, pool, attempt = self.router, self.router.pool, self.attempt
+        target, start = self.racing.pop(task)
+        latency = time.perf_counter() - start
+        try:
+            response = task.result()
+        except httpx.TransportError as exc:
+            pool.finished(target, latency, False)
+            if not self.racing:
+                if not router.may_retry(attempt, exc):
+                    raise
+                await self._launch()
+            return None
+        if response.status_code in RETRY_STATUSES and (self.racing or router.may_retry(attempt, None)):
+            await response.aclose()
+            pool.finished(target, latency, False)
+            if not self.racing:
+                await self._launch()
+            return None
+        if task in self.hedge_tasks:
+            self.counts.won += 1
+        return router.served(response, target, latency, _AsyncTrackedStream)
+
+    async def _cancel_rest(self) -> None:
+        """Cancel the attempts still racing: an unfinished one is cancelled (httpx closes its
+        connection), a finished one's response is closed unread (its connection too)."""
+        racing, self.racing = self.racing, {}
+        if not racing:
+            return
+        for task in racing:
+            task.cancel()
+        try:
+            ended = await asyncio.gather(*racing, return_exceptions=True)
+            for response in ended:
+                if isinstance(response, httpx.Response):
+                    await response.aclose()
+        finally:
+            for target, start in racing.values():
+                self.router.pool.finished(target, time.perf_counter() - start, True)  # not the endpoint's fault
+
+
 class PoolTransport(httpx.BaseTransport):
     def __init__(
         self,
@@ -263,10 +379,19 @@ class AsyncPoolTransport(httpx.AsyncBaseTransport):
         self.scheme, self.key, self.selector = scheme, key, selector
         self.owns_pool = owns_pool
         self._router = _Router(pool, scheme, key, selector)
+        self._hedges = HedgeCounts()
+
+    @property
+    def hedges(self) -> HedgeCounts:
+        """Hedges this transport sent, and how many of them won (their head came first)."""
+        return self._hedges
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         router, pool = self._router, self.pool
         attempt = router.start(request)
+        policy = pool.table.hedging
+        if policy is not None and resendable(request):
+            return await _HedgedRequest(router, attempt, policy, self.inner, self._hedges).run()
         while True:
             target = await pool.acquire_async(attempt.key, attempt.tried, attempt.selector)
             start = time.perf_counter()

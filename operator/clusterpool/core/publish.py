@@ -22,6 +22,7 @@ from typing import Any
 
 from clusterpool import api
 from clusterpool.core.cache_settings import CacheSettings, RedisSettings, SecretRef
+from clusterpool.core.hedging import HedgePolicy
 
 # isort: off
 # Defined in core/names.py for the clients (it ships in clusterpool-client); re-exported here.
@@ -178,6 +179,9 @@ def build_routing_table(
         table["cache"] = table["cache"].to_json()
     if spec.engine is not None:  # only when set, so tables of pools without one keep their revision
         table["engine"] = spec.engine
+    if spec.hedging is not None:  # likewise
+        h = spec.hedging
+        table["hedging"] = HedgePolicy(h.after_milliseconds / 1000, h.max_hedges).to_json()
     table["revision"] = hashlib.sha256(json.dumps(table, sort_keys=True).encode()).hexdigest()[:16]
     return table
 

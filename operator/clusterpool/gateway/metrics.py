@@ -47,6 +47,8 @@ class GatewayMetrics(Collector):
         self.duration: dict[Labels, _Histogram] = {}
         self.retries: dict[Labels, int] = {}  # (namespace, pool, reason)
         self.ejections: dict[Labels, int] = {}  # (namespace, pool, endpoint)
+        self.hedges: dict[Labels, int] = {}  # (namespace, pool)
+        self.hedges_won: dict[Labels, int] = {}
         self.rejected: dict[Labels, int] = {}  # (reason,)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
@@ -66,6 +68,12 @@ class GatewayMetrics(Collector):
     def retried(self, ns: str, pool: str, reason: str) -> None:
         key = (ns, pool, reason)
         self.retries[key] = self.retries.get(key, 0) + 1
+
+    def hedged(self, ns: str, pool: str) -> None:
+        self.hedges[(ns, pool)] = self.hedges.get((ns, pool), 0) + 1
+
+    def hedge_won(self, ns: str, pool: str) -> None:
+        self.hedges_won[(ns, pool)] = self.hedges_won.get((ns, pool), 0) + 1
 
     def ejected(self, ns: str, pool: str, endpoint: str) -> None:
         key = (ns, pool, endpoint)
@@ -110,6 +118,18 @@ class GatewayMetrics(Collector):
             "Attempts moved to another endpoint before the first response byte, by reason",
             ["namespace", "pool", "reason"],
             self.retries,
+        )
+        yield counter(
+            "clusterpool_gateway_hedges",
+            "Hedges sent: another attempt when the first response byte was late (spec.hedging)",
+            ["namespace", "pool"],
+            self.hedges,
+        )
+        yield counter(
+            "clusterpool_gateway_hedges_won",
+            "Hedges whose response head came first, and so served the request",
+            ["namespace", "pool"],
+            self.hedges_won,
         )
         yield counter(
             "clusterpool_gateway_ejections",

@@ -26,6 +26,7 @@ from clusterpool.core.labels import as_selector
 from clusterpool.engines import find_profile
 from clusterpool.gateway.accesslog import AccessLog
 from clusterpool.gateway.apikeys import Allowed, ApiKeys, allows, presented_key
+from clusterpool.gateway.hedging import Outgoing, Race
 from clusterpool.gateway.http1 import (
     HOP_BY_HOP,
     LAST_CHUNK,
@@ -288,7 +289,7 @@ class Proxy:
     async def _forward(
         self, client: ClientSide, req: Request, route: PoolRoute, path: bytes, out: Outcome, keep: bool, start: float
     ) -> bool:
-        pool, detector = route.client, route.outliers
+        pool = route.client
         pool.budget.deposit()
         bare_path = path.split(b"?", 1)[0] if b"?" in path else path
         resend_ok = req.method in IDEMPOTENT or bare_path in INFERENCE_PATHS
@@ -314,23 +315,17 @@ class Proxy:
         retries = 0
         stale_retry_used = False
         last_error: UpstreamError | None = None
+        policy = route.table.hedging
+        if policy is not None and resend_ok:
+            race = Race(self, route, policy, (key, selector), Outgoing(request_line, rest, request_by, head_only), out)
+            return await race.answer(client, req, keep, start)
         while True:
-            avoid = detector.avoid()
             try:
-                target = pool.acquire(key, tried | avoid if avoid else tried, selector, wait=0)
+                target = route.acquire(key, tried, selector)
             except CapacityError:
-                body = openai_error(
-                    503, f"every endpoint of {route.namespace}/{route.name} is at capacity", "overloaded"
-                )
-                return self._answer(client, out, 503, body, keep, (b"Retry-After: 1",))
+                return self._at_capacity(client, out, keep, route)
             except NoEndpointError as exc:
-                if avoid:
-                    try:
-                        target = pool.acquire(key, tried, selector, wait=0)
-                    except NoEndpointError:
-                        return self._no_endpoint(client, out, keep, route, last_error, exc)
-                else:
-                    return self._no_endpoint(client, out, keep, route, last_error, exc)
+                return self._no_endpoint(client, out, keep, route, last_error, exc)
             tried.add(target.name)
             out.attempts += 1
             t0 = monotonic()
@@ -365,11 +360,7 @@ class Proxy:
             status = head.status
             if status == 200:  # the common answer: relayed, nothing to decide
                 return await self._relay(client, req, route, target, endpoint, upstream, head, out, keep, start, t0)
-            overloaded = status == 429 or (status == 503 and head.header(b"retry-after") is not None)
-            if pool.load is not None:
-                report_busy(pool.load, route, target, head)
-            if overloaded:
-                detector.back_off(target.name, _retry_after(head) or 1.0)
+            overloaded = self._note_status(route, target, head)
             if status in RETRY_STATUSES and resend_ok and self._may_retry(route, True, tried, selector, retries):
                 retries += 1
                 upstream.close()
@@ -379,6 +370,21 @@ class Proxy:
                 self.metrics.retried(route.namespace, route.name, "overloaded" if overloaded else f"status_{status}")
                 continue
             return await self._relay(client, req, route, target, endpoint, upstream, head, out, keep, start, t0)
+
+    def _note_status(self, route: PoolRoute, target: Target, head: Head) -> bool:
+        """What an answer other than 200 tells of the endpoint (busy, backing off); whether
+        it says overloaded (a 429, a 503 with Retry-After): not a failure of the endpoint."""
+        status = head.status
+        overloaded = status == 429 or (status == 503 and head.header(b"retry-after") is not None)
+        if route.client.load is not None:
+            report_busy(route.client.load, route, target, head)
+        if overloaded:
+            route.outliers.back_off(target.name, _retry_after(head) or 1.0)
+        return overloaded
+
+    def _at_capacity(self, client: ClientSide, out: Outcome, keep: bool, route: PoolRoute) -> bool:
+        body = openai_error(503, f"every endpoint of {route.namespace}/{route.name} is at capacity", "overloaded")
+        return self._answer(client, out, 503, body, keep, (b"Retry-After: 1",))
 
     def _may_retry(self, route: PoolRoute, allowed: bool, tried: set[str], selector: object, retries: int) -> bool:
         pool = route.client

@@ -12,10 +12,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from clusterpool.balancer import NoEndpointError, Target
 from clusterpool.client.load import LoadScraper
 from clusterpool.client.outlier import OutlierDetector, OutlierSettings
 from clusterpool.client.pool import PoolClient, RetryBudget
 from clusterpool.client.routing import RoutingTable, TableSource
+from clusterpool.core.labels import Selector
 
 log = logging.getLogger(__name__)
 PoolKey = tuple[str, str]  # (namespace, name)
@@ -49,6 +51,18 @@ class PoolRoute:
     @property
     def table(self) -> RoutingTable:
         return self.source.table
+
+    def acquire(self, key: str | None, tried: set[str], selector: Selector | None) -> Target:
+        """An endpoint for one attempt, not one already tried, chosen by the pool's strategy;
+        endpoints the detector backs off from only when nothing else is left. Raises the
+        PoolClient's NoEndpointError or CapacityError (nothing waits for room here)."""
+        avoid = self.outliers.avoid()
+        try:
+            return self.client.acquire(key, tried | avoid if avoid else tried, selector, wait=0)
+        except NoEndpointError:
+            if not avoid:
+                raise
+            return self.client.acquire(key, tried, selector, wait=0)
 
 
 class Routes:
