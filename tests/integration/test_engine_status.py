@@ -6,6 +6,7 @@ with a reason, read at the normal pace (no error loop)."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import threading
 import time
@@ -17,7 +18,10 @@ import pytest
 from fake_engines import Engine, in_background
 
 from clusterpool import api
+from clusterpool.core.health import Endpoint
+from clusterpool.core.load import EngineReading
 from clusterpool.core.status import parse_rfc3339
+from clusterpool.health.load import load_reader_for
 from conftest import Kubectl, OperatorProcess, Pools, wait_for
 
 CHECK = {"intervalSeconds": 2, "timeoutSeconds": 1, "healthyThreshold": 1, "unhealthyThreshold": 1, "http": {}}
@@ -203,3 +207,33 @@ def test_each_profiles_queue_reaches_the_status(pools: Pools, engines: Any, mode
     wait_for(written, 30, "a reading written", interval=1)
     load = endpoint(pools.status("p"), "busy")["load"]
     assert (load["waiting"], load["running"]) == (2, 1) and "reason" not in load, load
+
+
+def test_the_reader_reads_serving_endpoints_when_due_and_a_refusal_is_a_reason(engines: Any) -> None:
+    engine = engines("vllm")
+    spec = api.parse_spec(
+        {"engine": "vLLM", "healthCheck": CHECK,
+         "discovery": {"static": {"endpoints": [{"name": "e", "address": engine.host, "port": engine.port}]}}}
+    )  # fmt: skip
+    reader = load_reader_for(spec)
+    assert reader is not None
+    members = (Endpoint("e", engine.host, engine.port),)
+
+    async def rounds() -> list[EngineReading | None]:
+        seen = []
+        await reader.read(members, serving=set())  # not serving: not read, and the read stays due
+        seen.append(reader.readings.get("e"))
+        for _ in range(4):  # every 3rd round at a 2 s interval: read in the 1st and 4th
+            await reader.read(members, serving={"e"})
+            seen.append(reader.readings.get("e"))
+        engine.stop()
+        for _ in range(3):
+            await reader.read(members, serving={"e"})
+        seen.append(reader.readings.get("e"))
+        reader.close()
+        return seen
+
+    idle, first, kept, kept2, second, refused = asyncio.run(rounds())
+    assert idle is None and first is not None and first.load is not None and first.load.waiting == 0
+    assert kept is first and kept2 is first and second is not first
+    assert refused is not None and refused.load is None and refused.reason == "ConnectionRefused", refused

@@ -3,12 +3,14 @@ gauge is absent), and that a change of it alone is never written, only carried a
 
 from datetime import UTC, datetime, timedelta
 
+from clusterpool import api
 from clusterpool.core.failover import BreakerConfig, FailoverConfig
 from clusterpool.core.health import Endpoint, ProbeResult, Thresholds
 from clusterpool.core.load import EngineReading, Load
 from clusterpool.core.pool import PoolState, step
 from clusterpool.core.status import render_status
 from clusterpool.engines import PROFILES
+from clusterpool.health.load import LOAD_READ_EVERY, load_reader_for
 from clusterpool.pool_status import HeldEvents, InformationalPace, PoolStatus
 from clusterpool.stages import Fence
 
@@ -117,3 +119,22 @@ async def test_a_paced_informational_write_carries_the_latest_load():
     slower, _ = step(state, {"a": ProbeResult(True, "ProbeSucceeded", "HTTP 200", 0.2)}, Thresholds(1, 1), CFG, T0)
     await status.write(render(slower, {"a": reading(8.0)}))  # the latency moved: an informational write
     assert len(writes.sent) == 2 and writes.sent[-1]["load"]["waiting"] == 8
+
+
+def spec_with(**fields):
+    eps = [{"name": "a", "address": "198.18.0.2", "port": 80}]
+    return api.parse_spec({"discovery": {"static": {"endpoints": eps}}, **fields})
+
+
+def test_the_operator_reads_load_only_for_engines_with_metrics_and_at_most_every_few_seconds():
+    assert load_reader_for(spec_with()) is None
+    assert load_reader_for(spec_with(engine="Ollama")) is None
+    assert load_reader_for(spec_with(engine="OpenAI")) is None
+    every = {
+        interval: load_reader_for(
+            spec_with(engine="vLLM", healthCheck={"intervalSeconds": interval, "timeoutSeconds": 1, "tcp": {}})
+        ).every
+        for interval in (2, 3, 5, 10, 60)
+    }
+    assert every == {2: 3, 3: 2, 5: 1, 10: 1, 60: 1}  # rounds between reads: at most one per LOAD_READ_EVERY (5 s)
+    assert LOAD_READ_EVERY == 5.0
