@@ -1186,6 +1186,37 @@ REASON = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
 BreakerState = Literal["Closed", "Open", "HalfOpen"]
 
 
+class EndpointLoadStatus(Model):
+    """The engine's load gauges (spec.engine's profile) as the operator last read them: a
+    coarse view, read every few probe rounds and written only along with other status
+    changes, so `readAt` says how old it is. Clients route on their own, fresher readings."""
+
+    waiting: int | None = Field(default=None, ge=0, description="Requests waiting in the engine's queue.")
+    running: int | None = Field(default=None, ge=0, description="Requests (sequences) the engine is running.")
+    kv_cache_usage_percent: int | None = Field(
+        default=None, ge=0, le=100, description="Share of the engine's KV cache in use, in percent."
+    )
+    read_at: str = Field(json_schema_extra={"format": "date-time"}, description="When the gauges were read.")
+    reason: str | None = Field(
+        default=None,
+        max_length=128,
+        description="Why a gauge is absent, in one CamelCase word: GaugesMissing (the metrics lack gauges the "
+        "profile lists), MetricsTimeout, ConnectionRefused, MetricsError, MetricsFailed.",
+    )
+    message: str | None = Field(default=None, max_length=1024, description="The same, for people.")
+
+
+class PoolLoadStatus(Model):
+    """The engines' load summed over the serving endpoints, from status.endpoints[].load."""
+
+    waiting: int = Field(default=0, ge=0, description="Requests waiting in the engines' queues, in all.")
+    running: int = Field(default=0, ge=0, description="Requests the engines are running, in all.")
+    reporting: int = Field(default=0, ge=0, description="Serving endpoints whose engine reported its queue.")
+    read_at: str | None = Field(
+        default=None, json_schema_extra={"format": "date-time"}, description="The oldest of those readings."
+    )
+
+
 class EndpointStatus(Model):
     """What the operator knows of one endpoint."""
 
@@ -1239,6 +1270,9 @@ class EndpointStatus(Model):
     message: str | None = Field(default=None, max_length=1024, description="The last probe outcome, for people.")
     last_transition_time: str | None = Field(
         default=None, json_schema_extra={"format": "date-time"}, description="When health last changed."
+    )
+    load: EndpointLoadStatus | None = Field(
+        default=None, description="The engine's load as last read, while the endpoint serves (spec.engine)."
     )
 
 
@@ -1300,6 +1334,11 @@ class ClusterPoolStatus(Model):
         # endpoints 25 KB of Python objects per pool in kopf's copy; docs/scale.md, round 9).
         json_schema_extra={"x-kubernetes-list-type": "atomic"},
     )
+    load: PoolLoadStatus | None = Field(
+        default=None,
+        description="The engines' load over the serving endpoints, when spec.engine reports load (a coarse "
+        "view: written only along with other status changes).",
+    )
     cache: CacheStatus | None = Field(default=None, description="The pool's cache, when spec.cache is set.")
     models: list[Annotated[str, Field(max_length=MODEL_NAME_MAX)]] | None = Field(
         default=None,
@@ -1338,6 +1377,9 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     # In the wide view: names like meta-llama/Llama-3.1-8B-Instruct, several per pool, would
     # push the default table past a terminal's width; a conflict shows in `describe`.
     {"name": "Models", "type": "string", "jsonPath": ".status.models", "priority": 1},
+    # The engines' queue over the serving endpoints, and how old the oldest reading in it is.
+    {"name": "Waiting", "type": "integer", "jsonPath": ".status.load.waiting", "priority": 1},
+    {"name": "Load-Read", "type": "date", "jsonPath": ".status.load.readAt", "priority": 1},
 ]
 
 

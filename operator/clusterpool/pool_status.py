@@ -1,6 +1,7 @@
 """A pool's status: rendered from the state and written when it changed; pacing, pause, resume, held Events.
 
-Informational fields alone (counters, messages, latencies) are written at a slower pace;
+Informational fields alone (counters, messages, latencies) are written at a slower pace,
+the engines' load (status.load) never alone: it goes with writes made for other reasons;
 while this replica may not write, Events are held, and before its first write after such
 a pause it reads what is stored (another replica may have driven the pool meanwhile).
 """
@@ -12,8 +13,9 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
+from clusterpool.core.load import EngineReading
 from clusterpool.core.pool import PoolState
-from clusterpool.core.status import ConditionSpec, health_view, render_status
+from clusterpool.core.status import ConditionSpec, health_view, render_status, without_load
 from clusterpool.metrics import PoolMetrics
 from clusterpool.pool_spec import SpecTracker, failure_cap
 from clusterpool.stages import Emit, Fence, utcnow
@@ -108,6 +110,7 @@ class PoolStatus:
         specs: SpecTracker,
         conditions: Sequence[ConditionSpec],
         cache: dict[str, Any] | None,
+        load: Mapping[str, EngineReading] | None = None,
     ) -> dict[str, Any]:
         status = self.last_written if self.last_written is not None else (self.body.get("status") or {})
         out = render_status(
@@ -120,6 +123,7 @@ class PoolStatus:
             have_spec=specs.spec is not None,
             extra_conditions=conditions,
             failure_cap=failure_cap(specs.spec),
+            load=load,
         )
         if cache is not None:
             out["cache"] = cache
@@ -138,6 +142,8 @@ class PoolStatus:
             self.last_written = status
             self._announce_ready_change(status)
             return
+        if same(without_load(previous), without_load(status)):
+            return  # only the engines' load moved: it rides along with the next write
         if same(health_view(previous), health_view(status)) and not self.pace.allows():
             return  # only counters, latencies and messages moved: they go with a later write
         stored = plain(self.body.get("status") or {})

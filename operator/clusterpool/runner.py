@@ -8,7 +8,8 @@ PoolWiring (write status, post an Event, the logger, the shard fence, ...). Each
 2. observe: the Source spec.discovery names (discovery/source.py) says who exists and
    its own DiscoveryDegraded condition;
 3. probe round: every endpoint probed concurrently, folded into the pure core's
-   PoolState as answers arrive, an Event per transition;
+   PoolState as answers arrive, an Event per transition; beside it, every few rounds, the
+   engines' load gauges of the serving endpoints (health/load.py), for the status;
 4. may this replica write (pool_status.PoolStatus.may_write): after a pause it resumes
    (learns what is stored now, posts the Events it held) before any write, mid-round too;
 5. status: written when it differs from the last one (pool_status.py);
@@ -33,8 +34,9 @@ from typing import Any
 from clusterpool.core.health import Endpoint
 from clusterpool.core.models import ModelClaim
 from clusterpool.core.pool import PoolState, step
-from clusterpool.core.status import restore_state
+from clusterpool.core.status import SERVING, restore_state
 from clusterpool.discovery.source import OutageNotice, SliceSource, SourceContext, SourceSlot, follows
+from clusterpool.health.load import LoadReader, load_reader_for
 from clusterpool.health.probes import Prober, probe_batches, prober_for
 from clusterpool.k8s.client import APIHealth
 from clusterpool.k8s.writes import NotOwnedError, api_unreachable
@@ -74,6 +76,7 @@ class PoolRunner:
         self.stopping = False
         self.pool = PoolState()
         self.prober: Prober | None = None
+        self.load: LoadReader | None = None  # spec.engine's gauges, when it has any
         events = HeldEvents(wiring.emit, wiring.fence.may_drive)
         self.specs = SpecTracker(body, events, wiring.log, wiring.model_claims)
         pace = wiring.informational or InformationalPace(lambda: True)
@@ -116,6 +119,9 @@ class PoolRunner:
         old, self.prober = self.prober, prober_for(spec.health_check, spec.engine)
         if old is not None:
             await old.close()
+        old_load, self.load = self.load, load_reader_for(spec)
+        if old_load is not None:
+            old_load.close()
 
     async def observe(self) -> None:
         """Discovered membership changes between spec changes: follow it."""
@@ -142,6 +148,22 @@ class PoolRunner:
             if events and await self.status.may_write():
                 await self.publish()
 
+    async def probe_and_read_load(self) -> None:
+        """The probe round, and beside it (when due) the engines' load of the endpoints
+        that served before it; the status carries the load only on writes made anyway."""
+        if self.load is None:
+            await self.probe_round()
+            return
+        health = self.pool.health
+        serving = {ep.name for ep in self.pool.members if health.of(ep.name).health in SERVING}
+        reading = asyncio.ensure_future(self.load.read(self.pool.members, serving))
+        try:
+            await self.probe_round()
+        except BaseException:
+            reading.cancel()
+            raise
+        await reading
+
     def _late_probe(self, ep: Endpoint) -> None:
         self.w.log.debug("probe of %s not counted: the operator was too busy to read its answer in time", ep.name)
         if self.w.metrics is not None:
@@ -152,7 +174,8 @@ class PoolRunner:
         seen = self.sources.seen.condition if self.specs.spec is not None else None
         models = self.specs.models_condition()
         conditions = [*self.sinks.conditions(), *(c for c in (seen, models) if c is not None)]
-        await self.status.write(self.status.render(self.pool, self.specs, conditions, self.sinks.cache_status()))
+        load = self.load.readings if self.load is not None else None
+        await self.status.write(self.status.render(self.pool, self.specs, conditions, self.sinks.cache_status(), load))
         if self.specs.spec is not None:
             self.sinks.offer(Snapshot(self.specs.spec, self.pool, self.specs.models.served))
 
@@ -170,7 +193,7 @@ class PoolRunner:
         await self.refresh_spec()
         await self.observe()
         self.specs.refresh_models()
-        await self.probe_round()
+        await self.probe_and_read_load()
         if await self.status.may_write():  # else observe only: nothing is written until it may again
             await self.publish()
             if self.w.metrics is not None:
@@ -189,6 +212,8 @@ class PoolRunner:
             await self.sinks.close()
             if self.prober is not None:
                 await self.prober.close()
+            if self.load is not None:
+                self.load.close()
             await self.sources.close()
 
     async def _loop(self) -> None:

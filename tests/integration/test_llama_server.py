@@ -136,3 +136,26 @@ def test_its_prompt_cache_reuse_shows_in_its_metrics_and_its_prefill_time(server
     assert warm < cold / 3, (cold, warm)  # the prefix reuse is what a router can win
     print(f"llama-server, {first['usage']['prompt_tokens']} prompt tokens: cold {cold:.3f}s, "
           f"with {reused} reused {warm:.3f}s")  # fmt: skip
+
+
+def test_the_operator_shows_its_queue_and_batch_in_the_pools_status(server, pools, engines):
+    """The operator reads the real server's gauges under the LlamaCpp profile: nothing
+    missing; the reading reaches the status with a write made for another reason (a spare
+    endpoint turned unhealthy)."""
+    spare = engines("llamacpp")
+    eps = [{"name": "llama", "address": HOST, "port": server.port},
+           {"name": "spare", "address": spare.host, "port": spare.port}]  # fmt: skip
+    check = {"intervalSeconds": 2, "timeoutSeconds": 1, "healthyThreshold": 1, "unhealthyThreshold": 1, "http": {}}
+    pools.create("llama", {"engine": "LlamaCpp", "healthCheck": check, "discovery": {"static": {"endpoints": eps}}})
+    pools.wait_ready("llama", healthy=2)
+
+    def llama_load() -> dict[str, Any] | None:
+        spare.faults(healthy=False)
+        wait_for(lambda: pools.endpoint("llama", "spare").get("health") == "Unhealthy", 15, "spare Unhealthy")
+        load = pools.endpoint("llama", "llama").get("load")
+        spare.faults(healthy=True)
+        wait_for(lambda: pools.endpoint("llama", "spare").get("health") == "Healthy", 15, "spare Healthy")
+        return load  # type: ignore[no-any-return]
+
+    load = wait_for(llama_load, 40, "llama-server's reading in the status", interval=1)
+    assert (load["waiting"], load["running"]) == (0, 0) and "reason" not in load, load

@@ -126,10 +126,11 @@ def test_kubectl_get_clusterpools_prints_the_columns(pools, http_backends, kubec
     assert out[0].split() == ["NAME", "READY", "HEALTHY", "TOTAL", "EJECTED", "STRATEGY", "SOURCE", "AGE"]
     assert out[1].split()[:7] == ["shown", "True", "3", "3", "0", "LeastConnections", "Static"]
     wide = kubectl("get", "clusterpools", "-n", pools.namespace, "-o", "wide").stdout.splitlines()
-    assert wide[0].split()[-5:] == ["TIER", "PANIC", "CACHE", "DRIVEN-BY", "MODELS"]
+    assert wide[0].split()[-7:] == ["TIER", "PANIC", "CACHE", "DRIVEN-BY", "MODELS", "WAITING", "LOAD-READ"]
     wait_for(lambda: pools.get("shown")["status"].get("models") == ["m-shown", "m-too"], 15, "status.models")
     wide = kubectl("get", "clusterpools", "-n", pools.namespace, "-o", "wide").stdout.splitlines()
-    # CACHE stays empty without spec.cache; MODELS lists what the pool serves (kubectl prints the list as JSON)
+    # CACHE stays empty without spec.cache; MODELS lists what the pool serves (kubectl prints the list as JSON);
+    # WAITING and LOAD-READ stay empty without spec.engine (kubectl prints nothing for them)
     assert wide[1].split()[-4:] == ["0", "false", "test-operator", '["m-shown","m-too"]']
     # the short name and the category reach the same objects
     assert "shown" in kubectl("get", "cpool", "-n", pools.namespace).stdout

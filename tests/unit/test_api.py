@@ -92,7 +92,11 @@ def test_crd_has_printer_columns_and_status_subresource():
         "Cache",
         "Driven-By",
         "Models",
+        "Waiting",
+        "Load-Read",
     ]
+    wide = {c["name"]: c for c in version["additionalPrinterColumns"]}
+    assert wide["Waiting"]["priority"] == 1 and wide["Load-Read"]["type"] == "date"  # age, in -o wide
     assert version["subresources"] == {"status": {}}
 
 

@@ -84,6 +84,10 @@ def read_gauges(body: bytes, gauges: tuple[Gauge, ...]) -> tuple[dict[str, float
     return values, tuple(missing)
 
 
+# what a failed scrape raises (anything else is a bug, not the engine's doing)
+SCRAPE_ERRORS = (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, ScrapeError)
+
+
 class MetricsConnection:
     """GET one path over a kept-alive HTTP/1.1 connection (reopened when the server closed
     it), reading a Content-Length or chunked body of at most MAX_BODY bytes."""
@@ -279,14 +283,7 @@ class LoadScraper:
         try:
             async with asyncio.timeout(self.stale_after):
                 body = await w.conn.get()
-        except (
-            OSError,
-            TimeoutError,
-            asyncio.IncompleteReadError,
-            asyncio.LimitOverrunError,
-            ValueError,
-            ScrapeError,
-        ) as exc:
+        except SCRAPE_ERRORS as exc:
             w.conn.close()
             self._failed(w, address, port, _why(exc))
             return None
@@ -361,14 +358,19 @@ class LoadScraper:
         return self
 
 
-def _why(exc: BaseException) -> str:
+def failure_reason(exc: BaseException) -> tuple[str, str]:
+    """A failed scrape as a reason (one CamelCase word) and a message for people."""
     if isinstance(exc, TimeoutError):
-        return "MetricsTimeout: no answer from the metrics endpoint in time"
+        return "MetricsTimeout", "no answer from the metrics endpoint in time"
     if isinstance(exc, ConnectionRefusedError):
-        return "ConnectionRefused: the metrics endpoint refused the connection"
+        return "ConnectionRefused", "the metrics endpoint refused the connection"
     if isinstance(exc, ScrapeError):
-        return f"MetricsError: {exc}"
-    return f"MetricsFailed: {exc.__class__.__name__}: {exc}"
+        return "MetricsError", str(exc)
+    return "MetricsFailed", f"{exc.__class__.__name__}: {exc}"
+
+
+def _why(exc: BaseException) -> str:
+    return "{}: {}".format(*failure_reason(exc))
 
 
 class ScrapedPool:

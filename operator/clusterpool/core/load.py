@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
 SATURATED_SCORE = 1e9  # above any real score; a saturated endpoint is taken only when all are
@@ -23,6 +24,18 @@ class Load:
     kv_usage: float | None = None
     saturated: bool = False
     missing: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class EngineReading:
+    """What the operator last read of one endpoint's load gauges, for its status (a coarse
+    view, not the routing signal): the load, None when the read failed; when it was read;
+    and, when the reading is missing or partial, why (reason: one CamelCase word)."""
+
+    load: Load | None
+    at: datetime
+    reason: str | None = None
+    message: str | None = None
 
 
 SATURATED = Load(saturated=True)

@@ -7,6 +7,7 @@ can skip writes by comparing dicts.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -14,6 +15,7 @@ from typing import Any
 
 from clusterpool.core.failover import Breaker, Decision, PoolDecision
 from clusterpool.core.health import Endpoint, EndpointHealth, PoolHealth
+from clusterpool.core.load import EngineReading
 from clusterpool.core.pool import PoolState
 
 # the condition types the stages report (Ready, Degraded, Panic and SpecValid are the core's own)
@@ -151,6 +153,45 @@ def endpoint_status(
     return out
 
 
+SERVING = ("Healthy", "Degraded")  # the health of an endpoint whose load is shown
+
+
+def _count(x: float | None) -> int | None:
+    return max(0, round(x)) if x is not None and math.isfinite(x) else None
+
+
+def load_status(r: EngineReading) -> dict[str, Any]:
+    """status.endpoints[].load: the counts as integers, the KV use as a percentage."""
+    out: dict[str, Any] = {"readAt": rfc3339(r.at)}
+    if r.load is not None:
+        waiting, running = _count(r.load.waiting), _count(r.load.running)
+        kv = _count(r.load.kv_usage * 100) if r.load.kv_usage is not None else None
+        if waiting is not None:
+            out["waiting"] = waiting
+        if running is not None:
+            out["running"] = running
+        if kv is not None:
+            out["kvCacheUsagePercent"] = min(100, kv)
+    if r.reason:
+        out["reason"] = r.reason
+        out["message"] = (r.message or "")[:1024]
+    return out
+
+
+def pool_load_status(shown: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
+    """status.load: the queue and batch summed over the serving endpoints whose engine
+    reported its queue, and the oldest of those readings."""
+    reporting = [e for e in shown.values() if "waiting" in e]
+    out: dict[str, Any] = {
+        "waiting": sum(e["waiting"] for e in reporting),
+        "running": sum(e.get("running", 0) for e in reporting),
+        "reporting": len(reporting),
+    }
+    if reporting:
+        out["readAt"] = min(e["readAt"] for e in reporting)  # RFC 3339 in UTC sorts as time
+    return out
+
+
 def render_status(
     state: PoolState,
     *,
@@ -162,9 +203,12 @@ def render_status(
     have_spec: bool = True,
     extra_conditions: Sequence[ConditionSpec] = (),
     failure_cap: int = FAILURE_CAP,
+    load: Mapping[str, EngineReading] | None = None,
 ) -> dict[str, Any]:
     """`failure_cap`: consecutive failures are reported up to the count that ejects, so a
-    long-dead endpoint does not rewrite the status every round."""
+    long-dead endpoint does not rewrite the status every round. `load`: the engine readings
+    by endpoint name when the pool's engine reports load (None: no load fields), shown for
+    serving endpoints only."""
     total, healthy, _ = state.health.counts()
     decision = state.decision
     decisions = {d.name: d for d in decision.decisions} if decision else {}
@@ -191,6 +235,16 @@ def render_status(
             for c in [*pool_conditions(state, spec_error, have_spec), *extra_conditions]
         ],
     }
+    if load is not None:
+        shown = {
+            ep.name: load_status(load[ep.name])
+            for ep in state.members
+            if ep.name in load and state.health.of(ep.name).health in SERVING
+        }
+        for e in out["endpoints"]:
+            if e["name"] in shown:
+                e["load"] = shown[e["name"]]
+        out["load"] = pool_load_status(shown)
     if source is not None:
         out["source"] = source
     if generation is not None:
@@ -202,15 +256,26 @@ def render_status(
 # alone is written at a slower pace (the runner's INFORMATIONAL_EVERY), not every round.
 # (The cache's figures change at most every 30 s on their own, so they are not among them.)
 INFORMATIONAL_ENDPOINT_FIELDS = ("consecutiveFailures", "lastProbeLatencyMilliseconds", "reason", "message")
+# The engines' load (status.load, status.endpoints[].load): a change of it alone is never
+# written; it rides along with writes made for other reasons.
+LOAD_FIELD = "load"
+
+
+def without_load(status: Mapping[str, Any]) -> dict[str, Any]:
+    """The status without the engines' load: what decides whether there is anything to write."""
+    endpoints = status.get("endpoints") or []
+    out = {k: v for k, v in status.items() if k != LOAD_FIELD}
+    out["endpoints"] = [{k: v for k, v in e.items() if k != LOAD_FIELD} for e in endpoints]
+    return out
 
 
 def health_view(status: Mapping[str, Any]) -> dict[str, Any]:
-    """The status without its informational fields: what a health-changing write changes."""
-    endpoints = status.get("endpoints") or []
-    return {
-        **status,
-        "endpoints": [{k: v for k, v in e.items() if k not in INFORMATIONAL_ENDPOINT_FIELDS} for e in endpoints],
-    }
+    """The status without its informational fields and the load: what a health-changing write changes."""
+    out = without_load(status)
+    out["endpoints"] = [
+        {k: v for k, v in e.items() if k not in INFORMATIONAL_ENDPOINT_FIELDS} for e in out["endpoints"]
+    ]
+    return out
 
 
 def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:

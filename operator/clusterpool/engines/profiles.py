@@ -43,6 +43,14 @@ class EngineProfile:
     def gauge(self, kind: GaugeKind) -> Gauge | None:
         return next((g for g in self.gauges if g.kind == kind), None)
 
+    def describe_missing(self, kinds: tuple[str, ...]) -> str:
+        """What to tell people when the engine's metrics lack gauges this profile lists."""
+        names = "; ".join(f"{g.kind}: {' or '.join(g.names)}" for g in self.gauges if g.kind in kinds)
+        return (
+            f"the {self.engine} profile's gauges are not in {self.metrics_path} ({names}); "
+            "check spec.engine and the engine's version (clients use their own signals for these)"
+        )
+
 
 PROFILES: dict[Engine, EngineProfile] = {
     "vLLM": EngineProfile(
