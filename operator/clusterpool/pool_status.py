@@ -138,9 +138,9 @@ class PoolStatus:
         if self.metrics is not None:
             self.metrics.status(status)
         previous = self.last_written if self.last_written is not None else plain(self.body.get("status") or {})
-        if same(previous, status):  # (also: a write whose answer was lost had landed)
+        self._announce_ready_change(previous)  # known stored (a write whose answer was lost may have landed)
+        if same(previous, status):
             self.last_written = status
-            self._announce_ready_change(status)
             return
         if same(without_load(previous), without_load(status)):
             return  # only the engines' load moved: it rides along with the next write
