@@ -12,7 +12,7 @@ help:
 	@echo "make test        unit, integration and end-to-end tests (builds the control plane, the node and images on first run)"
 	@echo "make node-up     a real single-node cluster in a private network namespace (scripts/node.py)"
 	@echo "make node-down   stop it and clean up"
-	@echo "make lint        ruff check, ruff format --check, mypy --strict"
+	@echo "make lint        ruff check, ruff format --check, mypy --strict, the docs' names, classes' sizes"
 	@echo "make bench       benchmarks; results under bench/results/"
 	@echo "make release     wheels, sdists, the chart, the install manifests and the image into dist/"
 	@echo "make bench-gateway  the gateway next to HAProxy, vllm-router and LiteLLM's proxy (docs/gateway-bench.md)"
@@ -97,6 +97,7 @@ lint: venv
 	$(VENV)/bin/ruff format --check operator tests scripts bench examples distributions
 	$(VENV)/bin/mypy
 	$(PY) scripts/check_docs.py
+	$(PY) scripts/check_attrs.py
 	@cmp -s crds/clusterpool.dev_clusterpools.yaml charts/clusterpool-operator/files/crds/clusterpool.dev_clusterpools.yaml \
 		|| { echo "the chart's copy of the CRD is stale: run make crd"; exit 1; }
 	@# the chart: helm lint --strict with the default values and with every value set, when helm
