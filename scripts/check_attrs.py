@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from lint_report import report
+
 LIMIT = 12
 DATA_BASES = frozenset({"BaseModel", "BaseSettings", "NamedTuple", "TypedDict"})
 
@@ -123,13 +125,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def main(root: Path = ROOT) -> int:
-    problems = check(root)
-    for p in problems:
-        print(p, file=sys.stderr)
-    if problems:
-        print(f"{len(problems)} class(es) hold more than {LIMIT} attributes", file=sys.stderr)
-        return 1
-    return 0
+    return report(check(root), f"class(es) hold more than {LIMIT} attributes")
 
 
 if __name__ == "__main__":
