@@ -203,4 +203,5 @@ def test_a_client_without_a_certificate_is_told_to_set_one_however_etcd_refuses_
     hint = "set certSecretRef and keySecretRef"
     assert hint in w.connection.problem(alert)
     assert hint in w.connection.problem(httpx.RemoteProtocolError(""))
-    assert hint not in w.connection.problem(ssl.SSLError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed"))
+    unverified = ssl.SSLError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed")
+    assert hint not in w.connection.problem(unverified)
