@@ -12,7 +12,7 @@ help:
 	@echo "make test        unit, integration and end-to-end tests (builds the control plane, the node and images on first run)"
 	@echo "make node-up     a real single-node cluster in a private network namespace (scripts/node.py)"
 	@echo "make node-down   stop it and clean up"
-	@echo "make lint        ruff check, ruff format --check, mypy --strict"
+	@echo "make lint        ruff check, ruff format --check, mypy --strict, the docs' names, classes' sizes"
 	@echo "make bench       benchmarks; results under bench/results/"
 	@echo "make release     wheels, sdists, the chart, the install manifests and the image into dist/"
 	@echo "make bench-gateway  the gateway next to HAProxy, vllm-router and LiteLLM's proxy (docs/gateway-bench.md)"
@@ -106,6 +106,8 @@ lint: venv
 		"$$helm" lint --strict --quiet charts/clusterpool-operator \
 		&& "$$helm" lint --strict --quiet charts/clusterpool-operator -f tests/chart/values-full.yaml; \
 	else echo "helm is not built (make helm): helm lint --strict skipped"; fi
+	@# last: the checks above still run while a class under operator/ holds too many attributes
+	$(PY) scripts/check_attrs.py
 
 format: venv
 	$(VENV)/bin/ruff check --fix operator tests scripts bench examples distributions

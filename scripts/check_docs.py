@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from lint_report import report
+
 ROOTS = ("operator", "bench", "docs", "scripts", "tests", "charts", "crds", "manifests", "examples")
 
 _LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
@@ -143,16 +145,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def main(root: Path = ROOT) -> int:
-    problems = check(root)
-    for p in problems:
-        print(p, file=sys.stderr)
-    if problems:
-        print(
-            f"{len(problems)} name(s) in the docs point at nothing: fix the doc (or restore what it names)",
-            file=sys.stderr,
-        )
-        return 1
-    return 0
+    return report(check(root), "name(s) in the docs point at nothing: fix the doc (or restore what it names)")
 
 
 if __name__ == "__main__":

@@ -169,25 +169,25 @@ def test_etcd_range_end_is_the_prefix_plus_one():
 
 def test_etcd_watch_messages_fold_into_members_and_the_revision():
     w, changes, _ = etcd_watcher()
-    w.revision = 10
-    assert w._follow({"result": {"header": {"revision": "10"}, "created": True}})
-    w._follow({"result": {"events": [put("/svc/llm/a", '{"address": "127.0.0.2", "port": 1}', 11)]}})
-    w._follow({"result": {"events": [put("/svc/llm/b", '{"port": 1}', 12)]}})
+    w.keys.revision = 10
+    assert w.keys.follow({"result": {"header": {"revision": "10"}, "created": True}})
+    w.keys.follow({"result": {"events": [put("/svc/llm/a", '{"address": "127.0.0.2", "port": 1}', 11)]}})
+    w.keys.follow({"result": {"events": [put("/svc/llm/b", '{"port": 1}', 12)]}})
     assert [m.name for m in changes[-1]] == ["a"] and "address" in w.invalid["/svc/llm/b"]
-    w._follow({"result": {"events": [{"type": "DELETE", "kv": {"key": b64("/svc/llm/a"), "mod_revision": "13"}}]}})
-    assert changes[-1] == () and w.revision == 13
-    w._follow({"result": {"header": {"revision": "40"}}})  # a progress notification
-    assert w.revision == 40
+    w.keys.follow({"result": {"events": [{"type": "DELETE", "kv": {"key": b64("/svc/llm/a"), "mod_revision": "13"}}]}})
+    assert changes[-1] == () and w.keys.revision == 13
+    w.keys.follow({"result": {"header": {"revision": "40"}}})  # a progress notification
+    assert w.keys.revision == 40
 
 
 def test_etcd_compaction_or_a_revision_gone_back_means_reading_everything_again():
     w, _, resyncs = etcd_watcher()
-    w.revision = 10
-    assert not w._follow({"result": {"canceled": True, "compact_revision": "25"}})
-    assert w.revision is None and "compacted" in resyncs[-1]
-    w.revision = 10
-    assert not w._follow({"result": {"header": {"revision": "3"}, "created": True}})
-    assert w.revision is None and "went back" in resyncs[-1]
+    w.keys.revision = 10
+    assert not w.keys.follow({"result": {"canceled": True, "compact_revision": "25"}})
+    assert w.keys.revision is None and "compacted" in resyncs[-1]
+    w.keys.revision = 10
+    assert not w.keys.follow({"result": {"header": {"revision": "3"}, "created": True}})
+    assert w.keys.revision is None and "went back" in resyncs[-1]
 
 
 def test_a_client_without_a_certificate_is_told_to_set_one_however_etcd_refuses_it():
@@ -201,6 +201,7 @@ def test_a_client_without_a_certificate_is_told_to_set_one_however_etcd_refuses_
     w = EtcdWatcher(spec, no_secret, lambda members: None, lambda problem: None)
     alert = ssl.SSLError(1, "[SSL: TLSV13_ALERT_CERTIFICATE_REQUIRED] tlsv13 alert certificate required")
     hint = "set certSecretRef and keySecretRef"
-    assert hint in w._problem(alert)
-    assert hint in w._problem(httpx.RemoteProtocolError(""))
-    assert hint not in w._problem(ssl.SSLError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed"))
+    assert hint in w.connection.problem(alert)
+    assert hint in w.connection.problem(httpx.RemoteProtocolError(""))
+    unverified = ssl.SSLError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed")
+    assert hint not in w.connection.problem(unverified)

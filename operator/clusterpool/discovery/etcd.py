@@ -145,46 +145,24 @@ def _load_client_certificate(ctx: ssl.SSLContext, cert: str, key: str) -> None:
             raise EtcdError(f"certSecretRef and keySecretRef do not hold a certificate and its key: {exc}") from None
 
 
-class EtcdWatcher:
-    def __init__(
-        self,
-        spec: EtcdDiscovery,
-        read_secret: ReadSecret,
-        on_change: OnChange,
-        on_health: OnHealth,
-        on_resync: OnResync = lambda why: None,
-        max_backoff: float = 30.0,
-    ) -> None:
-        self.spec = spec
-        self.read_secret = read_secret
+class EtcdKeys:
+    """The keys under the prefix, as read and watched: their registrations, the keys left
+    out, the revision they are at, and the members last told to the pool."""
+
+    def __init__(self, prefix: str, on_change: OnChange, on_resync: OnResync, on_watching: Callable[[], None]) -> None:
+        """`on_watching`: called when etcd confirms a watch (etcd answers)."""
+        self.prefix = prefix
         self.on_change = on_change
-        self.on_health = on_health
         self.on_resync = on_resync
-        self.max_backoff = max_backoff
-        self.prefix = spec.prefix.encode()
+        self.on_watching = on_watching
         self.registrations: dict[str, Registration] = {}
         self.invalid: dict[str, str] = {}  # key -> what is wrong with its value
         self._told_invalid: dict[str, str] = {}
         self.members: tuple[Endpoint, ...] | None = None
         self.revision: int | None = None  # every change up to here is known; None: read everything
-        self._endpoint = 0  # the endpoint in use (modulo their number)
-        self._failures = 0  # in a row, over all endpoints
-        self._backoff = Backoff(0.5, max_backoff)
-        self._token: str | None = None  # etcd's auth token, kept while it works (asking costs etcd a bcrypt)
-        self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"etcd-watch-{self.spec.prefix}")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-
-    # -- what the keys say ----------------------------------------------------------------
-
-    def _apply(self, key: bytes, value: bytes | None) -> None:
+    def apply(self, key: bytes, value: bytes | None) -> None:
+        """One key's value (None: deleted)."""
         name = key.decode(errors="replace")
         self.registrations.pop(name, None)
         self.invalid.pop(name, None)
@@ -196,16 +174,85 @@ class EtcdWatcher:
             self.invalid[name] = str(exc)[:200]
             log.warning("etcd key %s left out: %s", name, self.invalid[name])
 
-    def _publish(self) -> None:
+    def replace_all(self, answer: Mapping[str, Any]) -> None:
+        """Every key, from a range answer."""
+        self.registrations, self.invalid = {}, {}
+        for kv in answer.get("kvs") or []:
+            self.apply(_unb64(kv.get("key")), _unb64(kv.get("value")))
+        self.revision = int(answer["header"]["revision"])
+        self.publish()
+
+    def publish(self) -> None:
         """Tell the pool when the members (or the keys left out) changed."""
-        members = members_from_registrations(self.spec.prefix, self.registrations)
+        members = members_from_registrations(self.prefix, self.registrations)
         if members != self.members or self.invalid != self._told_invalid:
             self.members, self._told_invalid = members, dict(self.invalid)
             self.on_change(members)
 
-    # -- talking to etcd ------------------------------------------------------------------
+    def follow(self, message: Mapping[str, Any]) -> bool:
+        """Fold one watch message in; False when the watch is over (read everything again)."""
+        if "error" in message:
+            raise EtcdError(f"the watch failed: {message['error'].get('message', message['error'])}")
+        result = message.get("result") or {}
+        header_revision = int((result.get("header") or {}).get("revision", 0))
+        compacted = int(result.get("compact_revision") or 0)
+        if compacted:
+            self._resync(
+                f"etcd compacted its history to revision {compacted}, past revision {self.revision} where the "
+                "watch would resume; reading every key again"
+            )
+            return False
+        if result.get("canceled"):
+            raise EtcdError(f"etcd cancelled the watch: {result.get('cancel_reason') or 'no reason given'}")
+        if result.get("created"):
+            if self.revision is not None and header_revision < self.revision:
+                self._resync(
+                    f"etcd's revision went back from {self.revision} to {header_revision}; reading every key again"
+                )
+                return False
+            self.on_watching()
+            return True
+        events = result.get("events") or []
+        for ev in events:
+            kv = ev.get("kv") or {}
+            self.apply(_unb64(kv.get("key")), None if ev.get("type") == "DELETE" else _unb64(kv.get("value")))
+            self.revision = max(self.revision or 0, int(kv.get("mod_revision") or 0))
+        if not events and header_revision:  # a progress notification: nothing is missing up to here
+            self.revision = max(self.revision or 0, header_revision)
+        self.publish()
+        return True
 
-    async def _headers(self, http: httpx.AsyncClient) -> dict[str, str]:
+    def _resync(self, why: str) -> None:
+        log.info(why)
+        self.revision = None
+        self.on_resync(why)
+
+
+class EtcdConnection:
+    """Which of etcd's endpoints to talk to, with its auth token; after a failure the next
+    endpoint at once, and once none answers, an outage reported and a backoff."""
+
+    def __init__(self, spec: EtcdDiscovery, read_secret: ReadSecret, on_health: OnHealth, max_backoff: float) -> None:
+        self.spec = spec
+        self.read_secret = read_secret
+        self.on_health = on_health
+        self._endpoint = 0  # the endpoint in use (modulo their number)
+        self._failures = 0  # in a row, over all endpoints
+        self._backoff = Backoff(0.5, max_backoff)
+        self._token: str | None = None  # etcd's auth token, kept while it works (asking costs etcd a bcrypt)
+
+    @property
+    def base(self) -> str:
+        """The endpoint in use."""
+        return self.spec.endpoints[self._endpoint % len(self.spec.endpoints)]
+
+    async def open(self) -> httpx.AsyncClient:
+        """A client of the endpoint in use."""
+        timeout = httpx.Timeout(10.0, read=None)  # a watch is quiet while nothing changes
+        tls = await etcd_tls(self.spec, self.read_secret)
+        return httpx.AsyncClient(base_url=self.base, verify=tls or True, timeout=timeout)
+
+    async def headers(self, http: httpx.AsyncClient) -> dict[str, str]:
         """The auth token when a user is set: asked for once, again after a failure."""
         if self.spec.username is None or self.spec.password_secret_ref is None:
             return {}
@@ -218,78 +265,12 @@ class EtcdWatcher:
             self._token = str(body.get("token", ""))
         return {"Authorization": self._token}
 
-    async def _read_all(self, http: httpx.AsyncClient, headers: dict[str, str]) -> None:
-        body = await _call(
-            http, "/v3/kv/range", {"key": _b64(self.prefix), "range_end": _b64(range_end(self.prefix))}, headers
-        )
-        self.registrations, self.invalid = {}, {}
-        for kv in body.get("kvs") or []:
-            self._apply(_unb64(kv.get("key")), _unb64(kv.get("value")))
-        self.revision = int(body["header"]["revision"])
-        self._publish()
-
-    async def _watch(self, http: httpx.AsyncClient, headers: dict[str, str]) -> None:
-        """Follow the changes after self.revision until the stream ends or is cancelled."""
-        assert self.revision is not None
-        create = {
-            "key": _b64(self.prefix),
-            "range_end": _b64(range_end(self.prefix)),
-            "start_revision": str(self.revision + 1),
-            "progress_notify": True,
-        }
-        async with asyncio.timeout(STREAM_SECONDS):
-            async with http.stream("POST", "/v3/watch", json={"create_request": create}, headers=headers) as r:
-                if r.status_code != 200:
-                    await r.aread()
-                    raise EtcdError(_answer(r))
-                async for line in r.aiter_lines():
-                    if line.strip() and not self._follow(json.loads(line)):
-                        return
-        raise EtcdError("etcd ended the watch stream")
-
-    def _follow(self, message: Mapping[str, Any]) -> bool:
-        """Fold one watch message in; False when the watch is over (read everything again)."""
-        if "error" in message:
-            raise EtcdError(f"the watch failed: {message['error'].get('message', message['error'])}")
-        result = message.get("result") or {}
-        header_revision = int((result.get("header") or {}).get("revision", 0))
-        compacted = int(result.get("compact_revision") or 0)
-        if compacted:
-            why = (
-                f"etcd compacted its history to revision {compacted}, past revision {self.revision} where the "
-                "watch would resume; reading every key again"
-            )
-            log.info(why)
-            self.revision = None
-            self.on_resync(why)
-            return False
-        if result.get("canceled"):
-            raise EtcdError(f"etcd cancelled the watch: {result.get('cancel_reason') or 'no reason given'}")
-        if result.get("created"):
-            if self.revision is not None and header_revision < self.revision:
-                why = f"etcd's revision went back from {self.revision} to {header_revision}; reading every key again"
-                log.info(why)
-                self.revision = None
-                self.on_resync(why)
-                return False
-            self._reachable()
-            return True
-        events = result.get("events") or []
-        for ev in events:
-            kv = ev.get("kv") or {}
-            self._apply(_unb64(kv.get("key")), None if ev.get("type") == "DELETE" else _unb64(kv.get("value")))
-            self.revision = max(self.revision or 0, int(kv.get("mod_revision") or 0))
-        if not events and header_revision:  # a progress notification: nothing is missing up to here
-            self.revision = max(self.revision or 0, header_revision)
-        self._publish()
-        return True
-
-    def _problem(self, exc: BaseException) -> str:
+    def problem(self, exc: BaseException) -> str:
         """What went wrong, for the condition. etcd with --client-cert-auth refuses a
         client without a certificate after the TLS 1.3 handshake: the client sees either
         the connection closed or the alert "certificate required", whichever comes first."""
         text = str(exc).strip()
-        base = self.spec.endpoints[self._endpoint % len(self.spec.endpoints)]
+        base = self.base
         hint = ""
         no_cert = base.startswith("https://") and self.spec.cert_secret_ref is None
         if no_cert and (not text or "CERTIFICATE_REQUIRED" in text):
@@ -298,42 +279,103 @@ class EtcdWatcher:
             return f"{type(exc).__name__}: {text}{hint}"
         return f"{type(exc).__name__}: {base} closed the connection{hint}"
 
-    def _reachable(self) -> None:
+    def reachable(self) -> None:
         self._failures = 0
         self._backoff.reset()
         self.on_health(None)
 
+    def failed(self, exc: BaseException) -> float | None:
+        """Move on to the next endpoint after exc: None to try it at once, else (none of
+        them answered: the outage is reported) the seconds to wait first."""
+        self._token = None  # expired, or etcd restarted: the next connection asks again
+        problem = self.problem(exc)[:300]
+        self._endpoint += 1
+        self._failures += 1
+        if self._failures % len(self.spec.endpoints):
+            return None  # the next endpoint at once; an outage is when none answers
+        self.on_health(problem)
+        return self._backoff.next()
+
+
+class EtcdWatcher:
+    """Follows the keys under spec.prefix (EtcdKeys) over a connection to etcd (EtcdConnection)."""
+
+    def __init__(
+        self,
+        spec: EtcdDiscovery,
+        read_secret: ReadSecret,
+        on_change: OnChange,
+        on_health: OnHealth,
+        on_resync: OnResync = lambda why: None,
+        max_backoff: float = 30.0,
+    ) -> None:
+        self.spec = spec
+        self.connection = EtcdConnection(spec, read_secret, on_health, max_backoff)
+        self.keys = EtcdKeys(spec.prefix, on_change, on_resync, self.connection.reachable)
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def invalid(self) -> Mapping[str, str]:
+        """The keys left out, each with what is wrong with its value."""
+        return self.keys.invalid
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"etcd-watch-{self.spec.prefix}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+    async def _read_all(self, http: httpx.AsyncClient, headers: dict[str, str]) -> None:
+        prefix = self.spec.prefix.encode()
+        body = await _call(http, "/v3/kv/range", {"key": _b64(prefix), "range_end": _b64(range_end(prefix))}, headers)
+        self.keys.replace_all(body)
+
+    async def _watch(self, http: httpx.AsyncClient, headers: dict[str, str]) -> None:
+        """Follow the changes after the keys' revision until the stream ends or is cancelled."""
+        assert self.keys.revision is not None
+        prefix = self.spec.prefix.encode()
+        create = {
+            "key": _b64(prefix),
+            "range_end": _b64(range_end(prefix)),
+            "start_revision": str(self.keys.revision + 1),
+            "progress_notify": True,
+        }
+        async with asyncio.timeout(STREAM_SECONDS):
+            async with http.stream("POST", "/v3/watch", json={"create_request": create}, headers=headers) as r:
+                if r.status_code != 200:
+                    await r.aread()
+                    raise EtcdError(_answer(r))
+                async for line in r.aiter_lines():
+                    if line.strip() and not self.keys.follow(json.loads(line)):
+                        return
+        raise EtcdError("etcd ended the watch stream")
+
     async def _run(self) -> None:
-        timeout = httpx.Timeout(10.0, read=None)  # a watch is quiet while nothing changes
         http: httpx.AsyncClient | None = None
         try:
             while True:
                 try:
                     if http is None:
-                        base = self.spec.endpoints[self._endpoint % len(self.spec.endpoints)]
-                        tls = await etcd_tls(self.spec, self.read_secret)
-                        http = httpx.AsyncClient(base_url=base, verify=tls or True, timeout=timeout)
-                    headers = await self._headers(http)
-                    if self.revision is None:
+                        http = await self.connection.open()
+                    headers = await self.connection.headers(http)
+                    if self.keys.revision is None:
                         await self._read_all(http, headers)
-                        self._reachable()
+                        self.connection.reachable()
                     await self._watch(http, headers)
                 except asyncio.CancelledError:
                     raise
                 except TimeoutError:
                     continue  # the stream's time is up: reopen it, resuming
                 except (httpx.HTTPError, EtcdError, ValueError, KeyError, ssl.SSLError, OSError) as exc:
-                    self._token = None  # expired, or etcd restarted: the next connection asks again
-                    problem = self._problem(exc)[:300]
                     if http is not None:
                         await http.aclose()
                         http = None
-                    self._endpoint += 1
-                    self._failures += 1
-                    if self._failures % len(self.spec.endpoints):
-                        continue  # the next endpoint at once; an outage is when none answers
-                    self.on_health(problem)
-                    await asyncio.sleep(self._backoff.next())
+                    pause = self.connection.failed(exc)
+                    if pause is not None:
+                        await asyncio.sleep(pause)
         finally:
             if http is not None:
                 await http.aclose()

@@ -91,6 +91,208 @@ def _micro_time() -> datetime.datetime:
     return now.replace(microsecond=now.microsecond or 1)
 
 
+class LeaseCalls:
+    """The Lease API calls of one replica: on a client and threads of its own, each timed in its worker thread.
+
+    A client of its own: renewals never wait for a connection the operator's other calls
+    hold, and are never retried by urllib3 behind the timeout's back (a replaced Lease
+    retried after a lost answer would conflict with itself). Threads of its own: renewals
+    never queue behind the operator's other API calls."""
+
+    def __init__(
+        self, client: kubernetes.client.ApiClient, identity: str, request_timeout: float, clock: Callable[[], float]
+    ) -> None:
+        config = copy.deepcopy(client.configuration)
+        config.retries = False
+        self.client = kubernetes.client.ApiClient(configuration=config)
+        self.api = kubernetes.client.CoordinationV1Api(self.client)
+        self.request_timeout = request_timeout
+        self._clock = clock
+        self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"shards-{identity}")
+
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return (await self.timed_call(fn, *args))[0]
+
+    async def timed_call(self, fn: Callable[..., Any], *args: Any) -> tuple[Any, float, float]:
+        """fn's answer, with when the request started and when it was answered, both taken
+        in the worker thread: a busy event loop resuming late does not count against the
+        API server (the answer's time is only ever later than the write it reports)."""
+
+        def timed() -> tuple[Any, float, float]:
+            started = self._clock()
+            answer = fn(*args, _request_timeout=self.request_timeout)
+            return answer, started, self._clock()
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, timed)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False)
+
+
+class ShardLeases:
+    """The shard Leases on the API server: this replica's own (created, renewed on the
+    version it last wrote, deleted on the way out), the listing of all of them, and the
+    deletion of one left expired."""
+
+    def __init__(self, calls: LeaseCalls, identity: str, namespace: str, lease_seconds: float) -> None:
+        self.calls = calls
+        self.identity = identity
+        self.namespace = namespace
+        self.name = lease_name(identity)
+        self.lease_seconds = lease_seconds
+        self._version: str | None = None  # resourceVersion of the own Lease as last written
+        self._acquired: datetime.datetime | None = None
+        self._recreated = False
+
+    def _body(self) -> kubernetes.client.V1Lease:
+        now = _micro_time()
+        if self._acquired is None:
+            self._acquired = now
+        return kubernetes.client.V1Lease(
+            metadata=kubernetes.client.V1ObjectMeta(
+                name=self.name,
+                namespace=self.namespace,
+                labels={SHARD_LABEL: "true"},
+                resource_version=self._version,
+            ),
+            spec=kubernetes.client.V1LeaseSpec(
+                holder_identity=self.identity,
+                lease_duration_seconds=math.ceil(self.lease_seconds),
+                acquire_time=self._acquired,
+                renew_time=now,
+            ),
+        )
+
+    async def renew(self) -> tuple[bool, float, float]:
+        """Renew the own Lease: (whether, since the last sync, the Lease was found missing
+        or had to be created: a new hold period, someone may have seen it gone; when the
+        renewing write started; when it was answered)."""
+        api = self.calls.api
+        if self._version is None:
+            self._recreated = True
+            try:
+                lease, started, answered = await self.calls.timed_call(
+                    api.create_namespaced_lease, self.namespace, self._body()
+                )
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+                # Left by an earlier process with this identity: take it over.
+                current = await self.calls.call(api.read_namespaced_lease, self.name, self.namespace)
+                self._version = current.metadata.resource_version
+            else:
+                self._version = lease.metadata.resource_version
+                return True, started, answered
+        try:
+            lease, started, answered = await self.calls.timed_call(
+                api.replace_namespaced_lease, self.name, self.namespace, self._body()
+            )
+        except ApiException as exc:
+            if exc.status in (404, 409):  # deleted, or written by someone else: start over
+                self._version = None
+                self._acquired = None
+            raise
+        self._version = lease.metadata.resource_version
+        return self._recreated, started, answered
+
+    def synced(self) -> None:
+        """A sync (renewal and listing) went through: the Lease's recreation is counted."""
+        self._recreated = False
+
+    async def list_all(self) -> list[LeaseRecord]:
+        leases = await self.calls.call(
+            functools.partial(self.calls.api.list_namespaced_lease, label_selector=f"{SHARD_LABEL}=true"),
+            self.namespace,
+        )
+        return [
+            LeaseRecord(
+                holder=lease.spec.holder_identity or "",
+                version=lease.metadata.resource_version,
+                duration=float(lease.spec.lease_duration_seconds or 0),
+                name=lease.metadata.name,
+            )
+            for lease in leases.items
+            if lease.spec is not None
+        ]
+
+    async def delete_expired(self, name: str, version: str) -> None:
+        options = kubernetes.client.V1DeleteOptions(
+            preconditions=kubernetes.client.V1Preconditions(resource_version=version)
+        )
+        delete = functools.partial(self.calls.api.delete_namespaced_lease, body=options)
+        try:
+            await self.calls.call(delete, name, self.namespace)
+        except Exception as exc:  # renewed meanwhile (409), gone (404), or the API: try again next time
+            log.debug("shard %s: did not delete expired Lease %s/%s: %s", self.identity, self.namespace, name, exc)
+        else:
+            log.info("shard %s: deleted the expired Lease %s/%s", self.identity, self.namespace, name)
+
+    async def release(self) -> None:
+        """Delete the own Lease, best effort. Also when no renewal was answered: a create
+        whose answer was lost may have landed."""
+        try:
+            async with asyncio.timeout(self.calls.request_timeout + 0.5):
+                await self.calls.call(self.calls.api.delete_namespaced_lease, self.name, self.namespace)
+        except Exception as exc:  # best effort: the Lease expires anyway
+            if not (isinstance(exc, ApiException) and exc.status == 404):
+                log.warning("shard %s: could not delete Lease %s/%s: %s", self.identity, self.namespace, self.name, exc)
+        else:
+            log.info("shard %s: stopped; deleted Lease %s/%s", self.identity, self.namespace, self.name)
+
+
+class MembershipNotices:
+    """Tells the waiters (changed()) and on_members when what the view says changed: the
+    members, whether the own Lease is valid, whether the hand-over wait is over."""
+
+    def __init__(
+        self,
+        view: ShardView,
+        identity: str,
+        clock: Callable[[], float],
+        on_members: Callable[[tuple[str, ...]], None] | None,
+    ) -> None:
+        self.view = view
+        self.identity = identity
+        self._clock = clock
+        self._on_members = on_members
+        self._changed = asyncio.Event()
+        self._poke = asyncio.Event()
+        self._state: tuple[tuple[str, ...], bool, bool] = ((), False, False)
+
+    def changed(self) -> Coroutine[Any, Any, bool]:
+        return self._changed.wait()
+
+    def poke(self) -> None:
+        """The view was synced: look again now."""
+        self._poke.set()
+
+    async def run(self) -> None:
+        """Publish each change, waking at the view's next change in time or when poked."""
+        while True:
+            self.publish()
+            now = self._clock()
+            wake = self.view.next_change(now)
+            timeout = None if wake is None else max(0.0, wake - now) + 0.001
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._poke.wait()
+            self._poke.clear()
+
+    def publish(self) -> None:
+        now = self._clock()
+        state = (self.view.members(now), self.view.holds_lease(now), now >= self.view.drivable_from())
+        if state == self._state:
+            return
+        members, holds, waited = state
+        role = "does not hold its Lease" if not holds else "drives its share" if waited else "waits for the hand-over"
+        log.info("shard members: %s (%s %s)", ", ".join(members) or "none", self.identity, role)
+        if members != self._state[0] and self._on_members is not None:
+            self._on_members(members)
+        self._state = state
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+
 class Shards:
     """Run `run()` as a task for the operator's lifetime; ask `may_drive` before acting on a pool.
 
@@ -130,33 +332,39 @@ class Shards:
                 f"request_timeout ({timeout}) must be under lease_seconds/9 ({lease_seconds}/9): "
                 "a renewal and a list must fit twice into a hold period's gap"
             )
-        self.identity = identity
-        self.namespace = namespace
-        self.lease_name = lease_name(identity)
-        self.lease_seconds = lease_seconds
         self.renew_seconds = renew_seconds
-        self.request_timeout = timeout
         self.view = ShardView(identity, lease_seconds, timeout)
         self._clock = clock
-        self._on_members = on_members
-        # A client of its own: renewals never wait for a connection the operator's other
-        # calls hold, and are never retried by urllib3 behind the timeout's back (a
-        # replaced Lease retried after a lost answer would conflict with itself).
-        config = copy.deepcopy(client.configuration)
-        config.retries = False
-        self.client = kubernetes.client.ApiClient(configuration=config)
-        self._api = kubernetes.client.CoordinationV1Api(self.client)
-        # Its own threads: renewals never queue behind the operator's other API calls.
-        self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"shards-{identity}")
-        self._version: str | None = None  # resourceVersion of the own Lease as last written
-        self._acquired: datetime.datetime | None = None
+        self._leases = ShardLeases(LeaseCalls(client, identity, timeout, clock), identity, namespace, lease_seconds)
+        self._notices = MembershipNotices(self.view, identity, clock, on_members)
         self._failing = False
-        self._recreated = False
-        self._changed = asyncio.Event()
-        self._poke = asyncio.Event()
-        self._state: tuple[tuple[str, ...], bool, bool] = ((), False, False)
 
     # -- answers -----------------------------------------------------------------
+
+    @property
+    def identity(self) -> str:
+        return self._leases.identity
+
+    @property
+    def namespace(self) -> str:
+        return self._leases.namespace
+
+    @property
+    def lease_name(self) -> str:
+        return self._leases.name
+
+    @property
+    def lease_seconds(self) -> float:
+        return self._leases.lease_seconds
+
+    @property
+    def client(self) -> kubernetes.client.ApiClient:
+        """The client the Lease calls go through: the operator's configuration, copied."""
+        return self._leases.calls.client
+
+    @property
+    def request_timeout(self) -> float:
+        return self._leases.calls.request_timeout
 
     @property
     def members(self) -> tuple[str, ...]:
@@ -181,18 +389,18 @@ class Shards:
         """Ends at the next change of the members, of the own Lease's validity, or of
         the end of the hand-over wait: then ask may_drive again. The change counts from
         this call, not from when the wait first runs (a change in between wakes it)."""
-        return self._changed.wait()
+        return self._notices.changed()
 
     # -- the loop ----------------------------------------------------------------
 
     async def run(self) -> None:
         """Renew, list, repeat; on cancellation stop acting, then delete the own Lease."""
-        notifier = asyncio.create_task(self._notify())
+        notifier = asyncio.create_task(self._notices.run())
         try:
             while True:
                 started = self._clock()
                 await self._sync()
-                self._poke.set()
+                self._notices.poke()
                 pause = self.renew_seconds * (1 - 0.1 * random.random()) - (self._clock() - started)
                 await asyncio.sleep(max(0.0, pause))
         finally:
@@ -200,15 +408,15 @@ class Shards:
             self._publish()
             notifier.cancel()
             await asyncio.wait({notifier})
-            await self._release()
-            self._executor.shutdown(wait=False)
+            await self._leases.release()
+            self._leases.calls.close()
 
     async def _sync(self) -> None:
         try:
-            created, started, answered = await self._renew()
+            created, started, answered = await self._leases.renew()
             if answered - started > self.request_timeout:
                 raise TimeoutError(f"the renewal took {answered - started:.2f}s, over {self.request_timeout}s")
-            leases = await self._list()
+            leases = await self._leases.list_all()
         except Exception as exc:  # any failure: the Lease is not renewed this time
             if not self._failing:
                 log.warning(
@@ -220,138 +428,11 @@ class Shards:
             log.info("shard %s: renewing Lease %s/%s again", self.identity, self.namespace, self.lease_name)
             self._failing = False
         self.view.synced(started, self._clock(), leases, created)
-        self._recreated = False
+        self._leases.synced()
         # One per round: deletions must not delay the next renewal (the hold period).
         for name, version in self.view.expired_leases(self._clock())[:1]:
-            await self._delete_expired(name, version)
-
-    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return (await self._timed_call(fn, *args))[0]
-
-    async def _timed_call(self, fn: Callable[..., Any], *args: Any) -> tuple[Any, float, float]:
-        """fn's answer, with when the request started and when it was answered, both taken
-        in the worker thread: a busy event loop resuming late does not count against the
-        API server (the answer's time is only ever later than the write it reports)."""
-
-        def timed() -> tuple[Any, float, float]:
-            started = self._clock()
-            answer = fn(*args, _request_timeout=self.request_timeout)
-            return answer, started, self._clock()
-
-        return await asyncio.get_running_loop().run_in_executor(self._executor, timed)
-
-    def _body(self) -> kubernetes.client.V1Lease:
-        now = _micro_time()
-        if self._acquired is None:
-            self._acquired = now
-        return kubernetes.client.V1Lease(
-            metadata=kubernetes.client.V1ObjectMeta(
-                name=self.lease_name,
-                namespace=self.namespace,
-                labels={SHARD_LABEL: "true"},
-                resource_version=self._version,
-            ),
-            spec=kubernetes.client.V1LeaseSpec(
-                holder_identity=self.identity,
-                lease_duration_seconds=math.ceil(self.lease_seconds),
-                acquire_time=self._acquired,
-                renew_time=now,
-            ),
-        )
-
-    async def _renew(self) -> tuple[bool, float, float]:
-        """Renew the own Lease: (whether, since the last sync, the Lease was found missing
-        or had to be created: a new hold period, someone may have seen it gone; when the
-        renewing write started; when it was answered)."""
-        if self._version is None:
-            self._recreated = True
-            try:
-                lease, started, answered = await self._timed_call(
-                    self._api.create_namespaced_lease, self.namespace, self._body()
-                )
-            except ApiException as exc:
-                if exc.status != 409:
-                    raise
-                # Left by an earlier process with this identity: take it over.
-                current = await self._call(self._api.read_namespaced_lease, self.lease_name, self.namespace)
-                self._version = current.metadata.resource_version
-            else:
-                self._version = lease.metadata.resource_version
-                return True, started, answered
-        try:
-            lease, started, answered = await self._timed_call(
-                self._api.replace_namespaced_lease, self.lease_name, self.namespace, self._body()
-            )
-        except ApiException as exc:
-            if exc.status in (404, 409):  # deleted, or written by someone else: start over
-                self._version = None
-                self._acquired = None
-            raise
-        self._version = lease.metadata.resource_version
-        return self._recreated, started, answered
-
-    async def _list(self) -> list[LeaseRecord]:
-        leases = await self._call(
-            functools.partial(self._api.list_namespaced_lease, label_selector=f"{SHARD_LABEL}=true"), self.namespace
-        )
-        return [
-            LeaseRecord(
-                holder=lease.spec.holder_identity or "",
-                version=lease.metadata.resource_version,
-                duration=float(lease.spec.lease_duration_seconds or 0),
-                name=lease.metadata.name,
-            )
-            for lease in leases.items
-            if lease.spec is not None
-        ]
-
-    async def _delete_expired(self, name: str, version: str) -> None:
-        options = kubernetes.client.V1DeleteOptions(
-            preconditions=kubernetes.client.V1Preconditions(resource_version=version)
-        )
-        try:
-            await self._call(functools.partial(self._api.delete_namespaced_lease, body=options), name, self.namespace)
-        except Exception as exc:  # renewed meanwhile (409), gone (404), or the API: try again next time
-            log.debug("shard %s: did not delete expired Lease %s/%s: %s", self.identity, self.namespace, name, exc)
-        else:
-            log.info("shard %s: deleted the expired Lease %s/%s", self.identity, self.namespace, name)
-
-    async def _release(self) -> None:
-        # Also when no renewal was answered: a create whose answer was lost may have landed.
-        try:
-            async with asyncio.timeout(self.request_timeout + 0.5):
-                await self._call(self._api.delete_namespaced_lease, self.lease_name, self.namespace)
-        except Exception as exc:  # best effort: the Lease expires anyway
-            if not (isinstance(exc, ApiException) and exc.status == 404):
-                log.warning(
-                    "shard %s: could not delete Lease %s/%s: %s", self.identity, self.namespace, self.lease_name, exc
-                )
-        else:
-            log.info("shard %s: stopped; deleted Lease %s/%s", self.identity, self.namespace, self.lease_name)
-
-    # -- change notification -----------------------------------------------------
-
-    async def _notify(self) -> None:
-        while True:
-            self._publish()
-            now = self._clock()
-            wake = self.view.next_change(now)
-            timeout = None if wake is None else max(0.0, wake - now) + 0.001
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await self._poke.wait()
-            self._poke.clear()
+            await self._leases.delete_expired(name, version)
 
     def _publish(self) -> None:
-        now = self._clock()
-        state = (self.view.members(now), self.view.holds_lease(now), now >= self.view.drivable_from())
-        if state == self._state:
-            return
-        members, holds, waited = state
-        role = "does not hold its Lease" if not holds else "drives its share" if waited else "waits for the hand-over"
-        log.info("shard members: %s (%s %s)", ", ".join(members) or "none", self.identity, role)
-        if members != self._state[0] and self._on_members is not None:
-            self._on_members(members)
-        self._state = state
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+        """Tell the waiters and on_members now if what the view says changed."""
+        self._notices.publish()
