@@ -36,8 +36,8 @@ from clusterpool.core.models import ModelClaim
 from clusterpool.core.pool import PoolState, step
 from clusterpool.core.status import SERVING, restore_state
 from clusterpool.discovery.source import OutageNotice, SliceSource, SourceContext, SourceSlot, follows
-from clusterpool.health.load import LoadReader, load_reader_for
-from clusterpool.health.probes import Prober, probe_batches, prober_for
+from clusterpool.health.checks import Checks
+from clusterpool.health.probes import probe_batches
 from clusterpool.k8s.client import APIHealth
 from clusterpool.k8s.writes import NotOwnedError, api_unreachable
 from clusterpool.metrics import PoolMetrics
@@ -75,8 +75,7 @@ class PoolRunner:
         self.done = asyncio.Event()  # set by the wiring once run() has returned
         self.stopping = False
         self.pool = PoolState()
-        self.prober: Prober | None = None
-        self.load: LoadReader | None = None  # spec.engine's gauges, when it has any
+        self.checks = Checks()  # the prober and the gauge reader the spec says
         events = HeldEvents(wiring.emit, wiring.fence.may_drive)
         self.specs = SpecTracker(body, events, wiring.log, wiring.model_claims)
         pace = wiring.informational or InformationalPace(lambda: True)
@@ -116,12 +115,7 @@ class PoolRunner:
         members = (await self.sources.observe()).members
         self.pool = restore_state(members, stored) if self.specs.first else self.pool.with_members(members)
         self.specs.spec = spec
-        old, self.prober = self.prober, prober_for(spec.health_check, spec.engine)
-        if old is not None:
-            await old.close()
-        old_load, self.load = self.load, load_reader_for(spec)
-        if old_load is not None:
-            old_load.close()
+        await self.checks.follow(spec)
 
     async def observe(self) -> None:
         """Discovered membership changes between spec changes: follow it."""
@@ -136,10 +130,11 @@ class PoolRunner:
         written (and offered to the sinks) at once, not after the round's slowest probe,
         once this replica may write (resumed first after a pause)."""
         spec = self.specs.spec
-        if spec is None or self.prober is None:
+        prober = self.checks.prober
+        if spec is None or prober is None:
             return
         thresholds, failover = thresholds_of(spec), failover_of(spec)
-        async for results in probe_batches(self.pool.members, self.prober, late=self._late_probe):
+        async for results in probe_batches(self.pool.members, prober, late=self._late_probe):
             self.pool, events = step(self.pool, results, thresholds, failover, utcnow())
             for e in events:
                 self.w.log.info("%s: %s", e.reason, e.message)
@@ -151,12 +146,12 @@ class PoolRunner:
     async def probe_and_read_load(self) -> None:
         """The probe round, and beside it (when due) the engines' load of the endpoints
         that served before it; the status carries the load only on writes made anyway."""
-        if self.load is None:
-            await self.probe_round()
-            return
         health = self.pool.health
         serving = {ep.name for ep in self.pool.members if health.of(ep.name).health in SERVING}
-        reading = asyncio.ensure_future(self.load.read(self.pool.members, serving))
+        reading = self.checks.start_load_read(self.pool.members, serving)
+        if reading is None:
+            await self.probe_round()
+            return
         try:
             await self.probe_round()
         except BaseException:
@@ -174,7 +169,7 @@ class PoolRunner:
         seen = self.sources.seen.condition if self.specs.spec is not None else None
         models = self.specs.models_condition()
         conditions = [*self.sinks.conditions(), *(c for c in (seen, models) if c is not None)]
-        load = self.load.readings if self.load is not None else None
+        load = self.checks.readings()
         await self.status.write(self.status.render(self.pool, self.specs, conditions, self.sinks.cache_status(), load))
         if self.specs.spec is not None:
             self.sinks.offer(Snapshot(self.specs.spec, self.pool, self.specs.models.served))
@@ -210,10 +205,7 @@ class PoolRunner:
             await self._loop()
         finally:
             await self.sinks.close()
-            if self.prober is not None:
-                await self.prober.close()
-            if self.load is not None:
-                self.load.close()
+            await self.checks.close()
             await self.sources.close()
 
     async def _loop(self) -> None:
