@@ -90,18 +90,19 @@ def condition(c: Cluster, namespace: str, name: str, kind: str) -> str | None:
 @pytest.fixture(scope="module")
 def installed(cluster: Cluster, chart_archive: Path, redis_on_the_node: str) -> Iterator[Cluster]:
     """The released archive installed watching APPS only; a pool with a Secret in APPS and
-    one in ELSEWHERE (created first, so the operator would have met it first)."""
+    one in ELSEWHERE (created first, so the operator would have met it first; after the chart,
+    which brings the CRD)."""
     c = cluster
     for ns in (OPS, APPS, ELSEWHERE):
         c.kubectl("create", "namespace", ns)
     try:  # the cleanup runs after a failed setup too: the next module needs the CRD gone
         for ns in (APPS, ELSEWHERE):
             c.apply(secret_object(ns))
-        c.apply(cached_pool(ELSEWHERE, "unwatched", redis_on_the_node))
         c.helm(
             "install", RELEASE, str(chart_archive), "-n", OPS, "--set", "image.pullPolicy=Never",
             "--set", f"watchNamespaces={{{APPS}}}", "--wait", "--timeout=4m",
         )  # fmt: skip
+        c.apply(cached_pool(ELSEWHERE, "unwatched", redis_on_the_node))
         for obj in backend_objects(APPS, replicas=2):
             c.apply(obj)
         c.apply(cached_pool(APPS, "cached", redis_on_the_node))
@@ -152,6 +153,6 @@ def test_the_operator_reads_no_secret_and_drives_no_pool_outside_its_namespaces(
     assert api_get(c, f"/api/v1/namespaces/{ELSEWHERE}/secrets", token) == 403
     assert api_get(c, "/api/v1/secrets", token) == 403
 
-    # Created before the install, and the watched pool has been driven since: never touched.
+    # Created before the watched pool, which has been driven since: never touched.
     unwatched = c.get("clusterpool", "unwatched", "-n", ELSEWHERE)
     assert not unwatched.get("status") and not unwatched["metadata"].get("finalizers"), unwatched
