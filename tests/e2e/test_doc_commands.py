@@ -175,7 +175,7 @@ def operators_work(c: Cluster, where: str) -> str:
 def remove_what_the_docs_installed(c: Cluster, env: dict[str, str]) -> None:
     """Pools first (their operator removes its finalizers), then the demo, the Helm release,
     the objects of manifests/install/ and the CRD, which the chart keeps on uninstall."""
-    c.kubectl("delete", "clusterpools", "--all", "-A", "--timeout=60s", check=False)
+    c.delete_every_pool()
     subprocess.run(["make", "-s", "demo-down"], cwd=ROOT, env=env, capture_output=True, timeout=120, check=False)
     for ns in RELEASE_NAMESPACES:
         c.helm("uninstall", RELEASE, "-n", ns, "--wait", "--timeout=2m", check=False)

@@ -108,7 +108,7 @@ def installed(cluster: Cluster, chart_archive: Path, redis_on_the_node: str) -> 
         c.apply(cached_pool(APPS, "cached", redis_on_the_node))
         yield c
     finally:
-        c.kubectl("delete", "clusterpool", "--all", "-n", APPS, "--timeout=60s", check=False)
+        c.delete_every_pool()
         c.helm("uninstall", RELEASE, "-n", OPS, "--wait", "--timeout=2m", check=False)
         c.kubectl("delete", "namespace", OPS, APPS, ELSEWHERE, "--wait=false", check=False)
         # The chart keeps its CRD on uninstall (crds.keep), still labelled as this release's:
