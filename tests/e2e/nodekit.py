@@ -93,6 +93,18 @@ class Cluster:
 
         return wait_for(ready, timeout, f"{count} Ready pods {selector} in {namespace}")  # type: ignore[no-any-return]
 
+    def delete_every_pool(self, timeout: int = 60) -> None:
+        """Delete every ClusterPool. A pool whose finalizer no operator released within
+        `timeout` (its operator is gone, or never ran where the pool is) loses it here, so
+        that the CRD, and a namespace, can be deleted after."""
+        self.kubectl(
+            "delete", "clusterpools", "--all", "-A", f"--timeout={timeout}s", check=False, timeout=timeout + 30
+        )
+        for p in (self.get("clusterpools", "-A") or {"items": []})["items"]:
+            name, namespace = p["metadata"]["name"], p["metadata"]["namespace"]
+            unfinalize = ("--type=merge", "-p", '{"metadata":{"finalizers":null}}')
+            self.kubectl("patch", "clusterpool", name, "-n", namespace, *unfinalize, check=False)
+
     def pool_status(self, namespace: str, name: str) -> dict[str, Any]:
         return ((self.get("clusterpool", name, "-n", namespace) or {}).get("status")) or {}
 
