@@ -120,7 +120,7 @@ class LfuOrder:
     def read(self, entry: list[Any]) -> None:
         """A read: move entry to the end of the node for one more read.
 
-        Hot, so _unlink() and _append() are written out in place and the indexes are literals:
+        Hot, so the unlink and the append are written out in place and the indexes are literals:
         entry[3] node, [4] prev, [5] next; node[0] freq, [1] ring, [2] prev node, [3] next node.
         """
         node = entry[3]
