@@ -84,11 +84,13 @@ class Outage:
         self.next_try = 0.0
         self.backoff = Backoff(retry, max(retry, max_retry))
         self.last_error: str | None = None
+        self.errors = 0  # Redis errors seen, outage or not
 
     def available(self) -> bool:
         return not self.down or self.clock() >= self.next_try
 
     def failed(self, exc: BaseException) -> None:
+        self.errors += 1
         if not self.down:
             log.warning("Redis is unreachable (%s: %s); serving from the local layer", type(exc).__name__, exc)
             self.backoff.reset()
@@ -111,6 +113,92 @@ def _absent(key: str) -> None:
 _Pending = tuple[bytes | None, float | None]  # (value or None for a delete, ttl)
 
 
+class PendingWrites:
+    """The writes (and deletes) not in Redis yet, oldest first: the newest of a key replaces
+    an older one still queued. Holds at most `limit` keys once trimmed; counts the writes
+    flushed and those dropped over the limit. Safe to share between threads."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._items: OrderedDict[str, _Pending] = OrderedDict()
+        self._lock = threading.Lock()
+        self.flushed = 0
+        self.dropped = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: str) -> _Pending | None:
+        with self._lock:
+            return self._items.get(key)
+
+    def put(self, key: str, item: _Pending) -> bool:
+        """Queue `item` as the newest write of `key`; True when the queue is now over its limit."""
+        with self._lock:
+            self._items.pop(key, None)
+            self._items[key] = item
+            return len(self._items) > self.limit
+
+    def trim(self) -> None:
+        """Drop the oldest writes beyond the limit."""
+        with self._lock:
+            while len(self._items) > self.limit:
+                self._items.popitem(last=False)
+                self.dropped += 1
+
+    def discard(self, key: str) -> None:
+        """Forget the queued write of `key` (a write that reached Redis supersedes it)."""
+        with self._lock:
+            self._items.pop(key, None)
+
+    def oldest(self, n: int) -> list[tuple[str, _Pending]]:
+        with self._lock:
+            return list(itertools.islice(self._items.items(), n))
+
+    def written(self, batch: list[tuple[str, _Pending]]) -> None:
+        """`batch` reached Redis: forget its writes, unless a newer one of the key came meanwhile."""
+        with self._lock:
+            for k, item in batch:
+                if self._items.get(k) is item:
+                    del self._items[k]
+        self.flushed += len(batch)
+
+    def clear(self) -> int:
+        with self._lock:
+            n = len(self._items)
+            self._items.clear()
+        return n
+
+
+class FlushThread:
+    """A daemon thread that calls `tick` every `interval` seconds until stopped, started on
+    first need (the first queued write)."""
+
+    def __init__(self, interval: float, tick: Callable[[], None]) -> None:
+        self.interval = interval
+        self._tick = tick
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def ensure_started(self) -> None:
+        if self._thread is None and not self._stop.is_set():
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, daemon=True, name="clusterpool-flush")
+                    self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._tick()
+
+    def stop(self) -> None:
+        """No more ticks; waits (up to 5 s) for one under way."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
 class LayeredCache:
     def __init__(
         self,
@@ -126,17 +214,21 @@ class LayeredCache:
         if write_mode not in ("WriteThrough", "WriteBack"):
             raise ValueError(f"unknown write mode {write_mode!r}; expected WriteThrough or WriteBack")
         self.remote, self.local, self.write_mode = remote, local, write_mode
-        self.flush_interval, self.max_pending = flush_interval, max_pending
         self.outage = Outage(retry_seconds, max_retry_seconds, clock)
-        self._pending: OrderedDict[str, _Pending] = OrderedDict()
-        self._plock = threading.Lock()
+        self._pending = PendingWrites(max_pending)
         self._flush_lock = threading.Lock()
-        self._stop = threading.Event()
-        self._flusher: threading.Thread | None = None
+        self._flusher = FlushThread(flush_interval, self._flush_due)
         self._local_get: Callable[[str], Any] = local.get if local is not None else _absent
-        self._local_hits = self._remote_hits = self._misses = self._errors = 0  # local: pending-queue hits
-        self._flushed = self._dropped = 0
+        self._local_hits = self._remote_hits = self._misses = 0  # local: pending-queue hits
         self.closed = False
+
+    @property
+    def flush_interval(self) -> float:
+        return self._flusher.interval
+
+    @property
+    def max_pending(self) -> int:
+        return self._pending.limit
 
     # -- reads --------------------------------------------------------------------------
 
@@ -148,8 +240,7 @@ class LayeredCache:
 
     def _get_after_local(self, key: str) -> bytes | None:
         if self._pending:
-            with self._plock:
-                queued = self._pending.get(key)
+            queued = self._pending.get(key)
             if queued is not None:
                 self._local_hits += queued[0] is not None
                 self._misses += queued[0] is None
@@ -179,8 +270,7 @@ class LayeredCache:
             if v is not None:
                 found[k] = v
                 continue
-            with self._plock:
-                queued = self._pending.get(k)
+            queued = self._pending.get(k)
             if queued is None:
                 missing.append(k)
             elif queued[0] is not None:
@@ -227,8 +317,7 @@ class LayeredCache:
                 self._failed(exc)
             else:
                 self._succeeded()
-                with self._plock:
-                    self._pending.pop(key, None)  # a queued delete of it is superseded
+                self._pending.discard(key)  # a queued delete of it is superseded
         # while Redis is down a write-through set stays in the local layer only
 
     async def aset(self, key: str, value: Value, ttl_seconds: float | None = None) -> None:
@@ -253,23 +342,16 @@ class LayeredCache:
                 self._failed(exc)
             else:
                 self._succeeded()
-                with self._plock:
-                    self._pending.pop(key, None)
+                self._pending.discard(key)
                 return
         self._enqueue(key, (None, None))
 
     def _enqueue(self, key: str, item: _Pending) -> None:
-        with self._plock:
-            self._pending.pop(key, None)
-            self._pending[key] = item
-            over = len(self._pending) > self.max_pending
+        over = self._pending.put(key, item)
         self._ensure_flusher()
         if over and self.outage.available():
             self.flush()  # back pressure: the writer pays one round trip
-        with self._plock:
-            while len(self._pending) > self.max_pending:
-                self._pending.popitem(last=False)
-                self._dropped += 1
+        self._pending.trim()
 
     # -- flushing -----------------------------------------------------------------------
 
@@ -281,8 +363,7 @@ class LayeredCache:
         with self._flush_lock:
             done = 0
             while True:
-                with self._plock:
-                    batch = list(itertools.islice(self._pending.items(), FLUSH_BATCH))
+                batch = self._pending.oldest(FLUSH_BATCH)
                 if not batch:
                     return done
                 sets = [(k, v, ttl) for k, (v, ttl) in batch if v is not None]
@@ -293,30 +374,22 @@ class LayeredCache:
                     self._failed(exc)
                     return done
                 self.outage.succeeded()
-                with self._plock:
-                    for k, item in batch:
-                        if self._pending.get(k) is item:  # not superseded while flushing
-                            del self._pending[k]
+                self._pending.written(batch)
                 done += len(batch)
-                self._flushed += len(batch)
 
     def _ensure_flusher(self) -> None:
-        if self._flusher is None and not self.closed:
-            with self._plock:
-                if self._flusher is None:
-                    self._flusher = threading.Thread(target=self._flush_loop, daemon=True, name="clusterpool-flush")
-                    self._flusher.start()
+        if not self.closed:
+            self._flusher.ensure_started()
 
-    def _flush_loop(self) -> None:
-        while not self._stop.wait(self.flush_interval):
-            if self._pending and self.outage.available():
-                try:
-                    self.flush()
-                except Exception:  # never let the flusher die
-                    log.exception("cache flush failed")
+    def _flush_due(self) -> None:
+        """The flusher's tick: flush what is pending, if Redis may be called."""
+        if self._pending and self.outage.available():
+            try:
+                self.flush()
+            except Exception:  # never let the flusher die
+                log.exception("cache flush failed")
 
     def _failed(self, exc: BaseException) -> None:
-        self._errors += 1
         self.outage.failed(exc)
 
     def _succeeded(self) -> None:
@@ -358,20 +431,17 @@ class LayeredCache:
             self._local_hits + (local.hits if local else 0),
             self._remote_hits,
             self._misses,
-            self._errors,
+            self.outage.errors,
             len(self._pending),
-            self._flushed,
-            self._dropped,
+            self._pending.flushed,
+            self._pending.dropped,
             self.outage.down,
             local,
         )
 
     def discard_pending(self) -> int:
         """Forget the writes not flushed yet (they belong to a version no longer in use)."""
-        with self._plock:
-            n = len(self._pending)
-            self._pending.clear()
-        return n
+        return self._pending.clear()
 
     def clear_local(self) -> None:
         if self.local is not None:
@@ -382,9 +452,7 @@ class LayeredCache:
         if self.closed:
             return
         self.closed = True
-        self._stop.set()
-        if self._flusher is not None:
-            self._flusher.join(timeout=5)
+        self._flusher.stop()
         if self.remote is not None:
             self.outage.down = False
             self.flush()

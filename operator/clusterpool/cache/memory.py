@@ -25,7 +25,7 @@ import itertools
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -82,15 +82,6 @@ def _new_node(freq: int, before: list[Any]) -> list[Any]:
     return node
 
 
-def _append(node: list[Any], entry: list[Any]) -> None:
-    """Put entry at the end (most recent) of node's ring."""
-    ring = node[_RING]
-    last = ring[_PREV]
-    last[_NEXT] = entry
-    entry[_PREV], entry[_NEXT], entry[_NODE] = last, ring, node
-    ring[_PREV] = entry
-
-
 def _unlink(entry: list[Any]) -> None:
     """Take entry out of its node's ring, and the node out of the list if it is left empty."""
     prev, after = entry[_PREV], entry[_NEXT]
@@ -105,51 +96,31 @@ def _unlink(entry: list[Any]) -> None:
         ring[_PREV] = ring[_NEXT] = None  # the sentinel pointed at itself: let it be freed now
 
 
-class MemoryCache:
-    def __init__(
-        self,
-        policy: Policy = "LRU",
-        max_entries: int = 10_000,
-        max_bytes: int | None = None,
-        ttl_seconds: float | None = None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        if policy not in ("LRU", "LFU", "FIFO", "TTL"):
-            raise ValueError(f"unknown eviction policy {policy!r}; expected LRU, LFU, FIFO or TTL")
-        if policy == "TTL" and ttl_seconds is None:
-            raise ValueError("the TTL policy needs ttl_seconds")
-        self.policy, self.max_entries, self.max_bytes, self.ttl = policy, max_entries, max_bytes, ttl_seconds
-        self._clock = clock
-        self._lock = threading.Lock()
-        # key -> entry. Its order is the eviction order under LRU (reads move keys to the end),
-        # FIFO and TTL; under LFU it is the write order, used only by the expiry scan.
-        self._data: OrderedDict[str, list[Any]] = OrderedDict()
-        self._lfu = policy == "LFU"
-        self._root: list[Any] = [0, None, None, None]  # LFU: the root node, alone to begin with
+class LfuOrder:
+    """The LFU eviction order: entries grouped by read count in O(1) (see the node layout
+    above). A new entry joins the one-read group; a read moves it up one group; the victim
+    is the least recent entry of the lowest group."""
+
+    def __init__(self) -> None:
+        self._root: list[Any] = [0, None, None, None]  # the root node, alone to begin with
         self._root[_PREV_NODE] = self._root[_NEXT_NODE] = self._root
-        # get() unpacks these from one attribute, cheaper than three attribute loads. The third is
-        # what a read does to the order under LRU; LFU is handled by _lfu_hit, FIFO/TTL do nothing.
-        move_to_end = self._data.move_to_end if policy == "LRU" else None
-        self._hot = (self._lock, self._data.get, move_to_end)
-        # False while no stored entry can have an expiry (no default TTL and no set() with one
-        # since the last clear()): set() then needs neither the clock nor the expiry scan.
-        self._may_expire = ttl_seconds is not None
-        self._hits = self._misses = self._evictions = self._expirations = 0
-        self._bytes = 0
 
-    @property
-    def stats(self) -> CacheStats:
-        with self._lock:
-            return CacheStats(
-                self._hits, self._misses, self._evictions, self._expirations, len(self._data), self._bytes
-            )
+    def add(self, entry: list[Any]) -> None:
+        """A new entry (or an overwrite, which starts afresh): at the end of the one-read ring."""
+        root = self._root
+        ones = root[_NEXT_NODE]
+        if ones[_FREQ] != 1:
+            ones = _new_node(1, root)
+        ring = ones[_RING]
+        last = ring[_PREV]
+        last[_NEXT] = entry
+        entry[_PREV], entry[_NEXT], entry[_NODE] = last, ring, ones
+        ring[_PREV] = entry
 
-    # -- internals ----------------------------------------------------------------------------
+    def read(self, entry: list[Any]) -> None:
+        """A read: move entry to the end of the node for one more read.
 
-    def _lfu_hit(self, entry: list[Any]) -> None:
-        """A read under LFU: move entry to the end of the node for one more read.
-
-        Hot, so _unlink() and _append() are written out in place and the indexes are literals:
+        Hot, so the unlink and the append are written out in place and the indexes are literals:
         entry[3] node, [4] prev, [5] next; node[0] freq, [1] ring, [2] prev node, [3] next node.
         """
         node = entry[3]
@@ -177,11 +148,99 @@ class MemoryCache:
         entry[4], entry[5], entry[3] = last, ring, above
         ring[4] = entry
 
+    remove = staticmethod(_unlink)  # an entry leaves the cache: out of its ring
+
+    def pop_victim(self, new: str, entries: int) -> list[Any]:
+        """Take out the entry to evict: the fewest reads, the least recent among them; not
+        `new` (the entry just written) while `entries` > 1 leaves others."""
+        node = self._root[_NEXT_NODE]
+        entry: list[Any] = node[_RING][_NEXT]
+        if entry[_KEY] == new and entries > 1:
+            entry = entry[_NEXT]  # the next least recent at that count...
+            if entry is node[_RING]:  # ...or, the new entry alone at its count, the next count's
+                node = node[_NEXT_NODE]
+                entry = node[_RING][_NEXT]
+        # _unlink(entry), written out (a call is a noticeable share of an evicting set)
+        prev, after = entry[_PREV], entry[_NEXT]
+        prev[_NEXT] = after
+        after[_PREV] = prev
+        ring = node[_RING]
+        if ring[_NEXT] is ring:  # node left empty: out of the list
+            before, above = node[_PREV_NODE], node[_NEXT_NODE]
+            before[_NEXT_NODE] = above
+            above[_PREV_NODE] = before
+            ring[_PREV] = ring[_NEXT] = None
+        return entry
+
+    def clear(self, entries: Iterable[list[Any]]) -> None:
+        """Forget every entry. Entries and nodes link to each other in cycles: cut them so
+        that memory is returned now rather than at the next garbage collection."""
+        for entry in entries:
+            del entry[_NODE:]
+        root = self._root
+        node = root[_NEXT_NODE]
+        while node is not root:
+            after = node[_NEXT_NODE]
+            node.clear()
+            node = after
+        root[_PREV_NODE] = root[_NEXT_NODE] = root
+
+
+class CacheCounters:
+    """What the cache counts for its stats: reads that hit and missed, entries evicted and
+    expired, and the bytes stored. The cache bumps the fields in place (a method call would
+    be a noticeable share of a get); `snapshot` is the stats a caller sees."""
+
+    __slots__ = ("bytes", "evictions", "expirations", "hits", "misses")
+
+    def __init__(self) -> None:
+        self.hits = self.misses = self.evictions = self.expirations = self.bytes = 0
+
+    def snapshot(self, entries: int) -> CacheStats:
+        return CacheStats(self.hits, self.misses, self.evictions, self.expirations, entries, self.bytes)
+
+
+class MemoryCache:
+    def __init__(
+        self,
+        policy: Policy = "LRU",
+        max_entries: int = 10_000,
+        max_bytes: int | None = None,
+        ttl_seconds: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if policy not in ("LRU", "LFU", "FIFO", "TTL"):
+            raise ValueError(f"unknown eviction policy {policy!r}; expected LRU, LFU, FIFO or TTL")
+        if policy == "TTL" and ttl_seconds is None:
+            raise ValueError("the TTL policy needs ttl_seconds")
+        self.policy, self.max_entries, self.max_bytes, self.ttl = policy, max_entries, max_bytes, ttl_seconds
+        self._clock = clock
+        self._lock = threading.Lock()
+        # key -> entry. Its order is the eviction order under LRU (reads move keys to the end),
+        # FIFO and TTL; under LFU it is the write order, used only by the expiry scan.
+        self._data: OrderedDict[str, list[Any]] = OrderedDict()
+        self._lfu = LfuOrder() if policy == "LFU" else None
+        self._counts = CacheCounters()
+        # get() unpacks these from one attribute, cheaper than four attribute loads. The third is
+        # what a read does to the order under LRU; LFU is handled by _lfu, FIFO/TTL do nothing.
+        move_to_end = self._data.move_to_end if policy == "LRU" else None
+        self._hot = (self._lock, self._data.get, move_to_end, self._counts)
+        # False while no stored entry can have an expiry (no default TTL and no set() with one
+        # since the last clear()): set() then needs neither the clock nor the expiry scan.
+        self._may_expire = ttl_seconds is not None
+
+    @property
+    def stats(self) -> CacheStats:
+        with self._lock:
+            return self._counts.snapshot(len(self._data))
+
+    # -- internals ----------------------------------------------------------------------------
+
     def _remove(self, key: str) -> list[Any]:
         entry = self._data.pop(key)
-        if self._lfu:
-            _unlink(entry)
-        self._bytes -= entry[_SIZE]
+        if self._lfu is not None:
+            self._lfu.remove(entry)
+        self._counts.bytes -= entry[_SIZE]
         return entry
 
     def _purge_expired(self, now: float) -> int:
@@ -191,7 +250,7 @@ class MemoryCache:
             expires = entry[_EXPIRES]
             if expires is not None and now >= expires:
                 self._remove(key)
-                self._expirations += 1
+                self._counts.expirations += 1
                 dropped += 1
         return dropped
 
@@ -201,45 +260,39 @@ class MemoryCache:
         fewest reads, and evicting it would keep every new key out of a cache of hot ones."""
         if now is None and self._may_expire:
             now = self._clock()  # set() had no TTL so did not read the clock, but others may expire
-        data, max_bytes = self._data, self.max_bytes
-        while len(data) > self.max_entries or (max_bytes is not None and self._bytes > max_bytes):
+        data, max_bytes, counts, lfu = self._data, self.max_bytes, self._counts, self._lfu
+        while len(data) > self.max_entries or (max_bytes is not None and counts.bytes > max_bytes):
             if now is not None and self._purge_expired(now):
                 continue
-            if self._lfu:
-                node = self._root[_NEXT_NODE]
-                entry = node[_RING][_NEXT]  # fewest reads, least recent among them
-                if entry[_KEY] == new and len(data) > 1:
-                    entry = entry[_NEXT]  # the next least recent at that count...
-                    if entry is node[_RING]:  # ...or, the new entry alone at its count, the next count's
-                        entry = node[_NEXT_NODE][_RING][_NEXT]
+            if lfu is not None:
+                entry = lfu.pop_victim(new, len(data))
                 del data[entry[_KEY]]
-                _unlink(entry)
             else:
                 _, entry = data.popitem(last=False)  # the head: least recent / oldest written
-            self._bytes -= entry[_SIZE]
-            self._evictions += 1
+            counts.bytes -= entry[_SIZE]
+            counts.evictions += 1
 
     # -- the API ------------------------------------------------------------------------------
 
     def get(self, key: str, default: Any = None) -> Any:
-        lock, lookup, move_to_end = self._hot
+        lock, lookup, move_to_end, counts = self._hot
         lock.acquire()  # released in `finally`: the same critical section as `with`, cheaper
         try:
             entry = lookup(key)
             if entry is None:
-                self._misses += 1
+                counts.misses += 1
                 return default
             expires = entry[2]  # _EXPIRES (literal indexes: this path counts every nanosecond)
             if expires is not None and self._clock() >= expires:
                 self._remove(key)
-                self._expirations += 1
-                self._misses += 1
+                counts.expirations += 1
+                counts.misses += 1
                 return default
             if move_to_end is not None:  # LRU
                 move_to_end(key)
-            elif self._lfu:
-                self._lfu_hit(entry)
-            self._hits += 1
+            elif (lfu := self._lfu) is not None:
+                lfu.read(entry)
+            counts.hits += 1
             return entry[0]  # _VALUE
         finally:
             lock.release()
@@ -260,23 +313,20 @@ class MemoryCache:
                 now = self._clock()
                 expires = now + ttl
                 self._may_expire = True
-            data = self._data
+            data, counts, lfu = self._data, self._counts, self._lfu
             old = data.pop(key, None)
             if old is not None:  # an overwrite starts afresh (and at one read under LFU)
-                self._bytes -= old[_SIZE]
-                if self._lfu:
-                    _unlink(old)
-            if self._lfu:
+                counts.bytes -= old[_SIZE]
+                if lfu is not None:
+                    lfu.remove(old)
+            if lfu is not None:
                 entry = [value, size, expires, None, None, None, key]
-                ones = self._root[_NEXT_NODE]
-                if ones[_FREQ] != 1:
-                    ones = _new_node(1, self._root)
-                _append(ones, entry)
+                lfu.add(entry)
             else:
                 entry = [value, size, expires]
             data[key] = entry
-            self._bytes += size
-            if len(data) > self.max_entries or (max_bytes is not None and self._bytes > max_bytes):
+            counts.bytes += size
+            if len(data) > self.max_entries or (max_bytes is not None and counts.bytes > max_bytes):
                 self._make_room(now, key)
         finally:
             lock.release()
@@ -290,20 +340,10 @@ class MemoryCache:
 
     def clear(self) -> None:
         with self._lock:
-            if self._lfu:
-                # Entries and nodes link to each other in cycles: cut them so that memory is
-                # returned now rather than at the next garbage collection.
-                for entry in self._data.values():
-                    del entry[_NODE:]
-                root = self._root
-                node = root[_NEXT_NODE]
-                while node is not root:
-                    after = node[_NEXT_NODE]
-                    node.clear()
-                    node = after
-                root[_PREV_NODE] = root[_NEXT_NODE] = root
+            if self._lfu is not None:
+                self._lfu.clear(self._data.values())
             self._data.clear()
-            self._bytes = 0
+            self._counts.bytes = 0
             self._may_expire = self.ttl is not None
 
     def __contains__(self, key: str) -> bool:

@@ -22,7 +22,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 
 from clusterpool.core.load import NO_SIGNAL, SATURATED, Load
@@ -186,6 +186,67 @@ class Reading:
     at: float
 
 
+class ScrapeHooks:
+    """Who hears of scrapes: `on_success` of each that gave a reading, and every subscribed
+    failure hook of each that failed (the pool clients' breakers: passive health)."""
+
+    def __init__(self, on_failure: FailureHook | None, on_success: SuccessHook | None) -> None:
+        self.on_success = on_success
+        self._on_failure: list[FailureHook] = [on_failure] if on_failure is not None else []
+
+    def subscribe(self, on_failure: FailureHook) -> Callable[[], None]:
+        self._on_failure.append(on_failure)
+        return lambda: self._on_failure.remove(on_failure) if on_failure in self._on_failure else None
+
+    def failed(self, address: str, port: int, why: str) -> None:
+        for hook in list(self._on_failure):
+            hook(address, port, why)
+
+    def succeeded(self, address: str, port: int) -> None:
+        if self.on_success is not None:
+            self.on_success(address, port)
+
+
+class ScrapeLoop:
+    """Where the scraper runs: the event loop of run() (entered there), the thread start()
+    made for it, and the stop signal, settable from any thread."""
+
+    def __init__(self) -> None:
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    def enter(self) -> asyncio.Event:
+        """Called by run() on its loop: the event that says stop."""
+        self._stop = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        return self._stop
+
+    def call(self, fn: Callable[[], object]) -> None:
+        """Call `fn` on the scraper's loop when it runs (from any thread), else now."""
+        loop = self._loop
+        if loop is not None and loop.is_running():
+            loop.call_soon_threadsafe(fn)
+        else:
+            fn()
+
+    def start_thread(self, main: Callable[[], Coroutine[object, object, None]]) -> bool:
+        """Run `main()` in a daemon thread with its own event loop; False when one runs already."""
+        if self._thread is not None:
+            return False
+        self._thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True, name="clusterpool-load")
+        self._thread.start()
+        return True
+
+    def stop(self) -> None:
+        """Set the stop event (from any thread) and, when start_thread made one, join its thread."""
+        if self._stop is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+
 class LoadScraper:
     """See the module docstring. `load()` is the LoadView the strategies read; it is safe
     to call from any thread."""
@@ -201,18 +262,23 @@ class LoadScraper:
     ) -> None:
         self.interval = interval
         self.stale_after = stale_after if stale_after is not None else 4 * interval
-        self.on_success = on_success
-        self._failure_hooks: list[FailureHook] = [on_failure] if on_failure is not None else []
+        self._hooks = ScrapeHooks(on_failure, on_success)
         self._clock = clock
         self._limit = concurrency
         self._watched: dict[Key, Watched] = {}
         self._readings: dict[Key, Reading] = {}
         self._busy_until: dict[Key, float] = {}
         self._lock = threading.Lock()
-        self._stop: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._running = ScrapeLoop()
         self.scrapes = 0  # done (succeeded or failed), for tests and the cost figures
+
+    @property
+    def on_success(self) -> SuccessHook | None:
+        return self._hooks.on_success
+
+    @on_success.setter
+    def on_success(self, hook: SuccessHook | None) -> None:
+        self._hooks.on_success = hook
 
     # -- what to scrape ----------------------------------------------------------------------
 
@@ -237,11 +303,7 @@ class LoadScraper:
                 del self._watched[(address, port)]
                 self._readings.pop((address, port), None)
                 if w.conn is not None:  # its transport belongs to the scraper's loop
-                    loop = self._loop
-                    if loop is not None and loop.is_running():
-                        loop.call_soon_threadsafe(w.conn.close)
-                    else:
-                        w.conn.close()
+                    self._running.call(w.conn.close)
 
     def watched(self) -> list[Key]:
         return list(self._watched)
@@ -249,8 +311,7 @@ class LoadScraper:
     def subscribe(self, on_failure: FailureHook) -> Callable[[], None]:
         """Also tell `on_failure` of failed scrapes (each pool client of the process feeds its
         breakers with them); returns the call that unsubscribes it."""
-        self._failure_hooks.append(on_failure)
-        return lambda: self._failure_hooks.remove(on_failure) if on_failure in self._failure_hooks else None
+        return self._hooks.subscribe(on_failure)
 
     def report_busy(self, address: str, port: int, seconds: float = 1.0) -> None:
         """A passive signal: the engine answered that its queue is full (Ollama's 503); it
@@ -297,23 +358,20 @@ class LoadScraper:
                      w.profile.engine, ", ".join(missing))  # fmt: skip
         self._readings[(address, port)] = Reading(load, self._clock())
         w.failures, w.next_at = 0, 0.0
-        if self.on_success is not None:
-            self.on_success(address, port)
+        self._hooks.succeeded(address, port)
         return load
 
     def _failed(self, w: Watched, address: str, port: int, why: str) -> None:
         w.failures += 1
         w.next_at = self._clock() + min(MAX_BACKOFF, self.interval * 2 ** (w.failures - 1))
-        for hook in list(self._failure_hooks):
-            hook(address, port, why)
+        self._hooks.failed(address, port, why)
 
     async def run(self) -> None:
         """Scrape every watched endpoint each `interval` until stop()."""
-        self._stop = asyncio.Event()
-        self._loop = asyncio.get_running_loop()
+        stop = self._running.enter()
         inflight: set[asyncio.Task[Load | None]] = set()
         try:
-            while not self._stop.is_set():
+            while not stop.is_set():
                 started = self._clock()
                 for (address, port), w in list(self._watched.items()):
                     if len(inflight) >= self._limit:
@@ -325,7 +383,7 @@ class LoadScraper:
                     task.add_done_callback(inflight.discard)
                 left = self.interval - (self._clock() - started)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), max(left, 0.001))
+                    await asyncio.wait_for(stop.wait(), max(left, 0.001))
         finally:
             for task in list(inflight):
                 task.cancel()
@@ -335,25 +393,19 @@ class LoadScraper:
 
     def stop(self) -> None:
         """End run() (from any thread) and, when start() made one, join its thread."""
-        if self._stop is not None and self._loop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        self._running.stop()
 
     def start(self) -> LoadScraper:
         """run() in a daemon thread with its own event loop (for a synchronous client)."""
-        if self._thread is None:
-            ready = threading.Event()
+        ready = threading.Event()
 
-            async def main() -> None:
-                task = asyncio.ensure_future(self.run())
-                await asyncio.sleep(0)
-                ready.set()
-                await task
+        async def main() -> None:
+            task = asyncio.ensure_future(self.run())
+            await asyncio.sleep(0)
+            ready.set()
+            await task
 
-            self._thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True, name="clusterpool-load")
-            self._thread.start()
+        if self._running.start_thread(main):
             ready.wait(5)
         return self
 

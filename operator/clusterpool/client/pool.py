@@ -26,18 +26,18 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
-from clusterpool.balancer import Balancer, Target, make_balancer
+from clusterpool.balancer import Balancer, Target
 from clusterpool.balancer.registry import LOAD_AWARE
+from clusterpool.client.admission import Admission
+from clusterpool.client.balancers import TableBalancers
 from clusterpool.client.errors import CapacityError as CapacityError  # its old home
 from clusterpool.client.errors import NoEndpointError
 from clusterpool.client.load import LoadScraper, ScrapedPool
 from clusterpool.client.outlier import OutlierDetector
 from clusterpool.client.routing import RoutingTable, TableSource
-from clusterpool.core.failover import Breaker, BreakerConfig, on_probe, tick
-from clusterpool.core.labels import Selector, as_selector, describe, matches
+from clusterpool.core.labels import Selector, as_selector, describe
 from clusterpool.engines.profiles import find_profile
 
-MAX_SELECTORS = 64  # balancers kept for distinct selectors; the oldest goes beyond this
 CAPACITY_POLL = 0.01  # seconds between checks while an async request waits for room
 
 SelectorArg = Mapping[str, str] | str | Selector | None
@@ -65,6 +65,25 @@ class RetryBudget:
             return False
 
 
+class RoomWaiters:
+    """The threads waiting in acquire() for an endpoint to have room, woken when a request
+    finishes (or within a second, to see a new table). `lock` is the client's: hold it to wait."""
+
+    def __init__(self, lock: threading.RLock) -> None:
+        self._room = threading.Condition(lock)
+        self.waiting = 0
+
+    def wait(self, seconds: float) -> None:
+        self.waiting += 1
+        try:
+            self._room.wait(min(seconds, 1.0))
+        finally:
+            self.waiting -= 1
+
+    def wake(self) -> None:
+        self._room.notify_all()
+
+
 class PoolClient:
     def __init__(
         self,
@@ -79,70 +98,51 @@ class PoolClient:
         load: LoadScraper | None = None,
     ) -> None:
         self.source = source
-        # With a passive outlier detector (client/outlier.py), it decides which endpoints a
-        # request may go to instead of this client's breakers; its owner feeds it outcomes.
-        self.outliers = outliers
         self.load = load  # engine load for LeastLoaded and PrefixAffinity (client/load.py); None: opt out
-        self._scraped: ScrapedPool | None = None
         self.retries = retries
         self.budget = budget or RetryBudget()
         self.strategy_override = strategy
         self.capacity_wait = capacity_wait  # seconds a request waits for room by default (0: fail at once)
-        self._clock = clock or (lambda: datetime.now(UTC))
         # One re-entrant lock for the table, the breakers and the in-flight counts, so a
-        # request takes an endpoint's room in one step; `_room` wakes requests waiting for it.
+        # request takes an endpoint's room in one step; `_waiters` wait for room under it.
         self._lock = threading.RLock()
-        self._room = threading.Condition(self._lock)
-        self._waiting = 0  # threads waiting in acquire for room (finished wakes them)
-        self._revision: str | None = None
-        self._strategy: str | None = None
-        self._balancer: Balancer | None = None
-        self._subsets: dict[Selector, Balancer] = {}
-        self._holding: dict[str, tuple[Balancer, ...]] = {}  # endpoint -> the subsets it is in
-        self._breakers: dict[str, Breaker] = {}
-        self._trials: dict[str, int] = {}
-        self._cfg = BreakerConfig()
-        self.table = source.current()
-        if load is not None:
-            self._scraped = ScrapedPool(load, self._scrape_failed)
+        self._waiters = RoomWaiters(self._lock)
+        # With a passive outlier detector (client/outlier.py), it decides which endpoints a
+        # request may go to instead of this client's breakers; its owner feeds it outcomes.
+        self._admission = Admission(outliers, clock or (lambda: datetime.now(UTC)), self._lock)
+        self._balancers = TableBalancers(load)
+        self._scraped = ScrapedPool(load, self._scrape_failed) if load is not None else None
         self._sync()
+
+    @property
+    def outliers(self) -> OutlierDetector | None:
+        return self._admission.outliers
+
+    @property
+    def table(self) -> RoutingTable:
+        """The routing table in force (the source's latest, once a request or a property saw it)."""
+        table = self._balancers.table
+        assert table is not None
+        return table
 
     # -- the table ---------------------------------------------------------------------------
 
     def _sync(self) -> Balancer:
         table = self.source.current()
-        balancer = self._balancer
-        if balancer is not None and table.revision == self._revision:
-            return balancer
+        balancers = self._balancers
+        main = balancers.main
+        if main is not None and table.revision == balancers.revision:
+            return main
         with self._lock:
-            if self._balancer is None or table.revision != self._revision:
+            if balancers.main is None or table.revision != balancers.revision:
                 self._apply(table)
-            assert self._balancer is not None
-            return self._balancer
+            assert balancers.main is not None
+            return balancers.main
 
     def _apply(self, table: RoutingTable) -> None:
         strategy = self.strategy_override or table.strategy
-        if self._balancer is None or strategy != self._strategy:
-            old = self._balancer
-            self._balancer = make_balancer(strategy, self.load)
-            self._balancer.update(table.targets, old.inflight if old is not None else None)
-            self._strategy = strategy
-            self._subsets = {}
-        else:
-            self._balancer.update(table.targets)
-        for selector, subset in self._subsets.items():
-            subset.update([t for t in table.targets if matches(t.labels, selector)])
-        self._index_subsets()
-        b = table.breaker
-        self._cfg = BreakerConfig(
-            b.failure_threshold, b.open_seconds, b.max_open_seconds, b.half_open_max_probes, b.success_threshold
-        )
-        names = {t.name for t in table.targets}
-        if self.outliers is not None:
-            self.outliers.retain(names)
-        self._breakers = {n: s for n, s in self._breakers.items() if n in names}
-        self.table = table
-        self._revision = table.revision
+        self._admission.follow(table.breaker, {t.name for t in table.targets})
+        self._balancers.apply(table, strategy)
         if self._scraped is not None:  # the scraper watches the eligible endpoints while the strategy reads load
             profile = find_profile(table.engine) if strategy in LOAD_AWARE else None
             self._scraped.follow(frozenset((t.address, t.port) for t in table.targets), profile)
@@ -155,8 +155,9 @@ class PoolClient:
     def strategy(self) -> str:
         """The strategy in force: the override, else the current table's."""
         self._sync()
-        assert self._strategy is not None
-        return self._strategy
+        strategy = self._balancers.strategy
+        assert strategy is not None
+        return strategy
 
     def balancer_for(self, selector: SelectorArg = None) -> Balancer:
         """The balancer over the endpoints that match `selector` (all of them without one)."""
@@ -166,59 +167,17 @@ class PoolClient:
         main = self._sync()
         if not selector:
             return main
-        subset = self._subsets.get(selector)
+        subset = self._balancers.subsets.get(selector)
         if subset is not None:
             return subset
         with self._lock:
-            main = self._sync()
-            subset = self._subsets.get(selector)
-            if subset is None:
-                assert self._strategy is not None
-                subset = make_balancer(self._strategy, self.load)
-                subset.update([t for t in main.targets if matches(t.labels, selector)], main.inflight)
-                if len(self._subsets) >= MAX_SELECTORS:
-                    del self._subsets[next(iter(self._subsets))]
-                self._subsets[selector] = subset
-                self._index_subsets()
-            return subset
-
-    def _index_subsets(self) -> None:
-        """Which subsets hold each endpoint, so a request's count goes only where it counts."""
-        holding: dict[str, list[Balancer]] = {}
-        for subset in self._subsets.values():
-            for t in subset.targets:
-                holding.setdefault(t.name, []).append(subset)
-        self._holding = {name: tuple(subsets) for name, subsets in holding.items()}
+            self._sync()
+            return self._balancers.subset(selector)
 
     # -- breakers ----------------------------------------------------------------------------
 
-    def _admit(self, name: str) -> bool:
-        """Whether this client's breaker lets a request through to `name` (and, in HalfOpen,
-        counts it as one of the allowed trials), or the outlier detector when there is one."""
-        if self.outliers is not None:
-            return self.outliers.admits(name)
-        b = self._breakers.get(name)
-        if b is None or b.state == "Closed":  # the common case; time moves only Open breakers
-            return True
-        with self._lock:
-            b = tick(self._breakers.get(name, Breaker()), self._clock())
-            self._breakers[name] = b
-            if b.state == "Closed":
-                return True
-            if b.state == "HalfOpen" and self._trials.get(name, 0) < self._cfg.half_open_max_probes:
-                self._trials[name] = self._trials.get(name, 0) + 1
-                return True
-            return False
-
     def record(self, target: Target, ok: bool) -> None:
-        b = self._breakers.get(target.name)
-        if ok and (b is None or (b.state == "Closed" and b.failures == 0)):
-            return  # a success that changes nothing (on_probe would return the same breaker)
-        with self._lock:
-            b = self._breakers.get(target.name, Breaker())
-            if b.state == "HalfOpen":
-                self._trials[target.name] = max(0, self._trials.get(target.name, 0) - 1)
-            self._breakers[target.name] = on_probe(b, ok, self._cfg, self._clock())
+        self._admission.record(target.name, ok)
 
     def _scrape_failed(self, address: str, port: int, why: str) -> None:
         """Passive health from the load scraper: a failed scrape of an endpoint's metrics
@@ -229,7 +188,7 @@ class PoolClient:
                 self.record(t, ok=False)
 
     def breaker_state(self, name: str) -> str:
-        return self._breakers.get(name, Breaker()).state
+        return self._admission.breaker_state(name)
 
     # -- choosing ----------------------------------------------------------------------------
 
@@ -246,10 +205,11 @@ class PoolClient:
         targets = balancer.targets
         if not targets:
             which = f" matching {describe(selector)}" if selector else ""
-            raise NoEndpointError(f"the pool has no eligible endpoint{which} (routing table {self._revision})")
+            revision = self._balancers.revision
+            raise NoEndpointError(f"the pool has no eligible endpoint{which} (routing table {revision})")
         for _ in range(2 * len(targets)):
             t = balancer.pick(key)
-            if t.name not in exclude and self._has_room(t) and self._admit(t.name):
+            if t.name not in exclude and self._has_room(t) and self._admission.admits(t.name):
                 return t
         rest = [t for t in targets if t.name not in exclude]
         if not rest:
@@ -280,7 +240,7 @@ class PoolClient:
         with self._lock:
             t = self._choose_in(self._subset(sel), sel, key, exclude)
             if t is not None:
-                self._count_started(self._balancer, t)
+                self._balancers.started(t)
             return t
 
     def acquire(
@@ -299,7 +259,7 @@ class PoolClient:
             return t
         wait = self.capacity_wait if wait is None else wait
         deadline = time.monotonic() + wait
-        with self._room:
+        with self._lock:
             while True:
                 t = self._try_acquire(sel, key, exclude)
                 if t is not None:
@@ -307,11 +267,7 @@ class PoolClient:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise self._full(sel, wait)
-                self._waiting += 1
-                try:
-                    self._room.wait(min(left, 1.0))  # a finished request wakes it; a new table within 1 s
-                finally:
-                    self._waiting -= 1
+                self._waiters.wait(left)
 
     async def acquire_async(
         self,
@@ -339,24 +295,19 @@ class PoolClient:
 
     def started(self, target: Target) -> None:
         with self._lock:
-            self._count_started(self._sync(), target)
-
-    def _count_started(self, main: Balancer | None, target: Target) -> None:
-        """Count the request in flight, in every balancer that holds the endpoint (lock held)."""
-        assert main is not None
-        main.started(target)
-        for subset in self._holding.get(target.name, ()):
-            subset.started(target)
+            self._sync()
+            self._balancers.started(target)
 
     def finished(self, target: Target, latency_s: float, ok: bool) -> None:
-        with self._room:
-            if self.outliers is None:
-                self.record(target, ok)
+        with self._lock:
+            admission = self._admission
+            if admission.outliers is None:
+                admission.record(target.name, ok)
             self._sync().finished(target, latency_s, ok)
-            for subset in self._holding.get(target.name, ()):
+            for subset in self._balancers.holding.get(target.name, ()):
                 subset.finished(target, latency_s, ok)
-            if self._waiting:
-                self._room.notify_all()
+            if self._waiters.waiting:
+                self._waiters.wake()
 
     @contextmanager
     def request(
