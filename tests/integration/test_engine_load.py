@@ -106,7 +106,9 @@ def test_a_killed_engine_is_saturated_and_its_refusals_reported_with_a_backoff(e
     engine.stop()
     wait_for(lambda: s.load(engine.host, engine.port) == SATURATED, 5, "saturated once the reading is stale")
     wait_for(lambda: len(failures) >= 3, 10, "refusals reported")
-    assert all("ConnectionRefused" in why for _, _, why in failures), failures
+    # the kept-alive connection may be reset as the engine stops; every new one is refused
+    assert all("ConnectionRefused" in why or "ConnectionReset" in why for _, _, why in failures), failures
+    assert "ConnectionRefused" in failures[-1][2], failures
     count = len(failures)
     time.sleep(2.0)
     # every 50 ms without the backoff (40 in 2 s); with it at most one per 2 s after a few
