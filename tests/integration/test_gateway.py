@@ -193,7 +193,7 @@ def test_first_byte_timeout_moves_the_request_on(openai_backends, gateway):
 def test_a_failing_endpoint_is_ejected_passively_and_comes_back(openai_backends, gateway):
     bs = openai_backends(2)
     bs[0].mode = "fail"
-    gw = gateway(bs, "--consecutive-5xx", "3", "--base-ejection-time", "1.5")
+    gw = gateway(bs, "--consecutive-5xx", "3", "--base-ejection-time", "5")  # room for six requests under load
     wait_for(
         lambda: post(gw).status_code == 200 and gw.value("clusterpool_gateway_ejections_total", endpoint="ep-0") == 1,
         10,
@@ -203,7 +203,7 @@ def test_a_failing_endpoint_is_ejected_passively_and_comes_back(openai_backends,
     assert {post(gw).headers["x-clusterpool-endpoint"] for _ in range(6)} == {"ep-1"}
     assert bs[0].requests == before  # no traffic while ejected
     bs[0].mode = "ok"
-    wait_for(lambda: post(gw).headers["x-clusterpool-endpoint"] == "ep-0", 10, "ep-0 back after its ejection time")
+    wait_for(lambda: post(gw).headers["x-clusterpool-endpoint"] == "ep-0", 20, "ep-0 back after its ejection time")
 
 
 def test_an_overloaded_endpoint_is_backed_off_for_its_retry_after_not_ejected(openai_backends, gateway):
