@@ -151,5 +151,9 @@ class Routes:
         rest = b"/" + parts[4] if len(parts) == 5 else b"/"
         return route, rest
 
+    def endpoints(self) -> set[tuple[str, int]]:
+        """The address and port of every endpoint of every table."""
+        return {(t.address, t.port) for route in self.pools.values() for t in route.table.targets}
+
     def model_names(self) -> list[str]:
         return sorted(self.models)
