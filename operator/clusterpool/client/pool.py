@@ -349,7 +349,7 @@ class PoolClient:
             subset.started(target)
 
     def finished(self, target: Target, latency_s: float, ok: bool) -> None:
-        with self._room:
+        with self._lock:  # `_room`'s lock; entered directly, as Condition's own enter is Python code
             if self.outliers is None:
                 self.record(target, ok)
             self._sync().finished(target, latency_s, ok)
