@@ -39,12 +39,9 @@ class PoolRoute:
         self.namespace, self.name = key
         self.source = LiveTable(table)
         self.client = client_for(self.source)
-        self.in_flight = 0
-
-    @property
-    def outliers(self) -> OutlierDetector:
         assert self.client.outliers is not None
-        return self.client.outliers
+        self.outliers: OutlierDetector = self.client.outliers  # an attribute, not a property: read per request
+        self.in_flight = 0
 
     @property
     def table(self) -> RoutingTable:

@@ -118,7 +118,7 @@ class Exchange:
                 f.exception()  # retrieved: a head's error may never be awaited
 
     def finish(self) -> None:
-        if self.over:
+        if self.complete or self.error is not None:  # `over`, without a property call per request
             return
         self.complete = True
         if self.waiter is not None and not self.waiter.done():
