@@ -50,6 +50,11 @@ class OpenAIBackend:
         self._thread: threading.Thread | None = None
         self._writers: set[asyncio.StreamWriter] = set()
 
+    @property
+    def open_connections(self) -> int:
+        """Client connections open now (the gateway's kept-alive ones among them)."""
+        return len(self._writers)
+
     # -- control ------------------------------------------------------------------------------
 
     def start(self) -> OpenAIBackend:

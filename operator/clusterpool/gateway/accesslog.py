@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 _string = json.encoder.encode_basestring_ascii  # a JSON string literal, as json.dumps writes it
 MAX_PENDING = 512  # lines held between flushes at most (about 128 KiB)
+MAX_QUOTED = 4096  # strings remembered escaped; beyond, the memory starts over
 LINE = (
     '{"time":%.6f,"client":%s,"method":"%s","path":%s,"status":%d,"pool":%s,"endpoint":%s,"attempts":%d,'
     '"ttfb_ms":%s,"duration_ms":%.3f,"request_bytes":%d,"reason":%s%s}\n'
@@ -30,25 +31,37 @@ class AccessLog:
         # Lines wait here for the next flush (the gateway's tick): one write for many lines,
         # where a write per line costs a system call per request with PYTHONUNBUFFERED (the image).
         self._pending: list[str] = []
+        self._quoted: dict[object, str] = {}  # a peer, path, pool or endpoint -> its JSON string
 
     def write(self, req: Request, peer: str, out: Outcome, start: float, end: float, bodies: bool) -> None:
         # Formatted by hand (the JSON that json.dumps would write, in a fraction of its
         # time): what a client controls is escaped by the json module's own encoder; the
         # method is one httptools accepted (letters and dashes); the rest are numbers and
-        # names the gateway made.
+        # names the gateway made. Strings that repeat from request to request (the client's
+        # address, the path, the pool, the endpoint) are escaped once and remembered.
         route = out.route
         ttfb = out.ttfb
-        pending = self._pending
-        pending.append(
+        quoted = self._quoted
+        if len(quoted) >= MAX_QUOTED:
+            quoted.clear()
+        client = quoted.get(peer) or quoted.setdefault(peer, _string(peer))
+        target = req.target
+        path = quoted.get(target) or quoted.setdefault(target, _string(target.split(b"?", 1)[0].decode("latin-1")))
+        pool = "null"
+        if route is not None:
+            key = (route.namespace, route.name)
+            pool = quoted.get(key) or quoted.setdefault(key, _string(f"{route.namespace}/{route.name}"))
+        endpoint = out.endpoint
+        self._pending.append(
             LINE
             % (
                 self._offset + start,
-                _string(peer),
+                client,
                 req.method.decode("latin-1"),
-                _string(req.target.split(b"?", 1)[0].decode("latin-1")),
+                path,
                 out.status,
-                _string(f"{route.namespace}/{route.name}") if route is not None else "null",
-                _string(out.endpoint) if out.endpoint else "null",
+                pool,
+                (quoted.get(endpoint) or quoted.setdefault(endpoint, _string(endpoint))) if endpoint else "null",
                 out.attempts,
                 "%.3f" % (ttfb * 1000) if ttfb is not None else "null",
                 (end - start) * 1000,
@@ -57,7 +70,7 @@ class AccessLog:
                 ',"body":' + _string(req.body.decode("utf-8", "replace")) if bodies else "",
             )
         )
-        if len(pending) >= MAX_PENDING:
+        if len(self._pending) >= MAX_PENDING:
             self.flush()
 
     def flush(self) -> None:

@@ -48,6 +48,8 @@ REASONS = {
     504: "Gateway Timeout",
 }
 
+STATUS_LINES = {status: b"HTTP/1.1 %d %s\r\n" % (status, reason.encode()) for status, reason in REASONS.items()}
+
 
 class RequestError(Exception):
     """A request the gateway refuses before routing it: answer `status`, then close."""
@@ -71,12 +73,12 @@ class Request:
         headers: list[tuple[bytes, bytes]],
         names: list[bytes],
         keep_alive: bool = True,
+        first: dict[bytes, bytes] | None = None,
     ) -> None:
         self.method, self.target, self.version = method, target, version
         self.headers, self.names, self.keep_alive = headers, names, keep_alive
         self.body = bytearray()
-        # reversed: the first of repeated names is written last, so it wins
-        self.first: dict[bytes, bytes] = dict(zip(reversed(names), [v for _, v in reversed(headers)], strict=True))
+        self.first = first_values(headers, names) if first is None else first
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of a header (name in lowercase)."""
@@ -98,6 +100,7 @@ class RequestReader:
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._names: list[bytes] = []
+        self._first: dict[bytes, bytes] = {}
         self._header_bytes = 0
         self._current: Request | None = None
         self._error: RequestError | None = None
@@ -124,6 +127,7 @@ class RequestReader:
         self._url = b""
         self._headers = []
         self._names = []
+        self._first = {}
         self._header_bytes = 0
 
     def on_url(self, url: bytes) -> None:
@@ -140,12 +144,16 @@ class RequestReader:
                 f"more than {self.limits.max_headers} headers or {self.limits.max_header_bytes} bytes of them",
             )
         self._headers.append((name, value))
-        self._names.append(name.lower())
+        lower = name.lower()
+        self._names.append(lower)
+        self._first.setdefault(lower, value)
 
     def on_headers_complete(self) -> None:
         p = self._parser
         version = p.get_http_version()
-        req = Request(p.get_method(), self._url, version, self._headers, self._names, p.should_keep_alive())
+        req = Request(
+            p.get_method(), self._url, version, self._headers, self._names, p.should_keep_alive(), self._first
+        )
         first = req.first
         te, cl = first.get(b"transfer-encoding"), first.get(b"content-length")
         expect = (first.get(b"expect") or b"").lower() == b"100-continue"
@@ -172,8 +180,20 @@ class RequestReader:
         self.head_started = self.in_body = False
 
 
+def first_values(headers: list[tuple[bytes, bytes]], names: list[bytes]) -> dict[bytes, bytes]:
+    """The first value of each header name (names in lowercase, in the order of headers)."""
+    first: dict[bytes, bytes] = {}
+    for name, (_, value) in zip(names, headers, strict=True):
+        first.setdefault(name, value)
+    return first
+
+
+def status_line(status: int) -> bytes:
+    return STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status
+
+
 def response_head(status: int, headers: list[tuple[bytes, bytes]], reason: str | None = None) -> bytes:
-    lines = [f"HTTP/1.1 {status} {reason or REASONS.get(status, 'Unknown')}\r\n".encode("latin-1")]
+    lines = [f"HTTP/1.1 {status} {reason}\r\n".encode("latin-1") if reason else status_line(status)]
     lines.extend(b"%s: %s\r\n" % (n, v) for n, v in headers)
     lines.append(b"\r\n")
     return b"".join(lines)
@@ -217,7 +237,7 @@ def model_of(body: bytes | bytearray) -> str | None:
             if j < n and body[j] == 0x22:  # '"'
                 end = body.find(b'"', j + 1)
                 value = body[j + 1 : end] if end > 0 else b""
-                if end > 0 and b"\\" not in value:
+                if end > 0 and value.find(b"\\") < 0:  # find: `in` costs a failed int conversion first
                     try:
                         return value.decode()
                     except UnicodeDecodeError:

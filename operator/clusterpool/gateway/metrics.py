@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 InFlight = Callable[[], Iterable[tuple[str, str, int]]]  # (namespace, pool, requests in flight)
+Connections = Callable[[], Iterable[tuple[str, str, int]]]  # (endpoint address:port, idle|busy, connections)
 Labels = tuple[str, ...]
 
 
@@ -39,12 +40,21 @@ class _Histogram:
         return out
 
 
+class _PoolTimes:
+    """The two latency histograms of one pool."""
+
+    __slots__ = ("duration", "ttfb")
+
+    def __init__(self) -> None:
+        self.ttfb, self.duration = _Histogram(), _Histogram()
+
+
 class GatewayMetrics(Collector):
-    def __init__(self, in_flight: InFlight) -> None:
+    def __init__(self, in_flight: InFlight, connections: Connections) -> None:
         self._in_flight = in_flight
-        self.requests: dict[Labels, int] = {}  # (namespace, pool, endpoint, code)
-        self.ttfb: dict[Labels, _Histogram] = {}  # (namespace, pool)
-        self.duration: dict[Labels, _Histogram] = {}
+        self._connections = connections
+        self.requests: dict[tuple[str, str, str, int], int] = {}  # (namespace, pool, endpoint, code)
+        self.times: dict[Labels, _PoolTimes] = {}  # (namespace, pool)
         self.retries: dict[Labels, int] = {}  # (namespace, pool, reason)
         self.ejections: dict[Labels, int] = {}  # (namespace, pool, endpoint)
         self.hedges: dict[Labels, int] = {}  # (namespace, pool)
@@ -56,14 +66,14 @@ class GatewayMetrics(Collector):
     # -- counting -----------------------------------------------------------------------------
 
     def answered(self, ns: str, pool: str, endpoint: str, code: int, ttfb: float | None, duration: float) -> None:
-        key = (ns, pool, endpoint, str(code))
-        self.requests[key] = self.requests.get(key, 0) + 1
+        key = (ns, pool, endpoint, code)  # the code made a string only when scraped
+        requests = self.requests
+        requests[key] = requests.get(key, 0) + 1
         p = (ns, pool)
+        times = self.times.get(p) or self.times.setdefault(p, _PoolTimes())
         if ttfb is not None:
-            h = self.ttfb.get(p) or self.ttfb.setdefault(p, _Histogram())
-            h.observe(ttfb)
-        h = self.duration.get(p) or self.duration.setdefault(p, _Histogram())
-        h.observe(duration)
+            times.ttfb.observe(ttfb)
+        times.duration.observe(duration)
 
     def retried(self, ns: str, pool: str, reason: str) -> None:
         key = (ns, pool, reason)
@@ -94,24 +104,25 @@ class GatewayMetrics(Collector):
         def histogram(name: str, doc: str, values: dict[Labels, _Histogram]) -> HistogramMetricFamily:
             m = HistogramMetricFamily(name, doc, labels=["namespace", "pool"])
             for key, h in sorted(values.items()):
-                m.add_metric(list(key), h.buckets(), h.total)
+                if any(h.counts):
+                    m.add_metric(list(key), h.buckets(), h.total)
             return m
 
         yield counter(
             "clusterpool_gateway_requests",
             "Requests answered, by pool, the endpoint that served (empty: none) and status code",
             ["namespace", "pool", "endpoint", "code"],
-            self.requests,
+            {(ns, pool, ep, str(code)): n for (ns, pool, ep, code), n in self.requests.items()},
         )
         yield histogram(
             "clusterpool_gateway_time_to_first_byte_seconds",
             "From a request's arrival to the first byte of its response sent to the client",
-            self.ttfb,
+            {p: t.ttfb for p, t in self.times.items()},
         )
         yield histogram(
             "clusterpool_gateway_request_duration_seconds",
             "From a request's arrival to the last byte of its response",
-            self.duration,
+            {p: t.duration for p, t in self.times.items()},
         )
         yield counter(
             "clusterpool_gateway_retries",
@@ -142,6 +153,15 @@ class GatewayMetrics(Collector):
         )
         for ns, pool, n in self._in_flight():
             g.add_metric([ns, pool], n)
+        yield g
+        g = GaugeMetricFamily(
+            "clusterpool_gateway_upstream_connections",
+            "Open connections to endpoints, idle (kept alive) or busy; an endpoint that left every routing "
+            "table loses its idle ones at once and its busy ones when their answer ends",
+            labels=["endpoint", "state"],
+        )
+        for endpoint, state, n in self._connections():
+            g.add_metric([endpoint, state], n)
         yield g
         yield counter(
             "clusterpool_gateway_rejected",

@@ -41,12 +41,9 @@ class PoolRoute:
         self.namespace, self.name = key
         self.source = LiveTable(table)
         self.client = client_for(self.source)
-        self.in_flight = 0
-
-    @property
-    def outliers(self) -> OutlierDetector:
         assert self.client.outliers is not None
-        return self.client.outliers
+        self.outliers: OutlierDetector = self.client.outliers  # an attribute, not a property: read per request
+        self.in_flight = 0
 
     @property
     def table(self) -> RoutingTable:
@@ -164,6 +161,10 @@ class Routes:
             return None
         rest = b"/" + parts[4] if len(parts) == 5 else b"/"
         return route, rest
+
+    def endpoints(self) -> set[tuple[str, int]]:
+        """The address and port of every endpoint of every table."""
+        return {(t.address, t.port) for route in self.pools.values() for t in route.table.targets}
 
     def model_names(self) -> list[str]:
         return sorted(self.models)

@@ -1,26 +1,26 @@
-"""The gateway's listeners: client connections (asyncio protocols, one request at a time
-each, within the limits), the admin listener, the ticker that enforces timeouts, and
-graceful shutdown."""
+"""The gateway's client side and its wiring: client connections (asyncio protocols, one
+request at a time each, within the limits), the ticker that enforces timeouts, and the
+Gateway that builds the parts, runs them and shuts down gracefully."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import socket
 from time import monotonic
-from typing import Any, cast
+from typing import cast
 
 from clusterpool.client.load import LoadScraper
 from clusterpool.gateway.accesslog import AccessLog
+from clusterpool.gateway.admin import AdminListener
 from clusterpool.gateway.apikeys import ApiKeys
 from clusterpool.gateway.http1 import Request, RequestError, RequestReader, response_head
 from clusterpool.gateway.metrics import GatewayMetrics
 from clusterpool.gateway.proxy import Proxy, openai_error
 from clusterpool.gateway.routes import Routes
 from clusterpool.gateway.settings import Settings
-from clusterpool.gateway.tables import Sources
+from clusterpool.gateway.tables import RoutingFiles, Sources
 from clusterpool.gateway.upstream import UpstreamConnection, UpstreamError, Upstreams
 
 log = logging.getLogger(__name__)
@@ -185,60 +185,25 @@ class ClientConnection(asyncio.Protocol):
                 self.transport.close()
 
 
-class Gateway:
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        s = settings
-        self.load = LoadScraper()  # engine load for LeastLoaded/PrefixAffinity pools, scraped on the gateway's loop
-        self.routes = Routes(s.outliers, s.retries, s.retry_budget_ratio, s.retry_budget_burst, self.load)
-        self.metrics = GatewayMetrics(lambda: [(r.namespace, r.name, r.in_flight) for r in self.routes.pools.values()])
-        self.upstreams = Upstreams(s.timeouts, s.upstream_idle_connections)
-        self.keys = ApiKeys("/".join(s.api_keys_secret)) if s.api_keys_secret else None
-        self.access_log = AccessLog() if s.access_log else None
-        self.proxy = Proxy(s, self.routes, self.upstreams, self.metrics, self.keys, self.access_log)
-        self.connections: set[ClientConnection] = set()
-        self.sources = Sources(self.routes, s.routing_files, s.namespaces, s.api_keys_secret, self._apply_keys)
-        self.stopping = False
-        self._servers: list[asyncio.Server] = []
-        self._stopped = asyncio.Event()
+class Ticker:
+    """Every tick: the client connections' and the upstream exchanges' deadlines, the access
+    log's pending lines; every second: the routing files."""
 
-    @property
-    def ready(self) -> bool:
-        return not self.stopping and self.sources.ready and (self.keys is None or self.keys.loaded)
+    def __init__(
+        self,
+        seconds: float,
+        connections: set[ClientConnection],
+        upstreams: Upstreams,
+        files: RoutingFiles,
+        access_log: AccessLog | None,
+    ) -> None:
+        self.seconds = seconds
+        self.connections, self.upstreams, self.files, self.access_log = connections, upstreams, files, access_log
 
-    def _apply_keys(self, data: dict[str, str] | None) -> None:
-        assert self.keys is not None
-        if data is None:
-            self.keys.clear()
-            self.keys.loaded = True  # fail closed: no Secret, no key
-        else:
-            self.keys.load(data)
-
-    async def start(self) -> None:
-        s = self.settings
-        loop = asyncio.get_running_loop()
-        self.sources.start(loop)
-        host, port = s.listen
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        self._servers.append(await loop.create_server(lambda: ClientConnection(self), sock=sock, backlog=4096))
-        ahost, aport = s.admin_listen
-        self._servers.append(await asyncio.start_server(self._admin, ahost, aport))
-        self._ticker = loop.create_task(self._tick())
-        self._scraping = loop.create_task(self.load.run())
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, lambda: loop.create_task(self.shutdown()))
-        log.info("gateway listening on %s:%d, admin on %s:%d", host, port, ahost, aport)
-
-    @property
-    def bound(self) -> list[Any]:
-        return [srv.sockets[0].getsockname() for srv in self._servers if srv.sockets]
-
-    async def _tick(self) -> None:
+    async def run(self) -> None:
         last_poll = 0.0
         while True:
-            await asyncio.sleep(self.settings.tick_seconds)
+            await asyncio.sleep(self.seconds)
             now = monotonic()
             for conn in list(self.connections):
                 conn.check(now)
@@ -248,9 +213,66 @@ class Gateway:
                     up.fail(UpstreamError(reason, f"the endpoint did not answer in time ({reason})"))
             if now - last_poll >= 1.0:
                 last_poll = now
-                self.sources.files.poll()
+                self.files.poll()
             if self.access_log is not None:
                 self.access_log.flush()
+
+
+class Gateway:
+    """Builds the parts (routes, upstreams, metrics, the proxy, the sources of tables) and runs
+    the listeners, the ticker and the load scraper; graceful shutdown."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = s = settings
+        self.load = LoadScraper()  # engine load for LeastLoaded/PrefixAffinity pools, scraped on the gateway's loop
+        routes = Routes(s.outliers, s.retries, s.retry_budget_ratio, s.retry_budget_burst, self.load)
+        upstreams = Upstreams(s.timeouts, s.upstream_idle_connections)
+        # an endpoint that left every table: its kept-alive connections close
+        routes.on_change.append(lambda: upstreams.retain(routes.endpoints()))
+        self.metrics = GatewayMetrics(
+            lambda: [(r.namespace, r.name, r.in_flight) for r in routes.pools.values()], upstreams.open_connections
+        )
+        keys = ApiKeys("/".join(s.api_keys_secret)) if s.api_keys_secret else None
+        access_log = AccessLog() if s.access_log else None
+        self.proxy = Proxy(s, routes, upstreams, self.metrics, keys, access_log)
+        self.connections: set[ClientConnection] = set()
+        self.sources = Sources(routes, s.routing_files, s.namespaces, s.api_keys_secret, self._apply_keys)
+        self.ticker = Ticker(s.tick_seconds, self.connections, upstreams, self.sources.files, access_log)
+        self.admin = AdminListener(self.metrics, lambda: self.ready)
+        self.stopping = False
+        self._listener: asyncio.Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []  # the ticker, the load scraper
+        self._stopped = asyncio.Event()
+
+    @property
+    def ready(self) -> bool:
+        keys = self.proxy.keys
+        return not self.stopping and self.sources.ready and (keys is None or keys.loaded)
+
+    def _apply_keys(self, data: dict[str, str] | None) -> None:
+        keys = self.proxy.keys
+        assert keys is not None
+        if data is None:
+            keys.clear()
+            keys.loaded = True  # fail closed: no Secret, no key
+        else:
+            keys.load(data)
+
+    async def start(self) -> None:
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        self.sources.start(loop)
+        host, port = s.listen
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        self._listener = await loop.create_server(lambda: ClientConnection(self), sock=sock, backlog=4096)
+        ahost, aport = s.admin_listen
+        await self.admin.start(ahost, aport)
+        self._tasks = [loop.create_task(self.ticker.run()), loop.create_task(self.load.run())]
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, lambda: loop.create_task(self.shutdown()))
+        log.info("gateway listening on %s:%d, admin on %s:%d", host, port, ahost, aport)
 
     async def shutdown(self) -> None:
         """Not ready at once; after the drain delay, stop accepting and close idle
@@ -261,7 +283,8 @@ class Gateway:
         log.info("shutting down: not ready; in-flight requests get %.0fs", self.settings.grace_seconds)
         await asyncio.sleep(self.settings.drain_delay_seconds)
         self.proxy.draining = True
-        self._servers[0].close()
+        if self._listener is not None:
+            self._listener.close()
         deadline = monotonic() + self.settings.grace_seconds
         while monotonic() < deadline:
             for conn in list(self.connections):
@@ -271,49 +294,16 @@ class Gateway:
             await asyncio.sleep(0.05)
         for conn in list(self.connections):
             conn.abort()
-        self.upstreams.close()
+        self.proxy.upstreams.close()
         self.load.stop()
-        await self._scraping
+        await self._tasks[1]
         self.sources.stop()
-        if self.access_log is not None:
-            self.access_log.flush()
+        if self.proxy.access_log is not None:
+            self.proxy.access_log.flush()
         self._stopped.set()
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
-
-    # -- the admin listener -------------------------------------------------------------------
-
-    async def _admin(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            async with asyncio.timeout(5):
-                line = await reader.readline()
-                while (await reader.readline()) not in (b"\r\n", b"\n", b""):
-                    pass
-            parts = line.split()
-            path = parts[1].split(b"?", 1)[0] if len(parts) > 1 else b""
-            if path == b"/metrics":
-                status, body, ctype = 200, self.metrics.exposition(), b"text/plain; version=0.0.4; charset=utf-8"
-            elif path == b"/healthz":
-                status, body, ctype = 200, b"ok\n", b"text/plain"
-            elif path == b"/readyz":
-                ok = self.ready
-                status, body, ctype = (200, b"ready\n", b"text/plain") if ok else (503, b"not ready\n", b"text/plain")
-            else:
-                status, body, ctype = 404, b"not found: /metrics, /healthz, /readyz\n", b"text/plain"
-            headers = [
-                (b"Content-Type", ctype),
-                (b"Content-Length", str(len(body)).encode()),
-                (b"Connection", b"close"),
-            ]
-            writer.write(response_head(status, headers) + body)
-            await writer.drain()
-        except (TimeoutError, OSError):
-            pass
-        finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
 
 
 async def run(settings: Settings) -> None:

@@ -32,10 +32,16 @@ class UpstreamError(Exception):
 class Head:
     __slots__ = ("first", "headers", "keep_alive", "names", "status")
 
-    def __init__(self, status: int, headers: list[tuple[bytes, bytes]], names: list[bytes], keep_alive: bool) -> None:
+    def __init__(
+        self,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        names: list[bytes],
+        keep_alive: bool,
+        first: dict[bytes, bytes],
+    ) -> None:
         self.status, self.headers, self.names, self.keep_alive = status, headers, names, keep_alive
-        # reversed: the first of repeated names is written last, so it wins
-        self.first: dict[bytes, bytes] = dict(zip(reversed(names), [v for _, v in reversed(headers)], strict=True))
+        self.first = first  # the first value of each name
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of a header (name in lowercase)."""
@@ -112,7 +118,7 @@ class Exchange:
                 f.exception()  # retrieved: a head's error may never be awaited
 
     def finish(self) -> None:
-        if self.over:
+        if self.complete or self.error is not None:  # `over`, without a property call per request
             return
         self.complete = True
         if self.waiter is not None and not self.waiter.done():
@@ -129,6 +135,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._headers: list[tuple[bytes, bytes]] = []
         self._names: list[bytes] = []
+        self._first: dict[bytes, bytes] = {}
         self._informational = False
         self._keep_alive = False
         self._close_delimited = False
@@ -148,6 +155,7 @@ class UpstreamConnection(asyncio.Protocol):
         )
         self._headers = []
         self._names = []
+        self._first = {}
         self.transport.write(data)
         return ex.head
 
@@ -216,7 +224,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
-        self._names.append(name.lower())
+        lower = name.lower()
+        self._names.append(lower)
+        self._first.setdefault(lower, value)
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
@@ -224,10 +234,12 @@ class UpstreamConnection(asyncio.Protocol):
             self._informational = True
             self._headers = []
             self._names = []
+            self._first = {}
             return
         self._keep_alive = self._parser.should_keep_alive()
-        head = Head(status, self._headers, self._names, self._keep_alive)
-        self._close_delimited = b"content-length" not in head.first and b"transfer-encoding" not in head.first
+        first = self._first
+        head = Head(status, self._headers, self._names, self._keep_alive, first)
+        self._close_delimited = b"content-length" not in first and b"transfer-encoding" not in first
         ex = self.exchange
         if ex is None:
             return
@@ -266,6 +278,7 @@ class EndpointPool:
         self.loop = asyncio.get_running_loop()
         self.idle: deque[UpstreamConnection] = deque()
         self.busy: set[UpstreamConnection] = set()
+        self.retired = False  # no table routes here any more: each connection closes when its exchange ends
 
     def take_idle(self) -> UpstreamConnection | None:
         """A kept-alive connection, None when there is none (then `connect`)."""
@@ -292,7 +305,7 @@ class EndpointPool:
     def release(self, conn: UpstreamConnection, reusable: bool) -> None:
         """The exchange is over: keep the connection for the next one, or close it."""
         self.busy.discard(conn)
-        if reusable and not conn.closed and len(self.idle) < self.max_idle:
+        if reusable and not conn.closed and not self.retired and len(self.idle) < self.max_idle:
             self.idle.append(conn)
         else:
             conn.close()
@@ -302,17 +315,29 @@ class EndpointPool:
         with contextlib.suppress(ValueError):
             self.idle.remove(conn)
 
+    def retire(self) -> None:
+        """Close the idle connections now; the busy ones close as their exchanges end."""
+        self.retired = True
+        for conn in list(self.idle):
+            conn.close()
+
     def close(self) -> None:
         for conn in [*self.idle, *self.busy]:
             conn.close()
 
 
+Address = tuple[str, int]
+
+
 class Upstreams:
-    """The endpoint pools by address and port."""
+    """The endpoint pools by address and port. A pool whose endpoint left every routing
+    table is retired (`retain`): its idle connections close at once, its busy ones when their
+    exchange ends, and it is forgotten then."""
 
     def __init__(self, timeouts: Timeouts, max_idle: int) -> None:
         self.timeouts, self.max_idle = timeouts, max_idle
-        self.pools: dict[tuple[str, int], EndpointPool] = {}
+        self.pools: dict[Address, EndpointPool] = {}
+        self._retired: list[EndpointPool] = []  # retired, with exchanges still running
 
     def pool(self, address: str, port: int) -> EndpointPool:
         p = self.pools.get((address, port))
@@ -320,9 +345,27 @@ class Upstreams:
             p = self.pools[(address, port)] = EndpointPool(address, port, self.timeouts, self.max_idle)
         return p
 
+    def retain(self, endpoints: set[Address]) -> None:
+        """Retire the pools of endpoints not in `endpoints` (those of every routing table)."""
+        for key in [k for k in self.pools if k not in endpoints]:
+            pool = self.pools.pop(key)
+            pool.retire()
+            self._retired.append(pool)  # until its last exchange ends (busy drops it)
+
     def busy(self) -> list[UpstreamConnection]:
-        return [c for p in self.pools.values() for c in p.busy]
+        """The connections with an exchange running (for the ticker's timeouts)."""
+        if self._retired:
+            self._retired = [p for p in self._retired if p.busy]
+        return [c for p in (*self.pools.values(), *self._retired) for c in p.busy]
+
+    def open_connections(self) -> list[tuple[str, str, int]]:
+        """(endpoint `address:port`, `idle` or `busy`, connections) for the metrics."""
+        out = []
+        for p in (*self.pools.values(), *self._retired):
+            name = f"{p.address}:{p.port}"
+            out += [(name, "idle", len(p.idle)), (name, "busy", len(p.busy))]
+        return out
 
     def close(self) -> None:
-        for p in self.pools.values():
+        for p in (*self.pools.values(), *self._retired):
             p.close()
