@@ -85,6 +85,19 @@ class Request:
         return self.first.get(name)
 
 
+class HeadParts:
+    """The parts of one request head as httptools hands them over."""
+
+    __slots__ = ("first", "headers", "names", "size", "url")
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.names: list[bytes] = []  # in lowercase, in the order of headers
+        self.first: dict[bytes, bytes] = {}  # the first value of each name
+        self.size = 0  # bytes of the header lines
+
+
 class RequestReader:
     """Feeds a connection's bytes to httptools; finished requests queue up in `ready`.
     `head_started` tells the connection a request's head is arriving (its deadline runs),
@@ -97,11 +110,7 @@ class RequestReader:
         self.in_body = False
         self.wants_continue = False  # the head asked for `100 Continue` before its body
         self._parser = httptools.HttpRequestParser(self)
-        self._url = b""
-        self._headers: list[tuple[bytes, bytes]] = []
-        self._names: list[bytes] = []
-        self._first: dict[bytes, bytes] = {}
-        self._header_bytes = 0
+        self._head = HeadParts()
         self._current: Request | None = None
         self._error: RequestError | None = None
 
@@ -124,36 +133,32 @@ class RequestReader:
     def on_message_begin(self) -> None:
         self.head_started = True
         self.wants_continue = False
-        self._url = b""
-        self._headers = []
-        self._names = []
-        self._first = {}
-        self._header_bytes = 0
+        self._head = HeadParts()
 
     def on_url(self, url: bytes) -> None:
-        self._url += url
-        if len(self._url) > self.limits.max_request_line:
+        head = self._head
+        head.url += url
+        if len(head.url) > self.limits.max_request_line:
             self._fail(414, "too_large", f"the request target is longer than {self.limits.max_request_line} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_bytes += len(name) + len(value) + 4
-        if len(self._headers) >= self.limits.max_headers or self._header_bytes > self.limits.max_header_bytes:
+        head = self._head
+        head.size += len(name) + len(value) + 4
+        if len(head.headers) >= self.limits.max_headers or head.size > self.limits.max_header_bytes:
             self._fail(
                 431,
                 "too_large",
                 f"more than {self.limits.max_headers} headers or {self.limits.max_header_bytes} bytes of them",
             )
-        self._headers.append((name, value))
+        head.headers.append((name, value))
         lower = name.lower()
-        self._names.append(lower)
-        self._first.setdefault(lower, value)
+        head.names.append(lower)
+        head.first.setdefault(lower, value)
 
     def on_headers_complete(self) -> None:
-        p = self._parser
+        p, head = self._parser, self._head
         version = p.get_http_version()
-        req = Request(
-            p.get_method(), self._url, version, self._headers, self._names, p.should_keep_alive(), self._first
-        )
+        req = Request(p.get_method(), head.url, version, head.headers, head.names, p.should_keep_alive(), head.first)
         first = req.first
         te, cl = first.get(b"transfer-encoding"), first.get(b"content-length")
         expect = (first.get(b"expect") or b"").lower() == b"100-continue"
