@@ -47,7 +47,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,7 @@ ENGINE_MODEL = {  # scripts/fake_engine.py EngineConfig, the same for every engi
 }
 COUNTERS = (b"vllm:prefix_cache_hits_total", b"vllm:prefix_cache_queries_total", b"vllm:generation_tokens_total")
 GATEWAY_STRATEGIES = ("RoundRobin", "LeastConnections", "LeastLoaded", "PrefixAffinity")
+REPLICATED = ("gateway-x3:LeastLoaded", "gateway-x3:PrefixAffinity")  # three gateways, requests in turn
 PEERS = ("litellm:simple-shuffle", "litellm:least-busy", "vllm-router:round_robin", "vllm-router:cache_aware")
 # Goals (issue 24, Benchmark)
 GOAL_TTFT_P90_TIMES = 10.0  # PrefixAffinity's TTFT p90 at least 10x lower than RoundRobin's
@@ -297,13 +298,13 @@ class HttpRouter:
     """A router reached over HTTP (the gateway, vllm-router): requests in turn to its URLs;
     `pid` is its process, whose CPU time is the router's cost."""
 
-    def __init__(self, name: str, urls: list[str], model: str, pid: int | None = None) -> None:
-        self.name, self.urls, self.model, self.pid = name, urls, model, pid
+    def __init__(self, name: str, urls: list[str], model: str, pids: Sequence[int] = ()) -> None:
+        self.name, self.urls, self.model, self.pids = name, urls, model, list(pids)
         self._turn = 0
         self.session: Any = None
 
     def cpu(self) -> float:
-        return cpu_seconds(self.pid) if self.pid is not None else 0.0
+        return sum(cpu_seconds(pid) for pid in self.pids)
 
     async def open(self) -> None:
         import aiohttp
@@ -353,7 +354,6 @@ class LiteLLMRouter:
         return cpu_now()  # the Router runs in this process (with the load generator's own small share)
 
     async def open(self) -> None:
-        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
         import litellm
 
         litellm.telemetry = False
@@ -617,16 +617,16 @@ def step_stats(
 class Fleet:
     procs: Processes
     ports: list[int]
-    gateway_port: int
-    gateway_pid: int
-    notes: dict[str, str] = field(default_factory=dict)
+    gateways: list[tuple[int, int]]  # (port, pid) of each replica, all serving the same pools
 
 
 async def router_for(name: str, fleet: Fleet) -> Any:
     """A fresh router by its row name; vllm-router gets a process of its own per run."""
     kind, _, variant = name.partition(":")
-    if kind == "gateway":
-        return HttpRouter(name, [f"http://{HOST}:{fleet.gateway_port}"], gateway_model(variant), fleet.gateway_pid)
+    if kind in ("gateway", "gateway-x3"):
+        replicas = fleet.gateways[: 3 if kind == "gateway-x3" else 1]
+        urls = [f"http://{HOST}:{port}" for port, _ in replicas]
+        return HttpRouter(name, urls, gateway_model(variant), [pid for _, pid in replicas])
     if kind == "litellm":
         return LiteLLMRouter(name, variant, fleet.ports)
     if kind == "vllm-router":
@@ -648,7 +648,7 @@ class VllmRouter(HttpRouter):
         argv = [str(peers_bin("vllm-router")), "--host", HOST, "--port", str(self.port), "--policy", self.policy]
         argv += ["--worker-urls", *[f"http://{HOST}:{p}" for p in self.fleet.ports]]
         self.proc = self.fleet.procs.start(f"vllm-router-{self.policy}", argv)
-        self.pid = self.proc.pid
+        self.pids = [self.proc.pid]
         await super().open()
         name = f"vllm-router-{self.policy}"
         await wait_http(f"http://{HOST}:{self.port}/health", self.proc, 60, self.fleet.procs, name)
@@ -687,6 +687,7 @@ def available(name: str) -> str | None:
     if kind == "vllm-router" and not peers_bin("vllm-router").exists():
         return "vllm-router is not installed in .venv-peers (make bench-peers)"
     if kind == "litellm":
+        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no download of its cost map
         try:
             import litellm  # noqa: F401
         except ImportError:
@@ -702,11 +703,7 @@ async def agreement(fleet: Fleet, engines: Engines, prompts: int) -> dict[str, A
     same prompts (two at a time per replica: under every load bound); the endpoint each
     names for a prompt must be the same."""
     await engines.reset(False)
-    ports = [fleet.gateway_port] + [
-        start_gateway(fleet.procs, f"gateway-replica-{i}", fleet.ports, ["PrefixAffinity"])[0] for i in (1, 2)
-    ]
-    for p in ports[1:]:
-        await wait_http(f"http://{HOST}:{p}/v1/models", None, 60, fleet.procs, "gateway replica")
+    ports = [port for port, _ in fleet.gateways]
     rng = random.Random(7)
     bodies = WORKLOADS["shared-prefix"].bodies(rng, prompts // 2) + WORKLOADS["uniform"].bodies(rng, prompts // 2)
     for b in bodies:
@@ -757,15 +754,55 @@ class Settings:
     seed: int = 1
 
 
-async def start_fleet(procs: Processes) -> Fleet:
+async def start_engines(procs: Processes) -> list[int]:
     ports = [free_port() for _ in range(ENGINES)]
     argv = [sys.executable, str(HERE / "routing_bench.py"), "--serve-engines", ",".join(map(str, ports))]
     proc = procs.start("engines", argv)
     for p in ports:
         await wait_http(f"http://{HOST}:{p}/health", proc, 60, procs, "engines")
-    gw, pid = start_gateway(procs, "gateway", ports, GATEWAY_STRATEGIES)
-    await wait_http(f"http://{HOST}:{gw}/v1/models", None, 60, procs, "gateway")
-    return Fleet(procs, ports, gw, pid)
+    return ports
+
+
+async def start_fleet(procs: Processes) -> Fleet:
+    ports = await start_engines(procs)
+    gateways = [start_gateway(procs, f"gateway-{i}", ports, GATEWAY_STRATEGIES) for i in range(3)]
+    for port, _ in gateways:
+        await wait_http(f"http://{HOST}:{port}/v1/models", None, 60, procs, "gateway")
+    return Fleet(procs, ports, gateways)
+
+
+async def cache_aware_probe(fleet: Fleet, engines: Engines) -> dict[str, Any]:
+    """Where vllm-router's cache_aware sends 24 requests of 4 different 2,048-token prefixes,
+    one at a time (no load to balance): per engine, for chat and for completions."""
+    out: dict[str, Any] = {}
+    rng = random.Random(3)
+    bodies = WORKLOADS["shared-prefix"].bodies(rng, 400)
+    tenants: dict[str, dict[str, Any]] = {}
+    for b in bodies:  # the first four tenants seen, with six questions each
+        sys_prompt = b["messages"][0]["content"]
+        if len(tenants) < 4 or sys_prompt in tenants:
+            tenants.setdefault(sys_prompt, b)
+    chosen = [b for b in bodies if b["messages"][0]["content"] in tenants][:24]
+    for kind in ("chat", "completions"):
+        await engines.reset(False)
+        router = VllmRouter("probe", "cache_aware", fleet)
+        await router.open()
+        try:
+            before = (await engines.counters())["requests"]
+            for b in chosen:
+                if kind == "chat":
+                    body: dict[str, Any] = {"model": "bench", "messages": b["messages"], "max_tokens": 1}
+                else:
+                    body = {"model": "bench", "prompt": "".join(m["content"] for m in b["messages"]), "max_tokens": 1}
+                async with router.session.post(f"{router.urls[0]}/v1/{kind.replace('chat', 'chat/completions')}",
+                                               json=body) as resp:  # fmt: skip
+                    await resp.read()
+            after = (await engines.counters())["requests"]
+        finally:
+            await router.close()
+        out[kind] = [int(a - b) for a, b in zip(after, before, strict=True)]
+    out["prefixes"] = len(tenants)
+    return out
 
 
 async def run_all(settings: Settings) -> dict[str, Any]:
@@ -817,6 +854,9 @@ async def run_all(settings: Settings) -> dict[str, Any]:
                             f"hit {top['prefix_hit_rate']} ({time.monotonic() - t:.0f} s, load {load_average()[0]})",
                             flush=True,
                         )
+            if "vllm-router:cache_aware" in settings.routers and available("vllm-router:cache_aware") is None:
+                results["cache_aware_probe"] = await cache_aware_probe(fleet, engines)
+                print(f"vllm-router cache_aware, requests per engine: {results['cache_aware_probe']}", flush=True)
             if "gateway:PrefixAffinity" in settings.routers:
                 results["agreement"] = await agreement(fleet, engines, settings.agreement_prompts)
                 print(f"agreement: {results['agreement']}", flush=True)
@@ -841,6 +881,185 @@ def version_of(package: str) -> str | None:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
         return None
+
+
+# ---------------------------------------------------------------- real llama-server
+
+
+LLAMA_SERVERS = 4
+LLAMA_TENANTS = 8
+LLAMA_REQUESTS = 40
+LLAMA_CONCURRENCY = 4
+LLAMA_STRATEGIES = ("RoundRobin", "PrefixAffinity")
+
+
+async def llama_tier(procs: Processes) -> dict[str, Any]:
+    """Four llama-server processes (scripts/llama.py: the cached build and the tiny model),
+    two slots each, behind the gateway; per strategy, fresh servers and the same 40
+    completions of 8 tenants' ~1,000-token prompts, 4 at a time, max_tokens 1 (so the
+    latency is the prefill's): latency p50/p90 and the prompt tokens the servers reused
+    from their own caches (`timings.cache_n` of each answer)."""
+    import llama
+
+    binary, model = llama.server_path(), llama.model_path()
+    if not binary.exists() or not model.exists():
+        return {"skipped": f"no llama-server or model under {binary.parent.parent}: run `make llama` first"}
+    rng = random.Random(11)
+    words = [f"w{rng.getrandbits(16):04x}" for _ in range(256)]
+    heads = [f"tenant {t}: " + " ".join(rng.choice(words) for _ in range(700)) for t in range(LLAMA_TENANTS)]
+    prompts = [f"{rng.choice(heads)} question {i}: " + " ".join(rng.choice(words) for _ in range(12))
+               for i in range(LLAMA_REQUESTS)]  # fmt: skip
+    out: dict[str, Any] = {"servers": LLAMA_SERVERS, "tenants": LLAMA_TENANTS, "requests": LLAMA_REQUESTS,
+                           "concurrency": LLAMA_CONCURRENCY, "strategies": {}}  # fmt: skip
+    for strategy in LLAMA_STRATEGIES:
+        ports = [free_port() for _ in range(LLAMA_SERVERS)]
+        servers = []
+        for i, port in enumerate(ports):
+            argv = [str(binary), "-m", str(model), "--host", HOST, "--port", str(port), "--metrics", "--slots",
+                    "-np", "2", "-c", "8192", "-t", "1", "--no-webui"]  # fmt: skip
+            servers.append(procs.start(f"llama-{strategy}-{i}", argv))
+        gateway: subprocess.Popen[bytes] | None = None
+        try:
+            for i, (port, proc) in enumerate(zip(ports, servers, strict=True)):
+                await wait_http(f"http://{HOST}:{port}/health", proc, 180, procs, f"llama-{strategy}-{i}")
+            path = procs.logdir / f"llama-{strategy}.json"
+            table = routing_table("llama", strategy, ports, "llama")
+            table["engine"] = "LlamaCpp"
+            path.write_text(json.dumps(table))
+            gw_port = free_port()
+            gateway = procs.start(f"gateway-llama-{strategy}", [sys.executable, "-m", "clusterpool.gateway",
+                                  "--listen", f"{HOST}:{gw_port}", "--admin-listen", f"{HOST}:{free_port()}",
+                                  "--no-access-log", "--routing-file", str(path)])  # fmt: skip
+            await wait_http(f"http://{HOST}:{gw_port}/v1/models", gateway, 60, procs, f"gateway-llama-{strategy}")
+            await asyncio.sleep(1.0)  # a first scrape of every server
+            out["strategies"][strategy] = await llama_requests(gw_port, prompts)
+            print(f"llama-server {strategy}: {out['strategies'][strategy]}", flush=True)
+        finally:
+            if gateway is not None:
+                procs.stop(gateway)
+            for proc in servers:
+                procs.stop(proc)
+    return out
+
+
+async def llama_requests(port: int, prompts: list[str]) -> dict[str, Any]:
+    """The prompts through the gateway on `port`, LLAMA_CONCURRENCY at a time."""
+    import aiohttp
+
+    latencies: list[float] = []
+    tokens = {"prompt_n": 0, "cache_n": 0, "errors": 0}
+    queue = list(prompts)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+
+        async def worker() -> None:
+            while queue:
+                body = {"model": "llama", "prompt": queue.pop(0), "max_tokens": 1, "temperature": 0}
+                t = time.monotonic()
+                try:
+                    async with session.post(f"http://{HOST}:{port}/v1/completions", json=body) as resp:
+                        doc = await resp.json(content_type=None)
+                        ok = resp.status == 200
+                except (aiohttp.ClientError, TimeoutError):
+                    ok = False
+                if not ok:
+                    tokens["errors"] += 1
+                    continue
+                latencies.append(time.monotonic() - t)
+                timings = doc.get("timings") or {}
+                tokens["prompt_n"] += int(timings.get("prompt_n") or 0)
+                tokens["cache_n"] += int(timings.get("cache_n") or 0)
+
+        started = time.monotonic()
+        await asyncio.gather(*(worker() for _ in range(LLAMA_CONCURRENCY)))
+        wall = time.monotonic() - started
+    computed, reused = tokens["prompt_n"], tokens["cache_n"]
+    return {
+        "latency_p50_ms": round(1000 * (percentile(latencies, 0.5) or 0), 1),
+        "latency_p90_ms": round(1000 * (percentile(latencies, 0.9) or 0), 1),
+        "wall_seconds": round(wall, 2),
+        "prompt_tokens_computed": computed,
+        "prompt_tokens_reused": reused,
+        "reused_share": round(reused / (reused + computed), 3) if reused + computed else None,
+        "errors": tokens["errors"],
+    }
+
+
+def run_llama(path: Path) -> None:
+    """--llama: the real-engine tier, added to a recorded results file."""
+    results = json.loads(path.read_text())
+    procs = Processes(Path(tempfile.mkdtemp(prefix="routing-llama-")))
+    try:
+        results["llama"] = asyncio.run(llama_tier(procs))
+    finally:
+        procs.stop_all()
+        shutil.rmtree(procs.logdir, ignore_errors=True)
+    results["llama"]["load_average"] = load_average()
+    path.write_text(json.dumps(results, indent=1) + "\n")
+
+
+# ---------------------------------------------------------------- the sweep of the defaults
+
+# LoadWeights (waiting, running, kv_usage, inflight) and LoadBound (waiting, kv_usage,
+# inflight_factor) tried; "(default)" marks the defaults the sweep started from (core/load.py).
+# It moved the bound's inflight_factor from 1.5 to 1.25 (docs/routing-bench.md).
+SWEEP_WEIGHTS = {
+    "w1 r0.1 kv2 f1 (default)": (1.0, 0.1, 2.0, 1.0),
+    "in flight only": (0.0, 0.0, 0.0, 1.0),
+    "engine only": (1.0, 0.1, 2.0, 0.0),
+    "w4 r0.1 kv2 f1": (4.0, 0.1, 2.0, 1.0),
+    "w1 r1 kv2 f1": (1.0, 1.0, 2.0, 1.0),
+}
+SWEEP_BOUNDS = {
+    "waiting 4, x1.5 (default)": (4.0, 0.9, 1.5),
+    "waiting 2, x1.5": (2.0, 0.9, 1.5),
+    "waiting 0, x1.5": (0.0, 0.9, 1.5),
+    "waiting 4, x1.25": (4.0, 0.9, 1.25),
+    "waiting 8, x2": (8.0, 0.9, 2.0),
+}
+
+
+async def sweep(settings: Settings) -> dict[str, Any]:
+    """LeastLoaded's weights and PrefixAffinity's bound, through the SDK's balancers (the
+    gateway has no flags for them): each point two steps, the top one measured."""
+    from clusterpool.balancer import LeastLoaded, PrefixAffinity
+    from clusterpool.core.load import LoadBound, LoadWeights
+
+    r = settings.rates
+    plans: list[tuple[str, str, Callable[[Any], Any], str, bool, tuple[float, ...]]] = []
+    for label, w in SWEEP_WEIGHTS.items():
+        weights = LoadWeights(*w)
+        make = lambda view, weights=weights: LeastLoaded(view, weights)  # noqa: E731
+        plans.append(("LeastLoaded", label, make, "uniform", False, r[2:4]))
+        plans.append(("LeastLoaded", label, make, "uniform", True, r[1:3]))
+    for label, b in SWEEP_BOUNDS.items():
+        bound = LoadBound(*b)
+        make = lambda view, bound=bound: PrefixAffinity(view, bound)  # noqa: E731
+        plans.append(("PrefixAffinity", label, make, "shared-prefix", False, r[2:4]))
+        plans.append(("PrefixAffinity", label, make, "uniform", False, r[2:4]))
+    out: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                           "load_average_before": load_average(), "points": []}  # fmt: skip
+    procs = Processes(Path(tempfile.mkdtemp(prefix="routing-sweep-")))
+    try:
+        ports = await start_engines(procs)
+        engines = Engines(ports)
+        await engines.open()
+        try:
+            for strategy, label, make, wname, slow, rates in plans:
+                schedule = Schedule.poisson(WORKLOADS[wname], rates, settings.step, settings.seed)
+                run = await run_one(SdkRouter(label, make, ports), engines, schedule, slow, settings.drain, [1])
+                step = run["steps"][0]
+                out["points"].append({"strategy": strategy, "setting": label, "workload": wname,
+                                      "slow_engine": slow, **step})  # fmt: skip
+                print(f"{strategy:15} {label:28} {wname:13} {'slow' if slow else 'ok  '} rate {step['rate']:>4} "
+                      f"tok/s {step['tokens_per_s']:>7} p50/p90/p99 {step['ttft_p50_ms']}/{step['ttft_p90_ms']}/"
+                      f"{step['ttft_p99_ms']} ms hit {step['prefix_hit_rate']}", flush=True)  # fmt: skip
+        finally:
+            await engines.close()
+    finally:
+        procs.stop_all()
+        shutil.rmtree(procs.logdir, ignore_errors=True)
+    out["load_average_after"] = load_average()
+    return out
 
 
 # ---------------------------------------------------------------- goals and report
@@ -974,6 +1193,20 @@ def markdown_table(results: dict[str, Any], slow: bool = False) -> str:
     return "\n".join(lines)
 
 
+def sweep_table(sweep: dict[str, Any]) -> str:
+    lines = [
+        "| strategy | setting | workload | rate (req/s) | output tok/s | TTFT p50 / p90 / p99 (ms) | prefix hits |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for p in sweep["points"]:
+        ttft = " / ".join(f"{p[k]:,.0f}" for k in ("ttft_p50_ms", "ttft_p90_ms", "ttft_p99_ms"))
+        hit = f"{p['prefix_hit_rate']:.2f}" if p["prefix_hit_rate"] is not None else "-"
+        workload = p["workload"] + (", one engine 5x slower" if p["slow_engine"] else "")
+        lines.append(f"| {p['strategy']} | {p['setting']} | {workload} | {p['rate']:g} | {p['tokens_per_s']:,.0f} "
+                     f"| {ttft} | {hit} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def report(results: dict[str, Any]) -> str:
     m = results["machine"]
     lines = [
@@ -999,7 +1232,7 @@ def report(results: dict[str, Any]) -> str:
 
 
 def parse_args(argv: list[str]) -> Settings:
-    all_routers = tuple(f"gateway:{s}" for s in GATEWAY_STRATEGIES) + PEERS
+    all_routers = tuple(f"gateway:{s}" for s in GATEWAY_STRATEGIES) + REPLICATED + PEERS
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--quick", action="store_true", help="2-s steps at lower rates, short drain (for a look)")
     p.add_argument("--routers", default=",".join(all_routers), help=f"comma-separated, of {','.join(all_routers)}")
@@ -1017,7 +1250,7 @@ def parse_args(argv: list[str]) -> Settings:
     if len(rates) < 3:
         p.error("--rates: at least three (the slow-engine runs use the second and third)")
     step = args.step or (2.0 if args.quick else 4.0)
-    drain = args.drain if args.drain is not None else (3.0 if args.quick else 8.0)
+    drain = args.drain if args.drain is not None else (3.0 if args.quick else 6.0)
     out = args.out or HERE / "results" / ("routing-quick.json" if args.quick else "routing.json")
     return Settings(args.quick, routers, rates, step, drain, out, not args.no_plot and not args.quick)
 
@@ -1028,10 +1261,24 @@ def main(argv: list[str]) -> int:
         return 0
     if argv[:1] == ["--report"]:
         print(report(json.loads(Path(argv[1]).read_text())))
+        sweep = Path(argv[1]).with_name("routing-sweep.json")
+        if sweep.exists():
+            print("\nSweep:\n\n" + sweep_table(json.loads(sweep.read_text())))
         return 0
     if os.environ.get("CLUSTERPOOL_NETNS") != "1":  # loopback only: LiteLLM cannot reach out
         netns_run = str(ROOT / "scripts" / "netns-run")
         os.execv(netns_run, [netns_run, sys.executable, str(Path(__file__).resolve()), *argv])
+    if argv[:1] == ["--llama"]:
+        path = Path(argv[1]) if len(argv) > 1 else HERE / "results" / "routing.json"
+        run_llama(path)
+        print(f"wrote {path}")
+        return 0
+    if argv[:1] == ["--sweep"]:
+        settings = parse_args(argv[1:])
+        path = settings.out.with_name("routing-sweep.json") if not settings.quick else settings.out
+        path.write_text(json.dumps(asyncio.run(sweep(settings)), indent=1) + "\n")
+        print(f"wrote {path}")
+        return 0
     settings = parse_args(argv)
     results = asyncio.run(run_all(settings))
     settings.out.parent.mkdir(parents=True, exist_ok=True)
