@@ -174,12 +174,15 @@ bench-gateway: venv bench-tools bench-peers
 	scripts/netns-run $(PY) bench/gateway_bench.py
 
 # The strategies on eight fake engines next to LiteLLM's Router (the library, in .venv, as
-# `make bench` installs it) and vllm-router (.venv-peers), in a network namespace of its own;
-# about 10 minutes. A look in two: $(PY) bench/routing_bench.py --quick.
-bench-routing: venv bench-peers
+# `make bench` installs it) and vllm-router (.venv-peers), in a network namespace of its own,
+# about 13 minutes on 2 shared cores; then four real llama-servers (the cached build), about
+# 2 more. A look in two: $(PY) bench/routing_bench.py --quick. The sweep of the defaults:
+# $(PY) bench/routing_bench.py --sweep (about 7 minutes).
+bench-routing: venv bench-peers llama
 	@$(PY) -m pip install --quiet --disable-pip-version-check --no-deps 'litellm==1.108.11'
 	@$(PY) -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
 	LITELLM_LOCAL_MODEL_COST_MAP=True scripts/netns-run $(PY) bench/routing_bench.py
+	scripts/netns-run $(PY) bench/routing_bench.py --llama
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
