@@ -55,7 +55,16 @@ ROOT = Path(__file__).resolve().parent.parent
 HERE = ROOT / "bench"
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from gateway_bench import busy, cpu_seconds, free_port, load_average, peers_bin, peers_version  # noqa: E402
+from gateway_bench import (  # noqa: E402
+    Processes,
+    busy,
+    cpu_seconds,
+    free_port,
+    load_average,
+    peers_bin,
+    peers_version,
+    table_endpoint,
+)
 
 ENGINES = 8
 HOST = "127.0.0.1"
@@ -150,49 +159,6 @@ class Schedule:
 # ---------------------------------------------------------------- processes
 
 
-class Processes:
-    """Children in sessions of their own, logs in one folder; stop() ends one, stop_all() all."""
-
-    def __init__(self, logdir: Path) -> None:
-        self.logdir = logdir
-        self.started: list[subprocess.Popen[bytes]] = []
-
-    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        with (self.logdir / f"{name}.log").open("ab") as log:
-            proc = subprocess.Popen(
-                argv,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env={**os.environ, **(env or {})},
-                cwd=self.logdir,
-                start_new_session=True,
-            )
-        self.started.append(proc)
-        return proc
-
-    def stop(self, proc: subprocess.Popen[bytes]) -> None:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
-        if proc in self.started:
-            self.started.remove(proc)
-
-    def stop_all(self) -> None:
-        for proc in list(reversed(self.started)):
-            self.stop(proc)
-
-    def tail(self, name: str, lines: int = 6) -> str:
-        path = self.logdir / f"{name}.log"
-        return " / ".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
-
-
 def serve_engines(ports: list[int]) -> None:
     """The child that runs the eight fake engines in one event loop (--serve-engines)."""
     import fake_engine
@@ -220,22 +186,7 @@ def serve_engines(ports: list[int]) -> None:
 
 
 def routing_table(name: str, strategy: str, ports: list[int], model: str) -> dict[str, Any]:
-    endpoints = [
-        {
-            "name": f"e{i}",
-            "address": HOST,
-            "port": p,
-            "tier": 0,
-            "weight": 1,
-            "effectiveWeight": 1,
-            "eligible": True,
-            "health": "Healthy",
-            "breaker": "Closed",
-            "labels": {},
-            "capacity": None,
-        }
-        for i, p in enumerate(ports)
-    ]
+    endpoints = [table_endpoint(f"e{i}", HOST, p) for i, p in enumerate(ports)]
     return {
         "schemaVersion": 1,
         "revision": f"{name}-1",
@@ -290,6 +241,14 @@ class TokenLog:
     def __init__(self) -> None:
         self.arrivals: list[tuple[float, int]] = []
 
+    def received(self, rec: Sent, tokens: int, now: float) -> None:
+        """`tokens` (maybe none) of `rec` arrived at `now`: the first ones are its TTFT."""
+        if tokens:
+            if rec.first is None:
+                rec.first = now
+            rec.tokens += tokens
+            self.arrivals.append((now, tokens))
+
 
 Sender = Callable[[dict[str, Any], Sent, TokenLog, float], Awaitable[None]]
 
@@ -331,13 +290,7 @@ class HttpRouter:
                     await resp.read()
                     return
                 async for line in resp.content:
-                    n = line.count(b"tok ")
-                    if n:
-                        now = loop.time() - t0
-                        if rec.first is None:
-                            rec.first = now
-                        rec.tokens += n
-                        log.arrivals.append((now, n))
+                    log.received(rec, line.count(b"tok "), loop.time() - t0)
                 rec.end = loop.time() - t0
         except Exception as exc:  # a failed request is a result, not a crash
             rec.error = type(exc).__name__
@@ -379,13 +332,7 @@ class LiteLLMRouter:
             )
             async for chunk in stream:
                 content = chunk.choices[0].delta.content if chunk.choices else None
-                n = content.count("tok ") if content else 0
-                if n:
-                    now = loop.time() - t0
-                    if rec.first is None:
-                        rec.first = now
-                    rec.tokens += n
-                    log.arrivals.append((now, n))
+                log.received(rec, content.count("tok ") if content else 0, loop.time() - t0)
             rec.end = loop.time() - t0
         except Exception as exc:
             rec.error = type(exc).__name__
@@ -669,7 +616,7 @@ async def wait_http(
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as s:
         while time.monotonic() < deadline:
             if proc is not None and proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with code {proc.returncode}: {procs.tail(name)}")
+                raise RuntimeError(f"{name} exited with code {proc.returncode}: {procs.log_tail(name)}")
             try:
                 async with s.get(url) as resp:
                     if resp.status == 200:
@@ -678,7 +625,7 @@ async def wait_http(
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 last = type(exc).__name__
             await asyncio.sleep(0.2)
-    raise RuntimeError(f"{name} not ready after {timeout:.0f} s ({last}): {procs.tail(name)}")
+    raise RuntimeError(f"{name} not ready after {timeout:.0f} s ({last}): {procs.log_tail(name)}")
 
 
 def available(name: str) -> str | None:
