@@ -5,6 +5,7 @@ docs/plots/routing-*.png, method and table in docs/routing-bench.md.
     scripts/netns-run .venv/bin/python bench/routing_bench.py          # make bench-routing
     .venv/bin/python bench/routing_bench.py --quick --out /tmp/r.json  # a look in two minutes
     .venv/bin/python bench/routing_bench.py --sweep                    # LoadWeights / LoadBound
+    scripts/netns-run .venv/bin/python bench/routing_bench.py --llama  # real llama-servers, added
     .venv/bin/python bench/routing_bench.py --report bench/results/routing.json
 
 Eight fake engines (scripts/fake_engine.py, vLLM mode) in one process of their own: 4
@@ -22,14 +23,16 @@ Every request is a streamed chat completion of 32 tokens.
 
 Routers: RoundRobin, LeastConnections, LeastLoaded and PrefixAffinity through the gateway
 (`python -m clusterpool.gateway`, one pool per strategy over the same engines, load scraped
-from the engines' /metrics), LiteLLM's Router (simple-shuffle, least-busy; the library, in
+from the engines' /metrics), LeastLoaded and PrefixAffinity through three gateway replicas
+in turn (gateway-x3), LiteLLM's Router (simple-shuffle, least-busy; the library, in
 this process, as an application uses it) and vllm-router (round_robin, cache_aware; its own
 process). Per router and step: output tokens/s (received by the client), TTFT p50/p90/p99
 (sent to first token; a request without one when the run ends counts its wait so far, a
 lower bound), prefix-cache hit rate from the engines' own counters
 (vllm:prefix_cache_hits_total / vllm:prefix_cache_queries_total). Then the same with one
 engine slowed 5x (at the third rate, after a step at the second). Then three gateway
-replicas asked for the same prompts: the endpoint each names (X-ClusterPool-Endpoint).
+replicas asked for the same prompts: the endpoint each names (X-ClusterPool-Endpoint);
+and where vllm-router's cache_aware sends four prefixes, one request at a time.
 """
 
 from __future__ import annotations
