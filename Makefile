@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: help version stamp lock release wheelhouse venv controlplane redis consul helm promtool llama test-tools node-build node-up node-down crd demo demo-down test test-unit test-integration test-e2e lint format bench bench-node bench-tools bench-peers bench-gateway clean
+.PHONY: help version stamp lock release wheelhouse venv controlplane redis consul helm promtool llama test-tools node-build node-up node-down crd demo demo-down test test-unit test-integration test-e2e lint format bench bench-node bench-tools bench-peers bench-gateway bench-routing clean
 
 help:
 	@echo "make demo        start a local control plane, demo backends and the operator; apply a pool"
@@ -16,6 +16,7 @@ help:
 	@echo "make bench       benchmarks; results under bench/results/"
 	@echo "make release     wheels, sdists, the chart, the install manifests and the image into dist/"
 	@echo "make bench-gateway  the gateway next to HAProxy, vllm-router and LiteLLM's proxy (docs/gateway-bench.md)"
+	@echo "make bench-routing  the routing strategies on eight fake engines, with LiteLLM's Router and vllm-router (docs/routing-bench.md)"
 
 version:  # the one version (operator/clusterpool/__init__.py)
 	@python3 distributions/layout.py --version
@@ -173,6 +174,17 @@ bench-peers: $(PEERS)/.installed
 bench-gateway: venv bench-tools bench-peers
 	@$(PY) -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
 	scripts/netns-run $(PY) bench/gateway_bench.py
+
+# The strategies on eight fake engines next to LiteLLM's Router (the library, in .venv, as
+# `make bench` installs it) and vllm-router (.venv-peers), in a network namespace of its own,
+# about 13 minutes on 2 shared cores; then four real llama-servers (the cached build), about
+# 2 more. A look in two: $(PY) bench/routing_bench.py --quick. The sweep of the defaults:
+# $(PY) bench/routing_bench.py --sweep (about 7 minutes).
+bench-routing: venv bench-peers llama
+	@$(PY) -m pip install --quiet --disable-pip-version-check --no-deps 'litellm==1.108.11'
+	@$(PY) -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
+	LITELLM_LOCAL_MODEL_COST_MAP=True scripts/netns-run $(PY) bench/routing_bench.py
+	scripts/netns-run $(PY) bench/routing_bench.py --llama
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

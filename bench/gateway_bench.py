@@ -152,18 +152,19 @@ def rss_mib(pid: int) -> float:
 
 
 class Processes:
-    """Starts processes pinned to a core, each in its own session; stop_all() ends them."""
+    """Starts processes (pinned to a core when given one), each in its own session, logs in
+    one folder; stop() ends one, stop_all() every one."""
 
     def __init__(self, logdir: Path) -> None:
         self.logdir = logdir
         self.started: list[subprocess.Popen[bytes]] = []
 
     def start(
-        self, name: str, argv: list[str], core: int, env: dict[str, str] | None = None
+        self, name: str, argv: list[str], core: int | None = None, env: dict[str, str] | None = None
     ) -> subprocess.Popen[bytes]:
         log = (self.logdir / f"{name}.log").open("ab")
         proc = subprocess.Popen(
-            ["taskset", "-c", str(core), *argv],
+            [*(["taskset", "-c", str(core)] if core is not None else []), *argv],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -285,6 +286,12 @@ def proxy_unavailable(name: str, settings: Settings) -> str | None:
     return None
 
 
+def table_endpoint(name: str, address: str, port: int) -> dict[str, Any]:
+    """One eligible, healthy endpoint of weight 1 in a routing table (docs/routing-table.md)."""
+    return {"name": name, "address": address, "port": port, "tier": 0, "weight": 1, "effectiveWeight": 1,
+            "eligible": True, "health": "Healthy", "breaker": "Closed", "labels": {}, "capacity": None}  # fmt: skip
+
+
 def routing_file(workdir: Path, backend_port: int) -> Path:
     """A routing table (docs/routing-table.md) of one endpoint, plus the models it serves."""
     table: dict[str, Any] = {
@@ -301,21 +308,7 @@ def routing_file(workdir: Path, backend_port: int) -> Path:
             "halfOpenMaxProbes": 1,
             "successThreshold": 2,
         },
-        "endpoints": [
-            {
-                "name": "backend",
-                "address": "127.0.0.1",
-                "port": backend_port,
-                "tier": 0,
-                "weight": 1,
-                "effectiveWeight": 1,
-                "eligible": True,
-                "health": "Healthy",
-                "breaker": "Closed",
-                "labels": {},
-                "capacity": None,
-            }
-        ],
+        "endpoints": [table_endpoint("backend", "127.0.0.1", backend_port)],
         "cache": None,
     }
     table["revision"] = hashlib.sha256(json.dumps(table, sort_keys=True).encode()).hexdigest()[:16]

@@ -346,6 +346,85 @@ def draw_gateway(results: Path, out: Path) -> None:
     plt.close(fig)
 
 
+def routing_runs(path: Path | None) -> dict[str, Any] | None:
+    path = path or RESULTS / "routing.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def routing_ramp(plt: Any, path: Path | None = None) -> Any | None:
+    """bench/results/routing.json, healthy fleet: per workload, output tokens/s and TTFT p90
+    against the offered rate, one line per router (the gateway's strategies solid)."""
+    d = routing_runs(path)
+    if d is None:
+        return None
+    workloads = list(d["method"]["workloads"])
+    fig, axes = plt.subplots(2, len(workloads), figsize=(10, 6.4), squeeze=False)
+    for col, w in enumerate(workloads):
+        for run in (r for r in d["runs"] if r["workload"] == w and not r["slow_engine"]):
+            rates = [s["rate"] for s in run["steps"]]
+            style = "-" if run["router"].startswith("gateway:") else "--"
+            label = run["router"].replace("gateway:", "")
+            axes[0][col].plot(rates, [s["tokens_per_s"] for s in run["steps"]], style, marker="o", ms=3, label=label)
+            p90 = [s["ttft_p90_ms"] / 1000 if s["ttft_p90_ms"] else None for s in run["steps"]]
+            axes[1][col].plot(rates, p90, style, marker="o", ms=3, label=label)
+        axes[0][col].set_title(f"{w}: output tokens/s", fontsize=9)
+        axes[1][col].set_title(f"{w}: TTFT p90 (s, log)", fontsize=9)
+        axes[1][col].set_yscale("log")
+        axes[1][col].set_xlabel("offered rate (requests/s)")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"Routing on 8 fake engines (bench/results/routing.json, {d['date']})", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def routing_slow(plt: Any, path: Path | None = None) -> Any | None:
+    """bench/results/routing.json: TTFT p99 per router at the slow-engine rate, healthy fleet
+    against one engine 5x slower, per workload."""
+    d = routing_runs(path)
+    if d is None:
+        return None
+    rate = d["method"]["slow_rates"][-1]
+    workloads = list(d["method"]["workloads"])
+    fig, axes = plt.subplots(1, len(workloads), figsize=(10, 3.8), squeeze=False)
+    for col, w in enumerate(workloads):
+        routers = [r["router"] for r in d["runs"] if r["workload"] == w and not r["slow_engine"]]
+        ax = axes[0][col]
+        for k, (slow, shade) in enumerate(((False, "#4c72b0"), (True, "#dd8452"))):
+            values = []
+            for name in routers:
+                step = next((s for r in d["runs"] if r["router"] == name and r["workload"] == w
+                             and r["slow_engine"] == slow for s in r["steps"] if s["rate"] == rate), None)  # fmt: skip
+                values.append(step["ttft_p99_ms"] / 1000 if step and step["ttft_p99_ms"] else 0.0)
+            label = "one engine 5x slower" if slow else "healthy"
+            ax.bar([x + (k - 0.5) * 0.4 for x in range(len(routers))], values, 0.4, label=label, color=shade)
+        ax.set_xticks(range(len(routers)), [r.replace("gateway:", "") for r in routers], rotation=35, ha="right",
+                      fontsize=7)  # fmt: skip
+        ax.set_yscale("log")
+        ax.set_title(f"{w}: TTFT p99 (s, log) at {rate:g} requests/s", fontsize=9)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def draw_routing(results: Path, out: Path) -> list[Path]:
+    """Draw the routing figures from one results file (bench/routing_bench.py calls this)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    out.mkdir(parents=True, exist_ok=True)
+    for name, draw in (("routing-ramp.png", routing_ramp), ("routing-slow.png", routing_slow)):
+        fig = draw(plt, results)
+        if fig is None:
+            raise FileNotFoundError(results)
+        fig.savefig(out / name, dpi=100, metadata={"Software": None})
+        plt.close(fig)
+        written.append(out / name)
+    return written
+
+
 FIGURES: dict[str, Callable[[Any], Any]] = {
     "gateway.png": gateway,
     "balancer-picks.png": balancer_picks,
@@ -355,6 +434,8 @@ FIGURES: dict[str, Callable[[Any], Any]] = {
     "detection.png": detection,
     "scale-goals.png": scale_goals,
     "caches.png": caches,
+    "routing-ramp.png": routing_ramp,
+    "routing-slow.png": routing_slow,
 }
 
 

@@ -7,7 +7,8 @@ and failure injection that can be switched while it runs.
 
 Modes: vllm, sglang, tgi, llamacpp, ollama, openai. In every mode: POST /v1/chat/completions
 and /v1/completions (with `"stream": true` as server-sent events), GET /v1/models, and the
-admin endpoints GET /admin/stats and POST /admin/faults (JSON, see Faults). The health path
+admin endpoints GET /admin/stats, POST /admin/faults (JSON, see Faults) and POST
+/admin/reset (an empty prefix cache, no faults). The health path
 and the /metrics names are the engine's own (see HEALTH and MetricsWriter).
 
 Time model, per request: it waits for one of `max_running` slots (queue wait), then its
@@ -230,6 +231,7 @@ class FakeEngine:
         r.add_get("/v1/models", self._models)
         r.add_get("/admin/stats", self._stats)
         r.add_post("/admin/faults", self._set_faults)
+        r.add_post("/admin/reset", self._reset)
         health = HEALTH[self.config.mode]
         if health != "/v1/models":
             r.add_get(health, self._health)
@@ -290,6 +292,13 @@ class FakeEngine:
             self._frozen = self.metrics.render(self.counters)
         if self.faults.metrics != "frozen":
             self._frozen = None
+        return web.json_response(asdict(self.faults))
+
+    async def _reset(self, request: web.Request) -> web.Response:
+        """An empty prefix cache and no faults (counters go on: read them as differences)."""
+        self.cache = PrefixCache(self.config.cache_blocks)
+        self.faults = Faults()
+        self._frozen = None
         return web.json_response(asdict(self.faults))
 
     async def _metrics(self, request: web.Request) -> web.Response:

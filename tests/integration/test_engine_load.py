@@ -159,6 +159,23 @@ def test_streaming_chat_follows_the_openai_format_and_faults_cut_it(engines):
     assert engine.post("/v1/chat/completions", {"messages": []})[0] == 500
 
 
+def test_reset_empties_the_prefix_cache_and_clears_faults(engines):
+    engine = engines("vllm", "--tokens-per-second", "1000")
+    body = {"prompt": "a shared system prompt. " * 40, "max_tokens": 1}
+
+    def cached() -> int:
+        status, raw = engine.post("/v1/completions", body)
+        assert status == 200
+        return int(json.loads(raw)["usage"]["prompt_tokens_details"]["cached_tokens"])
+
+    assert cached() == 0
+    assert cached() > 200  # the second time, its blocks are in the cache
+    engine.faults(error_rate=1.0)
+    assert engine.post("/admin/reset", {})[0] == 200
+    assert engine.stats()["faults"]["error_rate"] == 0.0
+    assert cached() == 0  # a cold cache again
+
+
 def table(strategy: str, engine: str, endpoints: list[Engine]) -> RoutingTable:
     from clusterpool.balancer import Target
 

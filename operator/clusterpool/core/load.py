@@ -82,7 +82,7 @@ class LoadBound:
 
     waiting: float = 4.0
     kv_usage: float = 0.9
-    inflight_factor: float = 1.5
+    inflight_factor: float = 1.25
 
     def over(self, load: Load, inflight: int, mean_inflight: float) -> bool:
         if load.saturated:
