@@ -23,13 +23,11 @@ from clusterpool.client.pool import CapacityError
 from clusterpool.core.hedging import HedgePolicy
 from clusterpool.core.labels import Selector
 from clusterpool.gateway.http1 import Request
-from clusterpool.gateway.routes import PoolRoute
+from clusterpool.gateway.routes import RETRY_STATUSES, PoolRoute
 from clusterpool.gateway.upstream import EndpointPool, Head, UpstreamConnection, UpstreamError
 
 if TYPE_CHECKING:
     from clusterpool.gateway.proxy import ClientSide, Outcome, Proxy
-
-RETRY_STATUSES = frozenset({429, 502, 503, 504})  # as the proxy's
 
 
 class Outgoing(NamedTuple):

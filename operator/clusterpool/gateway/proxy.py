@@ -38,13 +38,12 @@ from clusterpool.gateway.http1 import (
     status_line,
 )
 from clusterpool.gateway.metrics import GatewayMetrics
-from clusterpool.gateway.routes import PoolRoute, Routes
+from clusterpool.gateway.routes import RETRY_STATUSES, PoolRoute, Routes
 from clusterpool.gateway.settings import Settings
 from clusterpool.gateway.upstream import EndpointPool, Head, UpstreamConnection, UpstreamError, Upstreams
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"})
 INFERENCE_PATHS = frozenset({b"/v1/chat/completions", b"/v1/completions", b"/v1/embeddings", b"/v1/responses"})
-RETRY_STATUSES = frozenset({429, 502, 503, 504})
 GATEWAY_STATUSES = frozenset({502, 503, 504})
 DROP_REQUEST = HOP_BY_HOP | {
     b"host",

@@ -21,6 +21,9 @@ from clusterpool.core.labels import Selector
 
 log = logging.getLogger(__name__)
 PoolKey = tuple[str, str]  # (namespace, name)
+# answers that send a request on to another endpoint while no byte went to the client
+# (429: that endpoint is backed off, not ejected)
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
 HOST_CACHE = 1024  # distinct Host headers remembered (clients send few); beyond, the memory starts over
 
 
