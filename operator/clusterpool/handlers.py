@@ -19,7 +19,7 @@ import kopf
 
 from clusterpool import api
 from clusterpool.core.budget import TokenBucket
-from clusterpool.core.models import claims_from
+from clusterpool.core.models import ModelClaim, claims_from
 from clusterpool.core.publish import MANAGED_BY, OPERATOR, SLICE_MANAGED_BY_LABEL
 from clusterpool.k8s.client import APIHealth, SecretsClient, StatusWriter, load_config, watch_api
 from clusterpool.k8s.events import COMPONENT, EventRecorder
@@ -100,6 +100,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo["informational"] = TokenBucket(INFORMATIONAL_PER_SECOND, 1 / INFORMATIONAL_PER_SECOND, time.monotonic())
     memo["runners"] = {}  # (namespace, name) -> PoolRunner; shared: per-object memos copy this dict's reference
     memo["models_seen"] = {}  # (namespace, name) -> the spec.models last seen (see models_changed)
+    memo["model_claims"] = {}  # namespace -> its pools' claims, until one changes (see _model_claims)
     runners: dict[tuple[str, str], PoolRunner] = memo["runners"]
     memo["api_health"] = api_health = APIHealth()  # held once: whether the API server answers
     memo["api_watch"] = asyncio.create_task(
@@ -226,7 +227,7 @@ async def pool_daemon(
         wiring = PoolWiring(write_status, emit, logger, memo["publisher"], slices, memo["secrets"].read, metrics, fence)
         wiring.api_health = memo["api_health"]
         wiring.informational = InformationalPace(lambda: memo["informational"].take(time.monotonic()))
-        wiring.model_claims = lambda: claims_from(models_index.get(namespace, []))
+        wiring.model_claims = lambda: _model_claims(memo, models_index, namespace)
         runner = PoolRunner(body, wiring)
         runners[(namespace, name)] = runner
         run = asyncio.create_task(runner.run(), name=f"pool {namespace}/{name}")
@@ -421,6 +422,16 @@ async def models_by_namespace(namespace: str | None, body: kopf.Body, **_: Any) 
     }
 
 
+def _model_claims(memo: kopf.Memo, index: kopf.Index[str, Any], namespace: str) -> tuple[ModelClaim, ...]:
+    """The claims of the namespace's pools on model names: one tuple shared by its pools
+    until models_changed drops it (so a pool finds them unchanged by identity)."""
+    cache: dict[str, tuple[ModelClaim, ...]] = memo["model_claims"]
+    claims = cache.get(namespace)
+    if claims is None:
+        claims = cache[namespace] = claims_from(index.get(namespace, []))
+    return claims
+
+
 def _models_moved(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> bool:  # noqa: A002 - kopf's name
     """A pool's claim changed (its spec.models, its deletion): the other pools of its
     namespace may gain or lose a model. Most events (status writes) change nothing here."""
@@ -437,6 +448,7 @@ async def models_changed(body: kopf.Body, type: str | None, memo: kopf.Memo, **_
         memo["models_seen"][key] = claimed
     else:
         memo["models_seen"].pop(key, None)
+    memo["model_claims"].pop(key[0], None)
     for (ns, _name), runner in list(memo["runners"].items()):
         if ns == key[0]:
             runner.wake("a pool's spec.models changed")

@@ -62,6 +62,7 @@ class SpecTracker:
         self.error: str | None = None
         self.generation: int | None = None
         self.first = True  # the refresh under way is the first one
+        self._ownership_of: tuple[tuple[str, ...], object] | None = None  # (declared, claims) models was found from
 
     def moved(self) -> bool:
         """Whether the generation moved since the last refresh (always, the first time)."""
@@ -91,10 +92,14 @@ class SpecTracker:
     def refresh_models(self) -> None:
         """spec.models against the claims of the namespace's other pools (core/models.py):
         what this pool serves; an Event when a conflict appears, changes or clears."""
+        declared = tuple(self.spec.models or ()) if self.spec is not None else ()
+        claims = self.claims() if declared else ()  # a pool that declares none serves none
+        if self._ownership_of is not None and self._ownership_of[0] == declared and self._ownership_of[1] is claims:
+            return  # (every round of every pool: at 1,000 pools in one namespace, this was 1,000 x 1,000 claims)
+        self._ownership_of = (declared, claims)
         meta = self.body.get("metadata") or {}
         name = PoolRef.of(self.body).name
-        declared = tuple(self.spec.models or ()) if self.spec is not None else ()
-        owned = ownership(ModelClaim(name, str(meta.get("creationTimestamp") or ""), declared), self.claims())
+        owned = ownership(ModelClaim(name, str(meta.get("creationTimestamp") or ""), declared), claims)
         if owned.held_elsewhere != self.models.held_elsewhere:
             if owned.held_elsewhere:
                 self.emit("Warning", "ModelsConflict", conflict_message(name, owned.held_elsewhere))
