@@ -410,9 +410,14 @@ def _claimed_models(body: kopf.Body) -> tuple[str, ...]:
     return tuple(m for m in models if isinstance(m, str)) if isinstance(models, list) else ()
 
 
-@kopf.index(api.GROUP, api.VERSION, api.PLURAL, id="models_by_namespace")
+def _claims_models(body: kopf.Body, **_: Any) -> bool:
+    return bool(_claimed_models(body))
+
+
+@kopf.index(api.GROUP, api.VERSION, api.PLURAL, id="models_by_namespace", when=_claims_models)
 async def models_by_namespace(namespace: str | None, body: kopf.Body, **_: Any) -> dict[str | None, Any]:
-    """Each pool's claim on model names, by namespace (kopf keeps it from its watch)."""
+    """Each claim on model names, by namespace (kopf keeps it from its watch, and drops a
+    pool's once it claims none: most pools claim none, and most events are status writes)."""
     return {
         namespace: {
             "name": body.metadata.name,
