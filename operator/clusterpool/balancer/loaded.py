@@ -10,12 +10,14 @@ from __future__ import annotations
 import itertools
 import math
 import random
+import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import xxhash
 
 from clusterpool.balancer.strategies import Balancer, Target
+from clusterpool.core.latency import PeakEwma, relative_slowness
 from clusterpool.core.load import NO_SIGNAL, Load, LoadBound, LoadView, LoadWeights, load_score
 
 TWO_64 = float(1 << 64)
@@ -43,37 +45,74 @@ class LoadAware(Balancer):
 
 
 class LeastLoaded(LoadAware):
-    """The target with the lowest score of queue depth, running sequences, KV use and this
-    process's in-flight requests (core/load.py, LoadWeights). Stale or absent readings
-    score as saturated. Ties go to the first at or after a rotating start; above 256
-    targets two random ones are compared (power of two choices), so a pick stays cheap."""
+    """The target with the lowest score of queue depth, running sequences, KV use, this
+    process's in-flight requests and how much slower than the fleet's median its recent
+    answers were (core/load.py, LoadWeights; the latencies this process saw, core/latency.py,
+    so an engine that is slow without a queue to show for it still loses). Stale or absent
+    readings score as saturated. Ties go to the first at or after a rotating start; above
+    256 targets two random ones are compared (power of two choices), so a pick stays cheap.
+    The slowness of every target is worked out at most every SLOWNESS_EVERY_S seconds, not
+    per pick."""
 
     EXACT_UP_TO = 256
+    SLOWNESS_EVERY_S = 0.1
 
     def __init__(
-        self, load: LoadView | None = None, weights: LoadWeights | None = None, rng: random.Random | None = None
+        self,
+        load: LoadView | None = None,
+        weights: LoadWeights | None = None,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(load)
         self.weights = weights or LoadWeights()
         self._rng = rng or random.Random()
         self._rotor = itertools.count()
+        self._clock = clock
+        self._latency = PeakEwma()
+        self._slowness: tuple[list[float], float] = ([], -math.inf)  # per target, and when worked out
 
-    def _score(self, i: int) -> float:
-        return load_score(self.load_of(self._targets[i]), self._loads[i], self.weights)
+    def _rebuild(self) -> None:
+        self._latency.keep(t.name for t in self._targets)
+        self._slowness = ([], -math.inf)
+
+    def finished(self, target: Target, latency_s: float, ok: bool = True) -> None:
+        now = self._clock()
+        with self._lock:
+            i = self._index.get(target.name)
+            if i is not None and self._loads[i] > 0:
+                self._count(i, -1)
+            self._latency.observe(target.name, latency_s, ok, now)
+
+    def slowness(self, targets: Sequence[Target]) -> list[float]:
+        """Each target's slowness against the fleet's median (0.0: not slower), as of at
+        most SLOWNESS_EVERY_S ago."""
+        if not self.weights.latency:
+            return [0.0] * len(targets)
+        now = self._clock()
+        slowness, at = self._slowness
+        if now - at < self.SLOWNESS_EVERY_S and len(slowness) == len(targets):
+            return slowness
+        estimate = self._latency.estimate
+        slowness = relative_slowness([estimate(t.name, now) for t in targets])
+        self._slowness = (slowness, now)
+        return slowness
 
     def pick(self, key: str | None = None) -> Target:
         targets = self._targets
         n = len(targets)
         if n == 0:
             raise self._empty()
+        slow, loads, w, load_of = self.slowness(targets), self._loads, self.weights, self.load_of
         if n > self.EXACT_UP_TO:
             i, j = int(self._rng.random() * n), int(self._rng.random() * n)
-            return targets[i] if self._score(i) <= self._score(j) else targets[j]
+            si = load_score(load_of(targets[i]), loads[i], w, slow[i])
+            return targets[i] if si <= load_score(load_of(targets[j]), loads[j], w, slow[j]) else targets[j]
         start = next(self._rotor) % n
         best, best_score = start, math.inf
         for step in range(n):
             i = (start + step) % n
-            s = self._score(i)
+            s = load_score(load_of(targets[i]), loads[i], w, slow[i])
             if s < best_score:
                 best, best_score = i, s
         return targets[best]

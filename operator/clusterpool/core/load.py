@@ -51,20 +51,23 @@ class LoadView(Protocol):
 @dataclass(frozen=True)
 class LoadWeights:
     """How LeastLoaded weighs the signals: each queued request, each running sequence, the
-    KV share (1.0 = full) and each request this process has in flight there."""
+    KV share (1.0 = full), each request this process has in flight there, and the endpoint's
+    slowness: how many times the fleet's median latency its recent latency is above it
+    (core/latency.py relative_slowness; 4.0 for an engine five times slower)."""
 
     waiting: float = 1.0
     running: float = 0.1
     kv_usage: float = 2.0
     inflight: float = 1.0
+    latency: float = 1.0
 
 
-def load_score(load: Load, inflight: int, w: LoadWeights) -> float:
+def load_score(load: Load, inflight: int, w: LoadWeights, slowness: float = 0.0) -> float:
     """Lower is better. A saturated endpoint scores above any other, ordered among its
     kind by this process's in-flight requests."""
     if load.saturated:
         return SATURATED_SCORE + inflight
-    score = w.inflight * inflight
+    score = w.inflight * inflight + w.latency * slowness
     if load.waiting is not None:
         score += w.waiting * load.waiting
     if load.running is not None:
