@@ -308,3 +308,16 @@ def test_slowness_is_against_the_fleets_median_beyond_its_spread_and_ignores_the
     assert relative_slowness([0.0, 0.1, 0.3, 0.1]) == pytest.approx([0.0, 0.0, 2.0, 0.0])
     assert relative_slowness([0.1, 0.3, 0.2]) == [0.0, 0.0, 0.0]  # within 1.5x the median: the spread
     assert relative_slowness([0.0, 5.0]) == [0.0, 0.0]  # one heard from: no fleet to compare with
+
+
+def test_the_latency_estimate_means_the_same_for_an_endpoint_answering_often_or_seldom():
+    from clusterpool.core.latency import LatencyEwma
+
+    ewma, t = LatencyEwma(peak=False), 0.0
+    for step in range(3001):  # 30 s: "often" answers every 10 ms, "seldom" every 2 s, all in 0.5 s
+        t = step * 0.01
+        ewma.observe("often", 0.5, True, t)
+        if step % 200 == 0:
+            ewma.observe("seldom", 0.5, True, t)
+    assert ewma.estimate("often", t) == pytest.approx(0.5, rel=0.01)
+    assert ewma.estimate("seldom", t) == pytest.approx(0.5, rel=0.01)

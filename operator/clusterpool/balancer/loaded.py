@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 import xxhash
 
 from clusterpool.balancer.strategies import Balancer, Target
-from clusterpool.core.latency import PeakEwma, relative_slowness
+from clusterpool.core.latency import LatencyEwma, relative_slowness
 from clusterpool.core.load import NO_SIGNAL, Load, LoadBound, LoadView, LoadWeights, load_score
 
 TWO_64 = float(1 << 64)
@@ -51,8 +51,8 @@ class LeastLoaded(LoadAware):
     so an engine that is slow without a queue to show for it still loses). Stale or absent
     readings score as saturated. Ties go to the first at or after a rotating start; above
     256 targets two random ones are compared (power of two choices), so a pick stays cheap.
-    The slowness of every target is worked out at most every SLOWNESS_EVERY_S seconds, not
-    per pick."""
+    The slowness of every target is worked out at most every SLOWNESS_EVERY_S seconds (and
+    after a target's first answer), not per pick."""
 
     EXACT_UP_TO = 256
     SLOWNESS_EVERY_S = 0.1
@@ -69,7 +69,7 @@ class LeastLoaded(LoadAware):
         self._rng = rng or random.Random()
         self._rotor = itertools.count()
         self._clock = clock
-        self._latency = PeakEwma()
+        self._latency = LatencyEwma(peak=False)
         self._slowness: tuple[list[float], float] = ([], -math.inf)  # per target, and when worked out
 
     def _rebuild(self) -> None:
@@ -82,6 +82,8 @@ class LeastLoaded(LoadAware):
             i = self._index.get(target.name)
             if i is not None and self._loads[i] > 0:
                 self._count(i, -1)
+            if not self._latency.heard_from(target.name):
+                self._slowness = ([], -math.inf)  # a first answer changes the fleet compared with: at once
             self._latency.observe(target.name, latency_s, ok, now)
 
     def slowness(self, targets: Sequence[Target]) -> list[float]:

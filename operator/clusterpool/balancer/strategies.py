@@ -16,7 +16,7 @@ from functools import reduce
 import xxhash
 
 from clusterpool.core.labels import Labels
-from clusterpool.core.latency import PeakEwma
+from clusterpool.core.latency import LatencyEwma
 
 
 @dataclass(frozen=True)
@@ -322,7 +322,7 @@ class Adaptive(Balancer):
         super().__init__()
         self._rng = rng or random.Random()
         self._clock = clock
-        self._latency = PeakEwma(decay_s)
+        self._latency = LatencyEwma(decay_s)
 
     def _rebuild(self) -> None:
         self._latency.keep(t.name for t in self._targets)

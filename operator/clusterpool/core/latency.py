@@ -1,5 +1,6 @@
-"""How slow each endpoint has been lately: a peak-EWMA of request latencies per endpoint
-(Finagle's and Linkerd's), the one estimate Adaptive and LeastLoaded both read."""
+"""How slow each endpoint has been lately: an EWMA of request latencies per endpoint, with
+the peak rule of Finagle's and Linkerd's peak-EWMA (Adaptive) or without it (LeastLoaded):
+the one estimate both read."""
 
 from __future__ import annotations
 
@@ -9,15 +10,18 @@ from collections.abc import Iterable
 FAILURE_LATENCY_S = 1.0  # a failed request counts as an answer at least this slow
 
 
-class PeakEwma:
-    """Per endpoint name: a slower answer than the estimate raises it at once (peak); faster
-    ones pull it down with a time constant `decay_s`; while an endpoint gets no answers its
-    estimate decays towards zero, so one that was slow is tried again within seconds and
-    wins traffic back once it is fast. Times are the caller's clock (seconds); the caller
-    holds its own lock around `observe`."""
+class LatencyEwma:
+    """Per endpoint name, an average of its answers' latencies with time constant `decay_s`
+    (an answer's weight in it is 1 - exp(-seconds since the previous one / decay_s), so an
+    endpoint's estimate means the same whether it answers often or seldom). With `peak`, a
+    slower answer than the estimate raises it at once: quick to see a slowdown, and an
+    outlier counts in full. While an endpoint gets no answers its estimate decays towards
+    zero, so one that was slow is tried again within seconds and wins traffic back once it
+    is fast. Times are the caller's clock (seconds); the caller holds its own lock around
+    `observe`."""
 
-    def __init__(self, decay_s: float = 10.0) -> None:
-        self.decay_s = decay_s
+    def __init__(self, decay_s: float = 10.0, peak: bool = True) -> None:
+        self.decay_s, self.peak = decay_s, peak
         self._ewma: dict[str, tuple[float, float]] = {}  # name -> (ewma seconds, last update)
 
     def keep(self, names: Iterable[str]) -> None:
@@ -28,13 +32,12 @@ class PeakEwma:
         if not ok:
             latency_s = max(latency_s, FAILURE_LATENCY_S)
         ewma, at = self._ewma.get(name, (latency_s, now))
-        decayed = ewma * math.exp(-(now - at) / self.decay_s)
-        if latency_s > decayed:
-            new = latency_s
-        else:
-            w = math.exp(-max(now - at, 1e-3) / self.decay_s)
-            new = decayed * w + latency_s * (1 - w)
-        self._ewma[name] = (new, now)
+        w = math.exp(-max(now - at, 1e-3) / self.decay_s)
+        peaked = self.peak and latency_s > ewma * w  # slower than the estimate has decayed to
+        self._ewma[name] = (latency_s if peaked else ewma * w + latency_s * (1 - w), now)
+
+    def heard_from(self, name: str) -> bool:
+        return name in self._ewma
 
     def estimate(self, name: str, now: float) -> float:
         """Seconds; 0.0 for an endpoint not heard from."""
