@@ -380,10 +380,12 @@ class SdkRouter(HttpRouter):
 
         target = self.balancer.pick(affinity_key(body))
         self.balancer.started(target)
+        loop = asyncio.get_running_loop()
+        start = loop.time()  # not rec.sent: the warm-up request's is not on the run's clock
         try:
             await self.post(f"http://{target.address}:{target.port}", body, rec, log, t0)
         finally:
-            self.balancer.finished(target, (rec.end or 0) - rec.sent, rec.error is None)
+            self.balancer.finished(target, loop.time() - start, rec.error is None)
             rec.endpoint = target.name
 
 
