@@ -107,3 +107,8 @@ def test_least_loaded_avoids_the_engine_that_answers_slowly_without_a_queue(engi
     assert "e0" not in picks, picks
     assert set(picks) == {"e1", "e2"}
     assert fleet[0].stats()["waiting"] == 0
+
+    # the pool's weights (spec.leastLoaded, in the routing table) without the latency term:
+    # this gateway sends the slow engine its turn
+    blind = gateway([], table={**engine_table("LeastLoaded", fleet), "leastLoaded": {"latency": 0}})
+    assert "e0" in {endpoint_of(blind, chat("sys", f"b {i}")) for i in range(6)}

@@ -4,9 +4,10 @@ that a reading too old (or none at all) counts as saturated, never as idle."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 SATURATED_SCORE = 1e9  # above any real score; a saturated endpoint is taken only when all are
 
@@ -61,6 +62,13 @@ class LoadWeights:
     inflight: float = 1.0
     latency: float = 1.0
 
+    def to_json(self) -> dict[str, float]:
+        return _to_json(self)
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> LoadWeights:
+        return _from_json(cls, raw, "leastLoaded")
+
 
 def load_score(load: Load, inflight: int, w: LoadWeights, slowness: float = 0.0) -> float:
     """Lower is better. A saturated endpoint scores above any other, ordered among its
@@ -87,6 +95,13 @@ class LoadBound:
     kv_usage: float = 0.9
     inflight_factor: float = 1.25
 
+    def to_json(self) -> dict[str, float]:
+        return _to_json(self)
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> LoadBound:
+        return _from_json(cls, raw, "prefixAffinity")
+
     def over(self, load: Load, inflight: int, mean_inflight: float) -> bool:
         if load.saturated:
             return True
@@ -95,3 +110,30 @@ class LoadBound:
         if load.kv_usage is not None and load.kv_usage > self.kv_usage:
             return True
         return inflight >= max(1.0, math.ceil(self.inflight_factor * (mean_inflight + 1)))
+
+
+# The routing table's form of LoadWeights and LoadBound (a pool's spec.leastLoaded and
+# spec.prefixAffinity.loadBound, core/publish.py): the fields by their camelCase names, as
+# plain numbers; a field left out keeps its default.
+_Tuning = TypeVar("_Tuning", LoadWeights, LoadBound)
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(w.title() for w in rest)
+
+
+def _to_json(tuning: LoadWeights | LoadBound) -> dict[str, float]:
+    return {_camel(k): v for k, v in asdict(tuning).items()}
+
+
+def _from_json(cls: type[_Tuning], raw: Mapping[str, Any], what: str) -> _Tuning:
+    names = {_camel(f.name): f.name for f in fields(cls)}
+    unknown = sorted(set(raw) - set(names))
+    if unknown:
+        raise ValueError(f"{what}: unknown fields {unknown}; known: {sorted(names)}")
+    values = {names[k]: float(v) for k, v in raw.items()}
+    bad = {k: v for k, v in values.items() if not math.isfinite(v) or v < 0}
+    if bad:
+        raise ValueError(f"{what}: {bad} must be finite and not negative")
+    return cls(**values)
