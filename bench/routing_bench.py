@@ -43,6 +43,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -94,6 +95,8 @@ GOAL_THROUGHPUT_TIMES = 1.5
 GOAL_UNIFORM_WITHIN = 0.10
 GOAL_SLOW_P99_TIMES = 1.5
 FLEETS = ("healthy", "slow")  # the fleet as it is, and with engine 0 slowed SLOW_FACTOR times
+# --sweep-of latency: LoadWeights.latency, and with "p" LeastLoaded's estimate taking the peak rule (core/latency.py)
+SWEEP_LATENCY = "0,1,2,4"
 NO_WORSE_TOLERANCE = 0.10  # "no worse than vllm-router's cache-aware": within 10% (noise)
 
 
@@ -708,6 +711,7 @@ class Settings:
     workloads: tuple[str, ...] = tuple(WORKLOADS)
     fleets: tuple[str, ...] = FLEETS
     sweep_of: tuple[str, ...] = ("weights", "bounds")
+    latency_points: tuple[str, ...] = tuple(SWEEP_LATENCY.split(","))
 
 
 async def start_engines(procs: Processes) -> list[int]:
@@ -973,7 +977,6 @@ SWEEP_WEIGHTS = {
     "w4 r0.1 kv2 f1": (4.0, 0.1, 2.0, 1.0, 0.0),
     "w1 r1 kv2 f1": (1.0, 1.0, 2.0, 1.0, 0.0),
 }
-SWEEP_LATENCY = (0.0, 1.0, 2.0, 4.0)
 SWEEP_OF = ("weights", "bounds", "latency")
 SWEEP_BOUNDS = {
     "waiting 4, x1.5 (default)": (4.0, 0.9, 1.5),
@@ -988,6 +991,7 @@ async def sweep(settings: Settings) -> dict[str, Any]:
     """LeastLoaded's weights and PrefixAffinity's bound, through the SDK's balancers (the
     gateway has no flags for them): each point two steps, the top one measured."""
     from clusterpool.balancer import LeastConnections, LeastLoaded, PrefixAffinity
+    from clusterpool.core.latency import LatencyEwma
     from clusterpool.core.load import LoadBound, LoadWeights
 
     r = settings.rates
@@ -1006,10 +1010,11 @@ async def sweep(settings: Settings) -> dict[str, Any]:
             plans.append(("PrefixAffinity", label, make, "uniform", False, r[2:4]))
     if "latency" in settings.sweep_of:  # the slow-engine goal (both fleets at r[2]) and uniform at r[3]
         plans.append(("LeastConnections", "-", lambda view: LeastConnections(), "uniform", False, r[2:4]))
-        for x in SWEEP_LATENCY:
+        for point in settings.latency_points:
+            x, peak = float(point.rstrip("p")), point.endswith("p")
             weights = replace(LoadWeights(), latency=x)
-            make = lambda view, weights=weights: LeastLoaded(view, weights)  # noqa: E731
-            label = f"latency {x:g}"
+            make = lambda view, w=weights, p=peak: LeastLoaded(view, w, latency=LatencyEwma(peak=p))  # noqa: E731
+            label = f"latency {x:g}{' peak' if peak else ''}"
             plans.append(("LeastLoaded", label, make, "uniform", False, r[2:4]))
             for wname in settings.workloads:
                 plans.append(("LeastLoaded", label, make, wname, False, r[1:3]))
@@ -1253,7 +1258,12 @@ def parse_args(argv: list[str]) -> Settings:
     p.add_argument(
         "--sweep-of", default="weights,bounds", help=f"with --sweep: comma-separated, of {','.join(SWEEP_OF)}"
     )
+    p.add_argument("--latency-points", default=SWEEP_LATENCY,
+                   help="with --sweep-of latency: LoadWeights.latency values (a p after one: peak)")  # fmt: skip
     args = p.parse_args(argv)
+    points = tuple(x.strip() for x in args.latency_points.split(",") if x.strip())
+    if not points or not all(re.fullmatch(r"\d+(\.\d+)?p?", x) for x in points):
+        p.error(f"--latency-points: numbers, each maybe followed by p (e.g. 0,1,4p), not {args.latency_points!r}")
     chosen = {}
     for flag, value, known in (("workloads", args.workloads, WORKLOADS), ("fleets", args.fleets, FLEETS),
                                ("sweep-of", args.sweep_of, SWEEP_OF)):  # fmt: skip
@@ -1273,7 +1283,8 @@ def parse_args(argv: list[str]) -> Settings:
     out = args.out or HERE / "results" / ("routing-quick.json" if args.quick else "routing.json")
     partial = chosen["workloads"] != tuple(WORKLOADS) or chosen["fleets"] != FLEETS
     return Settings(args.quick, routers, rates, step, drain, out, not args.no_plot and not args.quick and not partial,
-                    workloads=chosen["workloads"], fleets=chosen["fleets"], sweep_of=chosen["sweep-of"])  # fmt: skip
+                    workloads=chosen["workloads"], fleets=chosen["fleets"], sweep_of=chosen["sweep-of"],
+                    latency_points=points)  # fmt: skip
 
 
 def main(argv: list[str]) -> int:

@@ -63,13 +63,14 @@ class LeastLoaded(LoadAware):
         weights: LoadWeights | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
+        latency: LatencyEwma | None = None,
     ) -> None:
         super().__init__(load)
         self.weights = weights or LoadWeights()
         self._rng = rng or random.Random()
         self._rotor = itertools.count()
         self._clock = clock
-        self._latency = LatencyEwma(peak=False)
+        self._latency = latency or LatencyEwma(peak=False)
         self._slowness: tuple[list[float], float] = ([], -math.inf)  # per target, and when worked out
 
     def _rebuild(self) -> None:
