@@ -28,6 +28,7 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, core_schema
 
 from clusterpool.core import labels as label_rules
+from clusterpool.core.load import LoadBound, LoadWeights
 from clusterpool.engines.profiles import ENGINES, Engine, profile_for
 
 GROUP = "clusterpool.dev"
@@ -1120,6 +1121,13 @@ class Hedging(Model):
     )
 
 
+WEIGHTS, BOUND = LoadWeights(), LoadBound()  # their defaults, in core/load.py
+
+
+def _hundredths(x: float) -> int:
+    return round(x * 100)
+
+
 def _weight(what: str, default: int) -> Any:
     return Field(default=default, ge=0, le=100000, description=f"{what}, in hundredths (default {default}).")
 
@@ -1129,12 +1137,13 @@ class LeastLoadedWeights(Model):
     each signal's weight, in hundredths (100 = a weight of 1). The defaults were chosen by the
     routing benchmark (docs/routing-bench.md)."""
 
-    waiting: int = _weight("Per request waiting in the engine's queue", 100)
-    running: int = _weight("Per sequence the engine is running", 10)
-    kv_usage: int = _weight("Per whole KV cache in use (1.0 = full)", 200)
-    in_flight: int = _weight("Per request this client has in flight there", 100)
+    waiting: int = _weight("Per request waiting in the engine's queue", _hundredths(WEIGHTS.waiting))
+    running: int = _weight("Per sequence the engine is running", _hundredths(WEIGHTS.running))
+    kv_usage: int = _weight("Per whole KV cache in use (1.0 = full)", _hundredths(WEIGHTS.kv_usage))
+    in_flight: int = _weight("Per request this client has in flight there", _hundredths(WEIGHTS.inflight))
     latency: int = _weight(
-        "Per multiple of the fleet's median latency the endpoint's recent latency is above it (beyond 1.5x)", 100
+        "Per multiple of the fleet's median latency the endpoint's recent latency is above it (beyond 1.5x)",
+        _hundredths(WEIGHTS.latency),
     )
 
 
@@ -1150,14 +1159,24 @@ class PrefixLoadBound(Model):
     """When the endpoint a prefix hashes to counts as too busy, so the next in its order takes
     the request: any one of these exceeded."""
 
-    waiting: int = Field(default=4, ge=0, le=100000, description="Requests waiting in the engine's queue (default 4).")
-    kv_usage_percent: int = Field(default=90, ge=0, le=100, description="KV cache in use, in percent (default 90).")
+    waiting: int = Field(
+        default=round(BOUND.waiting),
+        ge=0,
+        le=100000,
+        description=f"Requests waiting in the engine's queue (default {round(BOUND.waiting)}).",
+    )
+    kv_usage_percent: int = Field(
+        default=_hundredths(BOUND.kv_usage),
+        ge=0,
+        le=100,
+        description=f"KV cache in use, in percent (default {_hundredths(BOUND.kv_usage)}).",
+    )
     in_flight_percent_of_mean: int = Field(
-        default=125,
+        default=_hundredths(BOUND.inflight_factor),
         ge=100,
         le=10000,
         description="This client's requests in flight there, in percent of the mean over the endpoints (plus "
-        "one): consistent hashing with bounded loads (default 125).",
+        f"one): consistent hashing with bounded loads (default {_hundredths(BOUND.inflight_factor)}).",
     )
 
 

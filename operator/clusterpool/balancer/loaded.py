@@ -70,7 +70,7 @@ class LeastLoaded(LoadAware):
         self._rng = rng or random.Random()
         self._rotor = itertools.count()
         self._clock = clock
-        self._latency = latency or LatencyEwma(peak=False)
+        self._latency = latency or LatencyEwma()  # the peak rule: a slow answer counts at once
         self._slowness: tuple[list[float], float] = ([], -math.inf)  # per target, and when worked out
 
     def _rebuild(self) -> None:

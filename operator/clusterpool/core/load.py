@@ -60,7 +60,7 @@ class LoadWeights:
     running: float = 0.1
     kv_usage: float = 2.0
     inflight: float = 1.0
-    latency: float = 1.0
+    latency: float = 4.0  # the routing benchmark's sweep (docs/routing-bench.md)
 
     def to_json(self) -> dict[str, float]:
         return _to_json(self)
