@@ -77,15 +77,10 @@ class LeastLoaded(LoadAware):
         self._latency.keep(t.name for t in self._targets)
         self._slowness = ([], -math.inf)
 
-    def finished(self, target: Target, latency_s: float, ok: bool = True) -> None:
-        now = self._clock()
-        with self._lock:
-            i = self._index.get(target.name)
-            if i is not None and self._loads[i] > 0:
-                self._count(i, -1)
-            if not self._latency.heard_from(target.name):
-                self._slowness = ([], -math.inf)  # a first answer changes the fleet compared with: at once
-            self._latency.observe(target.name, latency_s, ok, now)
+    def _answered(self, name: str, latency_s: float, ok: bool) -> None:
+        if not self._latency.heard_from(name):
+            self._slowness = ([], -math.inf)  # a first answer changes the fleet compared with: at once
+        self._latency.observe(name, latency_s, ok, self._clock())
 
     def slowness(self, targets: Sequence[Target]) -> list[float]:
         """Each target's slowness against the fleet's median (0.0: not slower), as of at

@@ -104,6 +104,11 @@ class Balancer:
             i = self._index.get(target.name)
             if i is not None and self._loads[i] > 0:
                 self._count(i, -1)
+            self._answered(target.name, latency_s, ok)
+
+    def _answered(self, name: str, latency_s: float, ok: bool) -> None:
+        """A request's latency and outcome, for the strategies that read them; called with the
+        lock held."""
 
     @contextmanager
     def lease(self, key: str | None = None) -> Iterator[Target]:
@@ -350,13 +355,8 @@ class Adaptive(Balancer):
         now = self._clock()
         return a if self._cost(a.name, now) <= self._cost(b.name, now) else b
 
-    def finished(self, target: Target, latency_s: float, ok: bool = True) -> None:
-        now = self._clock()
-        with self._lock:
-            i = self._index.get(target.name)
-            if i is not None and self._loads[i] > 0:
-                self._count(i, -1)
-            self._latency.observe(target.name, latency_s, ok, now)
+    def _answered(self, name: str, latency_s: float, ok: bool) -> None:
+        self._latency.observe(name, latency_s, ok, self._clock())
 
     def ewma(self, name: str) -> float:
         return self._latency.estimate(name, self._clock())
