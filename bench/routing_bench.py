@@ -1281,7 +1281,7 @@ def parse_args(argv: list[str]) -> Settings:
     step = args.step or (2.0 if args.quick else 4.0)
     drain = args.drain if args.drain is not None else (3.0 if args.quick else 6.0)
     out = args.out or HERE / "results" / ("routing-quick.json" if args.quick else "routing.json")
-    partial = chosen["workloads"] != tuple(WORKLOADS) or chosen["fleets"] != FLEETS
+    partial = chosen["workloads"] != tuple(WORKLOADS) or chosen["fleets"] != FLEETS or routers != all_routers
     return Settings(args.quick, routers, rates, step, drain, out, not args.no_plot and not args.quick and not partial,
                     workloads=chosen["workloads"], fleets=chosen["fleets"], sweep_of=chosen["sweep-of"],
                     latency_points=points)  # fmt: skip
