@@ -321,3 +321,24 @@ def test_the_latency_estimate_means_the_same_for_an_endpoint_answering_often_or_
             ewma.observe("seldom", 0.5, True, t)
     assert ewma.estimate("often", t) == pytest.approx(0.5, rel=0.01)
     assert ewma.estimate("seldom", t) == pytest.approx(0.5, rel=0.01)
+
+
+def test_a_slow_endpoint_tried_again_gets_one_request_until_it_answers():
+    clock = Clock()
+    b = LeastLoaded(View(), clock=clock)
+    b.update(targets(4))
+    for t in b.targets:  # e0 five times slower
+        b.started(t)
+        b.finished(t, 1.0 if t.name == "e0" else 0.2)
+    for _ in range(60):  # 30 s of answers from the fast ones only: e0's estimate decays
+        clock.t += 0.5
+        for t in b.targets[1:]:
+            b.started(t)
+            b.finished(t, 0.2)
+    picks = []
+    for _ in range(12):  # requests arriving faster than anything answers
+        clock.t += 0.01
+        t = b.pick()
+        b.started(t)
+        picks.append(t.name)
+    assert picks.count("e0") == 1, picks  # tried again, once, not once per free turn

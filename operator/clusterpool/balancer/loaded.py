@@ -71,46 +71,54 @@ class LeastLoaded(LoadAware):
         self._rotor = itertools.count()
         self._clock = clock
         self._latency = latency or LatencyEwma()  # the peak rule: a slow answer counts at once
-        self._slowness: tuple[list[float], float] = ([], -math.inf)  # per target, and when worked out
+        # per target, with nothing or something in flight (slowness()), and when worked out
+        self._slowness: tuple[list[float], list[float], float] = ([], [], -math.inf)
 
     def _rebuild(self) -> None:
         self._latency.keep(t.name for t in self._targets)
-        self._slowness = ([], -math.inf)
+        self._slowness = ([], [], -math.inf)
 
     def _answered(self, name: str, latency_s: float, ok: bool) -> None:
         if not self._latency.heard_from(name):
-            self._slowness = ([], -math.inf)  # a first answer changes the fleet compared with: at once
+            self._slowness = ([], [], -math.inf)  # a first answer changes the fleet compared with: at once
         self._latency.observe(name, latency_s, ok, self._clock())
 
-    def slowness(self, targets: Sequence[Target]) -> list[float]:
+    def slowness(self, targets: Sequence[Target]) -> tuple[list[float], list[float]]:
         """Each target's slowness against the fleet's median (0.0: not slower), as of at
-        most SLOWNESS_EVERY_S ago."""
+        most SLOWNESS_EVERY_S ago: for a target with nothing in flight from this process,
+        and for one with requests in flight. They differ for a target that was slow and is
+        being tried again (its estimate decayed, its last answer was slow): while its trial
+        request is out it counts as slow as its last answer said, so it is tried with one
+        request at a time, not with as many as arrive before a slow answer can come back."""
         if not self.weights.latency:
-            return [0.0] * len(targets)
+            zeros = [0.0] * len(targets)
+            return zeros, zeros
         now = self._clock()
-        slowness, at = self._slowness
-        if now - at < self.SLOWNESS_EVERY_S and len(slowness) == len(targets):
-            return slowness
-        estimate = self._latency.estimate
-        slowness = relative_slowness([estimate(t.name, now) for t in targets])
-        self._slowness = (slowness, now)
-        return slowness
+        idle, busy, at = self._slowness
+        if now - at < self.SLOWNESS_EVERY_S and len(idle) == len(targets):
+            return idle, busy
+        estimate, last = self._latency.estimate, self._latency.as_last_answered
+        idle = relative_slowness([estimate(t.name, now) for t in targets])
+        busy = [max(a, b) for a, b in zip(idle, relative_slowness([last(t.name) for t in targets]), strict=True)]
+        self._slowness = (idle, busy, now)
+        return idle, busy
 
     def pick(self, key: str | None = None) -> Target:
         targets = self._targets
         n = len(targets)
         if n == 0:
             raise self._empty()
-        slow, loads, w, load_of = self.slowness(targets), self._loads, self.weights, self.load_of
+        (idle, busy), loads, w, load_of = self.slowness(targets), self._loads, self.weights, self.load_of
         if n > self.EXACT_UP_TO:
             i, j = int(self._rng.random() * n), int(self._rng.random() * n)
-            si = load_score(load_of(targets[i]), loads[i], w, slow[i])
-            return targets[i] if si <= load_score(load_of(targets[j]), loads[j], w, slow[j]) else targets[j]
+            si = load_score(load_of(targets[i]), loads[i], w, busy[i] if loads[i] else idle[i])
+            sj = load_score(load_of(targets[j]), loads[j], w, busy[j] if loads[j] else idle[j])
+            return targets[i] if si <= sj else targets[j]
         start = next(self._rotor) % n
         best, best_score = start, math.inf
         for step in range(n):
             i = (start + step) % n
-            s = load_score(load_of(targets[i]), loads[i], w, slow[i])
+            s = load_score(load_of(targets[i]), loads[i], w, busy[i] if loads[i] else idle[i])
             if s < best_score:
                 best, best_score = i, s
         return targets[best]

@@ -39,6 +39,11 @@ class LatencyEwma:
     def heard_from(self, name: str) -> bool:
         return name in self._ewma
 
+    def as_last_answered(self, name: str) -> float:
+        """The estimate as the endpoint's last answer left it, without the decay since; 0.0
+        for an endpoint not heard from."""
+        return self._ewma.get(name, (0.0, 0.0))[0]
+
     def estimate(self, name: str, now: float) -> float:
         """Seconds; 0.0 for an endpoint not heard from."""
         ewma, at = self._ewma.get(name, (0.0, now))
