@@ -43,6 +43,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -50,7 +51,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,9 @@ GOAL_TTFT_P90_TIMES = 10.0  # PrefixAffinity's TTFT p90 at least 10x lower than 
 GOAL_THROUGHPUT_TIMES = 1.5
 GOAL_UNIFORM_WITHIN = 0.10
 GOAL_SLOW_P99_TIMES = 1.5
+FLEETS = ("healthy", "slow")  # the fleet as it is, and with engine 0 slowed SLOW_FACTOR times
+# --sweep-of latency: LoadWeights.latency, and with "p" LeastLoaded's estimate taking the peak rule (core/latency.py)
+SWEEP_LATENCY = "0,1,2,4"
 NO_WORSE_TOLERANCE = 0.10  # "no worse than vllm-router's cache-aware": within 10% (noise)
 
 
@@ -379,10 +383,12 @@ class SdkRouter(HttpRouter):
 
         target = self.balancer.pick(affinity_key(body))
         self.balancer.started(target)
+        loop = asyncio.get_running_loop()
+        start = loop.time()  # not rec.sent: the warm-up request's is not on the run's clock
         try:
             await self.post(f"http://{target.address}:{target.port}", body, rec, log, t0)
         finally:
-            self.balancer.finished(target, (rec.end or 0) - rec.sent, rec.error is None)
+            self.balancer.finished(target, loop.time() - start, rec.error is None)
             rec.endpoint = target.name
 
 
@@ -702,6 +708,10 @@ class Settings:
     plot: bool
     agreement_prompts: int = 64
     seed: int = 1
+    workloads: tuple[str, ...] = tuple(WORKLOADS)
+    fleets: tuple[str, ...] = FLEETS
+    sweep_of: tuple[str, ...] = ("weights", "bounds")
+    latency_points: tuple[str, ...] = tuple(SWEEP_LATENCY.split(","))
 
 
 async def start_engines(procs: Processes) -> list[int]:
@@ -771,6 +781,8 @@ async def run_all(settings: Settings) -> dict[str, Any]:
             "drain_seconds": settings.drain,
             "slow_factor": SLOW_FACTOR,
             "slow_rates": settings.rates[1:3],
+            "workloads_run": settings.workloads,
+            "fleets_run": settings.fleets,
         },
         "runs": [],
         "unavailable": {},
@@ -782,8 +794,9 @@ async def run_all(settings: Settings) -> dict[str, Any]:
         engines = Engines(fleet.ports)
         await engines.open()
         try:
-            for slow in (False, True):
-                for wname, workload in WORKLOADS.items():
+            for slow in (fleet_name == "slow" for fleet_name in settings.fleets):
+                for wname in settings.workloads:
+                    workload = WORKLOADS[wname]
                     rates = settings.rates[1:3] if slow else settings.rates
                     schedule = Schedule.poisson(workload, rates, settings.step, settings.seed)
                     measured = [len(rates) - 1] if slow else None
@@ -804,10 +817,14 @@ async def run_all(settings: Settings) -> dict[str, Any]:
                             f"hit {top['prefix_hit_rate']} ({time.monotonic() - t:.0f} s, load {load_average()[0]})",
                             flush=True,
                         )
-            if "vllm-router:cache_aware" in settings.routers and available("vllm-router:cache_aware") is None:
+            if (
+                "vllm-router:cache_aware" in settings.routers
+                and "healthy" in settings.fleets
+                and available("vllm-router:cache_aware") is None
+            ):
                 results["cache_aware_probe"] = await cache_aware_probe(fleet, engines)
                 print(f"vllm-router cache_aware, requests per engine: {results['cache_aware_probe']}", flush=True)
-            if "gateway:PrefixAffinity" in settings.routers:
+            if "gateway:PrefixAffinity" in settings.routers and "healthy" in settings.fleets:
                 results["agreement"] = await agreement(fleet, engines, settings.agreement_prompts)
                 print(f"agreement: {results['agreement']}", flush=True)
         finally:
@@ -949,16 +966,18 @@ def run_llama(path: Path) -> None:
 
 # ---------------------------------------------------------------- the sweep of the defaults
 
-# LoadWeights (waiting, running, kv_usage, inflight) and LoadBound (waiting, kv_usage,
-# inflight_factor) tried; "(default)" marks the defaults the sweep started from (core/load.py).
-# It moved the bound's inflight_factor from 1.5 to 1.25 (docs/routing-bench.md).
+# LoadWeights (waiting, running, kv_usage, inflight; latency 0, as before it had that term) and
+# LoadBound (waiting, kv_usage, inflight_factor) tried; "(default)" marks the defaults the
+# sweep started from (core/load.py). It moved the bound's inflight_factor from 1.5 to 1.25
+# (docs/routing-bench.md). `--sweep-of latency`: LoadWeights.latency, the rest the defaults.
 SWEEP_WEIGHTS = {
-    "w1 r0.1 kv2 f1 (default)": (1.0, 0.1, 2.0, 1.0),
-    "in flight only": (0.0, 0.0, 0.0, 1.0),
-    "engine only": (1.0, 0.1, 2.0, 0.0),
-    "w4 r0.1 kv2 f1": (4.0, 0.1, 2.0, 1.0),
-    "w1 r1 kv2 f1": (1.0, 1.0, 2.0, 1.0),
+    "w1 r0.1 kv2 f1 (default)": (1.0, 0.1, 2.0, 1.0, 0.0),
+    "in flight only": (0.0, 0.0, 0.0, 1.0, 0.0),
+    "engine only": (1.0, 0.1, 2.0, 0.0, 0.0),
+    "w4 r0.1 kv2 f1": (4.0, 0.1, 2.0, 1.0, 0.0),
+    "w1 r1 kv2 f1": (1.0, 1.0, 2.0, 1.0, 0.0),
 }
+SWEEP_OF = ("weights", "bounds", "latency")
 SWEEP_BOUNDS = {
     "waiting 4, x1.5 (default)": (4.0, 0.9, 1.5),
     "waiting 2, x1.5": (2.0, 0.9, 1.5),
@@ -971,23 +990,38 @@ SWEEP_BOUNDS = {
 async def sweep(settings: Settings) -> dict[str, Any]:
     """LeastLoaded's weights and PrefixAffinity's bound, through the SDK's balancers (the
     gateway has no flags for them): each point two steps, the top one measured."""
-    from clusterpool.balancer import LeastLoaded, PrefixAffinity
+    from clusterpool.balancer import LeastConnections, LeastLoaded, PrefixAffinity
+    from clusterpool.core.latency import LatencyEwma
     from clusterpool.core.load import LoadBound, LoadWeights
 
     r = settings.rates
     plans: list[tuple[str, str, Callable[[Any], Any], str, bool, tuple[float, ...]]] = []
-    for label, w in SWEEP_WEIGHTS.items():
-        weights = LoadWeights(*w)
-        make = lambda view, weights=weights: LeastLoaded(view, weights)  # noqa: E731
-        plans.append(("LeastLoaded", label, make, "uniform", False, r[2:4]))
-        plans.append(("LeastLoaded", label, make, "uniform", True, r[1:3]))
-    for label, b in SWEEP_BOUNDS.items():
-        bound = LoadBound(*b)
-        make = lambda view, bound=bound: PrefixAffinity(view, bound)  # noqa: E731
-        plans.append(("PrefixAffinity", label, make, "shared-prefix", False, r[2:4]))
-        plans.append(("PrefixAffinity", label, make, "uniform", False, r[2:4]))
+    if "weights" in settings.sweep_of:
+        for label, w in SWEEP_WEIGHTS.items():
+            weights = LoadWeights(*w)
+            make = lambda view, weights=weights: LeastLoaded(view, weights)  # noqa: E731
+            plans.append(("LeastLoaded", label, make, "uniform", False, r[2:4]))
+            plans.append(("LeastLoaded", label, make, "uniform", True, r[1:3]))
+    if "bounds" in settings.sweep_of:
+        for label, b in SWEEP_BOUNDS.items():
+            bound = LoadBound(*b)
+            make = lambda view, bound=bound: PrefixAffinity(view, bound)  # noqa: E731
+            plans.append(("PrefixAffinity", label, make, "shared-prefix", False, r[2:4]))
+            plans.append(("PrefixAffinity", label, make, "uniform", False, r[2:4]))
+    if "latency" in settings.sweep_of:  # the slow-engine goal (both fleets at r[2]) and uniform at r[3]
+        plans.append(("LeastConnections", "-", lambda view: LeastConnections(), "uniform", False, r[2:4]))
+        for point in settings.latency_points:
+            x, peak = float(point.rstrip("p")), point.endswith("p")
+            weights = replace(LoadWeights(), latency=x)
+            make = lambda view, w=weights, p=peak: LeastLoaded(view, w, latency=LatencyEwma(peak=p))  # noqa: E731
+            label = f"latency {x:g}{' peak' if peak else ''}"
+            plans.append(("LeastLoaded", label, make, "uniform", False, r[2:4]))
+            for wname in settings.workloads:
+                plans.append(("LeastLoaded", label, make, wname, False, r[1:3]))
+                plans.append(("LeastLoaded", label, make, wname, True, r[1:3]))
     out: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                           "load_average_before": load_average(), "points": []}  # fmt: skip
+                           "load_average_before": load_average(), "sweep_of": settings.sweep_of,
+                           "points": []}  # fmt: skip
     procs = Processes(Path(tempfile.mkdtemp(prefix="routing-sweep-")))
     try:
         ports = await start_engines(procs)
@@ -1009,6 +1043,34 @@ async def sweep(settings: Settings) -> dict[str, Any]:
         procs.stop_all()
         shutil.rmtree(procs.logdir, ignore_errors=True)
     out["load_average_after"] = load_average()
+    if "latency" in settings.sweep_of:
+        out["latency_goals"] = latency_goals(out["points"], r[2], r[3])
+    return out
+
+
+def latency_goals(points: list[dict[str, Any]], slow_rate: float, top: float) -> list[dict[str, Any]]:
+    """Per LoadWeights.latency of the sweep: the slow-engine goal (TTFT p99 with one engine
+    slowed over the healthy fleet's, at `slow_rate`) per workload, and the uniform one
+    (throughput and TTFT p90 over LeastConnections', at `top`)."""
+
+    def point(strategy: str, setting: str, workload: str, slow: bool, rate: float) -> dict[str, Any] | None:
+        return next((p for p in points if (p["strategy"], p["setting"], p["workload"], p["slow_engine"], p["rate"])
+                     == (strategy, setting, workload, slow, rate)), None)  # fmt: skip
+
+    lc = point("LeastConnections", "-", "uniform", False, top)
+    out = []
+    for setting in dict.fromkeys(p["setting"] for p in points if p["strategy"] == "LeastLoaded"):
+        row: dict[str, Any] = {"setting": setting}
+        for wname in WORKLOADS:
+            healthy = point("LeastLoaded", setting, wname, False, slow_rate)
+            slow = point("LeastLoaded", setting, wname, True, slow_rate)
+            if healthy and slow and healthy["ttft_p99_ms"] and slow["ttft_p99_ms"]:
+                row[f"{wname}_slow_p99_ratio"] = round(slow["ttft_p99_ms"] / healthy["ttft_p99_ms"], 2)
+        uniform = point("LeastLoaded", setting, "uniform", False, top)
+        if uniform and lc and lc["tokens_per_s"] and lc["ttft_p90_ms"] and uniform["ttft_p90_ms"]:
+            row["uniform_throughput_vs_lc"] = round(uniform["tokens_per_s"] / lc["tokens_per_s"], 2)
+            row["uniform_ttft_p90_vs_lc"] = round(uniform["ttft_p90_ms"] / lc["ttft_p90_ms"], 2)
+        out.append(row)
     return out
 
 
@@ -1191,7 +1253,24 @@ def parse_args(argv: list[str]) -> Settings:
     p.add_argument("--drain", type=float, default=None, help="seconds to wait for stragglers after the last step")
     p.add_argument("--out", type=Path, help="results JSON (default bench/results/routing[-quick].json)")
     p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--workloads", default=",".join(WORKLOADS), help=f"comma-separated, of {','.join(WORKLOADS)}")
+    p.add_argument("--fleets", default=",".join(FLEETS), help=f"comma-separated, of {','.join(FLEETS)}")
+    p.add_argument(
+        "--sweep-of", default="weights,bounds", help=f"with --sweep: comma-separated, of {','.join(SWEEP_OF)}"
+    )
+    p.add_argument("--latency-points", default=SWEEP_LATENCY,
+                   help="with --sweep-of latency: LoadWeights.latency values (a p after one: peak)")  # fmt: skip
     args = p.parse_args(argv)
+    points = tuple(x.strip() for x in args.latency_points.split(",") if x.strip())
+    if not points or not all(re.fullmatch(r"\d+(\.\d+)?p?", x) for x in points):
+        p.error(f"--latency-points: numbers, each maybe followed by p (e.g. 0,1,4p), not {args.latency_points!r}")
+    chosen = {}
+    for flag, value, known in (("workloads", args.workloads, WORKLOADS), ("fleets", args.fleets, FLEETS),
+                               ("sweep-of", args.sweep_of, SWEEP_OF)):  # fmt: skip
+        chosen[flag] = tuple(x.strip() for x in value.split(",") if x.strip())
+        wrong = [x for x in chosen[flag] if x not in known]
+        if wrong or not chosen[flag]:
+            p.error(f"--{flag}: unknown {', '.join(wrong) or '(none given)'}; choose from {', '.join(known)}")
     routers = tuple(r.strip() for r in args.routers.split(",") if r.strip())
     unknown = [r for r in routers if r not in all_routers]
     if unknown:
@@ -1202,7 +1281,10 @@ def parse_args(argv: list[str]) -> Settings:
     step = args.step or (2.0 if args.quick else 4.0)
     drain = args.drain if args.drain is not None else (3.0 if args.quick else 6.0)
     out = args.out or HERE / "results" / ("routing-quick.json" if args.quick else "routing.json")
-    return Settings(args.quick, routers, rates, step, drain, out, not args.no_plot and not args.quick)
+    partial = chosen["workloads"] != tuple(WORKLOADS) or chosen["fleets"] != FLEETS or routers != all_routers
+    return Settings(args.quick, routers, rates, step, drain, out, not args.no_plot and not args.quick and not partial,
+                    workloads=chosen["workloads"], fleets=chosen["fleets"], sweep_of=chosen["sweep-of"],
+                    latency_points=points)  # fmt: skip
 
 
 def main(argv: list[str]) -> int:
@@ -1211,9 +1293,9 @@ def main(argv: list[str]) -> int:
         return 0
     if argv[:1] == ["--report"]:
         print(report(json.loads(Path(argv[1]).read_text())))
-        sweep = Path(argv[1]).with_name("routing-sweep.json")
-        if sweep.exists():
-            print("\nSweep:\n\n" + sweep_table(json.loads(sweep.read_text())))
+        sweep_path = Path(argv[1]).with_name("routing-sweep.json")
+        if sweep_path.exists():
+            print("\nSweep:\n\n" + sweep_table(json.loads(sweep_path.read_text())))
         return 0
     if os.environ.get("CLUSTERPOOL_NETNS") != "1":  # loopback only: LiteLLM cannot reach out
         netns_run = str(ROOT / "scripts" / "netns-run")
@@ -1225,7 +1307,8 @@ def main(argv: list[str]) -> int:
         return 0
     if argv[:1] == ["--sweep"]:
         settings = parse_args(argv[1:])
-        path = settings.out.with_name("routing-sweep.json") if not settings.quick else settings.out
+        explicit = settings.quick or any(a == "--out" or a.startswith("--out=") for a in argv)
+        path = settings.out if explicit else settings.out.with_name("routing-sweep.json")
         path.write_text(json.dumps(asyncio.run(sweep(settings)), indent=1) + "\n")
         print(f"wrote {path}")
         return 0

@@ -28,6 +28,7 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, core_schema
 
 from clusterpool.core import labels as label_rules
+from clusterpool.core.load import LoadBound, LoadWeights
 from clusterpool.engines.profiles import ENGINES, Engine, profile_for
 
 GROUP = "clusterpool.dev"
@@ -1120,6 +1121,73 @@ class Hedging(Model):
     )
 
 
+WEIGHTS, BOUND = LoadWeights(), LoadBound()  # their defaults, in core/load.py
+
+
+def _hundredths(x: float) -> int:
+    return round(x * 100)
+
+
+def _weight(what: str, default: int) -> Any:
+    return Field(default=default, ge=0, le=100000, description=f"{what}, in hundredths (default {default}).")
+
+
+class LeastLoadedWeights(Model):
+    """LeastLoaded's score (and PrefixAffinity's choice when every endpoint is over its bound):
+    each signal's weight, in hundredths (100 = a weight of 1). The defaults were chosen by the
+    routing benchmark (docs/routing-bench.md)."""
+
+    waiting: int = _weight("Per request waiting in the engine's queue", _hundredths(WEIGHTS.waiting))
+    running: int = _weight("Per sequence the engine is running", _hundredths(WEIGHTS.running))
+    kv_usage: int = _weight("Per whole KV cache in use (1.0 = full)", _hundredths(WEIGHTS.kv_usage))
+    in_flight: int = _weight("Per request this client has in flight there", _hundredths(WEIGHTS.inflight))
+    latency: int = _weight(
+        "Per multiple of the fleet's median latency the endpoint's recent latency is above it (beyond 1.5x)",
+        _hundredths(WEIGHTS.latency),
+    )
+
+
+class LeastLoadedSpec(Model):
+    weights_percent: LeastLoadedWeights = Field(
+        default_factory=LeastLoadedWeights,
+        description="The weights of the score's signals, in hundredths (100 = 1.0).",
+        json_schema_extra={"default": LeastLoadedWeights().model_dump(by_alias=True)},
+    )
+
+
+class PrefixLoadBound(Model):
+    """When the endpoint a prefix hashes to counts as too busy, so the next in its order takes
+    the request: any one of these exceeded."""
+
+    waiting: int = Field(
+        default=round(BOUND.waiting),
+        ge=0,
+        le=100000,
+        description=f"Requests waiting in the engine's queue (default {round(BOUND.waiting)}).",
+    )
+    kv_usage_percent: int = Field(
+        default=_hundredths(BOUND.kv_usage),
+        ge=0,
+        le=100,
+        description=f"KV cache in use, in percent (default {_hundredths(BOUND.kv_usage)}).",
+    )
+    in_flight_percent_of_mean: int = Field(
+        default=_hundredths(BOUND.inflight_factor),
+        ge=100,
+        le=10000,
+        description="This client's requests in flight there, in percent of the mean over the endpoints (plus "
+        f"one): consistent hashing with bounded loads (default {_hundredths(BOUND.inflight_factor)}).",
+    )
+
+
+class PrefixAffinitySpec(Model):
+    load_bound: PrefixLoadBound = Field(
+        default_factory=PrefixLoadBound,
+        description="When the prefix's endpoint is too busy and the next one takes the request.",
+        json_schema_extra={"default": PrefixLoadBound().model_dump(by_alias=True)},
+    )
+
+
 class ClusterPoolSpec(Model):
     """The desired pool: where its endpoints come from, how they are probed and balanced."""
 
@@ -1142,6 +1210,16 @@ class ClusterPoolSpec(Model):
         description="Hedge requests whose response head is late (inference POSTs and idempotent methods, "
         "before any output): the gateway and the SDK's async transport send a second attempt to an endpoint "
         "not tried yet and cancel the loser. Default: off. See docs/load-balancing.md.",
+    )
+    least_loaded: LeastLoadedSpec | None = Field(
+        default=None,
+        description="LeastLoaded's weights (also PrefixAffinity's when every endpoint is over its bound). "
+        "Default: the benchmark's. Published in the routing table: the gateway and the SDK use them.",
+    )
+    prefix_affinity: PrefixAffinitySpec | None = Field(
+        default=None,
+        description="PrefixAffinity's load bound. Default: the benchmark's. Published in the routing table: "
+        "the gateway and the SDK use it.",
     )
     discovery: Discovery = Field(description="Where the pool's endpoints come from.")
     health_check: HealthCheck = Field(

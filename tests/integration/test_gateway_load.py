@@ -1,6 +1,7 @@
 """The load-aware strategies through the gateway, against fake engines on 127.0.0.x: PrefixAffinity
 keeps a prompt prefix on one engine (the same one in every gateway process), LeastLoaded
-routes away from the engine whose metrics report a queue."""
+routes away from the engine whose metrics report a queue, and from the engine that answers
+slowly without any queue to show for it."""
 
 from __future__ import annotations
 
@@ -91,3 +92,23 @@ def test_least_loaded_avoids_the_engine_whose_metrics_report_a_queue(engines, ga
     wait_for(lambda: endpoint_of(gw) == "e1", 10, "the gateway reading the engines' load")
     assert {endpoint_of(gw, chat("sys", f"q {i}")) for i in range(12)} == {"e1"}
     assert busy.stats()["waiting"] >= 1  # the queue was still there while the requests went by
+
+
+def test_least_loaded_avoids_the_engine_that_answers_slowly_without_a_queue(engines, gateway):
+    fleet = [engines("vllm") for _ in range(3)]
+    fleet[0].faults(slow_factor=20.0)  # every duration 20x: nothing in its metrics says so
+    gw = gateway([], table=engine_table("LeastLoaded", fleet))
+    wait_for(lambda: endpoint_of(gw, chat("sys", "warm")) == "e0", 10, "a first answer from the slow engine")
+    for i in range(3):  # one answer from each fast engine too: the fleet's median
+        endpoint_of(gw, chat("sys", f"fast {i}"))
+    # one request at a time: nothing queues, every engine has nothing in flight when the
+    # gateway picks; only the latencies it saw tell the slow engine apart
+    picks = [endpoint_of(gw, chat("sys", f"q {i}")) for i in range(12)]
+    assert "e0" not in picks, picks
+    assert set(picks) == {"e1", "e2"}
+    assert fleet[0].stats()["waiting"] == 0
+
+    # the pool's weights (spec.leastLoaded, in the routing table) without the latency term:
+    # this gateway sends the slow engine its turn
+    blind = gateway([], table={**engine_table("LeastLoaded", fleet), "leastLoaded": {"latency": 0}})
+    assert "e0" in {endpoint_of(blind, chat("sys", f"b {i}")) for i in range(6)}

@@ -223,3 +223,122 @@ def test_prefix_affinity_keeps_the_keys_endpoint_while_nothing_is_known_of_any()
     b.update(ts)
     key = "p:feed"
     assert b.pick(key) == ts[rendezvous_order(key, ts)[0]]
+
+
+class Clock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+
+def served(b, clock, latency_of, requests=200, every=0.01):
+    """`requests` one at a time, each answered after latency_of[name] seconds (the clock
+    moves on by `every`): the picks, by name."""
+    picks = []
+    for _ in range(requests):
+        clock.t += every
+        t = b.pick()
+        b.started(t)
+        b.finished(t, latency_of[t.name])
+        picks.append(t.name)
+    return picks
+
+
+def test_a_slow_endpoint_loses_against_an_equally_loaded_fast_one():
+    # the engines report the same queue and KV use: only the latencies this process saw differ
+    loads = {f"198.18.0.{i + 1}": Load(waiting=1, running=2, kv_usage=0.3) for i in range(4)}
+    clock = Clock()
+    b = LeastLoaded(View(loads), clock=clock)
+    b.update(targets(4))
+    for t in b.targets:  # one answer from each: e0 five times slower
+        b.started(t)
+        b.finished(t, 1.0 if t.name == "e0" else 0.2)
+    clock.t += 1.0
+    for t in b.targets[1:]:  # the fast ones even carry a request in flight more than the slow one
+        b.started(t)
+    picks = served(b, clock, {"e0": 1.0, "e1": 0.2, "e2": 0.2, "e3": 0.2}, requests=60)
+    assert "e0" not in picks
+    assert set(picks) == {"e1", "e2", "e3"}
+
+
+def test_with_equal_latencies_the_order_is_that_of_the_load_alone():
+    from clusterpool.core.load import LoadWeights
+
+    loads = {f"198.18.0.{i + 1}": Load(waiting=i % 3, running=i, kv_usage=0.1 * i) for i in range(6)}
+    clock = Clock()
+    with_latency = LeastLoaded(View(loads), clock=clock)
+    without = LeastLoaded(View(loads), replace(LoadWeights(), latency=0.0), clock=clock)
+    for b in (with_latency, without):
+        b.update(targets(6))
+        for t in b.targets:
+            b.started(t)
+            b.finished(t, 0.3)
+    clock.t += 0.5
+    picks = []
+    for _ in range(30):
+        a, z = with_latency.pick(), without.pick()
+        picks.append((a.name, z.name))
+        for b, t in ((with_latency, a), (without, z)):
+            b.started(t)
+    assert all(a == z for a, z in picks)
+    assert len({a for a, _ in picks}) > 1  # the in-flight counts moved the choice around
+
+
+def test_a_slow_endpoint_is_tried_again_and_wins_back_its_share_once_fast():
+    clock = Clock()
+    b = LeastLoaded(View(), clock=clock)
+    b.update(targets(4))
+    slow = {"e0": 1.0, "e1": 0.2, "e2": 0.2, "e3": 0.2}
+    served(b, clock, slow, requests=100)
+    shunned = served(b, clock, slow, requests=200)
+    assert shunned.count("e0") < 0.05 * len(shunned)
+    clock.t += 30.0  # no answer from e0 for a while: its estimate decays, it is tried again
+    fast = {name: 0.2 for name in slow}
+    served(b, clock, fast, requests=50)
+    back = served(b, clock, fast, requests=200)
+    assert back.count("e0") > 0.15 * len(back)
+
+
+def test_slowness_is_against_the_fleets_median_beyond_its_spread_and_ignores_the_unheard():
+    from clusterpool.core.latency import relative_slowness
+
+    assert relative_slowness([0.2, 0.2, 1.0, 0.2]) == [0.0, 0.0, 4.0, 0.0]
+    assert relative_slowness([0.0, 0.1, 0.3, 0.1]) == pytest.approx([0.0, 0.0, 2.0, 0.0])
+    assert relative_slowness([0.1, 0.3, 0.2]) == [0.0, 0.0, 0.0]  # within 1.5x the median: the spread
+    assert relative_slowness([0.0, 5.0]) == [0.0, 0.0]  # one heard from: no fleet to compare with
+
+
+def test_the_latency_estimate_means_the_same_for_an_endpoint_answering_often_or_seldom():
+    from clusterpool.core.latency import LatencyEwma
+
+    ewma, t = LatencyEwma(peak=False), 0.0
+    for step in range(3001):  # 30 s: "often" answers every 10 ms, "seldom" every 2 s, all in 0.5 s
+        t = step * 0.01
+        ewma.observe("often", 0.5, True, t)
+        if step % 200 == 0:
+            ewma.observe("seldom", 0.5, True, t)
+    assert ewma.estimate("often", t) == pytest.approx(0.5, rel=0.01)
+    assert ewma.estimate("seldom", t) == pytest.approx(0.5, rel=0.01)
+
+
+def test_a_slow_endpoint_tried_again_gets_one_request_until_it_answers():
+    clock = Clock()
+    b = LeastLoaded(View(), clock=clock)
+    b.update(targets(4))
+    for t in b.targets:  # e0 five times slower
+        b.started(t)
+        b.finished(t, 1.0 if t.name == "e0" else 0.2)
+    for _ in range(60):  # 30 s of answers from the fast ones only: e0's estimate decays
+        clock.t += 0.5
+        for t in b.targets[1:]:
+            b.started(t)
+            b.finished(t, 0.2)
+    picks = []
+    for _ in range(12):  # requests arriving faster than anything answers
+        clock.t += 0.01
+        t = b.pick()
+        b.started(t)
+        picks.append(t.name)
+    assert picks.count("e0") == 1, picks  # tried again, once, not once per free turn

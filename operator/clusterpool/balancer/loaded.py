@@ -10,12 +10,14 @@ from __future__ import annotations
 import itertools
 import math
 import random
+import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import xxhash
 
 from clusterpool.balancer.strategies import Balancer, Target
+from clusterpool.core.latency import LatencyEwma, relative_slowness
 from clusterpool.core.load import NO_SIGNAL, Load, LoadBound, LoadView, LoadWeights, load_score
 
 TWO_64 = float(1 << 64)
@@ -43,37 +45,80 @@ class LoadAware(Balancer):
 
 
 class LeastLoaded(LoadAware):
-    """The target with the lowest score of queue depth, running sequences, KV use and this
-    process's in-flight requests (core/load.py, LoadWeights). Stale or absent readings
-    score as saturated. Ties go to the first at or after a rotating start; above 256
-    targets two random ones are compared (power of two choices), so a pick stays cheap."""
+    """The target with the lowest score of queue depth, running sequences, KV use, this
+    process's in-flight requests and how much slower than the fleet's median its recent
+    answers were (core/load.py, LoadWeights; the latencies this process saw, core/latency.py,
+    so an engine that is slow without a queue to show for it still loses). Stale or absent
+    readings score as saturated. Ties go to the first at or after a rotating start; above
+    256 targets two random ones are compared (power of two choices), so a pick stays cheap.
+    The slowness of every target is worked out at most every SLOWNESS_EVERY_S seconds (and
+    after a target's first answer), not per pick."""
 
     EXACT_UP_TO = 256
+    SLOWNESS_EVERY_S = 0.1
 
     def __init__(
-        self, load: LoadView | None = None, weights: LoadWeights | None = None, rng: random.Random | None = None
+        self,
+        load: LoadView | None = None,
+        weights: LoadWeights | None = None,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        latency: LatencyEwma | None = None,
     ) -> None:
         super().__init__(load)
         self.weights = weights or LoadWeights()
         self._rng = rng or random.Random()
         self._rotor = itertools.count()
+        self._clock = clock
+        self._latency = latency or LatencyEwma()  # the peak rule: a slow answer counts at once
+        # per target, with nothing or something in flight (slowness()), and when worked out
+        self._slowness: tuple[list[float], list[float], float] = ([], [], -math.inf)
 
-    def _score(self, i: int) -> float:
-        return load_score(self.load_of(self._targets[i]), self._loads[i], self.weights)
+    def _rebuild(self) -> None:
+        self._latency.keep(t.name for t in self._targets)
+        self._slowness = ([], [], -math.inf)
+
+    def _answered(self, name: str, latency_s: float, ok: bool) -> None:
+        if not self._latency.heard_from(name):
+            self._slowness = ([], [], -math.inf)  # a first answer changes the fleet compared with: at once
+        self._latency.observe(name, latency_s, ok, self._clock())
+
+    def slowness(self, targets: Sequence[Target]) -> tuple[list[float], list[float]]:
+        """Each target's slowness against the fleet's median (0.0: not slower), as of at
+        most SLOWNESS_EVERY_S ago: for a target with nothing in flight from this process,
+        and for one with requests in flight. They differ for a target that was slow and is
+        being tried again (its estimate decayed, its last answer was slow): while its trial
+        request is out it counts as slow as its last answer said, so it is tried with one
+        request at a time, not with as many as arrive before a slow answer can come back."""
+        if not self.weights.latency:
+            zeros = [0.0] * len(targets)
+            return zeros, zeros
+        now = self._clock()
+        idle, busy, at = self._slowness
+        if now - at < self.SLOWNESS_EVERY_S and len(idle) == len(targets):
+            return idle, busy
+        estimate, last = self._latency.estimate, self._latency.as_last_answered
+        idle = relative_slowness([estimate(t.name, now) for t in targets])
+        busy = [max(a, b) for a, b in zip(idle, relative_slowness([last(t.name) for t in targets]), strict=True)]
+        self._slowness = (idle, busy, now)
+        return idle, busy
 
     def pick(self, key: str | None = None) -> Target:
         targets = self._targets
         n = len(targets)
         if n == 0:
             raise self._empty()
+        (idle, busy), loads, w, load_of = self.slowness(targets), self._loads, self.weights, self.load_of
         if n > self.EXACT_UP_TO:
             i, j = int(self._rng.random() * n), int(self._rng.random() * n)
-            return targets[i] if self._score(i) <= self._score(j) else targets[j]
+            si = load_score(load_of(targets[i]), loads[i], w, busy[i] if loads[i] else idle[i])
+            sj = load_score(load_of(targets[j]), loads[j], w, busy[j] if loads[j] else idle[j])
+            return targets[i] if si <= sj else targets[j]
         start = next(self._rotor) % n
         best, best_score = start, math.inf
         for step in range(n):
             i = (start + step) % n
-            s = self._score(i)
+            s = load_score(load_of(targets[i]), loads[i], w, busy[i] if loads[i] else idle[i])
             if s < best_score:
                 best, best_score = i, s
         return targets[best]

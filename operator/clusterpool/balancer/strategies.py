@@ -16,6 +16,7 @@ from functools import reduce
 import xxhash
 
 from clusterpool.core.labels import Labels
+from clusterpool.core.latency import LatencyEwma
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,11 @@ class Balancer:
             i = self._index.get(target.name)
             if i is not None and self._loads[i] > 0:
                 self._count(i, -1)
+            self._answered(target.name, latency_s, ok)
+
+    def _answered(self, name: str, latency_s: float, ok: bool) -> None:
+        """A request's latency and outcome, for the strategies that read them; called with the
+        lock held."""
 
     @contextmanager
     def lease(self, key: str | None = None) -> Iterator[Target]:
@@ -309,10 +315,9 @@ class ConsistentHash(Balancer):
 
 class Adaptive(Balancer):
     """Power of two choices over a peak-EWMA of latency times (in-flight + 1), as Finagle
-    and Linkerd do. A slower answer than the average raises the EWMA at once (peak);
-    faster ones pull it down with a time constant `decay_s`; and while a target gets no
-    traffic its EWMA decays towards zero, so a target that was slow is tried again
-    within seconds and wins traffic back once it is fast. When targets declare a capacity,
+    and Linkerd do (core/latency.py: a slower answer raises the EWMA at once, faster ones
+    pull it down with a time constant `decay_s`, and without traffic it decays towards
+    zero, so a target that was slow is tried again within seconds). When targets declare a capacity,
     (in-flight + 1) is divided by it: a target that takes twice the requests at once costs
     half as much at the same load and latency."""
 
@@ -320,17 +325,15 @@ class Adaptive(Balancer):
         self, decay_s: float = 10.0, rng: random.Random | None = None, clock: Callable[[], float] = time.monotonic
     ) -> None:
         super().__init__()
-        self.decay_s = decay_s
         self._rng = rng or random.Random()
         self._clock = clock
-        self._ewma: dict[str, tuple[float, float]] = {}  # name -> (ewma seconds, last update)
+        self._latency = LatencyEwma(decay_s)
 
     def _rebuild(self) -> None:
-        self._ewma = {t.name: self._ewma[t.name] for t in self._targets if t.name in self._ewma}
+        self._latency.keep(t.name for t in self._targets)
 
     def _cost(self, name: str, now: float) -> float:
-        ewma, at = self._ewma.get(name, (0.0, now))
-        decayed = ewma * math.exp(-(now - at) / self.decay_s)
+        decayed = self._latency.estimate(name, now)
         i = self._index.get(name)
         if i is None:
             return decayed
@@ -352,24 +355,8 @@ class Adaptive(Balancer):
         now = self._clock()
         return a if self._cost(a.name, now) <= self._cost(b.name, now) else b
 
-    def finished(self, target: Target, latency_s: float, ok: bool = True) -> None:
-        now = self._clock()
-        if not ok:
-            latency_s = max(latency_s, 1.0)  # a failure counts as a slow answer
-        with self._lock:
-            i = self._index.get(target.name)
-            if i is not None and self._loads[i] > 0:
-                self._count(i, -1)
-            ewma, at = self._ewma.get(target.name, (latency_s, now))
-            decayed = ewma * math.exp(-(now - at) / self.decay_s)
-            if latency_s > decayed:
-                new = latency_s
-            else:
-                w = math.exp(-max(now - at, 1e-3) / self.decay_s)
-                new = decayed * w + latency_s * (1 - w)
-            self._ewma[target.name] = (new, now)
+    def _answered(self, name: str, latency_s: float, ok: bool) -> None:
+        self._latency.observe(name, latency_s, ok, self._clock())
 
     def ewma(self, name: str) -> float:
-        now = self._clock()
-        ewma, at = self._ewma.get(name, (0.0, now))
-        return ewma * math.exp(-(now - at) / self.decay_s)
+        return self._latency.estimate(name, self._clock())

@@ -6,7 +6,7 @@ from __future__ import annotations
 from clusterpool.balancer import Balancer, Target, make_balancer
 from clusterpool.client.routing import RoutingTable
 from clusterpool.core.labels import Selector, matches
-from clusterpool.core.load import LoadView
+from clusterpool.core.load import LoadBound, LoadView, LoadWeights
 
 MAX_SELECTORS = 64  # balancers kept for distinct selectors; the oldest goes beyond this
 
@@ -23,18 +23,20 @@ class TableBalancers:
         self.table: RoutingTable | None = None
         self.revision: str | None = None
         self.strategy: str | None = None
+        self.tuning: tuple[LoadWeights | None, LoadBound | None] = (None, None)  # the table's, for the load-aware
         self.main: Balancer | None = None
         self.subsets: dict[Selector, Balancer] = {}
         self.holding: dict[str, tuple[Balancer, ...]] = {}
 
     def apply(self, table: RoutingTable, strategy: str) -> None:
-        """Follow a new table: a new strategy starts new balancers (carrying the in-flight
-        counts over); the same strategy updates the ones there are."""
-        if self.main is None or strategy != self.strategy:
+        """Follow a new table: a new strategy, or new LoadWeights or LoadBound, starts new
+        balancers (carrying the in-flight counts over); otherwise the ones there are are updated."""
+        tuning = (table.load_weights, table.load_bound)
+        if self.main is None or strategy != self.strategy or tuning != self.tuning:
             old = self.main
-            self.main = make_balancer(strategy, self.load)
+            self.main = make_balancer(strategy, self.load, *tuning)
             self.main.update(table.targets, old.inflight if old is not None else None)
-            self.strategy = strategy
+            self.strategy, self.tuning = strategy, tuning
             self.subsets = {}
         else:
             self.main.update(table.targets)
@@ -51,7 +53,7 @@ class TableBalancers:
         if subset is None:
             main = self.main
             assert main is not None and self.strategy is not None
-            subset = make_balancer(self.strategy, self.load)
+            subset = make_balancer(self.strategy, self.load, *self.tuning)
             subset.update([t for t in main.targets if matches(t.labels, selector)], main.inflight)
             if len(self.subsets) >= MAX_SELECTORS:
                 del self.subsets[next(iter(self.subsets))]

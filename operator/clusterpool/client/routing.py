@@ -20,6 +20,7 @@ from clusterpool.core.cache_settings import CacheSettings
 from clusterpool.core.failover import BreakerConfig
 from clusterpool.core.hedging import HedgePolicy
 from clusterpool.core.labels import as_labels
+from clusterpool.core.load import LoadBound, LoadWeights
 from clusterpool.core.names import ROUTING_KEY, ROUTING_SCHEMA_VERSION, routing_configmap_name
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,8 @@ class RoutingTable:
     pool: str = ""
     engine: str | None = None  # spec.engine: whose load gauges to scrape (engines/profiles.py)
     hedging: HedgePolicy | None = None  # spec.hedging; None: no hedges
+    load_weights: LoadWeights | None = None  # spec.leastLoaded; None: LeastLoaded's defaults
+    load_bound: LoadBound | None = None  # spec.prefixAffinity.loadBound; None: PrefixAffinity's default
 
     @classmethod
     def parse(cls, text: str | bytes) -> RoutingTable:
@@ -73,6 +76,8 @@ class RoutingTable:
                 raise TypeError(f"pool must be an object with namespace and name, not {pool!r}")
             engine = str(raw["engine"]) if raw.get("engine") else None
             hedging = HedgePolicy.from_json(raw["hedging"]) if raw.get("hedging") else None
+            weights = LoadWeights.from_json(raw["leastLoaded"]) if raw.get("leastLoaded") else None
+            bound = LoadBound.from_json(raw["prefixAffinity"]) if raw.get("prefixAffinity") else None
             return cls(
                 str(raw.get("revision", "")),
                 str(raw["strategy"]),
@@ -85,6 +90,8 @@ class RoutingTable:
                 str(pool.get("name") or ""),
                 engine,
                 hedging,
+                weights,
+                bound,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise RoutingTableError(f"the routing table is malformed: {exc!r}") from exc

@@ -4,9 +4,10 @@ that a reading too old (or none at all) counts as saturated, never as idle."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 SATURATED_SCORE = 1e9  # above any real score; a saturated endpoint is taken only when all are
 
@@ -51,20 +52,30 @@ class LoadView(Protocol):
 @dataclass(frozen=True)
 class LoadWeights:
     """How LeastLoaded weighs the signals: each queued request, each running sequence, the
-    KV share (1.0 = full) and each request this process has in flight there."""
+    KV share (1.0 = full), each request this process has in flight there, and the endpoint's
+    slowness: how many times the fleet's median latency its recent latency is above it
+    (core/latency.py relative_slowness; 4.0 for an engine five times slower)."""
 
     waiting: float = 1.0
     running: float = 0.1
     kv_usage: float = 2.0
     inflight: float = 1.0
+    latency: float = 4.0  # the routing benchmark's sweep (docs/routing-bench.md)
+
+    def to_json(self) -> dict[str, float]:
+        return _to_json(self)
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> LoadWeights:
+        return _from_json(cls, raw, "leastLoaded")
 
 
-def load_score(load: Load, inflight: int, w: LoadWeights) -> float:
+def load_score(load: Load, inflight: int, w: LoadWeights, slowness: float = 0.0) -> float:
     """Lower is better. A saturated endpoint scores above any other, ordered among its
     kind by this process's in-flight requests."""
     if load.saturated:
         return SATURATED_SCORE + inflight
-    score = w.inflight * inflight
+    score = w.inflight * inflight + w.latency * slowness
     if load.waiting is not None:
         score += w.waiting * load.waiting
     if load.running is not None:
@@ -84,6 +95,13 @@ class LoadBound:
     kv_usage: float = 0.9
     inflight_factor: float = 1.25
 
+    def to_json(self) -> dict[str, float]:
+        return _to_json(self)
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> LoadBound:
+        return _from_json(cls, raw, "prefixAffinity")
+
     def over(self, load: Load, inflight: int, mean_inflight: float) -> bool:
         if load.saturated:
             return True
@@ -92,3 +110,30 @@ class LoadBound:
         if load.kv_usage is not None and load.kv_usage > self.kv_usage:
             return True
         return inflight >= max(1.0, math.ceil(self.inflight_factor * (mean_inflight + 1)))
+
+
+# The routing table's form of LoadWeights and LoadBound (a pool's spec.leastLoaded and
+# spec.prefixAffinity.loadBound, core/publish.py): the fields by their camelCase names, as
+# plain numbers; a field left out keeps its default.
+_Tuning = TypeVar("_Tuning", LoadWeights, LoadBound)
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(w.title() for w in rest)
+
+
+def _to_json(tuning: LoadWeights | LoadBound) -> dict[str, float]:
+    return {_camel(k): v for k, v in asdict(tuning).items()}
+
+
+def _from_json(cls: type[_Tuning], raw: Mapping[str, Any], what: str) -> _Tuning:
+    names = {_camel(f.name): f.name for f in fields(cls)}
+    unknown = sorted(set(raw) - set(names))
+    if unknown:
+        raise ValueError(f"{what}: unknown fields {unknown}; known: {sorted(names)}")
+    values = {names[k]: float(v) for k, v in raw.items()}
+    bad = {k: v for k, v in values.items() if not math.isfinite(v) or v < 0}
+    if bad:
+        raise ValueError(f"{what}: {bad} must be finite and not negative")
+    return cls(**values)

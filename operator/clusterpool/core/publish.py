@@ -23,6 +23,7 @@ from typing import Any
 from clusterpool import api
 from clusterpool.core.cache_settings import CacheSettings, RedisSettings, SecretRef
 from clusterpool.core.hedging import HedgePolicy
+from clusterpool.core.load import LoadBound, LoadWeights
 
 # isort: off
 # Defined in core/names.py for the clients (it ships in clusterpool-client); re-exported here.
@@ -182,8 +183,24 @@ def build_routing_table(
     if spec.hedging is not None:  # likewise
         h = spec.hedging
         table["hedging"] = HedgePolicy(h.after_milliseconds / 1000, h.max_hedges).to_json()
+    for key, tuning in load_tuning(spec).items():  # likewise
+        table[key] = tuning.to_json()
     table["revision"] = hashlib.sha256(json.dumps(table, sort_keys=True).encode()).hexdigest()[:16]
     return table
+
+
+def load_tuning(spec: api.ClusterPoolSpec) -> dict[str, LoadWeights | LoadBound]:
+    """The routing table's `leastLoaded` (LoadWeights) and `prefixAffinity` (LoadBound), from
+    spec.leastLoaded and spec.prefixAffinity (in hundredths and percent there), for those set."""
+    out: dict[str, LoadWeights | LoadBound] = {}
+    if spec.least_loaded is not None:
+        w = spec.least_loaded.weights_percent
+        out["leastLoaded"] = LoadWeights(w.waiting / 100, w.running / 100, w.kv_usage / 100, w.in_flight / 100,
+                                         w.latency / 100)  # fmt: skip
+    if spec.prefix_affinity is not None:
+        b = spec.prefix_affinity.load_bound
+        out["prefixAffinity"] = LoadBound(b.waiting, b.kv_usage_percent / 100, b.in_flight_percent_of_mean / 100)
+    return out
 
 
 def build_routing_configmap(pool: Mapping[str, Any], table: Mapping[str, Any]) -> dict[str, Any]:
