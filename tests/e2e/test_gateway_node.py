@@ -281,11 +281,12 @@ def test_a_rolling_update_of_the_gateway_under_load_loses_no_request(gw: Cluster
     started = time.monotonic()
     patch = {"spec": {"template": {"metadata": {"annotations": {"clusterpool.dev/rolled": str(time.time())}}}}}
     c.kubectl("patch", "deployment", GATEWAY, "-n", OPS, "--type=merge", "-p", json.dumps(patch))
-    new = wait_for(
-        lambda: {p["metadata"]["name"] for p in c.ready_pods(OPS, GATEWAY_SELECTOR, 2, timeout=180)} - old,
-        180,
-        "two new gateway pods",
-    )
+
+    def two_new() -> set[str] | None:  # both Ready pods new (midway one old and one new pod are Ready)
+        ready = {p["metadata"]["name"] for p in c.ready_pods(OPS, GATEWAY_SELECTOR, 2, timeout=180)}
+        return ready if not ready & old else None
+
+    new = wait_for(two_new, 180, "two new gateway pods")
     wait_for(lambda: all(c.get("pod", n, "-n", OPS) is None for n in old), 120, "the old gateway pods gone")
     rolled = round(time.monotonic() - started, 1)
     c.kubectl("exec", "-n", APPS, "roll-client", "--", "python", "-c", "open('/tmp/stop', 'w')")
