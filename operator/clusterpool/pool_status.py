@@ -15,7 +15,7 @@ from typing import Any
 
 from clusterpool.core.load import EngineReading
 from clusterpool.core.pool import PoolState
-from clusterpool.core.status import ConditionSpec, health_view, render_status, without_load
+from clusterpool.core.status import ConditionSpec, render_status, status_change
 from clusterpool.metrics import PoolMetrics
 from clusterpool.pool_spec import SpecTracker, failure_cap
 from clusterpool.stages import Emit, Fence, utcnow
@@ -139,12 +139,14 @@ class PoolStatus:
             self.metrics.status(status)
         previous = self.last_written if self.last_written is not None else plain(self.body.get("status") or {})
         self._announce_ready_change(previous)  # known stored (a write whose answer was lost may have landed)
-        if same(previous, status):
+        status = plain(status)
+        change = status_change(previous, status)
+        if change == "none":
             self.last_written = status
             return
-        if same(without_load(previous), without_load(status)):
+        if change == "load":
             return  # only the engines' load moved: it rides along with the next write
-        if same(health_view(previous), health_view(status)) and not self.pace.allows():
+        if change == "informational" and not self.pace.allows():
             return  # only counters, latencies and messages moved: they go with a later write
         stored = plain(self.body.get("status") or {})
         version = self._version()
@@ -205,12 +207,13 @@ def _condition(status: Mapping[str, Any], type_: str) -> Mapping[str, Any] | Non
     return next((c for c in status.get("conditions") or [] if c.get("type") == type_), None)
 
 
-def same(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    """Equal as the API server would store them (kopf's views are not plain dicts)."""
-    return bool(plain(a) == plain(b))
+_LEAVES = frozenset((str, int, float, bool, type(None)))
 
 
 def plain(x: Any) -> Any:
+    """As the API server would store it: kopf's views and tuples become dicts and lists."""
+    if type(x) in _LEAVES:
+        return x
     if isinstance(x, Mapping):
         return {k: plain(v) for k, v in x.items()}
     if isinstance(x, list | tuple):

@@ -1,9 +1,10 @@
+import copy
 from datetime import UTC, datetime, timedelta
 
 from clusterpool.core.failover import BreakerConfig, FailoverConfig
 from clusterpool.core.health import Endpoint, ProbeResult, Thresholds
 from clusterpool.core.pool import PoolState, step
-from clusterpool.core.status import render_status, restore_state
+from clusterpool.core.status import render_status, restore_state, status_change
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 TH = Thresholds(healthy=1, unhealthy=1)
@@ -188,3 +189,23 @@ def test_merge_patch_deletes_what_is_gone():
         return out
 
     assert apply(old, patch) == new
+
+
+def test_status_change_says_what_moved_health_before_informational_before_load():
+    state, _ = run([{"a": OK, "b": OK, "c": OK}])
+    before = render_status(state, source="static", generation=1, prev_conditions=[], now=T0)
+    before["endpoints"][0]["load"] = {"waiting": 1}
+
+    def moved(edit):
+        after = copy.deepcopy(before)
+        edit(after)
+        return status_change(before, after)
+
+    assert moved(lambda s: None) == "none"
+    assert moved(lambda s: s["endpoints"][0]["load"].update(waiting=7)) == "load"
+    assert moved(lambda s: s.update(load={"waiting": 7})) == "load"
+    assert moved(lambda s: s["endpoints"][1].update(lastProbeLatencyMilliseconds=99)) == "informational"
+    assert moved(lambda s: s["endpoints"][2].update(message="slow", load={"waiting": 3})) == "informational"
+    assert moved(lambda s: s["endpoints"][1].update(health="Unhealthy", consecutiveFailures=2)) == "health"
+    assert moved(lambda s: s.update(healthy=2)) == "health"
+    assert moved(lambda s: s["endpoints"].pop()) == "health"

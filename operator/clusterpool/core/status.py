@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from clusterpool.core.failover import Breaker, Decision, PoolDecision
 from clusterpool.core.health import Endpoint, EndpointHealth, PoolHealth
@@ -261,21 +261,32 @@ INFORMATIONAL_ENDPOINT_FIELDS = ("consecutiveFailures", "lastProbeLatencyMillise
 LOAD_FIELD = "load"
 
 
-def without_load(status: Mapping[str, Any]) -> dict[str, Any]:
-    """The status without the engines' load: what decides whether there is anything to write."""
+# What moved between the status last written and a new one (both plain): nothing, the
+# engines' load alone (never written alone), informational fields (written at a slower
+# pace), or something clients use (written now).
+StatusChange = Literal["none", "load", "informational", "health"]
+_NOT_HEALTH = frozenset((*INFORMATIONAL_ENDPOINT_FIELDS, LOAD_FIELD))
+
+
+def status_change(previous: Mapping[str, Any], status: Mapping[str, Any]) -> StatusChange:
+    """What moved from `previous` to `status`. Runs every round of every pool: one pass
+    over each, no copy when nothing moved."""
+    if previous == status:
+        return "none"
+    health_before, info_before = _health_and_informational(previous)
+    health_after, info_after = _health_and_informational(status)
+    if health_before != health_after:
+        return "health"
+    return "informational" if info_before != info_after else "load"
+
+
+def _health_and_informational(status: Mapping[str, Any]) -> tuple[dict[str, Any], list[tuple[Any, ...]]]:
+    """(the status without its informational fields and the load, the informational fields by endpoint)."""
     endpoints = status.get("endpoints") or []
-    out = {k: v for k, v in status.items() if k != LOAD_FIELD}
-    out["endpoints"] = [{k: v for k, v in e.items() if k != LOAD_FIELD} for e in endpoints]
-    return out
-
-
-def health_view(status: Mapping[str, Any]) -> dict[str, Any]:
-    """The status without its informational fields and the load: what a health-changing write changes."""
-    out = without_load(status)
-    out["endpoints"] = [
-        {k: v for k, v in e.items() if k not in INFORMATIONAL_ENDPOINT_FIELDS} for e in out["endpoints"]
-    ]
-    return out
+    health = {k: v for k, v in status.items() if k != LOAD_FIELD}
+    health["endpoints"] = [{k: v for k, v in e.items() if k not in _NOT_HEALTH} for e in endpoints]
+    informational = [tuple(e.get(k) for k in INFORMATIONAL_ENDPOINT_FIELDS) for e in endpoints]
+    return health, informational
 
 
 def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
