@@ -126,7 +126,7 @@ class PoolStatus:
             load=load,
         )
         if cache is not None:
-            out["cache"] = cache
+            out["cache"] = plain(cache)  # (after a restart, what was stored: a kopf view)
         if specs.spec is not None and specs.spec.models:
             out["models"] = list(specs.models.served)
         if self.fence.identity is not None:
@@ -134,12 +134,12 @@ class PoolStatus:
         return out
 
     async def write(self, status: dict[str, Any]) -> None:
-        """Written when it differs from the last one, as the API server would store it."""
+        """Written when it differs from the last one. `status` is as render() makes it:
+        plain, as the API server stores it, so == compares it with what was stored."""
         if self.metrics is not None:
             self.metrics.status(status)
         previous = self.last_written if self.last_written is not None else plain(self.body.get("status") or {})
         self._announce_ready_change(previous)  # known stored (a write whose answer was lost may have landed)
-        status = plain(status)
         change = status_change(previous, status)
         if change == "none":
             self.last_written = status

@@ -34,7 +34,7 @@ from typing import Any
 from clusterpool.core.health import Endpoint
 from clusterpool.core.models import ModelClaim
 from clusterpool.core.pool import PoolState, step
-from clusterpool.core.status import SERVING, restore_state
+from clusterpool.core.status import restore_state
 from clusterpool.discovery.source import OutageNotice, SliceSource, SourceContext, SourceSlot, follows
 from clusterpool.health.checks import Checks
 from clusterpool.health.probes import probe_batches
@@ -146,9 +146,7 @@ class PoolRunner:
     async def probe_and_read_load(self) -> None:
         """The probe round, and beside it (when due) the engines' load of the endpoints
         that served before it; the status carries the load only on writes made anyway."""
-        health = self.pool.health
-        serving = {ep.name for ep in self.pool.members if health.of(ep.name).health in SERVING}
-        reading = self.checks.start_load_read(self.pool.members, serving)
+        reading = self.checks.start_load_read(self.pool)
         if reading is None:
             await self.probe_round()
             return

@@ -1,6 +1,9 @@
 """The engines' load in the status: what is shown (serving endpoints, integers, the reason a
 gauge is absent), and that a change of it alone is never written, only carried along."""
 
+import json
+import logging
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
 from clusterpool import api
@@ -11,6 +14,7 @@ from clusterpool.core.pool import PoolState, step
 from clusterpool.core.status import render_status
 from clusterpool.engines import PROFILES
 from clusterpool.health.load import LOAD_READ_EVERY, load_reader_for
+from clusterpool.pool_spec import SpecTracker
 from clusterpool.pool_status import HeldEvents, InformationalPace, PoolStatus
 from clusterpool.stages import Fence
 
@@ -138,3 +142,41 @@ def test_the_operator_reads_load_only_for_engines_with_metrics_and_at_most_every
     }
     assert every == {2: 3, 3: 2, 5: 1, 10: 1, 60: 1}  # rounds between reads: at most one per LOAD_READ_EVERY (5 s)
     assert LOAD_READ_EVERY == 5.0
+
+
+class StoredView(Mapping):
+    """A mapping that is not a dict, as kopf hands out the stored status."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def __getitem__(self, key):
+        return self.data[key]
+
+    def __iter__(self):
+        return iter(self.data)
+
+    def __len__(self):
+        return len(self.data)
+
+
+def test_the_rendered_status_is_plain_as_stored_so_it_compares_with_what_was_written():
+    body = {
+        "metadata": {"name": "pool", "namespace": "ns", "generation": 1},
+        "spec": {
+            "discovery": {
+                "static": {
+                    "endpoints": [{"name": n, "address": f"198.18.0.{i + 2}", "port": 80} for i, n in enumerate("abc")]
+                }
+            },
+            "models": ["m1", "m2"],
+        },
+    }
+    specs = SpecTracker(body, lambda *e: None, logging.getLogger("test"))
+    specs.spec = specs.refresh()
+    specs.refresh_models()
+    status, writes = writer()
+    cache = StoredView({"type": "Memory", "version": StoredView({"n": (1, 2)})})  # restored after a restart
+    rendered = status.render(probed({"a": OK, "b": OK, "c": OK}), specs, [], cache, {"a": reading(1.0)})
+    assert json.loads(json.dumps(rendered)) == rendered  # no view, no tuple: == is how it is compared
+    assert rendered["models"] == ["m1", "m2"] and rendered["cache"]["version"] == {"n": [1, 2]}

@@ -285,7 +285,7 @@ def _health_and_informational(status: Mapping[str, Any]) -> tuple[dict[str, Any]
     endpoints = status.get("endpoints") or []
     health = {k: v for k, v in status.items() if k != LOAD_FIELD}
     health["endpoints"] = [{k: v for k, v in e.items() if k not in _NOT_HEALTH} for e in endpoints]
-    informational = [tuple(e.get(k) for k in INFORMATIONAL_ENDPOINT_FIELDS) for e in endpoints]
+    informational = [tuple(map(e.get, INFORMATIONAL_ENDPOINT_FIELDS)) for e in endpoints]
     return health, informational
 
 

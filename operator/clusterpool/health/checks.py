@@ -7,11 +7,11 @@ together when it ends.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Sequence
 
 from clusterpool.api import ClusterPoolSpec
-from clusterpool.core.health import Endpoint
 from clusterpool.core.load import EngineReading
+from clusterpool.core.pool import PoolState
+from clusterpool.core.status import SERVING
 from clusterpool.health.load import LoadReader, load_reader_for
 from clusterpool.health.probes import Prober, prober_for
 
@@ -30,12 +30,13 @@ class Checks:
         if old_load is not None:
             old_load.close()
 
-    def start_load_read(self, members: Sequence[Endpoint], serving: Collection[str]) -> asyncio.Future[None] | None:
-        """The gauges of the serving endpoints read in the background, when due; None
+    def start_load_read(self, pool: PoolState) -> asyncio.Future[None] | None:
+        """The gauges of the endpoints serving now read in the background, when due; None
         without a reader."""
         if self.load is None:
             return None
-        return asyncio.ensure_future(self.load.read(members, serving))
+        serving = {ep.name for ep in pool.members if pool.health.of(ep.name).health in SERVING}
+        return asyncio.ensure_future(self.load.read(pool.members, serving))
 
     def readings(self) -> dict[str, EngineReading] | None:
         return self.load.readings if self.load is not None else None
