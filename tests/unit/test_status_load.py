@@ -175,7 +175,7 @@ def test_the_rendered_status_is_plain_as_stored_so_it_compares_with_what_was_wri
     specs = SpecTracker(body, lambda *e: None, logging.getLogger("test"))
     specs.spec = specs.refresh()
     specs.refresh_models()
-    status, writes = writer()
+    status, _ = writer()
     cache = StoredView({"type": "Memory", "version": StoredView({"n": (1, 2)})})  # restored after a restart
     rendered = status.render(probed({"a": OK, "b": OK, "c": OK}), specs, [], cache, {"a": reading(1.0)})
     assert json.loads(json.dumps(rendered)) == rendered  # no view, no tuple: == is how it is compared
