@@ -9,6 +9,7 @@ and write nothing themselves; every write goes through the write queue (k8s/writ
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -101,6 +102,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo["runners"] = {}  # (namespace, name) -> PoolRunner; shared: per-object memos copy this dict's reference
     memo["models_seen"] = {}  # (namespace, name) -> the spec.models last seen (see models_changed)
     memo["model_claims"] = {}  # namespace -> its pools' claims, until one changes (see _model_claims)
+    memo["slice_versions"] = collections.Counter()  # namespace -> moves on each change of its slices
     runners: dict[tuple[str, str], PoolRunner] = memo["runners"]
     memo["api_health"] = api_health = APIHealth()  # held once: whether the API server answers
     memo["api_watch"] = asyncio.create_task(
@@ -200,9 +202,6 @@ async def pool_daemon(
     index: kopf.Index[str, Any] = kwargs["slices_by_namespace"]
     models_index: kopf.Index[str, Any] = kwargs["models_by_namespace"]
 
-    def slices() -> list[Any]:
-        return list(index.get(namespace, []))
-
     shards: Shards = memo["shards"]
 
     def may_drive() -> bool:
@@ -224,6 +223,7 @@ async def pool_daemon(
             await _first_of(shards.changed(), stopped.wait())
             continue
         fence = Fence(may_drive, keeps, memo.get("identity"), forget_written, lambda: writer.read(namespace, name))
+        slices = NamespaceSlices(index, memo["slice_versions"], namespace)
         wiring = PoolWiring(write_status, emit, logger, memo["publisher"], slices, memo["secrets"].read, metrics, fence)
         wiring.api_health = memo["api_health"]
         wiring.informational = InformationalPace(lambda: memo["informational"].take(time.monotonic()))
@@ -371,10 +371,26 @@ async def slices_by_namespace(namespace: str | None, body: kopf.Body, **_: Any) 
     }
 
 
+class NamespaceSlices:
+    """A pool's SliceSource: its namespace's EndpointSlices in kopf's index, and the count
+    slice_changed moves (kopf updates an index before it calls the event's handlers)."""
+
+    def __init__(self, index: kopf.Index[str, Any], versions: collections.Counter[str | None], namespace: str) -> None:
+        self.index, self.versions, self.namespace = index, versions, namespace
+
+    @property
+    def version(self) -> int:
+        return self.versions[self.namespace]
+
+    def __call__(self) -> list[Any]:
+        return list(self.index.get(self.namespace, []))
+
+
 @kopf.on.event("discovery.k8s.io", "v1", "endpointslices", id="slice-changed", when=_not_ours)
 async def slice_changed(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
     """Wake the pools that follow this slice, so a change reaches them at once. Async, so
     it runs on the event loop, where the runners' asyncio.Events live."""
+    memo["slice_versions"][namespace] += 1
     for (ns, _name), runner in list(memo["runners"].items()):
         if ns == namespace and runner.follows(labels):
             runner.wake("an EndpointSlice changed")

@@ -1,4 +1,5 @@
 import base64
+import logging
 import ssl
 
 import httpx
@@ -7,6 +8,8 @@ import pytest
 from clusterpool.api import EtcdDiscovery, KubernetesDiscovery
 from clusterpool.discovery.etcd import EtcdWatcher, members_from_registrations, parse_registration, range_end
 from clusterpool.discovery.kubernetes import member_name, members_from_slices
+from clusterpool.discovery.source import KubernetesSource, OutageNotice
+from clusterpool.k8s.client import APIHealth
 
 
 def eps(*specs):
@@ -205,3 +208,31 @@ def test_a_client_without_a_certificate_is_told_to_set_one_however_etcd_refuses_
     assert hint in w.connection.problem(httpx.RemoteProtocolError(""))
     unverified = ssl.SSLError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed")
     assert hint not in w.connection.problem(unverified)
+
+
+class NamespaceSlices:
+    """A SliceSource as the wiring makes it: the slices, and a count moved on each change."""
+
+    def __init__(self, slices):
+        self.slices, self.version, self.reads = slices, 0, 0
+
+    def __call__(self):
+        self.reads += 1
+        return list(self.slices)
+
+    def change(self, slices):
+        self.slices, self.version = slices, self.version + 1
+
+
+async def test_a_kubernetes_source_reads_its_slices_again_only_when_they_moved():
+    one = slice_("llm-a", SVC, PORTS, eps(("198.18.0.1", {"ready": True}, "llm-0")))
+    two = slice_("llm-b", SVC, PORTS, eps(("198.18.0.2", {"ready": True}, "llm-1")))
+    slices = NamespaceSlices([one])
+    outage = OutageNotice(APIHealth(), lambda *e: None, logging.getLogger("test"), lambda why: None, lambda: 0)
+    source = KubernetesSource(KubernetesDiscovery(service="llm", port="http"), slices, outage)
+    for _ in range(5):  # every round of every pool read every slice of the namespace
+        assert [m.address for m in (await source.observe()).members] == ["198.18.0.1"]
+    assert slices.reads == 1
+    slices.change([one, two])
+    assert [m.address for m in (await source.observe()).members] == ["198.18.0.1", "198.18.0.2"]
+    assert slices.reads == 2

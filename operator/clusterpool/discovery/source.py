@@ -8,9 +8,10 @@ source reports the last one.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from clusterpool import api
 from clusterpool.core.health import Endpoint
@@ -23,7 +24,17 @@ from clusterpool.discovery.static import static_members
 from clusterpool.k8s.client import APIHealth
 from clusterpool.stages import Emit, Log, Observation, PoolSecrets, Source, Wake
 
-SliceSource = Callable[[], Iterable[Mapping[str, Any]]]  # the EndpointSlices of the pool's namespace
+SLICES_REREAD = 60.0  # seconds: a Kubernetes source reads its slices at least this often, even unmoved
+
+
+class SliceSource(Protocol):
+    """The EndpointSlices of the pool's namespace, and a count that moves whenever they may
+    have changed."""
+
+    @property
+    def version(self) -> int: ...
+
+    def __call__(self) -> Iterable[Mapping[str, Any]]: ...
 
 
 def members_from_status(status: Mapping[str, Any]) -> tuple[Endpoint, ...]:
@@ -123,9 +134,10 @@ class KubernetesSource:
 
     def __init__(self, spec: api.KubernetesDiscovery, slices: SliceSource | None, outage: OutageNotice) -> None:
         self.spec, self.slices, self.outage = spec, slices, outage
+        self.read: tuple[int, float, tuple[Endpoint, ...]] | None = None  # (slices' version, when, members)
 
     async def observe(self) -> Observation:
-        members = members_from_slices(self.spec, self.slices()) if self.slices is not None else ()
+        members = self._members()
         if self.outage.record is not None:
             return Observation(
                 members, ConditionSpec(DISCOVERY_DEGRADED, "False", "RecoveredFromOutage", self.outage.record)
@@ -133,6 +145,16 @@ class KubernetesSource:
         return Observation(
             members, ConditionSpec(DISCOVERY_DEGRADED, "False", "SourceReachable", "the EndpointSlice watch is up")
         )
+
+    def _members(self) -> tuple[Endpoint, ...]:
+        """Read from the slices again only when they may have changed: every round, it was
+        every pool going over every slice of its namespace."""
+        if self.slices is None:
+            return ()
+        version, now = self.slices.version, time.monotonic()
+        if self.read is None or self.read[0] != version or now - self.read[1] >= SLICES_REREAD:
+            self.read = (version, now, members_from_slices(self.spec, self.slices()))
+        return self.read[2]
 
 
 class WatchedSource:
